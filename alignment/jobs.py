@@ -1,0 +1,60 @@
+"""What every background job shares: the claim, the heartbeat, and the recorded outcome.
+
+A job is claimed with a conditional UPDATE (queued → running): a second delivery of the same
+message finds nothing to claim and does nothing.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any, TypeVar
+
+from django.db.models import F
+from django.utils import timezone
+
+from alignment.models import Job, JobStatus
+
+J = TypeVar("J", bound=Job)
+
+LOG_TAIL_CHARS = 8_000
+
+
+def job_claim(model: type[J], *, job_id: int) -> J | None:
+    """The job, now running and owned by the caller; None when it was not queued."""
+    now = timezone.now()
+    claimed = model.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1
+    )
+    if not claimed:
+        return None
+    return model.objects.get(pk=job_id)
+
+
+def job_heartbeat(job: Job, *, fields: dict[str, Any] | None = None) -> None:
+    """Write progress and prove the worker is alive. Only while the job is still running."""
+    fields = dict(fields or {})
+    fields["heartbeat_at"] = timezone.now()
+    for name, value in fields.items():
+        setattr(job, name, value)
+    type(job).objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(**fields)
+
+
+def job_log(job: Job, line: str) -> None:
+    job.log_tail = (job.log_tail + line.rstrip() + "\n")[-LOG_TAIL_CHARS:]
+
+
+def job_succeed(job: Job, *, summary: dict[str, Any]) -> None:
+    job.status = JobStatus.SUCCEEDED
+    job.summary = summary
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "summary", "finished_at", "log_tail", "metrics",
+                            "progress_done", "progress_total", "heartbeat_at"])
+
+
+def job_fail(job: Job, *, error: BaseException) -> None:
+    job.status = JobStatus.FAILED
+    job.error = f"{type(error).__name__}: {error}\n\n" + "".join(
+        traceback.format_exception(error)
+    )[-LOG_TAIL_CHARS:]
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "error", "finished_at", "log_tail", "metrics"])

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from alignment.models import Round
+from alignment.services import SamplingSettings, model_version_base_ensure, round_prompts_choose, round_start
+from annotate.demo_data import demo_guidelines, demo_prompts
+from annotate.models import Project, Role
+from annotate.services import membership_set, project_create, prompts_create
+
+DEMO_SLUG = "demo"
+ACCOUNTS = [
+    ("lead", "prefloop-lead", Role.LEAD),
+    ("annotator1", "prefloop-annotator1", Role.ANNOTATOR),
+    ("annotator2", "prefloop-annotator2", Role.ANNOTATOR),
+]
+
+
+class Command(BaseCommand):
+    help = (
+        "Seed the demo project (guidelines, the built-in prompt bank, a lead and two annotators) "
+        "and queue round 1 generation. Safe to re-run: existing data is kept."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--round-prompts", type=int, default=48, help="Training prompts in round 1.")
+        parser.add_argument("--max-new-tokens", type=int, default=200)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        User = get_user_model()
+        with transaction.atomic():
+            users = {}
+            for username, password, _role in ACCOUNTS:
+                user, created = User.objects.get_or_create(username=username)
+                if created:
+                    user.set_password(password)
+                    user.save(update_fields=["password"])
+                users[username] = user
+            project = Project.objects.filter(slug=DEMO_SLUG).first()
+            if project is None:
+                project = project_create(
+                    name="Demo: helpful, honest, harmless", slug=DEMO_SLUG,
+                    guidelines=demo_guidelines(), created_by=users["lead"],
+                    description="A demo project seeded by `make demo`.", overlap=2,
+                )
+                prompts_create(project=project, rows=demo_prompts())
+                self.stdout.write(f"Created project {project.slug!r} with {project.prompts.count()} prompts.")
+            else:
+                self.stdout.write(f"Project {project.slug!r} exists; keeping its data.")
+            for username, _password, role in ACCOUNTS:
+                membership_set(project=project, user=users[username], role=role)
+            if not Round.objects.filter(project=project).exists():
+                base = model_version_base_ensure(project=project)
+                round_ = round_start(
+                    project=project, policy=base,
+                    train_prompts=round_prompts_choose(project=project, count=options["round_prompts"]),
+                    samples_per_prompt=2,
+                    sampling=SamplingSettings(max_new_tokens=options["max_new_tokens"]),
+                    created_by=users["lead"],
+                )
+                self.stdout.write(f"Queued round {round_.number} generation ({round_.prompts.count()} prompts).")
+        self.stdout.write("Accounts (username / password):")
+        for username, password, role in ACCOUNTS:
+            self.stdout.write(f"  {username} / {password}  ({role.label.lower()})")

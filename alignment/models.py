@@ -1,0 +1,152 @@
+"""The machine side of the loop: model versions, rounds, generation jobs, training runs."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from annotate.models import DatasetSnapshot, Policy, Project, Prompt
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class ModelVersion(models.Model):
+    """A policy the project can generate with: the base model, or base + a LoRA adapter."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    policy = models.OneToOneField(Policy, on_delete=models.PROTECT, related_name="model_version")
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    base_model = models.CharField(max_length=300)
+    adapter_path = models.CharField(max_length=500, blank=True)
+    adapter_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_base(self) -> bool:
+        return not self.adapter_path
+
+    def lineage(self) -> list[ModelVersion]:
+        """This version and its ancestors, newest first."""
+        chain: list[ModelVersion] = []
+        node: ModelVersion | None = self
+        while node is not None:
+            chain.append(node)
+            node = node.parent
+        return chain
+
+
+class PairingStrategy(models.TextChoices):
+    ON_POLICY = "on_policy", "On-policy pairs (two samples of the policy)"
+    HEAD_TO_HEAD = "head_to_head", "Head-to-head (policy vs its parent, held-out prompts)"
+    BOTH = "both", "Both"
+
+
+class Round(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    policy = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="rounds")
+    prompts = models.ManyToManyField(Prompt, related_name="rounds", blank=True)
+    samples_per_prompt = models.PositiveSmallIntegerField(default=2)
+    pairing_strategy = models.CharField(
+        max_length=20, choices=PairingStrategy, default=PairingStrategy.ON_POLICY
+    )
+    sampling = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p, seed")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="round_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} round {self.number}"
+
+
+class Job(models.Model):
+    """What generation jobs and training runs share: status, progress, heartbeat, outcome."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=JobStatus, default=JobStatus.QUEUED)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=list, blank=True, help_text="Series of metric points.")
+    summary = models.JSONField(default=dict, blank=True)
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-id"]
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def progress_percent(self) -> int:
+        if not self.progress_total:
+            return 0
+        return min(100, round(100 * self.progress_done / self.progress_total))
+
+
+class GenerationJob(Job):
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="generation_jobs")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    prompts = models.ManyToManyField(Prompt, related_name="+", blank=True)
+    purpose = models.CharField(max_length=5, default="train")
+    config = models.JSONField(default=dict)
+
+    class Meta(Job.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Generation {self.pk} for {self.round}"
+
+
+class TrainingRun(Job):
+    base_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="training_runs",
+        help_text="The policy the run starts from; the new version's parent.",
+    )
+    snapshot = models.ForeignKey(DatasetSnapshot, on_delete=models.PROTECT, related_name="training_runs")
+    config = models.JSONField(default=dict)
+    output_dir = models.CharField(max_length=500, blank=True)
+    output_version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by"
+    )
+
+    class Meta(Job.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Training run {self.pk}"

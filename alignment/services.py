@@ -1,0 +1,464 @@
+"""Writes of the machine side: model versions, rounds, generation jobs and training runs.
+
+Jobs are created here and dispatched after commit; workers call the `*_execute` functions,
+which claim the job, run the engine and record the outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import Count, Max
+
+from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
+from alignment.engine.training import PreferenceExample, TrainingConfig, TrainingProgress, train
+from alignment.jobs import job_claim, job_fail, job_heartbeat, job_log, job_succeed
+from alignment.models import (
+    ACTIVE_STATUSES,
+    GenerationJob,
+    JobStatus,
+    ModelVersion,
+    PairingStrategy,
+    Round,
+    TrainingRun,
+)
+from annotate.models import Comparison, PreferencePair, Project, Prompt, Purpose, Response, Split
+from annotate.services import (
+    ResponseInput,
+    SnapshotFilters,
+    ValidationFailed,
+    comparison_create,
+    policy_create,
+    responses_create,
+    snapshot_create,
+)
+
+# Model versions -----------------------------------------------------------------------------
+
+
+def model_version_base_ensure(*, project: Project) -> ModelVersion:
+    """The project's base model as a version (the root of its lineage), created once."""
+    version = project.model_versions.filter(parent=None, adapter_path="").order_by("id").first()
+    if version is not None:
+        return version
+    with transaction.atomic():
+        policy = policy_create(project=project, name="v0 (base)", description=project.base_model)
+        return ModelVersion.objects.create(
+            project=project, policy=policy, name=policy.name, base_model=project.base_model
+        )
+
+
+def model_version_register(
+    *, project: Project, parent: ModelVersion, adapter_path: str, adapter_sha256: str
+) -> ModelVersion:
+    with transaction.atomic():
+        number = project.model_versions.count()
+        name = f"v{number}"
+        policy = policy_create(project=project, name=name, description=f"LoRA adapter on {parent.name}")
+        return ModelVersion.objects.create(
+            project=project,
+            policy=policy,
+            name=name,
+            parent=parent,
+            base_model=parent.base_model,
+            adapter_path=adapter_path,
+            adapter_sha256=adapter_sha256,
+        )
+
+
+# Rounds and generation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 200
+    temperature: float = 0.9
+    top_p: float = 0.95
+    seed: int = 0
+    batch_size: int = 8
+
+    def validate(self) -> SamplingSettings:
+        if not 8 <= self.max_new_tokens <= 4096:
+            raise ValidationFailed("Max new tokens must be between 8 and 4096.")
+        if not 0 <= self.temperature <= 5:
+            raise ValidationFailed("Temperature must be between 0 and 5.")
+        if not 0 < self.top_p <= 1:
+            raise ValidationFailed("Top-p must be above 0 and at most 1.")
+        if not 1 <= self.batch_size <= 256:
+            raise ValidationFailed("Batch size must be between 1 and 256.")
+        return self
+
+
+def round_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
+    """Training prompts for a new round: the least used first (fresh prompts before reused)."""
+    return list(
+        project.prompts.filter(split=Split.TRAIN)
+        .annotate(uses=Count("rounds"))
+        .order_by("uses", "id")[:count]
+    )
+
+
+def round_start(
+    *,
+    project: Project,
+    policy: ModelVersion,
+    train_prompts: Sequence[Prompt] = (),
+    eval_prompts: Sequence[Prompt] = (),
+    samples_per_prompt: int = 2,
+    sampling: SamplingSettings | None = None,
+    strategy: str = PairingStrategy.ON_POLICY,
+    created_by: AbstractBaseUser | None = None,
+) -> Round:
+    """Create the next round and queue its generation jobs.
+
+    on_policy: `samples_per_prompt` samples of `policy` per training prompt, paired with each
+    other as they are generated. head_to_head: one sample of `policy` and one of its parent
+    per held-out prompt, paired when both jobs are done (evaluation, never trained on).
+    """
+    sampling = (sampling or SamplingSettings()).validate()
+    if policy.project_id != project.pk:
+        raise ValidationFailed("That model version belongs to another project.")
+    if strategy not in PairingStrategy.values:
+        raise ValidationFailed(f"Unknown pairing strategy {strategy!r}.")
+    on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
+    head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+    if on_policy and not train_prompts:
+        raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
+    if on_policy and samples_per_prompt < 2:
+        raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
+    if head_to_head and policy.parent is None:
+        raise ValidationFailed("Head-to-head needs a model version with a parent; the base has none.")
+    if head_to_head and not eval_prompts:
+        raise ValidationFailed("Head-to-head needs held-out evaluation prompts; the project has none.")
+    if any(p.split != Split.EVAL for p in eval_prompts) or any(p.split != Split.TRAIN for p in train_prompts):
+        raise ValidationFailed("Training prompts must be in the train split and evaluation prompts held out.")
+    config = asdict(sampling)
+    with transaction.atomic():
+        number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+        round_ = Round.objects.create(
+            project=project, number=number, policy=policy, samples_per_prompt=samples_per_prompt,
+            pairing_strategy=strategy, sampling=config, created_by=created_by,
+        )
+        round_.prompts.set([*train_prompts, *eval_prompts])
+        jobs = []
+        if on_policy:
+            jobs.append(_generation_job_create(round_, policy, train_prompts, Purpose.TRAIN,
+                                               {**config, "samples_per_prompt": samples_per_prompt}))
+        if head_to_head:
+            assert policy.parent is not None
+            for version in (policy, policy.parent):
+                jobs.append(_generation_job_create(round_, version, eval_prompts, Purpose.EVAL,
+                                                   {**config, "samples_per_prompt": 1}))
+        for job in jobs:
+            _dispatch_generation(job.pk)
+    return round_
+
+
+def _generation_job_create(
+    round_: Round, version: ModelVersion, prompts: Sequence[Prompt], purpose: str, config: dict[str, Any]
+) -> GenerationJob:
+    job = GenerationJob.objects.create(
+        project=round_.project, round=round_, model_version=version, purpose=purpose, config=config,
+        progress_total=len(prompts), created_by=round_.created_by,
+    )
+    job.prompts.set(prompts)
+    return job
+
+
+def _dispatch_generation(job_id: int) -> None:
+    from alignment.tasks import generation_job_run
+
+    transaction.on_commit(lambda: generation_job_run.delay(job_id))
+
+
+def generation_job_execute(*, job_id: int) -> GenerationJob | None:
+    """Run a queued generation job to its end; None when it was not queued (a redelivery)."""
+    job = job_claim(GenerationJob, job_id=job_id)
+    if job is None:
+        return None
+    try:
+        _generation_run(job)
+    except Exception as error:
+        job_fail(job, error=error)
+        raise
+    return job
+
+
+def _generation_run(job: GenerationJob) -> None:
+    version = job.model_version
+    project = job.project
+    round_ = job.round
+    prompts = list(job.prompts.order_by("id"))
+    cfg = job.config
+    engine_config = GenerationConfig(
+        model=project.base_model,
+        models_dir=str(settings.MODELS_DIR),
+        adapter=version.adapter_path or None,
+        samples_per_prompt=int(cfg.get("samples_per_prompt", 2)),
+        max_new_tokens=int(cfg.get("max_new_tokens", 200)),
+        temperature=float(cfg.get("temperature", 0.9)),
+        top_p=float(cfg.get("top_p", 0.95)),
+        seed=int(cfg.get("seed", 0)) + job.pk,
+        batch_size=int(cfg.get("batch_size", 8)),
+        trust_remote_code=project.trust_remote_code,
+    )
+    params = {k: cfg[k] for k in ("max_new_tokens", "temperature", "top_p") if k in cfg}
+    params.update(model=project.base_model, adapter=version.adapter_path, model_version=version.name,
+                  generation_job=job.pk, round=round_.number)
+    rng = random.Random(engine_config.seed)
+    counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
+    job_log(job, f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
+                 f"with {version.name}")
+
+    def on_progress(progress: GenerationProgress) -> None:
+        rows = [
+            ResponseInput(
+                prompt_id=prompts[s.prompt_index].pk, text=s.text,
+                generation_params={**params, "sample_index": s.sample_index},
+                seed=s.seed, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+                finish_reason=s.finish_reason,
+            )
+            for s in progress.samples
+        ]
+        with transaction.atomic():
+            created = responses_create(policy=version.policy, rows=rows)
+            counts["responses"] += len(created)
+            if job.purpose == Purpose.TRAIN:
+                _on_policy_pairs_create(created, round_, rng, counts)
+        tokens_per_s = progress.tokens_generated / progress.elapsed_s if progress.elapsed_s else 0.0
+        job.metrics.append({"t": round(progress.elapsed_s, 2), "done": progress.done_prompts,
+                            "tokens": progress.tokens_generated, "tokens_per_s": round(tokens_per_s, 2)})
+        job_log(job, f"{progress.done_prompts}/{progress.total_prompts} prompts, "
+                     f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s")
+        job_heartbeat(job, fields={"progress_done": progress.done_prompts, "metrics": job.metrics,
+                                   "log_tail": job.log_tail})
+
+    started = time.monotonic()
+    samples = generate(engine_config, [p.messages for p in prompts], on_progress=on_progress)
+    elapsed = time.monotonic() - started
+    tokens = sum(s.completion_tokens for s in samples)
+    job.progress_done = len(prompts)
+    job_succeed(job, summary={**counts, "tokens_generated": tokens, "elapsed_s": round(elapsed, 2),
+                              "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0})
+    if job.purpose == Purpose.EVAL:
+        head_to_head_pairs_form(round_=round_)
+
+
+def _on_policy_pairs_create(
+    responses: Sequence[Response], round_: Round, rng: random.Random, counts: dict[str, int]
+) -> None:
+    by_prompt: dict[int, list[Response]] = defaultdict(list)
+    for response in responses:
+        by_prompt[response.prompt_id].append(response)
+    for group in by_prompt.values():
+        for first, second in zip(group[0::2], group[1::2], strict=False):
+            if first.text.strip() == second.text.strip():
+                counts["identical_skipped"] += 1
+                continue
+            comparison_create(response_a=first, response_b=second, round_number=round_.number,
+                              purpose=Purpose.TRAIN, pairing_strategy=PairingStrategy.ON_POLICY, rng=rng)
+            counts["comparisons"] += 1
+
+
+def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
+    """Pair the policy's and its parent's held-out responses once both jobs have succeeded."""
+    with transaction.atomic():
+        round_ = Round.objects.select_for_update().select_related("policy__parent").get(pk=round_.pk)
+        jobs = list(round_.generation_jobs.filter(purpose=Purpose.EVAL))
+        if not jobs or any(job.status != JobStatus.SUCCEEDED for job in jobs):
+            return []
+        if Comparison.objects.filter(project=round_.project, round_number=round_.number,
+                                     purpose=Purpose.EVAL).exists():
+            return []
+        policy, parent = round_.policy, round_.policy.parent
+        assert parent is not None
+        job_ids = [job.pk for job in jobs]
+        responses = Response.objects.filter(
+            generation_params__generation_job__in=job_ids
+        ).select_related("prompt").order_by("id")
+        new: dict[int, Response] = {}
+        old: dict[int, Response] = {}
+        for response in responses:
+            target = new if response.policy_id == policy.policy_id else old
+            target.setdefault(response.prompt_id, response)
+        rng = random.Random(round_.pk)
+        created = []
+        for prompt_id, response in new.items():
+            if prompt_id in old:
+                created.append(comparison_create(
+                    response_a=response, response_b=old[prompt_id], round_number=round_.number,
+                    purpose=Purpose.EVAL, pairing_strategy=PairingStrategy.HEAD_TO_HEAD, rng=rng,
+                ))
+        return created
+
+
+# Training -----------------------------------------------------------------------------------
+
+LOSS_TYPES = {
+    "sigmoid": "DPO (sigmoid)",
+    "ipo": "IPO",
+    "hinge": "Hinge (SLiC)",
+    "robust": "Robust DPO (noisy labels)",
+}
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The hyperparameters a lead sets for a run, with the defaults that work on CPU."""
+
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    learning_rate: float = 5e-4
+    epochs: int = 2
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    max_length: int = 512
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> TrainingSettings:
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValidationFailed(f"Unknown training settings: {', '.join(sorted(unknown))}.")
+        values: dict[str, Any] = {}
+        defaults = cls()
+        for name, value in data.items():
+            kind = type(getattr(defaults, name))
+            try:
+                values[name] = kind(value)
+            except (TypeError, ValueError):
+                raise ValidationFailed(f"{name} must be a {kind.__name__}, got {value!r}.") from None
+        return cls(**values).validate()
+
+    def validate(self) -> TrainingSettings:
+        checks = [
+            (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}."),
+            (0 < self.beta <= 10, "beta must be above 0 and at most 10."),
+            (0 < self.learning_rate < 1, "learning_rate must be between 0 and 1."),
+            (1 <= self.epochs <= 50, "epochs must be between 1 and 50."),
+            (1 <= self.batch_size <= 256, "batch_size must be between 1 and 256."),
+            (1 <= self.gradient_accumulation_steps <= 256, "gradient_accumulation_steps must be between 1 and 256."),
+            (1 <= self.lora_r <= 512, "lora_r must be between 1 and 512."),
+            (1 <= self.lora_alpha <= 4096, "lora_alpha must be between 1 and 4096."),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be at least 0 and below 1."),
+            (32 <= self.max_length <= 32768, "max_length must be between 32 and 32768."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValidationFailed(message)
+        return self
+
+
+def training_run_start(
+    *,
+    project: Project,
+    base_version: ModelVersion,
+    training: TrainingSettings,
+    filters: SnapshotFilters | None = None,
+    created_by: AbstractBaseUser | None = None,
+) -> TrainingRun:
+    training.validate()
+    if base_version.project_id != project.pk:
+        raise ValidationFailed("That model version belongs to another project.")
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        if TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists():
+            raise ValidationFailed("This project already has a training run queued or running.")
+        snapshot = snapshot_create(project=project, filters=filters or SnapshotFilters(),
+                                   created_by=created_by)
+        run = TrainingRun.objects.create(
+            project=project, base_version=base_version, snapshot=snapshot, config=asdict(training),
+            created_by=created_by,
+        )
+        run.output_dir = str(Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk))
+        run.save(update_fields=["output_dir"])
+        _dispatch_training(run.pk)
+    return run
+
+
+def _dispatch_training(run_id: int) -> None:
+    from alignment.tasks import training_run_run
+
+    transaction.on_commit(lambda: training_run_run.delay(run_id))
+
+
+def snapshot_examples(*, pair_ids: Sequence[int]) -> list[PreferenceExample]:
+    pairs = PreferencePair.objects.filter(pk__in=pair_ids).select_related(
+        "comparison__prompt", "chosen", "rejected"
+    ).order_by("id")
+    return [
+        PreferenceExample(
+            prompt=tuple(pair.comparison.prompt.messages),
+            chosen=pair.chosen.text,
+            rejected=pair.rejected.text,
+        )
+        for pair in pairs
+    ]
+
+
+def training_run_execute(*, run_id: int) -> TrainingRun | None:
+    """Run a queued training run to its end and register the new model version."""
+    run = job_claim(TrainingRun, job_id=run_id)
+    if run is None:
+        return None
+    try:
+        _training_run(run)
+    except Exception as error:
+        job_fail(run, error=error)
+        raise
+    return run
+
+
+def _training_run(run: TrainingRun) -> None:
+    project = run.project
+    base_version = run.base_version
+    training = TrainingSettings.from_mapping(run.config)
+    examples = snapshot_examples(pair_ids=run.snapshot.pair_ids)
+    config = TrainingConfig(
+        model=project.base_model,
+        models_dir=str(settings.MODELS_DIR),
+        output_dir=run.output_dir,
+        init_adapter=base_version.adapter_path or None,
+        trust_remote_code=project.trust_remote_code,
+        quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
+        **asdict(training),
+    )
+    job_log(run, f"training on {len(examples)} pairs from snapshot {run.snapshot.pk} "
+                 f"({run.snapshot.content_hash[:12]}), starting from {base_version.name}")
+
+    def on_progress(progress: TrainingProgress) -> None:
+        point = {"step": progress.step, "epoch": round(progress.epoch, 3), "loss": progress.loss,
+                 "reward_accuracy": progress.reward_accuracy, "reward_margin": progress.reward_margin,
+                 "chosen_reward": progress.chosen_reward, "rejected_reward": progress.rejected_reward,
+                 "t": round(progress.elapsed_s, 2)}
+        run.metrics.append(point)
+        job_log(run, f"step {progress.step}/{progress.total_steps} loss={progress.loss} "
+                     f"acc={progress.reward_accuracy} margin={progress.reward_margin}")
+        job_heartbeat(run, fields={"progress_done": progress.step, "progress_total": progress.total_steps,
+                                   "metrics": run.metrics, "log_tail": run.log_tail})
+
+    result = train(config, examples, on_progress=on_progress)
+    with transaction.atomic():
+        version = model_version_register(project=project, parent=base_version,
+                                         adapter_path=result.adapter_dir, adapter_sha256=result.adapter_sha256)
+        run.output_version = version
+        run.save(update_fields=["output_version"])
+        run.progress_done = result.steps
+        job_log(run, f"registered {version.name} (parent {base_version.name})")
+        job_succeed(run, summary={"steps": result.steps, "train_loss": result.train_loss,
+                                  "elapsed_s": round(result.elapsed_s, 2),
+                                  "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
+                                  "pairs": len(examples), "model_version": version.name})

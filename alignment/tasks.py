@@ -1,0 +1,17 @@
+"""Celery tasks: ids in, a service does the work. The job row holds the outcome."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from alignment import services
+
+
+@shared_task(name="alignment.tasks.generation_job_run")
+def generation_job_run(job_id: int) -> None:
+    services.generation_job_execute(job_id=job_id)
+
+
+@shared_task(name="alignment.tasks.training_run_run")
+def training_run_run(run_id: int) -> None:
+    services.training_run_execute(run_id=run_id)

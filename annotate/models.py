@@ -1,0 +1,342 @@
+"""The human side of the loop: projects, guidelines, prompts, responses, comparisons, judgments.
+
+Sides: a comparison holds responses `a` and `b` in a fixed order; `left_is_a` says which one
+the annotator sees on the left (randomised at creation). Judgments store the choice in terms
+of `a`/`b` (what was preferred), plus the side layout the annotator saw, so left/right bias
+can be measured without ambiguity.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Role(models.TextChoices):
+    ANNOTATOR = "annotator", "Annotator"
+    REVIEWER = "reviewer", "Reviewer"
+    LEAD = "lead", "Lead"
+
+
+class RationaleMode(models.TextChoices):
+    OFF = "off", "Not asked"
+    OPTIONAL = "optional", "Optional"
+    REQUIRED = "required", "Required"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    description = models.TextField(blank=True)
+    base_model = models.CharField(
+        max_length=300,
+        default="packaged:smollm2-135m-instruct",
+        help_text="Hugging Face model id, local directory, or packaged:<name>.",
+    )
+    trust_remote_code = models.BooleanField(default=False)
+    overlap = models.PositiveSmallIntegerField(
+        default=1, help_text="Judgments from distinct annotators each comparison needs."
+    )
+    allow_tie = models.BooleanField(default=True)
+    allow_both_bad = models.BooleanField(default=True)
+    use_strength = models.BooleanField(default=False)
+    criteria = models.JSONField(default=list, blank=True, help_text="Names of per-criterion choices.")
+    reason_tags = models.JSONField(default=list, blank=True)
+    rationale = models.CharField(max_length=10, choices=RationaleMode, default=RationaleMode.OPTIONAL)
+    gold_rate = models.FloatField(default=0.0)
+    swap_recheck_rate = models.FloatField(default=0.0)
+    lease_seconds = models.PositiveIntegerField(default=600)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role, default=Role.ANNOTATOR)
+    quota = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} as {self.role}"
+
+
+class Guideline(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="guidelines")
+    version = models.PositiveIntegerField()
+    body = models.TextField(help_text="Markdown.")
+    changes = models.TextField(blank=True, help_text="What changed since the previous version.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="guideline_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} guidelines v{self.version}"
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    EVAL = "eval", "Held-out evaluation"
+
+
+class Prompt(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField(help_text='Chat messages: [{"role": "user", "content": "..."}, ...]')
+    tags = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=200, blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    split = models.CharField(max_length=5, choices=Split, default=Split.TRAIN)
+    content_hash = models.CharField(max_length=64, db_index=True)
+    embedding = models.BinaryField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["project", "split"])]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+    @property
+    def text(self) -> str:
+        """The last user turn: what the prompt asks."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return str(message.get("content", ""))
+        return ""
+
+    @property
+    def is_multi_turn(self) -> bool:
+        return len(self.messages) > 1
+
+
+class PolicyKind(models.TextChoices):
+    MODEL = "model", "Model version"
+    EXTERNAL = "external", "External (imported responses)"
+
+
+class Policy(models.Model):
+    """What produced a response. Alignment's model versions each own one."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="policies")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=PolicyKind, default=PolicyKind.MODEL)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "policies"
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="policy_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Response(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="responses")
+    text = models.TextField()
+    generation_params = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+
+class Purpose(models.TextChoices):
+    TRAIN = "train", "Training data"
+    EVAL = "eval", "Evaluation head-to-head"
+
+
+class Choice(models.TextChoices):
+    """A judgment in terms of the comparison's responses, independent of the sides shown."""
+
+    A = "a", "A better"
+    B = "b", "B better"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class ComparisonStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    COMPLETE = "complete", "Complete"
+    RETIRED = "retired", "Retired"
+
+
+class Comparison(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
+    response_a = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    response_b = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    left_is_a = models.BooleanField(default=True)
+    # The round is alignment's concept; annotate only knows its number (alignment → annotate).
+    round_number = models.PositiveIntegerField(default=0, db_index=True)
+    purpose = models.CharField(max_length=5, choices=Purpose, default=Purpose.TRAIN)
+    pairing_strategy = models.CharField(max_length=40, blank=True)
+    gold_choice = models.CharField(max_length=10, choices=Choice, blank=True)
+    status = models.CharField(max_length=10, choices=ComparisonStatus, default=ComparisonStatus.OPEN)
+    judgment_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["project", "status", "round_number"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(response_a=models.F("response_b")), name="comparison_distinct_responses"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk} on prompt {self.prompt_id}"
+
+    @property
+    def left(self) -> Response:
+        return self.response_a if self.left_is_a else self.response_b
+
+    @property
+    def right(self) -> Response:
+        return self.response_b if self.left_is_a else self.response_a
+
+
+class LeaseState(models.TextChoices):
+    HELD = "held", "Held"
+    SUBMITTED = "submitted", "Submitted"
+    SKIPPED = "skipped", "Skipped"
+    RELEASED = "released", "Released"
+
+
+class Lease(models.Model):
+    """A comparison held for one annotator until `expires_at`; also the record of skips."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
+    state = models.CharField(max_length=10, choices=LeaseState, default=LeaseState.HELD)
+    expires_at = models.DateTimeField()
+    skip_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], name="lease_unique_per_annotator"
+            ),
+        ]
+        indexes = [models.Index(fields=["comparison", "state", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} {self.state} {self.comparison_id}"
+
+
+class Judgment(models.Model):
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
+    )
+    choice = models.CharField(max_length=10, choices=Choice)
+    left_was_a = models.BooleanField(help_text="The side layout the annotator saw.")
+    strength = models.PositiveSmallIntegerField(null=True, blank=True)
+    criteria = models.JSONField(default=dict, blank=True, help_text="criterion name → choice")
+    rationale = models.TextField(blank=True)
+    reason_tags = models.JSONField(default=list, blank=True)
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    guideline = models.ForeignKey(Guideline, null=True, blank=True, on_delete=models.PROTECT)
+    idempotency_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    is_adjudication = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["annotator", "comparison"], name="judgment_one_per_annotator"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} on {self.comparison_id}: {self.choice}"
+
+    @property
+    def chose_left(self) -> bool | None:
+        if self.choice not in (Choice.A, Choice.B):
+            return None
+        return (self.choice == Choice.A) == self.left_was_a
+
+
+class PairKind(models.TextChoices):
+    PREFERENCE = "preference", "Chosen / rejected"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class PreferencePair(models.Model):
+    """Aggregated outcome of a comparison's judgments (majority vote, with agreement).
+
+    For `preference` pairs `chosen`/`rejected` are set; ties and both-bad keep the two
+    responses as `chosen`/`rejected` in comparison order and feed unpaired (KTO-style) data.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pairs")
+    comparison = models.OneToOneField(Comparison, on_delete=models.CASCADE, related_name="pair")
+    kind = models.CharField(max_length=12, choices=PairKind)
+    chosen = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    agreement = models.FloatField(help_text="Share of judgments that agree with the outcome.")
+    n_judgments = models.PositiveSmallIntegerField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} pair for comparison {self.comparison_id}"
+
+
+class DatasetSnapshot(models.Model):
+    """The frozen set of pairs a training run used: ids, the filters, a content hash."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
+    pair_ids = models.JSONField(default=list)
+    filters = models.JSONField(default=dict, blank=True)
+    content_hash = models.CharField(max_length=64)
+    n_pairs = models.PositiveIntegerField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Snapshot {self.pk} ({self.n_pairs} pairs, {self.content_hash[:10]})"

@@ -1,0 +1,51 @@
+// Prefloop: keyboard shortcuts and focus handling. No inline script anywhere (CSP).
+(function () {
+  "use strict";
+
+  function typing(target) {
+    return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  }
+
+  function shortcutFor(key) {
+    var wanted = key.length === 1 ? key.toLowerCase() : key;
+    var buttons = document.querySelectorAll("[data-shortcut]");
+    for (var i = 0; i < buttons.length; i++) {
+      var keys = buttons[i].getAttribute("data-shortcut").split(" ");
+      if (keys.indexOf(wanted) !== -1 && !buttons[i].disabled) return buttons[i];
+    }
+    return null;
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+    var button = shortcutFor(event.key);
+    if (!button) return;
+    event.preventDefault();
+    button.click();
+  });
+
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest("[data-toggle-guidelines]");
+    if (!toggle) return;
+    var layout = document.getElementById("annotate-layout");
+    if (!layout) return;
+    var hidden = layout.classList.toggle("guidelines-hidden");
+    toggle.setAttribute("aria-pressed", hidden ? "false" : "true");
+  });
+
+  // After a new pair is swapped in, keep the keyboard on it.
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var pair = document.getElementById("pair");
+    if (pair && event.detail.target && (event.detail.target.id === "pair" || event.detail.elt.id === "pair")) {
+      pair.focus({ preventScroll: false });
+      window.scrollTo({ top: 0 });
+    }
+  });
+  // htmx does not swap error responses by default; a rejected judgment (422) carries the message.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    if (event.detail.xhr.status === 422) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+})();

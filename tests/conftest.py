@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from annotate.models import Project, Role
+from annotate.services import PromptInput, membership_set, project_create, prompts_create
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", REPO / "data" / "models"))
+
+
+@pytest.fixture(scope="session")
+def packaged_model_dir() -> Path:
+    """The packaged SmolLM2 checkpoint, converted once per machine under data/models."""
+    from alignment.engine.sources import PACKAGED_SMOLLM2, model_path_resolve
+
+    return Path(model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=MODELS_DIR))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, packaged_model_dir: Path) -> Path:
+    """A tiny random Llama with the real SmolLM2 tokenizer: fast enough for every test."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def make_user(db: None) -> Callable[..., User]:
+    def make(username: str, *, superuser: bool = False) -> User:
+        if superuser:
+            return User.objects.create_superuser(username=username, password="pw-" + username)
+        return User.objects.create_user(username=username, password="pw-" + username)
+
+    return make
+
+
+@pytest.fixture
+def lead(make_user: Callable[..., User]) -> User:
+    return make_user("lead")
+
+
+@pytest.fixture
+def annotator(make_user: Callable[..., User]) -> User:
+    return make_user("ann")
+
+
+@pytest.fixture
+def outsider(make_user: Callable[..., User]) -> User:
+    return make_user("outsider")
+
+
+@pytest.fixture
+def project(lead: User, annotator: User) -> Project:
+    project = project_create(
+        name="Test project", slug="test", guidelines="# Be helpful\nPrefer **correct** answers.",
+        created_by=lead, overlap=1,
+    )
+    membership_set(project=project, user=annotator, role=Role.ANNOTATOR)
+    prompts_create(
+        project=project,
+        rows=[PromptInput(messages=f"Question number {i}: what is {i} + {i}?") for i in range(6)]
+        + [PromptInput(messages=f"Held-out question {i}?", split="eval") for i in range(3)],
+    )
+    return project

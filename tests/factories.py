@@ -1,0 +1,29 @@
+"""Build comparisons the way the app does: through the services."""
+
+from __future__ import annotations
+
+import random
+
+from annotate.models import Comparison, Policy, Project, Prompt
+from annotate.services import ResponseInput, comparison_create, policy_create, responses_create
+
+
+def policy_for(project: Project, name: str = "imported") -> Policy:
+    return Policy.objects.filter(project=project, name=name).first() or policy_create(
+        project=project, name=name, kind="external"
+    )
+
+
+def comparison_make(
+    prompt: Prompt, texts: tuple[str, str] = ("Short answer.", "A much longer answer with detail."),
+    *, round_number: int = 1, purpose: str = "train", seed: int = 0, policy: Policy | None = None,
+) -> Comparison:
+    policy = policy or policy_for(prompt.project)
+    first, second = responses_create(
+        policy=policy,
+        rows=[ResponseInput(prompt_id=prompt.pk, text=text, generation_params={}) for text in texts],
+    )
+    return comparison_create(
+        response_a=first, response_b=second, round_number=round_number, purpose=purpose,
+        rng=random.Random(seed),
+    )
