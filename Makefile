@@ -53,8 +53,14 @@ lint: install
 typecheck: install
 	DEBUG=1 $(VENV)/bin/mypy config annotate alignment
 
+# With DATABASE_URL set (CI: PostgreSQL + Redis) the suite runs on the production shape, then
+# the database-facing tests run once more on the embedded default (SQLite, no broker).
 pytest: install browser models
 	DEBUG=1 $(PY) -m pytest
+	@if [ -n "$${DATABASE_URL:-}" ]; then \
+	  echo "== again on the embedded default (SQLite)"; \
+	  env -u DATABASE_URL -u CELERY_BROKER_URL DEBUG=1 $(PY) -m pytest -q tests/annotate tests/test_settings.py; \
+	fi
 
 test: lint typecheck pytest
 

@@ -117,12 +117,15 @@ def round_start(
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
     created_by: AbstractBaseUser | None = None,
+    dispatch: bool = True,
 ) -> Round:
     """Create the next round and queue its generation jobs.
 
     on_policy: `samples_per_prompt` samples of `policy` per training prompt, paired with each
-    other as they are generated. head_to_head: one sample of `policy` and one of its parent
-    per held-out prompt, paired when both jobs are done (evaluation, never trained on).
+    other as they are generated. head_to_head: `samples_per_prompt` samples of `policy` and
+    of its parent per held-out prompt, paired sample by sample when both jobs are done
+    (evaluation, never trained on). `dispatch=False` leaves the jobs queued for the caller
+    to execute in-process (the headless loop check).
     """
     sampling = (sampling or SamplingSettings()).validate()
     if policy.project_id != project.pk:
@@ -133,7 +136,7 @@ def round_start(
     head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
     if on_policy and not train_prompts:
         raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
-    if on_policy and samples_per_prompt < 2:
+    if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
         raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
     if head_to_head and policy.parent is None:
         raise ValidationFailed("Head-to-head needs a model version with a parent; the base has none.")
@@ -157,9 +160,10 @@ def round_start(
             assert policy.parent is not None
             for version in (policy, policy.parent):
                 jobs.append(_generation_job_create(round_, version, eval_prompts, Purpose.EVAL,
-                                                   {**config, "samples_per_prompt": 1}))
-        for job in jobs:
-            _dispatch_generation(job.pk)
+                                                   {**config, "samples_per_prompt": samples_per_prompt}))
+        if dispatch:
+            for job in jobs:
+                _dispatch_generation(job.pk)
     return round_
 
 
@@ -272,7 +276,7 @@ def _on_policy_pairs_create(
 def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
     """Pair the policy's and its parent's held-out responses once both jobs have succeeded."""
     with transaction.atomic():
-        round_ = Round.objects.select_for_update().select_related("policy__parent").get(pk=round_.pk)
+        round_ = Round.objects.select_for_update(of=("self",)).select_related("policy__parent").get(pk=round_.pk)
         jobs = list(round_.generation_jobs.filter(purpose=Purpose.EVAL))
         if not jobs or any(job.status != JobStatus.SUCCEEDED for job in jobs):
             return []
@@ -285,17 +289,17 @@ def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
         responses = Response.objects.filter(
             generation_params__generation_job__in=job_ids
         ).select_related("prompt").order_by("id")
-        new: dict[int, Response] = {}
-        old: dict[int, Response] = {}
+        new: dict[int, list[Response]] = defaultdict(list)
+        old: dict[int, list[Response]] = defaultdict(list)
         for response in responses:
-            target = new if response.policy_id == policy.policy_id else old
-            target.setdefault(response.prompt_id, response)
+            (new if response.policy_id == policy.policy_id else old)[response.prompt_id].append(response)
         rng = random.Random(round_.pk)
         created = []
-        for prompt_id, response in new.items():
-            if prompt_id in old:
+        for prompt_id, ours in new.items():
+            for mine, theirs in zip(ours, old.get(prompt_id, []), strict=False):
+                # Response a is always the new policy's; the sides shown are still randomised.
                 created.append(comparison_create(
-                    response_a=response, response_b=old[prompt_id], round_number=round_.number,
+                    response_a=mine, response_b=theirs, round_number=round_.number,
                     purpose=Purpose.EVAL, pairing_strategy=PairingStrategy.HEAD_TO_HEAD, rng=rng,
                 ))
         return created
@@ -369,6 +373,7 @@ def training_run_start(
     training: TrainingSettings,
     filters: SnapshotFilters | None = None,
     created_by: AbstractBaseUser | None = None,
+    dispatch: bool = True,
 ) -> TrainingRun:
     training.validate()
     if base_version.project_id != project.pk:
@@ -385,7 +390,8 @@ def training_run_start(
         )
         run.output_dir = str(Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk))
         run.save(update_fields=["output_dir"])
-        _dispatch_training(run.pk)
+        if dispatch:
+            _dispatch_training(run.pk)
     return run
 
 

@@ -1,0 +1,224 @@
+"""The headless loop check: one full round with simulated annotators, end to end.
+
+Round 1 samples the base policy on training prompts; simulated annotators judge the pairs by
+a rule through the same queue and judgment service people use; a QLoRA DPO run trains on the
+aggregated pairs; a head-to-head round then samples the new checkpoint and its parent on
+held-out prompts, and the same rule judges them blind. The report says whether the new
+policy learned the rule: its win rate over the parent with a 95 % interval, and the rule's
+measured property for both policies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from statistics import mean
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
+
+from alignment.engine.rules import JudgeRule
+from alignment.engine.stats import WinRate, win_rate
+from alignment.models import GenerationJob, JobStatus, ModelVersion, PairingStrategy, TrainingRun
+from alignment.services import (
+    SamplingSettings,
+    TrainingSettings,
+    generation_job_execute,
+    model_version_base_ensure,
+    round_start,
+    training_run_execute,
+    training_run_start,
+)
+from annotate.demo_data import demo_guidelines, demo_prompts
+from annotate.models import Choice, Comparison, PairKind, PreferencePair, Project, Response, Role
+from annotate.queue import comparison_next_for_annotator
+from annotate.services import (
+    SnapshotFilters,
+    judgment_submit,
+    membership_set,
+    project_create,
+    prompts_create,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LoopCheckSettings:
+    model: str = "packaged:smollm2-135m-instruct"
+    train_prompts: int = 60
+    eval_prompts: int = 24
+    samples_per_prompt: int = 2
+    eval_samples_per_prompt: int = 2
+    max_new_tokens: int = 200
+    temperature: float = 0.9
+    top_p: float = 0.95
+    batch_size: int = 8
+    seed: int = 0
+    annotators: int = 2
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+
+@dataclass(frozen=True)
+class PolicyFigures:
+    name: str
+    responses: int
+    property_mean: float
+    mean_completion_tokens: float
+
+
+@dataclass(frozen=True)
+class LoopCheckReport:
+    project_slug: str
+    rule: str
+    property_name: str
+    train_comparisons: int
+    train_judgments: int
+    train_pairs: int
+    train_ties: int
+    training_steps: int
+    train_loss: float
+    new_policy: PolicyFigures
+    parent_policy: PolicyFigures
+    head_to_head: WinRate
+    seconds: dict[str, float]
+
+
+def simulated_annotators_ensure(*, project: Project, count: int) -> list[AbstractBaseUser]:
+    User = get_user_model()
+    users = []
+    for index in range(1, count + 1):
+        user, created = User.objects.get_or_create(username=f"simulated-{project.slug}-{index}")
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        membership_set(project=project, user=user, role=Role.ANNOTATOR)
+        users.append(user)
+    return users
+
+
+def judge_by_rule(*, project: Project, annotators: Sequence[AbstractBaseUser], rule: JudgeRule) -> int:
+    """Let simulated annotators work the queue until nothing is left; returns judgments made."""
+    made = 0
+    idle = 0
+    turn = 0
+    while idle < len(annotators):
+        annotator = annotators[turn % len(annotators)]
+        turn += 1
+        comparison = comparison_next_for_annotator(project=project, annotator=annotator)
+        if comparison is None:
+            idle += 1
+            continue
+        idle = 0
+        # The rule sees what a person sees: the prompt and the left and right texts.
+        verdict = rule.judge(comparison.prompt.text, comparison.left.text, comparison.right.text)
+        side = {"a": "left", "b": "right", "tie": "tie"}[verdict]
+        choice = {"left": Choice.A if comparison.left_is_a else Choice.B,
+                  "right": Choice.B if comparison.left_is_a else Choice.A, "tie": Choice.TIE}[side]
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice,
+                        time_spent_ms=0)
+        made += 1
+    return made
+
+
+def _jobs_execute(jobs: Sequence[GenerationJob]) -> None:
+    for job in jobs:
+        generation_job_execute(job_id=job.pk)
+        job.refresh_from_db()
+        if job.status != JobStatus.SUCCEEDED:
+            raise RuntimeError(f"generation job {job.pk} {job.status}: {job.error}")
+
+
+def _policy_figures(version: ModelVersion, responses: Sequence[Response], rule: JudgeRule) -> PolicyFigures:
+    return PolicyFigures(
+        name=version.name,
+        responses=len(responses),
+        property_mean=mean(rule.measure(r.text) for r in responses) if responses else float("nan"),
+        mean_completion_tokens=mean(r.completion_tokens or 0 for r in responses) if responses else float("nan"),
+    )
+
+
+def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) -> LoopCheckReport:
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    slug = "loop-check-" + timezone.now().strftime("%Y%m%d-%H%M%S")
+    project = project_create(name=f"Loop check ({rule.name})", slug=slug, guidelines=demo_guidelines(),
+                             base_model=settings.model, overlap=1)
+    prompts_create(project=project, rows=demo_prompts())
+    annotators = simulated_annotators_ensure(project=project, count=settings.annotators)
+    base = model_version_base_ensure(project=project)
+    train_prompts = list(project.prompts.filter(split="train").order_by("id")[: settings.train_prompts])
+    eval_prompts = list(project.prompts.filter(split="eval").order_by("id")[: settings.eval_prompts])
+    sampling = SamplingSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                top_p=settings.top_p, seed=settings.seed, batch_size=settings.batch_size)
+    log(f"project {slug}: {len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts")
+
+    t = time.monotonic()
+    round1 = round_start(project=project, policy=base, train_prompts=train_prompts,
+                         samples_per_prompt=settings.samples_per_prompt, sampling=sampling, dispatch=False)
+    _jobs_execute(list(round1.generation_jobs.all()))
+    seconds["round 1 generation"] = time.monotonic() - t
+    log(f"round 1: {Comparison.objects.filter(project=project).count()} comparisons "
+        f"in {seconds['round 1 generation']:.0f} s")
+
+    t = time.monotonic()
+    train_judgments = judge_by_rule(project=project, annotators=annotators, rule=rule)
+    seconds["judging"] = time.monotonic() - t
+    pairs = PreferencePair.objects.filter(project=project)
+    train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
+    train_ties = pairs.exclude(kind=PairKind.PREFERENCE).count()
+    log(f"judged {train_judgments}: {train_pairs} preference pairs, {train_ties} ties")
+
+    t = time.monotonic()
+    run = training_run_start(project=project, base_version=base, training=settings.training,
+                             filters=SnapshotFilters(rounds=(round1.number,)), dispatch=False)
+    training_run_execute(run_id=run.pk)
+    run = TrainingRun.objects.select_related("output_version").get(pk=run.pk)
+    if run.status != JobStatus.SUCCEEDED or run.output_version is None:
+        raise RuntimeError(f"training run {run.pk} {run.status}: {run.error}")
+    seconds["training"] = time.monotonic() - t
+    new = run.output_version
+    log(f"trained {run.summary['steps']} steps in {seconds['training']:.0f} s "
+        f"(loss {run.summary['train_loss']:.3f}) → {new.name}")
+
+    t = time.monotonic()
+    round2 = round_start(project=project, policy=new, eval_prompts=eval_prompts,
+                         samples_per_prompt=settings.eval_samples_per_prompt, sampling=sampling,
+                         strategy=PairingStrategy.HEAD_TO_HEAD, dispatch=False)
+    _jobs_execute(list(round2.generation_jobs.order_by("id")))
+    seconds["head-to-head generation"] = time.monotonic() - t
+    t = time.monotonic()
+    judge_by_rule(project=project, annotators=annotators, rule=rule)
+    seconds["head-to-head judging"] = time.monotonic() - t
+
+    h2h = PreferencePair.objects.filter(project=project, comparison__round_number=round2.number,
+                                        comparison__purpose="eval").select_related("comparison")
+    wins = losses = ties = 0
+    for pair in h2h:
+        if pair.kind != PairKind.PREFERENCE:
+            ties += 1
+        elif pair.chosen_id == pair.comparison.response_a_id:  # response a is the new policy's
+            wins += 1
+        else:
+            losses += 1
+    eval_responses = Response.objects.filter(
+        generation_params__generation_job__in=list(round2.generation_jobs.values_list("id", flat=True))
+    )
+    seconds["total"] = time.monotonic() - started
+    return LoopCheckReport(
+        project_slug=slug,
+        rule=rule.name,
+        property_name=rule.property_name,
+        train_comparisons=Comparison.objects.filter(project=project, round_number=round1.number).count(),
+        train_judgments=train_judgments,
+        train_pairs=train_pairs,
+        train_ties=train_ties,
+        training_steps=int(run.summary["steps"]),
+        train_loss=float(run.summary["train_loss"]),
+        new_policy=_policy_figures(new, list(eval_responses.filter(policy=new.policy)), rule),
+        parent_policy=_policy_figures(base, list(eval_responses.filter(policy=base.policy)), rule),
+        head_to_head=win_rate(wins=wins, losses=losses, ties=ties),
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+    )

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from alignment.engine.rules import BUILTIN_RULES, rule_load
+from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
+from alignment.services import TrainingSettings
+from annotate.services import ValidationFailed
+
+
+class Command(BaseCommand):
+    help = (
+        "Run one full alignment round headless: generate pairs with the base policy, let "
+        "simulated annotators judge them by a rule, train with QLoRA DPO, then judge the new "
+        "checkpoint against its parent on held-out prompts with the same rule. Reports the "
+        "win rate with a 95%% interval, the rule's property for both policies, counts and times. "
+        "Built-in rules: " + ", ".join(sorted(BUILTIN_RULES)) + "; or any `module:function` "
+        "taking (prompt, response_a, response_b) and returning 'a', 'b' or 'tie'."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        defaults = LoopCheckSettings()
+        training = TrainingSettings()
+        parser.add_argument("--rule", default="shorter", help="Built-in rule name or module:function.")
+        parser.add_argument("--model", default=defaults.model, help="Base model source.")
+        for name in ("train_prompts", "eval_prompts", "samples_per_prompt", "eval_samples_per_prompt",
+                     "max_new_tokens", "batch_size", "seed", "annotators"):
+            parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+        for name in ("temperature", "top_p"):
+            parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+        for f in fields(TrainingSettings):
+            kind = type(getattr(training, f.name))
+            parser.add_argument("--train-" + f.name.replace("_", "-"), dest="train_" + f.name,
+                                type=kind, default=getattr(training, f.name))
+        parser.add_argument("--min-win-rate", type=float, default=None,
+                            help="Exit with an error when the win rate falls below this.")
+        parser.add_argument("--json", dest="json_path", default=None, help="Also write the report as JSON here.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            rule = rule_load(options["rule"])
+            training = TrainingSettings.from_mapping(
+                {f.name: options["train_" + f.name] for f in fields(TrainingSettings)}
+            )
+        except (ValueError, ValidationFailed) as error:
+            raise CommandError(str(error)) from None
+        settings = LoopCheckSettings(
+            model=options["model"], training=training,
+            **{f.name: options[f.name] for f in fields(LoopCheckSettings) if f.name not in ("model", "training")},
+        )
+        report = loop_check_run(settings=settings, rule=rule, log=lambda line: self.stdout.write(line))
+        self._print(report)
+        if options["json_path"]:
+            with open(options["json_path"], "w", encoding="utf-8") as handle:
+                json.dump(asdict(report), handle, indent=2)
+        if options["min_win_rate"] is not None and report.head_to_head.rate < options["min_win_rate"]:
+            raise CommandError(
+                f"win rate {report.head_to_head.rate:.1%} is below the required {options['min_win_rate']:.1%}"
+            )
+
+    def _print(self, report: LoopCheckReport) -> None:
+        h2h = report.head_to_head
+        new, parent = report.new_policy, report.parent_policy
+        self.stdout.write("")
+        self.stdout.write(f"Loop check with rule {report.rule!r} (project {report.project_slug})")
+        self.stdout.write(f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
+                          f"{report.train_pairs} preference pairs, {report.train_ties} ties")
+        self.stdout.write(f"  training: {report.training_steps} steps, final loss {report.train_loss:.4f}")
+        self.stdout.write(f"  head to head on held-out prompts: {h2h.n} comparisons "
+                          f"({h2h.wins} won, {h2h.losses} lost, {h2h.ties} tied)")
+        self.stdout.write(f"  win rate of {new.name} over {parent.name}: {h2h.rate:.1%} "
+                          f"(95% CI {h2h.low:.1%} to {h2h.high:.1%})")
+        self.stdout.write(f"  {report.property_name}: {new.name} {new.property_mean:.2f} vs "
+                          f"{parent.name} {parent.property_mean:.2f}")
+        self.stdout.write(f"  mean completion tokens: {new.name} {new.mean_completion_tokens:.1f} vs "
+                          f"{parent.name} {parent.mean_completion_tokens:.1f} "
+                          f"({new.responses} and {parent.responses} responses)")
+        times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
+        self.stdout.write(f"  time: {times}")
