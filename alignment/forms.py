@@ -1,0 +1,138 @@
+"""Forms of the lead's pages. They parse input; the services own the rules and their messages."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.db.models import QuerySet
+
+from alignment.models import ModelVersion, PairingStrategy
+from alignment.services import LOSS_TYPES, SamplingSettings, TrainingSettings
+
+_SAMPLING = SamplingSettings()
+_TRAINING = TrainingSettings()
+
+
+class ModelVersionField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        version: ModelVersion = obj
+        return f"{version.name} (from {version.parent.name})" if version.parent else version.name
+
+
+def _version_field(
+    versions: QuerySet[ModelVersion], label: str, help_text: str
+) -> ModelVersionField:
+    return ModelVersionField(
+        queryset=versions,
+        label=label,
+        help_text=help_text,
+        empty_label=None,
+        initial=versions.first(),
+    )
+
+
+class RoundStartForm(forms.Form):
+    """Start the next round from a chosen model version."""
+
+    # Ranges of the sampling values are checked by SamplingSettings.validate, so the page shows
+    # the same messages as the API and the CLI.
+    policy = forms.ModelChoiceField(queryset=ModelVersion.objects.none())
+    pairing_strategy = forms.ChoiceField(
+        choices=PairingStrategy.choices, initial=PairingStrategy.ON_POLICY
+    )
+    train_prompts = forms.IntegerField(
+        label="Training prompts",
+        initial=40,
+        min_value=0,
+        max_value=100_000,
+        help_text="Chosen least used first. Used by on-policy pairs.",
+    )
+    eval_prompts = forms.IntegerField(
+        label="Held-out prompts for head-to-head",
+        initial=20,
+        min_value=0,
+        max_value=100_000,
+        help_text="The project's held-out (eval split) prompts, in id order.",
+    )
+    samples_per_prompt = forms.IntegerField(initial=2, min_value=1, max_value=64)
+    max_new_tokens = forms.IntegerField(initial=_SAMPLING.max_new_tokens)
+    temperature = forms.FloatField(initial=_SAMPLING.temperature)
+    top_p = forms.FloatField(label="Top-p", initial=_SAMPLING.top_p)
+    seed = forms.IntegerField(initial=_SAMPLING.seed)
+
+    def __init__(self, *args: Any, versions: QuerySet[ModelVersion], **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["policy"] = _version_field(
+            versions, "Model version", "The policy that generates this round's responses."
+        )
+
+    def sampling(self) -> SamplingSettings:
+        data = self.cleaned_data
+        return SamplingSettings(
+            max_new_tokens=data["max_new_tokens"],
+            temperature=data["temperature"],
+            top_p=data["top_p"],
+            seed=data["seed"],
+        )
+
+
+_ROUNDS_RE = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
+
+
+class TrainingRunStartForm(forms.Form):
+    """Train a new model version on the current preference pairs."""
+
+    base_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none())
+    loss_type = forms.ChoiceField(choices=list(LOSS_TYPES.items()), initial=_TRAINING.loss_type)
+    beta = forms.FloatField(initial=_TRAINING.beta)
+    learning_rate = forms.FloatField(initial=_TRAINING.learning_rate)
+    epochs = forms.IntegerField(initial=_TRAINING.epochs)
+    batch_size = forms.IntegerField(initial=_TRAINING.batch_size)
+    lora_r = forms.IntegerField(label="LoRA r", initial=_TRAINING.lora_r)
+    lora_alpha = forms.IntegerField(label="LoRA alpha", initial=_TRAINING.lora_alpha)
+    max_length = forms.IntegerField(initial=_TRAINING.max_length)
+    seed = forms.IntegerField(initial=_TRAINING.seed)
+    rounds = forms.CharField(
+        label="Rounds to include",
+        required=False,
+        help_text="Comma-separated round numbers, e.g. 1, 2. Empty: every round.",
+    )
+    min_agreement = forms.FloatField(
+        initial=0.0,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Only pairs whose judgments agree at least this much (0 to 1).",
+    )
+
+    SETTINGS_FIELDS = (
+        "loss_type",
+        "beta",
+        "learning_rate",
+        "epochs",
+        "batch_size",
+        "lora_r",
+        "lora_alpha",
+        "max_length",
+        "seed",
+    )
+
+    def __init__(self, *args: Any, versions: QuerySet[ModelVersion], **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+        self.fields["base_version"] = _version_field(
+            versions, "Start from model version", "The new version's parent."
+        )
+
+    def clean_rounds(self) -> tuple[int, ...]:
+        value: str = self.cleaned_data.get("rounds") or ""
+        if not value.strip():
+            return ()
+        if not _ROUNDS_RE.match(value):
+            raise forms.ValidationError("Rounds must be comma-separated round numbers, e.g. 1, 2.")
+        return tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
+
+    def settings_mapping(self) -> dict[str, Any]:
+        return {name: self.cleaned_data[name] for name in self.SETTINGS_FIELDS}

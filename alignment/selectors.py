@@ -1,0 +1,333 @@
+"""Reads of the machine side, shaped for the lead's pages: rounds, jobs, runs, model versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from alignment.models import GenerationJob, ModelVersion, Round, TrainingRun
+from annotate.models import (
+    Comparison,
+    ComparisonStatus,
+    PairKind,
+    PreferencePair,
+    Project,
+    Prompt,
+    Purpose,
+    Split,
+)
+
+# Model versions -----------------------------------------------------------------------------
+
+
+def model_versions_for_project(*, project: Project) -> QuerySet[ModelVersion]:
+    """The project's versions, newest first."""
+    return ModelVersion.objects.filter(project=project).select_related("parent").order_by("-id")
+
+
+def model_version_newest(*, project: Project) -> ModelVersion | None:
+    return model_versions_for_project(project=project).first()
+
+
+@dataclass
+class ModelVersionNode:
+    version: ModelVersion
+    lineage: list[ModelVersion]  # this version first, then its ancestors up to the root
+    produced_by: TrainingRun | None
+    depth: int = 0
+    children: list[ModelVersionNode] = field(default_factory=list)
+
+    @property
+    def lineage_label(self) -> str:
+        return " ← ".join(version.name for version in self.lineage)
+
+
+@dataclass
+class ModelVersionTree:
+    roots: list[ModelVersionNode]
+    nodes: list[ModelVersionNode]  # every version, depth first from the roots, parents first
+
+
+def model_version_tree(*, project: Project) -> ModelVersionTree:
+    """Every version of the project with its lineage, its training run and its children."""
+    versions = list(
+        ModelVersion.objects.filter(project=project).select_related("produced_by").order_by("id")
+    )
+    by_id = {version.pk: version for version in versions}
+    nodes = {
+        version.pk: ModelVersionNode(
+            version=version,
+            lineage=_lineage(version, by_id),
+            produced_by=getattr(version, "produced_by", None),
+        )
+        for version in versions
+    }
+    roots: list[ModelVersionNode] = []
+    for version in versions:
+        node = nodes[version.pk]
+        parent = nodes.get(version.parent_id) if version.parent_id else None
+        if parent is None:
+            roots.append(node)
+        else:
+            parent.children.append(node)
+    ordered: list[ModelVersionNode] = []
+    stack = [(root, 0) for root in reversed(roots)]
+    while stack:
+        node, depth = stack.pop()
+        node.depth = depth
+        ordered.append(node)
+        stack.extend((child, depth + 1) for child in reversed(node.children))
+    return ModelVersionTree(roots=roots, nodes=ordered)
+
+
+def _lineage(version: ModelVersion, by_id: dict[int, ModelVersion]) -> list[ModelVersion]:
+    chain: list[ModelVersion] = []
+    seen: set[int] = set()
+    node: ModelVersion | None = version
+    while node is not None and node.pk not in seen:
+        seen.add(node.pk)
+        chain.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id else None
+    return chain
+
+
+# Rounds and generation jobs -----------------------------------------------------------------
+
+
+@dataclass
+class RoundRow:
+    round: Round
+    prompt_count: int
+    comparisons_created: int
+    jobs: list[GenerationJob]
+
+
+def round_list_for_project(*, project: Project) -> list[RoundRow]:
+    """The project's rounds, newest first, with their prompt, comparison and job counts."""
+    rounds = (
+        Round.objects.filter(project=project)
+        .select_related("policy")
+        .annotate(prompt_count=Count("prompts", distinct=True))
+        .prefetch_related("generation_jobs__model_version")
+        .order_by("-number")
+    )
+    created = dict(
+        Comparison.objects.filter(project=project)
+        .values_list("round_number")
+        .annotate(n=Count("id"))
+        .values_list("round_number", "n")
+    )
+    return [
+        RoundRow(
+            round=round_,
+            prompt_count=round_.prompt_count,  # type: ignore[attr-defined]
+            comparisons_created=created.get(round_.number, 0),
+            jobs=sorted(round_.generation_jobs.all(), key=lambda job: job.pk),
+        )
+        for round_ in rounds
+    ]
+
+
+def eval_prompts_held_out(*, project: Project, count: int) -> list[Prompt]:
+    """The first `count` held-out prompts (split "eval") in id order: the head-to-head set."""
+    if count <= 0:
+        return []
+    return list(project.prompts.filter(split=Split.EVAL).order_by("id")[:count])
+
+
+@dataclass
+class GenerationJobRow:
+    job: GenerationJob
+    tokens_per_s: float | None
+
+
+@dataclass
+class RoundComparisonCounts:
+    created: int
+    judged: int  # with at least one judgment
+    complete: int  # with every judgment the project's overlap asks for
+    judgments: int
+
+
+@dataclass
+class RoundDetail:
+    round: Round
+    train_prompt_count: int
+    eval_prompt_count: int
+    jobs: list[GenerationJobRow]
+    comparisons: RoundComparisonCounts
+
+    @property
+    def any_active(self) -> bool:
+        return any(row.job.is_active for row in self.jobs)
+
+
+def round_detail_get(*, project: Project, number: int) -> RoundDetail | None:
+    round_ = (
+        Round.objects.filter(project=project, number=number)
+        .select_related("policy__parent", "created_by")
+        .first()
+    )
+    if round_ is None:
+        return None
+    splits = dict(
+        round_.prompts.values_list("split").annotate(n=Count("id")).values_list("split", "n")
+    )
+    jobs = list(round_.generation_jobs.select_related("model_version").order_by("id"))
+    return RoundDetail(
+        round=round_,
+        train_prompt_count=splits.get(Split.TRAIN, 0),
+        eval_prompt_count=splits.get(Split.EVAL, 0),
+        jobs=[GenerationJobRow(job=job, tokens_per_s=_tokens_per_s(job)) for job in jobs],
+        comparisons=round_comparison_counts(project=project, round_number=number),
+    )
+
+
+def round_comparison_counts(*, project: Project, round_number: int) -> RoundComparisonCounts:
+    counts = Comparison.objects.filter(project=project, round_number=round_number).aggregate(
+        created=Count("id"),
+        judged=Count("id", filter=Q(judgment_count__gt=0)),
+        complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)),
+    )
+    judgments = Comparison.objects.filter(project=project, round_number=round_number).aggregate(
+        n=Count("judgments")
+    )["n"]
+    return RoundComparisonCounts(
+        created=counts["created"] or 0,
+        judged=counts["judged"] or 0,
+        complete=counts["complete"] or 0,
+        judgments=judgments or 0,
+    )
+
+
+def _tokens_per_s(job: GenerationJob) -> float | None:
+    """The latest throughput: the last progress point while running, the summary when done."""
+    if job.is_active:
+        for point in reversed(job.metrics or []):
+            if isinstance(point, dict) and point.get("tokens_per_s") is not None:
+                return _float_or_none(point["tokens_per_s"])
+    summary_value = (job.summary or {}).get("tokens_per_s")
+    if summary_value is not None:
+        return _float_or_none(summary_value)
+    for point in reversed(job.metrics or []):
+        if isinstance(point, dict) and point.get("tokens_per_s") is not None:
+            return _float_or_none(point["tokens_per_s"])
+    return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# Training runs ------------------------------------------------------------------------------
+
+
+def preference_pairs_available_count(*, project: Project) -> int:
+    """Pairs a snapshot with the default filters would take now.
+
+    Mirrors `annotate.services.snapshot_pairs` (preference kind, training purpose, train split).
+    """
+    return PreferencePair.objects.filter(
+        project=project,
+        kind=PairKind.PREFERENCE,
+        comparison__purpose=Purpose.TRAIN,
+        comparison__prompt__split=Split.TRAIN,
+    ).count()
+
+
+@dataclass
+class TrainingRunRow:
+    run: TrainingRun
+    steps_done: int
+    steps_total: int
+    final_loss: float | None
+
+
+def training_run_list_for_project(*, project: Project) -> list[TrainingRunRow]:
+    runs = (
+        TrainingRun.objects.filter(project=project)
+        .select_related("base_version", "output_version", "snapshot")
+        .order_by("-id")
+    )
+    return [
+        TrainingRunRow(
+            run=run,
+            steps_done=int((run.summary or {}).get("steps") or run.progress_done),
+            steps_total=run.progress_total,
+            final_loss=_final_loss(run),
+        )
+        for run in runs
+    ]
+
+
+def training_run_get(*, project: Project, run_id: int) -> TrainingRun | None:
+    return (
+        TrainingRun.objects.filter(project=project, pk=run_id)
+        .select_related("base_version", "output_version", "snapshot", "created_by")
+        .first()
+    )
+
+
+POINT_KEYS = (
+    "step",
+    "epoch",
+    "loss",
+    "reward_accuracy",
+    "reward_margin",
+    "chosen_reward",
+    "rejected_reward",
+    "t",
+)
+
+
+def training_run_points(*, run: TrainingRun) -> list[dict[str, Any]]:
+    """The run's metric series as recorded by the worker, one point per logged step."""
+    return [
+        {key: point.get(key) for key in POINT_KEYS}
+        for point in (run.metrics or [])
+        if isinstance(point, dict)
+    ]
+
+
+@dataclass
+class TrainingRunProgress:
+    run: TrainingRun
+    latest: dict[str, Any] | None
+    elapsed_s: float | None
+    heartbeat_age_s: float | None
+
+
+def training_run_progress(
+    *, run: TrainingRun, now: dt.datetime | None = None
+) -> TrainingRunProgress:
+    now = now or timezone.now()
+    points = training_run_points(run=run)
+    elapsed: float | None = None
+    if run.started_at is not None:
+        elapsed = ((run.finished_at or now) - run.started_at).total_seconds()
+    heartbeat_age: float | None = None
+    if run.heartbeat_at is not None and run.is_active:
+        heartbeat_age = max(0.0, (now - run.heartbeat_at).total_seconds())
+    return TrainingRunProgress(
+        run=run,
+        latest=points[-1] if points else None,
+        elapsed_s=elapsed,
+        heartbeat_age_s=heartbeat_age,
+    )
+
+
+def _final_loss(run: TrainingRun) -> float | None:
+    value = (run.summary or {}).get("train_loss")
+    if value is not None:
+        return _float_or_none(value)
+    for point in reversed(run.metrics or []):
+        if isinstance(point, dict) and point.get("loss") is not None:
+            return _float_or_none(point["loss"])
+    return None

@@ -1,0 +1,207 @@
+"""The lead's pages of the machine side: rounds, generation jobs, training runs, model versions.
+
+Every view gates on `access_project(..., min_role=Role.LEAD)`: outside that, a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.vary import vary_on_headers
+from django_htmx.middleware import HtmxDetails
+
+from alignment import selectors
+from alignment.forms import RoundStartForm, TrainingRunStartForm
+from alignment.models import PairingStrategy
+from alignment.services import (
+    TrainingSettings,
+    model_version_base_ensure,
+    round_prompts_choose,
+    round_start,
+    training_run_start,
+)
+from annotate.access import access_project, project_role
+from annotate.models import Project, Role
+from annotate.services import SnapshotFilters, ValidationFailed
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _lead_project(request: HttpRequest, slug: str) -> Project:
+    return access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+
+
+def _context(request: HttpRequest, project: Project, **extra: Any) -> dict[str, Any]:
+    role = project_role(user=request.user, project=project)
+    return {"project": project, "role": role.value if role else "", **extra}
+
+
+# Rounds -------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def round_list(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    rows = selectors.round_list_for_project(project=project)
+    return render(request, "alignment/round_list.html", _context(request, project, rows=rows))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def round_new(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    # The base model is the root of every lineage; a fresh project gets it here, once.
+    model_version_base_ensure(project=project)
+    versions = selectors.model_versions_for_project(project=project)
+    if request.method != "POST":
+        form = RoundStartForm(versions=versions)
+        return render(request, "alignment/round_new.html", _context(request, project, form=form))
+
+    form = RoundStartForm(request.POST, versions=versions)
+    if form.is_valid():
+        data = form.cleaned_data
+        strategy = data["pairing_strategy"]
+        on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
+        head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+        try:
+            round_ = round_start(
+                project=project,
+                policy=data["policy"],
+                train_prompts=(
+                    round_prompts_choose(project=project, count=data["train_prompts"])
+                    if on_policy
+                    else ()
+                ),
+                eval_prompts=(
+                    selectors.eval_prompts_held_out(project=project, count=data["eval_prompts"])
+                    if head_to_head
+                    else ()
+                ),
+                samples_per_prompt=data["samples_per_prompt"],
+                sampling=form.sampling(),
+                strategy=strategy,
+                created_by=request.user,  # type: ignore[arg-type]
+            )
+        except ValidationFailed as error:
+            form.add_error(None, str(error))
+        else:
+            return redirect("round_detail", slug=project.slug, number=round_.number)
+    return render(
+        request, "alignment/round_new.html", _context(request, project, form=form), status=400
+    )
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def round_detail(request: HtmxHttpRequest, slug: str, number: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    detail = selectors.round_detail_get(project=project, number=number)
+    if detail is None:
+        raise Http404("No such round.")
+    template = "alignment/round_detail.html"
+    if request.htmx:
+        template += "#jobs"
+    return render(request, template, _context(request, project, detail=detail))
+
+
+# Training runs ------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def training_run_list(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    rows = selectors.training_run_list_for_project(project=project)
+    return render(
+        request, "alignment/training_run_list.html", _context(request, project, rows=rows)
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def training_run_new(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    # The base model is the root of every lineage; a fresh project gets it here, once.
+    model_version_base_ensure(project=project)
+    versions = selectors.model_versions_for_project(project=project)
+    status = 200
+    if request.method != "POST":
+        form = TrainingRunStartForm(versions=versions)
+    else:
+        form = TrainingRunStartForm(request.POST, versions=versions)
+        status = 400
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                run = training_run_start(
+                    project=project,
+                    base_version=data["base_version"],
+                    training=TrainingSettings.from_mapping(form.settings_mapping()),
+                    filters=SnapshotFilters(
+                        rounds=data["rounds"], min_agreement=data["min_agreement"]
+                    ),
+                    created_by=request.user,  # type: ignore[arg-type]
+                )
+            except ValidationFailed as error:
+                form.add_error(None, str(error))
+            else:
+                return redirect("training_run_detail", slug=project.slug, run_id=run.pk)
+    pairs_available = selectors.preference_pairs_available_count(project=project)
+    return render(
+        request,
+        "alignment/training_run_new.html",
+        _context(request, project, form=form, pairs_available=pairs_available),
+        status=status,
+    )
+
+
+@login_required
+@require_GET
+@vary_on_headers("HX-Request")
+def training_run_detail(request: HtmxHttpRequest, slug: str, run_id: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    run = selectors.training_run_get(project=project, run_id=run_id)
+    if run is None:
+        raise Http404("No such training run.")
+    progress = selectors.training_run_progress(run=run)
+    template = "alignment/training_run_detail.html"
+    if request.htmx:
+        template += "#progress"
+    return render(request, template, _context(request, project, run=run, progress=progress))
+
+
+@login_required
+@require_GET
+def training_run_metrics(request: HttpRequest, slug: str, run_id: int) -> JsonResponse:
+    project = _lead_project(request, slug)
+    run = selectors.training_run_get(project=project, run_id=run_id)
+    if run is None:
+        raise Http404("No such training run.")
+    return JsonResponse(
+        {
+            "status": run.status,
+            "progress": {"done": run.progress_done, "total": run.progress_total},
+            "points": selectors.training_run_points(run=run),
+        }
+    )
+
+
+# Model versions -----------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def model_version_list(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    tree = selectors.model_version_tree(project=project)
+    return render(
+        request, "alignment/model_version_list.html", _context(request, project, tree=tree)
+    )

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+
+from annotate.rendering import markdown_to_safe_html
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+
+
+def elements(html: str) -> list[tuple[str, dict[str, str]]]:
+    parser = _Elements()
+    parser.feed(html)
+    return parser.elements
+
+
+def assert_inert(html: str) -> None:
+    for tag, attrs in elements(html):
+        assert tag not in {"script", "iframe", "img", "object", "embed", "style", "form", "button", "input"}
+        for name, value in attrs.items():
+            assert not name.startswith(("on", "hx-", "data-")), name
+            if name in {"href", "src"}:
+                assert value.startswith(("http://", "https://", "mailto:")), value
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "<script>alert(1)</script>",
+        '<a href="#" onclick="alert(1)">x</a>',
+        '<button hx-post="/judge" hx-trigger="load">x</button>',
+        "[x](javascript:alert(1))",
+        "[x](data:text/html;base64,PHNjcmlwdD4=)",
+        "![x](https://tracker.example/pixel.png)",
+        '<iframe src="https://evil.example"></iframe>',
+        '<img src=x onerror="fetch(`/steal`)">',
+        "[a](<javascript:alert(1)>) [b](JaVaScRiPt:alert(1))",
+    ],
+)
+def test_it_neutralises_hostile_model_output(payload: str) -> None:
+    html = markdown_to_safe_html(payload)
+    assert_inert(html)
+    assert not any(tag == "img" for tag, _ in elements(html))
+
+
+def test_it_keeps_code_blocks_links_and_marks_the_text_direction() -> None:
+    html = markdown_to_safe_html("See [docs](https://example.org)\n\n```\nx = 1 < 2\n```\n\nمرحبا")
+    assert 'href="https://example.org"' in html and 'rel="noopener noreferrer nofollow"' in html
+    assert "<pre><code>x = 1 &lt; 2" in html
+    assert html.startswith('<div class="md" dir="auto">')
