@@ -33,12 +33,11 @@
     toggle.setAttribute("aria-pressed", hidden ? "false" : "true");
   });
 
-  // After a new pair is swapped in, keep the keyboard on it.
-  document.addEventListener("htmx:afterSwap", function (event) {
+  // After a new pair is swapped in, keep the keyboard on it (the clicked button is gone).
+  document.addEventListener("htmx:afterSettle", function () {
     var pair = document.getElementById("pair");
-    if (pair && event.detail.target && (event.detail.target.id === "pair" || event.detail.elt.id === "pair")) {
-      pair.focus({ preventScroll: false });
-      window.scrollTo({ top: 0 });
+    if (pair && (!document.activeElement || document.activeElement === document.body || !document.contains(document.activeElement))) {
+      pair.focus();
     }
   });
   // htmx does not swap error responses by default; a rejected judgment (422) carries the message.
