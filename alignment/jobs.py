@@ -22,12 +22,12 @@ LOG_TAIL_CHARS = 8_000
 def job_claim(model: type[J], *, job_id: int) -> J | None:
     """The job, now running and owned by the caller; None when it was not queued."""
     now = timezone.now()
-    claimed = model.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+    claimed = model._default_manager.filter(pk=job_id, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1
     )
     if not claimed:
         return None
-    return model.objects.get(pk=job_id)
+    return model._default_manager.get(pk=job_id)
 
 
 def job_heartbeat(job: Job, *, fields: dict[str, Any] | None = None) -> None:
@@ -36,7 +36,7 @@ def job_heartbeat(job: Job, *, fields: dict[str, Any] | None = None) -> None:
     fields["heartbeat_at"] = timezone.now()
     for name, value in fields.items():
         setattr(job, name, value)
-    type(job).objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(**fields)
+    type(job)._default_manager.filter(pk=job.pk, status=JobStatus.RUNNING).update(**fields)
 
 
 def job_log(job: Job, line: str) -> None:
@@ -47,14 +47,25 @@ def job_succeed(job: Job, *, summary: dict[str, Any]) -> None:
     job.status = JobStatus.SUCCEEDED
     job.summary = summary
     job.finished_at = timezone.now()
-    job.save(update_fields=["status", "summary", "finished_at", "log_tail", "metrics",
-                            "progress_done", "progress_total", "heartbeat_at"])
+    job.save(
+        update_fields=[
+            "status",
+            "summary",
+            "finished_at",
+            "log_tail",
+            "metrics",
+            "progress_done",
+            "progress_total",
+            "heartbeat_at",
+        ]
+    )
 
 
 def job_fail(job: Job, *, error: BaseException) -> None:
     job.status = JobStatus.FAILED
-    job.error = f"{type(error).__name__}: {error}\n\n" + "".join(
-        traceback.format_exception(error)
-    )[-LOG_TAIL_CHARS:]
+    job.error = (
+        f"{type(error).__name__}: {error}\n\n"
+        + "".join(traceback.format_exception(error))[-LOG_TAIL_CHARS:]
+    )
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "error", "finished_at", "log_tail", "metrics"])

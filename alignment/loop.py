@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import mean
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 
 from alignment.engine.rules import JudgeRule
@@ -86,8 +85,7 @@ class LoopCheckReport:
     seconds: dict[str, float]
 
 
-def simulated_annotators_ensure(*, project: Project, count: int) -> list[AbstractBaseUser]:
-    User = get_user_model()
+def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
     users = []
     for index in range(1, count + 1):
         user, created = User.objects.get_or_create(username=f"simulated-{project.slug}-{index}")
@@ -99,7 +97,7 @@ def simulated_annotators_ensure(*, project: Project, count: int) -> list[Abstrac
     return users
 
 
-def judge_by_rule(*, project: Project, annotators: Sequence[AbstractBaseUser], rule: JudgeRule) -> int:
+def judge_by_rule(*, project: Project, annotators: Sequence[User], rule: JudgeRule) -> int:
     """Let simulated annotators work the queue until nothing is left; returns judgments made."""
     made = 0
     idle = 0
@@ -115,10 +113,14 @@ def judge_by_rule(*, project: Project, annotators: Sequence[AbstractBaseUser], r
         # The rule sees what a person sees: the prompt and the left and right texts.
         verdict = rule.judge(comparison.prompt.text, comparison.left.text, comparison.right.text)
         side = {"a": "left", "b": "right", "tie": "tie"}[verdict]
-        choice = {"left": Choice.A if comparison.left_is_a else Choice.B,
-                  "right": Choice.B if comparison.left_is_a else Choice.A, "tie": Choice.TIE}[side]
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice,
-                        time_spent_ms=0)
+        choice = {
+            "left": Choice.A if comparison.left_is_a else Choice.B,
+            "right": Choice.B if comparison.left_is_a else Choice.A,
+            "tie": Choice.TIE,
+        }[side]
+        judgment_submit(
+            comparison_id=comparison.pk, annotator=annotator, choice=choice, time_spent_ms=0
+        )
         made += 1
     return made
 
@@ -131,12 +133,16 @@ def _jobs_execute(jobs: Sequence[GenerationJob]) -> None:
             raise RuntimeError(f"generation job {job.pk} {job.status}: {job.error}")
 
 
-def _policy_figures(version: ModelVersion, responses: Sequence[Response], rule: JudgeRule) -> PolicyFigures:
+def _policy_figures(
+    version: ModelVersion, responses: Sequence[Response], rule: JudgeRule
+) -> PolicyFigures:
     return PolicyFigures(
         name=version.name,
         responses=len(responses),
         property_mean=mean(rule.measure(r.text) for r in responses) if responses else float("nan"),
-        mean_completion_tokens=mean(r.completion_tokens or 0 for r in responses) if responses else float("nan"),
+        mean_completion_tokens=mean(r.completion_tokens or 0 for r in responses)
+        if responses
+        else float("nan"),
     )
 
 
@@ -144,24 +150,48 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     seconds: dict[str, float] = {}
     started = time.monotonic()
     slug = "loop-check-" + timezone.now().strftime("%Y%m%d-%H%M%S")
-    project = project_create(name=f"Loop check ({rule.name})", slug=slug, guidelines=demo_guidelines(),
-                             base_model=settings.model, overlap=1)
+    project = project_create(
+        name=f"Loop check ({rule.name})",
+        slug=slug,
+        guidelines=demo_guidelines(),
+        base_model=settings.model,
+        overlap=1,
+    )
     prompts_create(project=project, rows=demo_prompts())
     annotators = simulated_annotators_ensure(project=project, count=settings.annotators)
     base = model_version_base_ensure(project=project)
-    train_prompts = list(project.prompts.filter(split="train").order_by("id")[: settings.train_prompts])
-    eval_prompts = list(project.prompts.filter(split="eval").order_by("id")[: settings.eval_prompts])
-    sampling = SamplingSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                top_p=settings.top_p, seed=settings.seed, batch_size=settings.batch_size)
-    log(f"project {slug}: {len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts")
+    train_prompts = list(
+        project.prompts.filter(split="train").order_by("id")[: settings.train_prompts]
+    )
+    eval_prompts = list(
+        project.prompts.filter(split="eval").order_by("id")[: settings.eval_prompts]
+    )
+    sampling = SamplingSettings(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+    )
+    log(
+        f"project {slug}: {len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts"
+    )
 
     t = time.monotonic()
-    round1 = round_start(project=project, policy=base, train_prompts=train_prompts,
-                         samples_per_prompt=settings.samples_per_prompt, sampling=sampling, dispatch=False)
+    round1 = round_start(
+        project=project,
+        policy=base,
+        train_prompts=train_prompts,
+        samples_per_prompt=settings.samples_per_prompt,
+        sampling=sampling,
+        dispatch=False,
+    )
     _jobs_execute(list(round1.generation_jobs.all()))
     seconds["round 1 generation"] = time.monotonic() - t
-    log(f"round 1: {Comparison.objects.filter(project=project).count()} comparisons "
-        f"in {seconds['round 1 generation']:.0f} s")
+    log(
+        f"round 1: {Comparison.objects.filter(project=project).count()} comparisons "
+        f"in {seconds['round 1 generation']:.0f} s"
+    )
 
     t = time.monotonic()
     train_judgments = judge_by_rule(project=project, annotators=annotators, rule=rule)
@@ -172,29 +202,43 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     log(f"judged {train_judgments}: {train_pairs} preference pairs, {train_ties} ties")
 
     t = time.monotonic()
-    run = training_run_start(project=project, base_version=base, training=settings.training,
-                             filters=SnapshotFilters(rounds=(round1.number,)), dispatch=False)
+    run = training_run_start(
+        project=project,
+        base_version=base,
+        training=settings.training,
+        filters=SnapshotFilters(rounds=(round1.number,)),
+        dispatch=False,
+    )
     training_run_execute(run_id=run.pk)
     run = TrainingRun.objects.select_related("output_version").get(pk=run.pk)
     if run.status != JobStatus.SUCCEEDED or run.output_version is None:
         raise RuntimeError(f"training run {run.pk} {run.status}: {run.error}")
     seconds["training"] = time.monotonic() - t
     new = run.output_version
-    log(f"trained {run.summary['steps']} steps in {seconds['training']:.0f} s "
-        f"(loss {run.summary['train_loss']:.3f}) → {new.name}")
+    log(
+        f"trained {run.summary['steps']} steps in {seconds['training']:.0f} s "
+        f"(loss {run.summary['train_loss']:.3f}) → {new.name}"
+    )
 
     t = time.monotonic()
-    round2 = round_start(project=project, policy=new, eval_prompts=eval_prompts,
-                         samples_per_prompt=settings.eval_samples_per_prompt, sampling=sampling,
-                         strategy=PairingStrategy.HEAD_TO_HEAD, dispatch=False)
+    round2 = round_start(
+        project=project,
+        policy=new,
+        eval_prompts=eval_prompts,
+        samples_per_prompt=settings.eval_samples_per_prompt,
+        sampling=sampling,
+        strategy=PairingStrategy.HEAD_TO_HEAD,
+        dispatch=False,
+    )
     _jobs_execute(list(round2.generation_jobs.order_by("id")))
     seconds["head-to-head generation"] = time.monotonic() - t
     t = time.monotonic()
     judge_by_rule(project=project, annotators=annotators, rule=rule)
     seconds["head-to-head judging"] = time.monotonic() - t
 
-    h2h = PreferencePair.objects.filter(project=project, comparison__round_number=round2.number,
-                                        comparison__purpose="eval").select_related("comparison")
+    h2h = PreferencePair.objects.filter(
+        project=project, comparison__round_number=round2.number, comparison__purpose="eval"
+    ).select_related("comparison")
     wins = losses = ties = 0
     for pair in h2h:
         if pair.kind != PairKind.PREFERENCE:
@@ -204,14 +248,18 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         else:
             losses += 1
     eval_responses = Response.objects.filter(
-        generation_params__generation_job__in=list(round2.generation_jobs.values_list("id", flat=True))
+        generation_params__generation_job__in=list(
+            round2.generation_jobs.values_list("id", flat=True)
+        )
     )
     seconds["total"] = time.monotonic() - started
     return LoopCheckReport(
         project_slug=slug,
         rule=rule.name,
         property_name=rule.property_name,
-        train_comparisons=Comparison.objects.filter(project=project, round_number=round1.number).count(),
+        train_comparisons=Comparison.objects.filter(
+            project=project, round_number=round1.number
+        ).count(),
         train_judgments=train_judgments,
         train_pairs=train_pairs,
         train_ties=train_ties,

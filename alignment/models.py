@@ -135,10 +135,14 @@ class GenerationJob(Job):
 
 class TrainingRun(Job):
     base_version = models.ForeignKey(
-        ModelVersion, on_delete=models.PROTECT, related_name="training_runs",
+        ModelVersion,
+        on_delete=models.PROTECT,
+        related_name="training_runs",
         help_text="The policy the run starts from; the new version's parent.",
     )
-    snapshot = models.ForeignKey(DatasetSnapshot, on_delete=models.PROTECT, related_name="training_runs")
+    snapshot = models.ForeignKey(
+        DatasetSnapshot, on_delete=models.PROTECT, related_name="training_runs"
+    )
     config = models.JSONField(default=dict)
     output_dir = models.CharField(max_length=500, blank=True)
     output_version = models.OneToOneField(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, Max
 
@@ -63,7 +63,9 @@ def model_version_register(
     with transaction.atomic():
         number = project.model_versions.count()
         name = f"v{number}"
-        policy = policy_create(project=project, name=name, description=f"LoRA adapter on {parent.name}")
+        policy = policy_create(
+            project=project, name=name, description=f"LoRA adapter on {parent.name}"
+        )
         return ModelVersion.objects.create(
             project=project,
             policy=policy,
@@ -116,7 +118,7 @@ def round_start(
     samples_per_prompt: int = 2,
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     dispatch: bool = True,
 ) -> Round:
     """Create the next round and queue its generation jobs.
@@ -139,28 +141,55 @@ def round_start(
     if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
         raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
     if head_to_head and policy.parent is None:
-        raise ValidationFailed("Head-to-head needs a model version with a parent; the base has none.")
+        raise ValidationFailed(
+            "Head-to-head needs a model version with a parent; the base has none."
+        )
     if head_to_head and not eval_prompts:
-        raise ValidationFailed("Head-to-head needs held-out evaluation prompts; the project has none.")
-    if any(p.split != Split.EVAL for p in eval_prompts) or any(p.split != Split.TRAIN for p in train_prompts):
-        raise ValidationFailed("Training prompts must be in the train split and evaluation prompts held out.")
+        raise ValidationFailed(
+            "Head-to-head needs held-out evaluation prompts; the project has none."
+        )
+    if any(p.split != Split.EVAL for p in eval_prompts) or any(
+        p.split != Split.TRAIN for p in train_prompts
+    ):
+        raise ValidationFailed(
+            "Training prompts must be in the train split and evaluation prompts held out."
+        )
     config = asdict(sampling)
     with transaction.atomic():
         number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
         round_ = Round.objects.create(
-            project=project, number=number, policy=policy, samples_per_prompt=samples_per_prompt,
-            pairing_strategy=strategy, sampling=config, created_by=created_by,
+            project=project,
+            number=number,
+            policy=policy,
+            samples_per_prompt=samples_per_prompt,
+            pairing_strategy=strategy,
+            sampling=config,
+            created_by=created_by,
         )
         round_.prompts.set([*train_prompts, *eval_prompts])
         jobs = []
         if on_policy:
-            jobs.append(_generation_job_create(round_, policy, train_prompts, Purpose.TRAIN,
-                                               {**config, "samples_per_prompt": samples_per_prompt}))
+            jobs.append(
+                _generation_job_create(
+                    round_,
+                    policy,
+                    train_prompts,
+                    Purpose.TRAIN,
+                    {**config, "samples_per_prompt": samples_per_prompt},
+                )
+            )
         if head_to_head:
             assert policy.parent is not None
             for version in (policy, policy.parent):
-                jobs.append(_generation_job_create(round_, version, eval_prompts, Purpose.EVAL,
-                                                   {**config, "samples_per_prompt": samples_per_prompt}))
+                jobs.append(
+                    _generation_job_create(
+                        round_,
+                        version,
+                        eval_prompts,
+                        Purpose.EVAL,
+                        {**config, "samples_per_prompt": samples_per_prompt},
+                    )
+                )
         if dispatch:
             for job in jobs:
                 _dispatch_generation(job.pk)
@@ -168,11 +197,20 @@ def round_start(
 
 
 def _generation_job_create(
-    round_: Round, version: ModelVersion, prompts: Sequence[Prompt], purpose: str, config: dict[str, Any]
+    round_: Round,
+    version: ModelVersion,
+    prompts: Sequence[Prompt],
+    purpose: str,
+    config: dict[str, Any],
 ) -> GenerationJob:
     job = GenerationJob.objects.create(
-        project=round_.project, round=round_, model_version=version, purpose=purpose, config=config,
-        progress_total=len(prompts), created_by=round_.created_by,
+        project=round_.project,
+        round=round_,
+        model_version=version,
+        purpose=purpose,
+        config=config,
+        progress_total=len(prompts),
+        created_by=round_.created_by,
     )
     job.prompts.set(prompts)
     return job
@@ -216,19 +254,30 @@ def _generation_run(job: GenerationJob) -> None:
         trust_remote_code=project.trust_remote_code,
     )
     params = {k: cfg[k] for k in ("max_new_tokens", "temperature", "top_p") if k in cfg}
-    params.update(model=project.base_model, adapter=version.adapter_path, model_version=version.name,
-                  generation_job=job.pk, round=round_.number)
+    params.update(
+        model=project.base_model,
+        adapter=version.adapter_path,
+        model_version=version.name,
+        generation_job=job.pk,
+        round=round_.number,
+    )
     rng = random.Random(engine_config.seed)
     counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
-    job_log(job, f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
-                 f"with {version.name}")
+    job_log(
+        job,
+        f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
+        f"with {version.name}",
+    )
 
     def on_progress(progress: GenerationProgress) -> None:
         rows = [
             ResponseInput(
-                prompt_id=prompts[s.prompt_index].pk, text=s.text,
+                prompt_id=prompts[s.prompt_index].pk,
+                text=s.text,
                 generation_params={**params, "sample_index": s.sample_index},
-                seed=s.seed, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+                seed=s.seed,
+                prompt_tokens=s.prompt_tokens,
+                completion_tokens=s.completion_tokens,
                 finish_reason=s.finish_reason,
             )
             for s in progress.samples
@@ -239,20 +288,42 @@ def _generation_run(job: GenerationJob) -> None:
             if job.purpose == Purpose.TRAIN:
                 _on_policy_pairs_create(created, round_, rng, counts)
         tokens_per_s = progress.tokens_generated / progress.elapsed_s if progress.elapsed_s else 0.0
-        job.metrics.append({"t": round(progress.elapsed_s, 2), "done": progress.done_prompts,
-                            "tokens": progress.tokens_generated, "tokens_per_s": round(tokens_per_s, 2)})
-        job_log(job, f"{progress.done_prompts}/{progress.total_prompts} prompts, "
-                     f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s")
-        job_heartbeat(job, fields={"progress_done": progress.done_prompts, "metrics": job.metrics,
-                                   "log_tail": job.log_tail})
+        job.metrics.append(
+            {
+                "t": round(progress.elapsed_s, 2),
+                "done": progress.done_prompts,
+                "tokens": progress.tokens_generated,
+                "tokens_per_s": round(tokens_per_s, 2),
+            }
+        )
+        job_log(
+            job,
+            f"{progress.done_prompts}/{progress.total_prompts} prompts, "
+            f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s",
+        )
+        job_heartbeat(
+            job,
+            fields={
+                "progress_done": progress.done_prompts,
+                "metrics": job.metrics,
+                "log_tail": job.log_tail,
+            },
+        )
 
     started = time.monotonic()
     samples = generate(engine_config, [p.messages for p in prompts], on_progress=on_progress)
     elapsed = time.monotonic() - started
     tokens = sum(s.completion_tokens for s in samples)
     job.progress_done = len(prompts)
-    job_succeed(job, summary={**counts, "tokens_generated": tokens, "elapsed_s": round(elapsed, 2),
-                              "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0})
+    job_succeed(
+        job,
+        summary={
+            **counts,
+            "tokens_generated": tokens,
+            "elapsed_s": round(elapsed, 2),
+            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
+        },
+    )
     if job.purpose == Purpose.EVAL:
         head_to_head_pairs_form(round_=round_)
 
@@ -268,40 +339,61 @@ def _on_policy_pairs_create(
             if first.text.strip() == second.text.strip():
                 counts["identical_skipped"] += 1
                 continue
-            comparison_create(response_a=first, response_b=second, round_number=round_.number,
-                              purpose=Purpose.TRAIN, pairing_strategy=PairingStrategy.ON_POLICY, rng=rng)
+            comparison_create(
+                response_a=first,
+                response_b=second,
+                round_number=round_.number,
+                purpose=Purpose.TRAIN,
+                pairing_strategy=PairingStrategy.ON_POLICY,
+                rng=rng,
+            )
             counts["comparisons"] += 1
 
 
 def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
     """Pair the policy's and its parent's held-out responses once both jobs have succeeded."""
     with transaction.atomic():
-        round_ = Round.objects.select_for_update(of=("self",)).select_related("policy__parent").get(pk=round_.pk)
+        round_ = (
+            Round.objects.select_for_update(of=("self",))
+            .select_related("policy__parent")
+            .get(pk=round_.pk)
+        )
         jobs = list(round_.generation_jobs.filter(purpose=Purpose.EVAL))
         if not jobs or any(job.status != JobStatus.SUCCEEDED for job in jobs):
             return []
-        if Comparison.objects.filter(project=round_.project, round_number=round_.number,
-                                     purpose=Purpose.EVAL).exists():
+        if Comparison.objects.filter(
+            project=round_.project, round_number=round_.number, purpose=Purpose.EVAL
+        ).exists():
             return []
         policy, parent = round_.policy, round_.policy.parent
         assert parent is not None
         job_ids = [job.pk for job in jobs]
-        responses = Response.objects.filter(
-            generation_params__generation_job__in=job_ids
-        ).select_related("prompt").order_by("id")
+        responses = (
+            Response.objects.filter(generation_params__generation_job__in=job_ids)
+            .select_related("prompt")
+            .order_by("id")
+        )
         new: dict[int, list[Response]] = defaultdict(list)
         old: dict[int, list[Response]] = defaultdict(list)
         for response in responses:
-            (new if response.policy_id == policy.policy_id else old)[response.prompt_id].append(response)
+            (new if response.policy_id == policy.policy_id else old)[response.prompt_id].append(
+                response
+            )
         rng = random.Random(round_.pk)
         created = []
         for prompt_id, ours in new.items():
             for mine, theirs in zip(ours, old.get(prompt_id, []), strict=False):
                 # Response a is always the new policy's; the sides shown are still randomised.
-                created.append(comparison_create(
-                    response_a=mine, response_b=theirs, round_number=round_.number,
-                    purpose=Purpose.EVAL, pairing_strategy=PairingStrategy.HEAD_TO_HEAD, rng=rng,
-                ))
+                created.append(
+                    comparison_create(
+                        response_a=mine,
+                        response_b=theirs,
+                        round_number=round_.number,
+                        purpose=Purpose.EVAL,
+                        pairing_strategy=PairingStrategy.HEAD_TO_HEAD,
+                        rng=rng,
+                    )
+                )
         return created
 
 
@@ -344,7 +436,9 @@ class TrainingSettings:
             try:
                 values[name] = kind(value)
             except (TypeError, ValueError):
-                raise ValidationFailed(f"{name} must be a {kind.__name__}, got {value!r}.") from None
+                raise ValidationFailed(
+                    f"{name} must be a {kind.__name__}, got {value!r}."
+                ) from None
         return cls(**values).validate()
 
     def validate(self) -> TrainingSettings:
@@ -354,7 +448,10 @@ class TrainingSettings:
             (0 < self.learning_rate < 1, "learning_rate must be between 0 and 1."),
             (1 <= self.epochs <= 50, "epochs must be between 1 and 50."),
             (1 <= self.batch_size <= 256, "batch_size must be between 1 and 256."),
-            (1 <= self.gradient_accumulation_steps <= 256, "gradient_accumulation_steps must be between 1 and 256."),
+            (
+                1 <= self.gradient_accumulation_steps <= 256,
+                "gradient_accumulation_steps must be between 1 and 256.",
+            ),
             (1 <= self.lora_r <= 512, "lora_r must be between 1 and 512."),
             (1 <= self.lora_alpha <= 4096, "lora_alpha must be between 1 and 4096."),
             (0 <= self.lora_dropout < 1, "lora_dropout must be at least 0 and below 1."),
@@ -372,7 +469,7 @@ def training_run_start(
     base_version: ModelVersion,
     training: TrainingSettings,
     filters: SnapshotFilters | None = None,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
     dispatch: bool = True,
 ) -> TrainingRun:
     training.validate()
@@ -382,10 +479,14 @@ def training_run_start(
         Project.objects.select_for_update().filter(pk=project.pk).first()
         if TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists():
             raise ValidationFailed("This project already has a training run queued or running.")
-        snapshot = snapshot_create(project=project, filters=filters or SnapshotFilters(),
-                                   created_by=created_by)
+        snapshot = snapshot_create(
+            project=project, filters=filters or SnapshotFilters(), created_by=created_by
+        )
         run = TrainingRun.objects.create(
-            project=project, base_version=base_version, snapshot=snapshot, config=asdict(training),
+            project=project,
+            base_version=base_version,
+            snapshot=snapshot,
+            config=asdict(training),
             created_by=created_by,
         )
         run.output_dir = str(Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk))
@@ -402,9 +503,11 @@ def _dispatch_training(run_id: int) -> None:
 
 
 def snapshot_examples(*, pair_ids: Sequence[int]) -> list[PreferenceExample]:
-    pairs = PreferencePair.objects.filter(pk__in=pair_ids).select_related(
-        "comparison__prompt", "chosen", "rejected"
-    ).order_by("id")
+    pairs = (
+        PreferencePair.objects.filter(pk__in=pair_ids)
+        .select_related("comparison__prompt", "chosen", "rejected")
+        .order_by("id")
+    )
     return [
         PreferenceExample(
             prompt=tuple(pair.comparison.prompt.messages),
@@ -442,29 +545,59 @@ def _training_run(run: TrainingRun) -> None:
         quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
         **asdict(training),
     )
-    job_log(run, f"training on {len(examples)} pairs from snapshot {run.snapshot.pk} "
-                 f"({run.snapshot.content_hash[:12]}), starting from {base_version.name}")
+    job_log(
+        run,
+        f"training on {len(examples)} pairs from snapshot {run.snapshot.pk} "
+        f"({run.snapshot.content_hash[:12]}), starting from {base_version.name}",
+    )
 
     def on_progress(progress: TrainingProgress) -> None:
-        point = {"step": progress.step, "epoch": round(progress.epoch, 3), "loss": progress.loss,
-                 "reward_accuracy": progress.reward_accuracy, "reward_margin": progress.reward_margin,
-                 "chosen_reward": progress.chosen_reward, "rejected_reward": progress.rejected_reward,
-                 "t": round(progress.elapsed_s, 2)}
+        point = {
+            "step": progress.step,
+            "epoch": round(progress.epoch, 3),
+            "loss": progress.loss,
+            "reward_accuracy": progress.reward_accuracy,
+            "reward_margin": progress.reward_margin,
+            "chosen_reward": progress.chosen_reward,
+            "rejected_reward": progress.rejected_reward,
+            "t": round(progress.elapsed_s, 2),
+        }
         run.metrics.append(point)
-        job_log(run, f"step {progress.step}/{progress.total_steps} loss={progress.loss} "
-                     f"acc={progress.reward_accuracy} margin={progress.reward_margin}")
-        job_heartbeat(run, fields={"progress_done": progress.step, "progress_total": progress.total_steps,
-                                   "metrics": run.metrics, "log_tail": run.log_tail})
+        job_log(
+            run,
+            f"step {progress.step}/{progress.total_steps} loss={progress.loss} "
+            f"acc={progress.reward_accuracy} margin={progress.reward_margin}",
+        )
+        job_heartbeat(
+            run,
+            fields={
+                "progress_done": progress.step,
+                "progress_total": progress.total_steps,
+                "metrics": run.metrics,
+                "log_tail": run.log_tail,
+            },
+        )
 
     result = train(config, examples, on_progress=on_progress)
     with transaction.atomic():
-        version = model_version_register(project=project, parent=base_version,
-                                         adapter_path=result.adapter_dir, adapter_sha256=result.adapter_sha256)
+        version = model_version_register(
+            project=project,
+            parent=base_version,
+            adapter_path=result.adapter_dir,
+            adapter_sha256=result.adapter_sha256,
+        )
         run.output_version = version
         run.save(update_fields=["output_version"])
         run.progress_done = result.steps
         job_log(run, f"registered {version.name} (parent {base_version.name})")
-        job_succeed(run, summary={"steps": result.steps, "train_loss": result.train_loss,
-                                  "elapsed_s": round(result.elapsed_s, 2),
-                                  "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
-                                  "pairs": len(examples), "model_version": version.name})
+        job_succeed(
+            run,
+            summary={
+                "steps": result.steps,
+                "train_loss": result.train_loss,
+                "elapsed_s": round(result.elapsed_s, 2),
+                "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
+                "pairs": len(examples),
+                "model_version": version.name,
+            },
+        )

@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 from django.views.decorators.vary import vary_on_headers
-from django_htmx.middleware import HtmxDetails
 
 from alignment import selectors
 from alignment.forms import RoundStartForm, TrainingRunStartForm
@@ -25,19 +24,16 @@ from alignment.services import (
     training_run_start,
 )
 from annotate.access import access_project, project_role
+from annotate.http import AuthedRequest
 from annotate.models import Project, Role
 from annotate.services import SnapshotFilters, ValidationFailed
 
 
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def _lead_project(request: HttpRequest, slug: str) -> Project:
+def _lead_project(request: AuthedRequest, slug: str) -> Project:
     return access_project(user=request.user, slug=slug, min_role=Role.LEAD)
 
 
-def _context(request: HttpRequest, project: Project, **extra: Any) -> dict[str, Any]:
+def _context(request: AuthedRequest, project: Project, **extra: Any) -> dict[str, Any]:
     role = project_role(user=request.user, project=project)
     return {"project": project, "role": role.value if role else "", **extra}
 
@@ -47,7 +43,7 @@ def _context(request: HttpRequest, project: Project, **extra: Any) -> dict[str, 
 
 @login_required
 @require_GET
-def round_list(request: HttpRequest, slug: str) -> HttpResponse:
+def round_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     rows = selectors.round_list_for_project(project=project)
     return render(request, "alignment/round_list.html", _context(request, project, rows=rows))
@@ -55,7 +51,7 @@ def round_list(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def round_new(request: HttpRequest, slug: str) -> HttpResponse:
+def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     # The base model is the root of every lineage; a fresh project gets it here, once.
     model_version_base_ensure(project=project)
@@ -101,7 +97,7 @@ def round_new(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_GET
 @vary_on_headers("HX-Request")
-def round_detail(request: HtmxHttpRequest, slug: str, number: int) -> HttpResponse:
+def round_detail(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
     project = _lead_project(request, slug)
     detail = selectors.round_detail_get(project=project, number=number)
     if detail is None:
@@ -117,7 +113,7 @@ def round_detail(request: HtmxHttpRequest, slug: str, number: int) -> HttpRespon
 
 @login_required
 @require_GET
-def training_run_list(request: HttpRequest, slug: str) -> HttpResponse:
+def training_run_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     rows = selectors.training_run_list_for_project(project=project)
     return render(
@@ -127,7 +123,7 @@ def training_run_list(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def training_run_new(request: HttpRequest, slug: str) -> HttpResponse:
+def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     # The base model is the root of every lineage; a fresh project gets it here, once.
     model_version_base_ensure(project=project)
@@ -166,7 +162,7 @@ def training_run_new(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_GET
 @vary_on_headers("HX-Request")
-def training_run_detail(request: HtmxHttpRequest, slug: str, run_id: int) -> HttpResponse:
+def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
     run = selectors.training_run_get(project=project, run_id=run_id)
     if run is None:
@@ -180,7 +176,7 @@ def training_run_detail(request: HtmxHttpRequest, slug: str, run_id: int) -> Htt
 
 @login_required
 @require_GET
-def training_run_metrics(request: HttpRequest, slug: str, run_id: int) -> JsonResponse:
+def training_run_metrics(request: AuthedRequest, slug: str, run_id: int) -> JsonResponse:
     project = _lead_project(request, slug)
     run = selectors.training_run_get(project=project, run_id=run_id)
     if run is None:
@@ -199,7 +195,7 @@ def training_run_metrics(request: HttpRequest, slug: str, run_id: int) -> JsonRe
 
 @login_required
 @require_GET
-def model_version_list(request: HttpRequest, slug: str) -> HttpResponse:
+def model_version_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     tree = selectors.model_version_tree(project=project)
     return render(

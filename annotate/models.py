@@ -41,9 +41,13 @@ class Project(models.Model):
     allow_tie = models.BooleanField(default=True)
     allow_both_bad = models.BooleanField(default=True)
     use_strength = models.BooleanField(default=False)
-    criteria = models.JSONField(default=list, blank=True, help_text="Names of per-criterion choices.")
+    criteria = models.JSONField(
+        default=list, blank=True, help_text="Names of per-criterion choices."
+    )
     reason_tags = models.JSONField(default=list, blank=True)
-    rationale = models.CharField(max_length=10, choices=RationaleMode, default=RationaleMode.OPTIONAL)
+    rationale = models.CharField(
+        max_length=10, choices=RationaleMode, default=RationaleMode.OPTIONAL
+    )
     gold_rate = models.FloatField(default=0.0)
     swap_recheck_rate = models.FloatField(default=0.0)
     lease_seconds = models.PositiveIntegerField(default=600)
@@ -61,7 +65,9 @@ class Project(models.Model):
 
 class Membership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
     role = models.CharField(max_length=10, choices=Role, default=Role.ANNOTATOR)
     quota = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -102,7 +108,9 @@ class Split(models.TextChoices):
 
 class Prompt(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
-    messages = models.JSONField(help_text='Chat messages: [{"role": "user", "content": "..."}, ...]')
+    messages = models.JSONField(
+        help_text='Chat messages: [{"role": "user", "content": "..."}, ...]'
+    )
     tags = models.JSONField(default=list, blank=True)
     source = models.CharField(max_length=200, blank=True)
     external_id = models.CharField(max_length=200, blank=True)
@@ -204,7 +212,9 @@ class Comparison(models.Model):
     purpose = models.CharField(max_length=5, choices=Purpose, default=Purpose.TRAIN)
     pairing_strategy = models.CharField(max_length=40, blank=True)
     gold_choice = models.CharField(max_length=10, choices=Choice, blank=True)
-    status = models.CharField(max_length=10, choices=ComparisonStatus, default=ComparisonStatus.OPEN)
+    status = models.CharField(
+        max_length=10, choices=ComparisonStatus, default=ComparisonStatus.OPEN
+    )
     judgment_count = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -213,7 +223,8 @@ class Comparison(models.Model):
         indexes = [models.Index(fields=["project", "status", "round_number"])]
         constraints = [
             models.CheckConstraint(
-                condition=~Q(response_a=models.F("response_b")), name="comparison_distinct_responses"
+                condition=~Q(response_a=models.F("response_b")),
+                name="comparison_distinct_responses",
             ),
         ]
 
@@ -240,7 +251,9 @@ class Lease(models.Model):
     """A comparison held for one annotator until `expires_at`; also the record of skips."""
 
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases"
+    )
     state = models.CharField(max_length=10, choices=LeaseState, default=LeaseState.HELD)
     expires_at = models.DateTimeField()
     skip_reason = models.CharField(max_length=200, blank=True)
@@ -280,7 +293,9 @@ class Judgment(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["annotator", "comparison"], name="judgment_one_per_annotator"),
+            models.UniqueConstraint(
+                fields=["annotator", "comparison"], name="judgment_one_per_annotator"
+            ),
         ]
 
     def __str__(self) -> str:

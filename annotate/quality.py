@@ -25,9 +25,9 @@ class Rate:
 @dataclass(frozen=True)
 class QualitySummary:
     judgments: int
-    agreement: Rate            # pairs of judgments of one comparison that agree
-    left_chosen: Rate          # of left/right judgments, how often the left side won
-    chosen_longer: Rate        # of preference pairs, how often the chosen response is longer
+    agreement: Rate  # pairs of judgments of one comparison that agree
+    left_chosen: Rate  # of left/right judgments, how often the left side won
+    chosen_longer: Rate  # of preference pairs, how often the chosen response is longer
     ties: Rate
     both_bad: Rate
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
@@ -28,7 +28,7 @@ def _live_lease_q(now: datetime) -> Q:
 
 
 def comparisons_available(
-    *, project: Project, annotator: AbstractBaseUser, now: datetime
+    *, project: Project, annotator: User, now: datetime
 ) -> QuerySet[Comparison]:
     judged = Judgment.objects.filter(annotator=annotator, comparison__project=project).values(
         "comparison_id"
@@ -48,7 +48,7 @@ def comparisons_available(
     )
 
 
-def lease_held(*, project: Project, annotator: AbstractBaseUser, now: datetime) -> Lease | None:
+def lease_held(*, project: Project, annotator: User, now: datetime) -> Lease | None:
     return (
         Lease.objects.select_related("comparison")
         .filter(
@@ -64,7 +64,7 @@ def lease_held(*, project: Project, annotator: AbstractBaseUser, now: datetime) 
 
 
 def comparison_next_for_annotator(
-    *, project: Project, annotator: AbstractBaseUser, now: datetime | None = None
+    *, project: Project, annotator: User, now: datetime | None = None
 ) -> Comparison | None:
     """The comparison this annotator should judge now, leased to them; None when nothing is left.
 
@@ -80,13 +80,17 @@ def comparison_next_for_annotator(
         ids = list(candidates.values_list("id", flat=True)[:CANDIDATE_WINDOW])
         if not ids:
             return None
-        rows = Comparison.objects.filter(pk__in=ids).order_by("-round_number", "-judgment_count", "id")
+        rows = Comparison.objects.filter(pk__in=ids).order_by(
+            "-round_number", "-judgment_count", "id"
+        )
         if connection.features.has_select_for_update_skip_locked:
             rows = rows.select_for_update(skip_locked=True)
         for comparison in rows:
             # Re-check under the lock: another annotator may have taken the last slot.
             live = (
-                Lease.objects.filter(comparison=comparison, state=LeaseState.HELD, expires_at__gt=now)
+                Lease.objects.filter(
+                    comparison=comparison, state=LeaseState.HELD, expires_at__gt=now
+                )
                 .exclude(annotator=annotator)
                 .count()
             )
@@ -105,7 +109,7 @@ def comparison_next_for_annotator(
     return None
 
 
-def comparison_skip(*, comparison: Comparison, annotator: AbstractBaseUser, reason: str) -> Lease:
+def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> Lease:
     """Record a skip; the annotator is not offered this comparison again."""
     lease, _ = Lease.objects.update_or_create(
         comparison=comparison,
@@ -119,5 +123,5 @@ def comparison_skip(*, comparison: Comparison, annotator: AbstractBaseUser, reas
     return lease
 
 
-def remaining_for_annotator(*, project: Project, annotator: AbstractBaseUser) -> int:
+def remaining_for_annotator(*, project: Project, annotator: User) -> int:
     return comparisons_available(project=project, annotator=annotator, now=timezone.now()).count()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Q
 
 from annotate.access import project_role, projects_for_user
@@ -29,13 +30,18 @@ class ProjectCard:
     remaining: int
 
 
-def project_cards_for_user(*, user: AbstractBaseUser | AnonymousUser) -> list[ProjectCard]:
+def project_cards_for_user(*, user: User | AnonymousUser) -> list[ProjectCard]:
     cards = []
     for project in projects_for_user(user=user):
         role = project_role(user=user, project=project)
-        assert isinstance(user, AbstractBaseUser)
-        cards.append(ProjectCard(project=project, role=role.value if role else "",
-                                 remaining=remaining_for_annotator(project=project, annotator=user)))
+        assert isinstance(user, User)
+        cards.append(
+            ProjectCard(
+                project=project,
+                role=role.value if role else "",
+                remaining=remaining_for_annotator(project=project, annotator=user),
+            )
+        )
     return cards
 
 
@@ -46,7 +52,7 @@ class AnnotatorProgress:
     quota: int | None
 
 
-def annotator_progress(*, project: Project, annotator: AbstractBaseUser) -> AnnotatorProgress:
+def annotator_progress(*, project: Project, annotator: User) -> AnnotatorProgress:
     membership = project.memberships.filter(user=annotator).first()
     return AnnotatorProgress(
         judged=Judgment.objects.filter(comparison__project=project, annotator=annotator).count(),
@@ -67,29 +73,42 @@ class ProjectOverview:
     pairs: int
     pairs_by_kind: dict[str, int]
     quality: QualitySummary
-    rounds: list[dict[str, int]]
+    rounds: list[dict[str, Any]]
 
 
 def project_overview(*, project: Project) -> ProjectOverview:
     prompts = Prompt.objects.filter(project=project).aggregate(
-        total=Count("id"), train=Count("id", filter=Q(split=Split.TRAIN)),
+        total=Count("id"),
+        train=Count("id", filter=Q(split=Split.TRAIN)),
         eval=Count("id", filter=Q(split=Split.EVAL)),
     )
     comparisons = Comparison.objects.filter(project=project).aggregate(
-        total=Count("id"), open=Count("id", filter=Q(status=ComparisonStatus.OPEN)),
+        total=Count("id"),
+        open=Count("id", filter=Q(status=ComparisonStatus.OPEN)),
         complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)),
     )
     kinds = dict(
-        PreferencePair.objects.filter(project=project).values_list("kind").annotate(n=Count("id")).values_list("kind", "n")
+        PreferencePair.objects.filter(project=project)
+        .values_list("kind")
+        .annotate(n=Count("id"))
+        .values_list("kind", "n")
     )
-    rounds = list(
-        Comparison.objects.filter(project=project).values("round_number", "purpose")
-        .annotate(comparisons=Count("id"), complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)))
+    rounds = [
+        dict(row)
+        for row in Comparison.objects.filter(project=project)
+        .values("round_number", "purpose")
+        .annotate(
+            comparisons=Count("id"),
+            complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)),
+        )
         .order_by("round_number", "purpose")
-    )
+    ]
     return ProjectOverview(
-        prompts=prompts["total"], prompts_train=prompts["train"], prompts_eval=prompts["eval"],
-        comparisons=comparisons["total"], comparisons_open=comparisons["open"],
+        prompts=prompts["total"],
+        prompts_train=prompts["train"],
+        prompts_eval=prompts["eval"],
+        comparisons=comparisons["total"],
+        comparisons_open=comparisons["open"],
         comparisons_complete=comparisons["complete"],
         judgments=Judgment.objects.filter(comparison__project=project).count(),
         pairs=sum(kinds.values()),

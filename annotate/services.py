@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -52,19 +52,27 @@ class ValidationFailed(Exception):
 
 
 def project_create(
-    *, name: str, slug: str, guidelines: str, created_by: AbstractBaseUser | None = None,
+    *,
+    name: str,
+    slug: str,
+    guidelines: str,
+    created_by: User | None = None,
     **settings: Any,
 ) -> Project:
     with transaction.atomic():
         project = Project.objects.create(name=name, slug=slug, **settings)
-        guideline_publish(project=project, body=guidelines, changes="First version.", created_by=created_by)
+        guideline_publish(
+            project=project, body=guidelines, changes="First version.", created_by=created_by
+        )
         if created_by is not None:
             membership_set(project=project, user=created_by, role=Role.LEAD)
     return project
 
 
-def membership_set(*, project: Project, user: AbstractBaseUser, role: Role) -> Membership:
-    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+def membership_set(*, project: Project, user: User, role: Role) -> Membership:
+    membership, _ = Membership.objects.update_or_create(
+        project=project, user=user, defaults={"role": role}
+    )
     return membership
 
 
@@ -73,7 +81,7 @@ def guideline_current(*, project: Project) -> Guideline | None:
 
 
 def guideline_publish(
-    *, project: Project, body: str, changes: str = "", created_by: AbstractBaseUser | None = None
+    *, project: Project, body: str, changes: str = "", created_by: User | None = None
 ) -> Guideline:
     if not body.strip():
         raise ValidationFailed("Guidelines cannot be empty.")
@@ -100,13 +108,17 @@ def prompt_messages_normalise(value: str | Sequence[Mapping[str, Any]]) -> list[
             raise ValidationFailed(f"Message {index} is not an object with role and content.")
         role, content = message.get("role"), message.get("content")
         if role not in CHAT_ROLES:
-            raise ValidationFailed(f"Message {index} has role {role!r}; expected one of {sorted(CHAT_ROLES)}.")
+            raise ValidationFailed(
+                f"Message {index} has role {role!r}; expected one of {sorted(CHAT_ROLES)}."
+            )
         if not isinstance(content, str) or not content.strip():
             raise ValidationFailed(f"Message {index} has empty or non-text content.")
         if "\x00" in content:
             raise ValidationFailed(f"Message {index} contains a NUL character.")
         if len(content) > MAX_MESSAGE_CHARS:
-            raise ValidationFailed(f"Message {index} is longer than {MAX_MESSAGE_CHARS} characters.")
+            raise ValidationFailed(
+                f"Message {index} is longer than {MAX_MESSAGE_CHARS} characters."
+            )
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] != "user":
         raise ValidationFailed("The last message of a prompt must be the user's.")
@@ -140,7 +152,9 @@ def prompts_create(*, project: Project, rows: Iterable[PromptInput]) -> list[Pro
         except ValidationFailed as error:
             raise ValidationFailed(f"Prompt {line}: {error}") from None
         if row.split not in Split.values:
-            raise ValidationFailed(f"Prompt {line}: split {row.split!r} is not one of {Split.values}.")
+            raise ValidationFailed(
+                f"Prompt {line}: split {row.split!r} is not one of {Split.values}."
+            )
         prompts.append(
             Prompt(
                 project=project,
@@ -156,7 +170,9 @@ def prompts_create(*, project: Project, rows: Iterable[PromptInput]) -> list[Pro
         return Prompt.objects.bulk_create(prompts, batch_size=500)
 
 
-def policy_create(*, project: Project, name: str, kind: str = PolicyKind.MODEL, description: str = "") -> Policy:
+def policy_create(
+    *, project: Project, name: str, kind: str = PolicyKind.MODEL, description: str = ""
+) -> Policy:
     return Policy.objects.create(project=project, name=name, kind=kind, description=description)
 
 
@@ -190,8 +206,14 @@ def responses_create(*, policy: Policy, rows: Sequence[ResponseInput]) -> list[R
 
 
 def comparison_create(
-    *, response_a: Response, response_b: Response, round_number: int, purpose: str = Purpose.TRAIN,
-    pairing_strategy: str = "", rng: random.Random | None = None, gold_choice: str = "",
+    *,
+    response_a: Response,
+    response_b: Response,
+    round_number: int,
+    purpose: str = Purpose.TRAIN,
+    pairing_strategy: str = "",
+    rng: random.Random | None = None,
+    gold_choice: str = "",
 ) -> Comparison:
     if response_a.pk == response_b.pk:
         raise ValidationFailed("A comparison needs two different responses.")
@@ -235,7 +257,7 @@ def choice_from_side(*, comparison: Comparison, side: str) -> Choice:
 def judgment_submit(
     *,
     comparison_id: int,
-    annotator: AbstractBaseUser,
+    annotator: User,
     choice: str,
     idempotency_key: str | None = None,
     strength: int | None = None,
@@ -258,16 +280,23 @@ def judgment_submit(
     try:
         with transaction.atomic():
             comparison = (
-                Comparison.objects.select_for_update().select_related("project").get(pk=comparison_id)
+                Comparison.objects.select_for_update()
+                .select_related("project")
+                .get(pk=comparison_id)
             )
             project = comparison.project
             if project_role(user=annotator, project=project) is None:
                 raise JudgmentRejected("You are not a member of this project.")
             choice_value = _choice_validate(project=project, choice=choice)
-            _details_validate(project=project, strength=strength, criteria=criteria or {}, rationale=rationale)
+            _details_validate(
+                project=project, strength=strength, criteria=criteria or {}, rationale=rationale
+            )
             if Judgment.objects.filter(annotator=annotator, comparison=comparison).exists():
                 raise JudgmentRejected("You have already judged this comparison.")
-            if comparison.status != ComparisonStatus.OPEN or comparison.judgment_count >= project.overlap:
+            if (
+                comparison.status != ComparisonStatus.OPEN
+                or comparison.judgment_count >= project.overlap
+            ):
                 raise JudgmentRejected("This comparison already has all the judgments it needs.")
             judgment = Judgment.objects.create(
                 comparison=comparison,
@@ -343,9 +372,17 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
         top = Choice.TIE  # a split vote is no preference
     agreement = Counter(j.choice for j in judgments)[top] / len(judgments)
     if top == Choice.A:
-        kind, chosen, rejected = PairKind.PREFERENCE, comparison.response_a_id, comparison.response_b_id
+        kind, chosen, rejected = (
+            PairKind.PREFERENCE,
+            comparison.response_a_id,
+            comparison.response_b_id,
+        )
     elif top == Choice.B:
-        kind, chosen, rejected = PairKind.PREFERENCE, comparison.response_b_id, comparison.response_a_id
+        kind, chosen, rejected = (
+            PairKind.PREFERENCE,
+            comparison.response_b_id,
+            comparison.response_a_id,
+        )
     else:
         kind = PairKind.TIE if top == Choice.TIE else PairKind.BOTH_BAD
         chosen, rejected = comparison.response_a_id, comparison.response_b_id
@@ -365,12 +402,17 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
 
 @dataclass(frozen=True)
 class SnapshotFilters:
-    rounds: tuple[int, ...] = ()        # empty: every round
+    rounds: tuple[int, ...] = ()  # empty: every round
     min_agreement: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {"rounds": list(self.rounds), "min_agreement": self.min_agreement, "kind": "preference",
-                "purpose": Purpose.TRAIN, "split": Split.TRAIN}
+        return {
+            "rounds": list(self.rounds),
+            "min_agreement": self.min_agreement,
+            "kind": "preference",
+            "purpose": Purpose.TRAIN,
+            "split": Split.TRAIN,
+        }
 
 
 def snapshot_pairs(*, project: Project, filters: SnapshotFilters) -> list[PreferencePair]:
@@ -396,11 +438,13 @@ def snapshot_content_hash(pairs: Sequence[PreferencePair]) -> str:
 
 
 def snapshot_create(
-    *, project: Project, filters: SnapshotFilters, created_by: AbstractBaseUser | None = None
+    *, project: Project, filters: SnapshotFilters, created_by: User | None = None
 ) -> DatasetSnapshot:
     pairs = snapshot_pairs(project=project, filters=filters)
     if not pairs:
-        raise ValidationFailed("No preference pairs match these filters yet: judge some comparisons first.")
+        raise ValidationFailed(
+            "No preference pairs match these filters yet: judge some comparisons first."
+        )
     return DatasetSnapshot.objects.create(
         project=project,
         pair_ids=[pair.pk for pair in pairs],

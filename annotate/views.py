@@ -4,33 +4,34 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role
+from annotate.http import AuthedRequest
 from annotate.models import Project, Role
 from annotate.queue import comparison_next_for_annotator, comparison_skip
 from annotate.services import JudgmentRejected, choice_from_side, guideline_current, judgment_submit
 
 
-def _page_context(request: HttpRequest, project: Project, **extra: Any) -> dict[str, Any]:
+def _page_context(request: AuthedRequest, project: Project, **extra: Any) -> dict[str, Any]:
     role = project_role(user=request.user, project=project)
     return {"project": project, "role": role.value if role else None, **extra}
 
 
 @login_required
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthedRequest) -> HttpResponse:
     projects = selectors.project_cards_for_user(user=request.user)
     return render(request, "annotate/home.html", {"projects": projects})
 
 
 @login_required
 @require_GET
-def project_overview(request: HttpRequest, slug: str) -> HttpResponse:
+def project_overview(request: AuthedRequest, slug: str) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     context = _page_context(request, project)
     if context["role"] == Role.ANNOTATOR:
@@ -39,7 +40,7 @@ def project_overview(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "annotate/overview.html", {**context, "overview": overview})
 
 
-def _pair_context(request: HttpRequest, project: Project, error: str = "") -> dict[str, Any]:
+def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> dict[str, Any]:
     comparison = comparison_next_for_annotator(project=project, annotator=request.user)
     guideline = guideline_current(project=project)
     return _page_context(
@@ -56,19 +57,26 @@ def _pair_context(request: HttpRequest, project: Project, error: str = "") -> di
 
 @login_required
 @require_GET
-def annotate(request: HttpRequest, slug: str) -> HttpResponse:
+def annotate(request: AuthedRequest, slug: str) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     context = _pair_context(request, project)
     template = "annotate/annotate.html#pair" if request.htmx else "annotate/annotate.html"
     return render(request, template, context)
 
 
-def _after_action(request: HttpRequest, project: Project, error: str = "") -> HttpResponse:
+def _after_action(request: AuthedRequest, project: Project, error: str = "") -> HttpResponse:
     if request.htmx:
         status = 422 if error else 200
-        return render(request, "annotate/annotate.html#pair", _pair_context(request, project, error), status=status)
+        return render(
+            request,
+            "annotate/annotate.html#pair",
+            _pair_context(request, project, error),
+            status=status,
+        )
     if error:
-        return render(request, "annotate/annotate.html", _pair_context(request, project, error), status=422)
+        return render(
+            request, "annotate/annotate.html", _pair_context(request, project, error), status=422
+        )
     return redirect("annotate", slug=project.slug)
 
 
@@ -81,7 +89,7 @@ def _int_or_none(value: str | None) -> int | None:
 
 @login_required
 @require_POST
-def judge(request: HttpRequest, slug: str, comparison_id: int) -> HttpResponse:
+def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
     shown_at = _int_or_none(request.POST.get("shown_at"))
@@ -105,8 +113,10 @@ def judge(request: HttpRequest, slug: str, comparison_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def skip(request: HttpRequest, slug: str, comparison_id: int) -> HttpResponse:
+def skip(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
-    comparison_skip(comparison=comparison, annotator=request.user, reason=request.POST.get("reason", ""))
+    comparison_skip(
+        comparison=comparison, annotator=request.user, reason=request.POST.get("reason", "")
+    )
     return _after_action(request, project)

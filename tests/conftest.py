@@ -34,10 +34,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, packaged_model_dir:
     path = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
@@ -73,8 +80,11 @@ def outsider(make_user: Callable[..., User]) -> User:
 @pytest.fixture
 def project(lead: User, annotator: User) -> Project:
     project = project_create(
-        name="Test project", slug="test", guidelines="# Be helpful\nPrefer **correct** answers.",
-        created_by=lead, overlap=1,
+        name="Test project",
+        slug="test",
+        guidelines="# Be helpful\nPrefer **correct** answers.",
+        created_by=lead,
+        overlap=1,
     )
     membership_set(project=project, user=annotator, role=Role.ANNOTATOR)
     prompts_create(

@@ -15,15 +15,25 @@ def policy_for(project: Project, name: str = "imported") -> Policy:
 
 
 def comparison_make(
-    prompt: Prompt, texts: tuple[str, str] = ("Short answer.", "A much longer answer with detail."),
-    *, round_number: int = 1, purpose: str = "train", seed: int = 0, policy: Policy | None = None,
+    prompt: Prompt,
+    texts: tuple[str, str] = ("Short answer.", "A much longer answer with detail."),
+    *,
+    round_number: int = 1,
+    purpose: str = "train",
+    seed: int = 0,
+    policy: Policy | None = None,
 ) -> Comparison:
     policy = policy or policy_for(prompt.project)
     first, second = responses_create(
         policy=policy,
-        rows=[ResponseInput(prompt_id=prompt.pk, text=text, generation_params={}) for text in texts],
+        rows=[
+            ResponseInput(prompt_id=prompt.pk, text=text, generation_params={}) for text in texts
+        ],
     )
     return comparison_create(
-        response_a=first, response_b=second, round_number=round_number, purpose=purpose,
+        response_a=first,
+        response_b=second,
+        round_number=round_number,
+        purpose=purpose,
         rng=random.Random(seed),
     )

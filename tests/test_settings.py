@@ -8,10 +8,20 @@ from tests.conftest import REPO
 
 
 def _settings_probe(env: dict[str, str], expression: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"}
+    }
     code = f"import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup(); from django.conf import settings as s; print({expression})"
-    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off() -> None:
@@ -21,19 +31,33 @@ def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off() -> None:
 
 
 def test_it_defaults_to_sqlite_and_the_filesystem_broker_under_data(tmp_path) -> None:
-    result = _settings_probe({"DEBUG": "1", "PREFLOOP_DATA_DIR": str(tmp_path)},
-                             "s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME'], s.CELERY_BROKER_URL, s.CELERY_BROKER_TRANSPORT_OPTIONS['data_folder_in']")
+    result = _settings_probe(
+        {"DEBUG": "1", "PREFLOOP_DATA_DIR": str(tmp_path)},
+        "s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME'], s.CELERY_BROKER_URL, s.CELERY_BROKER_TRANSPORT_OPTIONS['data_folder_in']",
+    )
     assert result.returncode == 0, result.stderr
-    assert "sqlite3" in result.stdout and str(tmp_path) in result.stdout and "filesystem://" in result.stdout
+    assert (
+        "sqlite3" in result.stdout
+        and str(tmp_path) in result.stdout
+        and "filesystem://" in result.stdout
+    )
 
 
 def test_it_switches_to_postgresql_and_redis_from_the_environment() -> None:
     result = _settings_probe(
-        {"DEBUG": "1", "DATABASE_URL": "postgres://u@db.example:5433/prefloop", "CELERY_BROKER_URL": "redis://r:6379/0"},
+        {
+            "DEBUG": "1",
+            "DATABASE_URL": "postgres://u@db.example:5433/prefloop",
+            "CELERY_BROKER_URL": "redis://r:6379/0",
+        },
         "s.DATABASES['default']['ENGINE'], s.DATABASES['default']['HOST'], s.CELERY_BROKER_URL",
     )
     assert result.returncode == 0, result.stderr
-    assert "postgresql" in result.stdout and "db.example" in result.stdout and "redis://r:6379/0" in result.stdout
+    assert (
+        "postgresql" in result.stdout
+        and "db.example" in result.stdout
+        and "redis://r:6379/0" in result.stdout
+    )
 
 
 def test_it_configures_celery_for_long_jobs() -> None:

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,232 +14,612 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Project',
+            name="Project",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(max_length=80, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('base_model', models.CharField(default='packaged:smollm2-135m-instruct', help_text='Hugging Face model id, local directory, or packaged:<name>.', max_length=300)),
-                ('trust_remote_code', models.BooleanField(default=False)),
-                ('overlap', models.PositiveSmallIntegerField(default=1, help_text='Judgments from distinct annotators each comparison needs.')),
-                ('allow_tie', models.BooleanField(default=True)),
-                ('allow_both_bad', models.BooleanField(default=True)),
-                ('use_strength', models.BooleanField(default=False)),
-                ('criteria', models.JSONField(blank=True, default=list, help_text='Names of per-criterion choices.')),
-                ('reason_tags', models.JSONField(blank=True, default=list)),
-                ('rationale', models.CharField(choices=[('off', 'Not asked'), ('optional', 'Optional'), ('required', 'Required')], default='optional', max_length=10)),
-                ('gold_rate', models.FloatField(default=0.0)),
-                ('swap_recheck_rate', models.FloatField(default=0.0)),
-                ('lease_seconds', models.PositiveIntegerField(default=600)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("slug", models.SlugField(max_length=80, unique=True)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "base_model",
+                    models.CharField(
+                        default="packaged:smollm2-135m-instruct",
+                        help_text="Hugging Face model id, local directory, or packaged:<name>.",
+                        max_length=300,
+                    ),
+                ),
+                ("trust_remote_code", models.BooleanField(default=False)),
+                (
+                    "overlap",
+                    models.PositiveSmallIntegerField(
+                        default=1,
+                        help_text="Judgments from distinct annotators each comparison needs.",
+                    ),
+                ),
+                ("allow_tie", models.BooleanField(default=True)),
+                ("allow_both_bad", models.BooleanField(default=True)),
+                ("use_strength", models.BooleanField(default=False)),
+                (
+                    "criteria",
+                    models.JSONField(
+                        blank=True, default=list, help_text="Names of per-criterion choices."
+                    ),
+                ),
+                ("reason_tags", models.JSONField(blank=True, default=list)),
+                (
+                    "rationale",
+                    models.CharField(
+                        choices=[
+                            ("off", "Not asked"),
+                            ("optional", "Optional"),
+                            ("required", "Required"),
+                        ],
+                        default="optional",
+                        max_length=10,
+                    ),
+                ),
+                ("gold_rate", models.FloatField(default=0.0)),
+                ("swap_recheck_rate", models.FloatField(default=0.0)),
+                ("lease_seconds", models.PositiveIntegerField(default=600)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('overlap__gte', 1)), name='project_overlap_positive')],
+                "ordering": ["name"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("overlap__gte", 1)), name="project_overlap_positive"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Policy',
+            name="Policy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('kind', models.CharField(choices=[('model', 'Model version'), ('external', 'External (imported responses)')], default='model', max_length=10)),
-                ('description', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='policies', to='annotate.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("model", "Model version"),
+                            ("external", "External (imported responses)"),
+                        ],
+                        default="model",
+                        max_length=10,
+                    ),
+                ),
+                ("description", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="policies",
+                        to="annotate.project",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'policies',
+                "verbose_name_plural": "policies",
             },
         ),
         migrations.CreateModel(
-            name='Membership',
+            name="Membership",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('annotator', 'Annotator'), ('reviewer', 'Reviewer'), ('lead', 'Lead')], default='annotator', max_length=10)),
-                ('quota', models.PositiveIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='annotate.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("annotator", "Annotator"),
+                            ("reviewer", "Reviewer"),
+                            ("lead", "Lead"),
+                        ],
+                        default="annotator",
+                        max_length=10,
+                    ),
+                ),
+                ("quota", models.PositiveIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="memberships",
+                        to="annotate.project",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Guideline',
+            name="Guideline",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('body', models.TextField(help_text='Markdown.')),
-                ('changes', models.TextField(blank=True, help_text='What changed since the previous version.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='guidelines', to='annotate.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField()),
+                ("body", models.TextField(help_text="Markdown.")),
+                (
+                    "changes",
+                    models.TextField(
+                        blank=True, help_text="What changed since the previous version."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="guidelines",
+                        to="annotate.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['project', '-version'],
+                "ordering": ["project", "-version"],
             },
         ),
         migrations.CreateModel(
-            name='DatasetSnapshot',
+            name="DatasetSnapshot",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('pair_ids', models.JSONField(default=list)),
-                ('filters', models.JSONField(blank=True, default=dict)),
-                ('content_hash', models.CharField(max_length=64)),
-                ('n_pairs', models.PositiveIntegerField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='snapshots', to='annotate.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("pair_ids", models.JSONField(default=list)),
+                ("filters", models.JSONField(blank=True, default=dict)),
+                ("content_hash", models.CharField(max_length=64)),
+                ("n_pairs", models.PositiveIntegerField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="snapshots",
+                        to="annotate.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.CreateModel(
-            name='Prompt',
+            name="Prompt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('messages', models.JSONField(help_text='Chat messages: [{"role": "user", "content": "..."}, ...]')),
-                ('tags', models.JSONField(blank=True, default=list)),
-                ('source', models.CharField(blank=True, max_length=200)),
-                ('external_id', models.CharField(blank=True, max_length=200)),
-                ('split', models.CharField(choices=[('train', 'Train'), ('eval', 'Held-out evaluation')], default='train', max_length=5)),
-                ('content_hash', models.CharField(db_index=True, max_length=64)),
-                ('embedding', models.BinaryField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='prompts', to='annotate.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "messages",
+                    models.JSONField(
+                        help_text='Chat messages: [{"role": "user", "content": "..."}, ...]'
+                    ),
+                ),
+                ("tags", models.JSONField(blank=True, default=list)),
+                ("source", models.CharField(blank=True, max_length=200)),
+                ("external_id", models.CharField(blank=True, max_length=200)),
+                (
+                    "split",
+                    models.CharField(
+                        choices=[("train", "Train"), ("eval", "Held-out evaluation")],
+                        default="train",
+                        max_length=5,
+                    ),
+                ),
+                ("content_hash", models.CharField(db_index=True, max_length=64)),
+                ("embedding", models.BinaryField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="prompts",
+                        to="annotate.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Comparison',
+            name="Comparison",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('left_is_a', models.BooleanField(default=True)),
-                ('round_number', models.PositiveIntegerField(db_index=True, default=0)),
-                ('purpose', models.CharField(choices=[('train', 'Training data'), ('eval', 'Evaluation head-to-head')], default='train', max_length=5)),
-                ('pairing_strategy', models.CharField(blank=True, max_length=40)),
-                ('gold_choice', models.CharField(blank=True, choices=[('a', 'A better'), ('b', 'B better'), ('tie', 'Tie'), ('both_bad', 'Both bad')], max_length=10)),
-                ('status', models.CharField(choices=[('open', 'Open'), ('complete', 'Complete'), ('retired', 'Retired')], default='open', max_length=10)),
-                ('judgment_count', models.PositiveSmallIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='comparisons', to='annotate.project')),
-                ('prompt', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='comparisons', to='annotate.prompt')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("left_is_a", models.BooleanField(default=True)),
+                ("round_number", models.PositiveIntegerField(db_index=True, default=0)),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[("train", "Training data"), ("eval", "Evaluation head-to-head")],
+                        default="train",
+                        max_length=5,
+                    ),
+                ),
+                ("pairing_strategy", models.CharField(blank=True, max_length=40)),
+                (
+                    "gold_choice",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("a", "A better"),
+                            ("b", "B better"),
+                            ("tie", "Tie"),
+                            ("both_bad", "Both bad"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("complete", "Complete"),
+                            ("retired", "Retired"),
+                        ],
+                        default="open",
+                        max_length=10,
+                    ),
+                ),
+                ("judgment_count", models.PositiveSmallIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="comparisons",
+                        to="annotate.project",
+                    ),
+                ),
+                (
+                    "prompt",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="comparisons",
+                        to="annotate.prompt",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Response',
+            name="Response",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('text', models.TextField()),
-                ('generation_params', models.JSONField(blank=True, default=dict)),
-                ('seed', models.BigIntegerField(blank=True, null=True)),
-                ('prompt_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('completion_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('finish_reason', models.CharField(blank=True, max_length=20)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('policy', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='responses', to='annotate.policy')),
-                ('prompt', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='responses', to='annotate.prompt')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("text", models.TextField()),
+                ("generation_params", models.JSONField(blank=True, default=dict)),
+                ("seed", models.BigIntegerField(blank=True, null=True)),
+                ("prompt_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("completion_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("finish_reason", models.CharField(blank=True, max_length=20)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "policy",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="responses",
+                        to="annotate.policy",
+                    ),
+                ),
+                (
+                    "prompt",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="responses",
+                        to="annotate.prompt",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='PreferencePair',
+            name="PreferencePair",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('preference', 'Chosen / rejected'), ('tie', 'Tie'), ('both_bad', 'Both bad')], max_length=12)),
-                ('agreement', models.FloatField(help_text='Share of judgments that agree with the outcome.')),
-                ('n_judgments', models.PositiveSmallIntegerField()),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('comparison', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='pair', to='annotate.comparison')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='pairs', to='annotate.project')),
-                ('chosen', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotate.response')),
-                ('rejected', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotate.response')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("preference", "Chosen / rejected"),
+                            ("tie", "Tie"),
+                            ("both_bad", "Both bad"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "agreement",
+                    models.FloatField(help_text="Share of judgments that agree with the outcome."),
+                ),
+                ("n_judgments", models.PositiveSmallIntegerField()),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "comparison",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="pair",
+                        to="annotate.comparison",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="pairs",
+                        to="annotate.project",
+                    ),
+                ),
+                (
+                    "chosen",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="annotate.response",
+                    ),
+                ),
+                (
+                    "rejected",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="annotate.response",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.AddField(
-            model_name='comparison',
-            name='response_a',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotate.response'),
+            model_name="comparison",
+            name="response_a",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="annotate.response",
+            ),
         ),
         migrations.AddField(
-            model_name='comparison',
-            name='response_b',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotate.response'),
+            model_name="comparison",
+            name="response_b",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="annotate.response",
+            ),
         ),
         migrations.CreateModel(
-            name='Judgment',
+            name="Judgment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('choice', models.CharField(choices=[('a', 'A better'), ('b', 'B better'), ('tie', 'Tie'), ('both_bad', 'Both bad')], max_length=10)),
-                ('left_was_a', models.BooleanField(help_text='The side layout the annotator saw.')),
-                ('strength', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('criteria', models.JSONField(blank=True, default=dict, help_text='criterion name → choice')),
-                ('rationale', models.TextField(blank=True)),
-                ('reason_tags', models.JSONField(blank=True, default=list)),
-                ('time_spent_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('idempotency_key', models.CharField(blank=True, max_length=64, null=True, unique=True)),
-                ('is_adjudication', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='judgments', to=settings.AUTH_USER_MODEL)),
-                ('comparison', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotate.comparison')),
-                ('guideline', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, to='annotate.guideline')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "choice",
+                    models.CharField(
+                        choices=[
+                            ("a", "A better"),
+                            ("b", "B better"),
+                            ("tie", "Tie"),
+                            ("both_bad", "Both bad"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("left_was_a", models.BooleanField(help_text="The side layout the annotator saw.")),
+                ("strength", models.PositiveSmallIntegerField(blank=True, null=True)),
+                (
+                    "criteria",
+                    models.JSONField(blank=True, default=dict, help_text="criterion name → choice"),
+                ),
+                ("rationale", models.TextField(blank=True)),
+                ("reason_tags", models.JSONField(blank=True, default=list)),
+                ("time_spent_ms", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "idempotency_key",
+                    models.CharField(blank=True, max_length=64, null=True, unique=True),
+                ),
+                ("is_adjudication", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "annotator",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="judgments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "comparison",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="judgments",
+                        to="annotate.comparison",
+                    ),
+                ),
+                (
+                    "guideline",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        to="annotate.guideline",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'constraints': [models.UniqueConstraint(fields=('annotator', 'comparison'), name='judgment_one_per_annotator')],
+                "ordering": ["id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("annotator", "comparison"), name="judgment_one_per_annotator"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Lease',
+            name="Lease",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('held', 'Held'), ('submitted', 'Submitted'), ('skipped', 'Skipped'), ('released', 'Released')], default='held', max_length=10)),
-                ('expires_at', models.DateTimeField()),
-                ('skip_reason', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='leases', to=settings.AUTH_USER_MODEL)),
-                ('comparison', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='leases', to='annotate.comparison')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("held", "Held"),
+                            ("submitted", "Submitted"),
+                            ("skipped", "Skipped"),
+                            ("released", "Released"),
+                        ],
+                        default="held",
+                        max_length=10,
+                    ),
+                ),
+                ("expires_at", models.DateTimeField()),
+                ("skip_reason", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "annotator",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="leases",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "comparison",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="leases",
+                        to="annotate.comparison",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['comparison', 'state', 'expires_at'], name='annotate_le_compari_01ff4f_idx')],
-                'constraints': [models.UniqueConstraint(fields=('comparison', 'annotator'), name='lease_unique_per_annotator')],
+                "indexes": [
+                    models.Index(
+                        fields=["comparison", "state", "expires_at"],
+                        name="annotate_le_compari_01ff4f_idx",
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("comparison", "annotator"), name="lease_unique_per_annotator"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='policy',
-            constraint=models.UniqueConstraint(fields=('project', 'name'), name='policy_name_unique'),
+            model_name="policy",
+            constraint=models.UniqueConstraint(
+                fields=("project", "name"), name="policy_name_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='membership',
-            constraint=models.UniqueConstraint(fields=('project', 'user'), name='membership_unique'),
+            model_name="membership",
+            constraint=models.UniqueConstraint(
+                fields=("project", "user"), name="membership_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='guideline',
-            constraint=models.UniqueConstraint(fields=('project', 'version'), name='guideline_version_unique'),
+            model_name="guideline",
+            constraint=models.UniqueConstraint(
+                fields=("project", "version"), name="guideline_version_unique"
+            ),
         ),
         migrations.AddIndex(
-            model_name='prompt',
-            index=models.Index(fields=['project', 'split'], name='annotate_pr_project_f74494_idx'),
+            model_name="prompt",
+            index=models.Index(fields=["project", "split"], name="annotate_pr_project_f74494_idx"),
         ),
         migrations.AddIndex(
-            model_name='comparison',
-            index=models.Index(fields=['project', 'status', 'round_number'], name='annotate_co_project_2ebb69_idx'),
+            model_name="comparison",
+            index=models.Index(
+                fields=["project", "status", "round_number"], name="annotate_co_project_2ebb69_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='comparison',
-            constraint=models.CheckConstraint(condition=models.Q(('response_a', models.F('response_b')), _negated=True), name='comparison_distinct_responses'),
+            model_name="comparison",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("response_a", models.F("response_b")), _negated=True),
+                name="comparison_distinct_responses",
+            ),
         ),
     ]

@@ -37,8 +37,15 @@ def tiny_project(project: Project, tiny_model_dir: Path, settings, tmp_path: Pat
 
 def _round(project: Project, **kwargs) -> GenerationJob:
     base = model_version_base_ensure(project=project)
-    round_ = round_start(project=project, policy=base, train_prompts=round_prompts_choose(project=project, count=4),
-                         samples_per_prompt=2, sampling=SAMPLING, dispatch=False, **kwargs)
+    round_ = round_start(
+        project=project,
+        policy=base,
+        train_prompts=round_prompts_choose(project=project, count=4),
+        samples_per_prompt=2,
+        sampling=SAMPLING,
+        dispatch=False,
+        **kwargs,
+    )
     return round_.generation_jobs.get()
 
 
@@ -84,8 +91,12 @@ def test_it_trains_and_registers_a_child_version(tiny_project: Project, annotato
     for comparison in Comparison.objects.filter(project=tiny_project):
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
     base = model_version_base_ensure(project=tiny_project)
-    run = training_run_start(project=tiny_project, base_version=base, dispatch=False,
-                             training=TrainingSettings(epochs=2, batch_size=2, max_length=96))
+    run = training_run_start(
+        project=tiny_project,
+        base_version=base,
+        dispatch=False,
+        training=TrainingSettings(epochs=2, batch_size=2, max_length=96),
+    )
     training_run_execute(run_id=run.pk)
     run = TrainingRun.objects.get(pk=run.pk)
     assert run.status == JobStatus.SUCCEEDED, run.error
@@ -93,5 +104,7 @@ def test_it_trains_and_registers_a_child_version(tiny_project: Project, annotato
     assert all(p["loss"] is not None for p in run.metrics)
     child = ModelVersion.objects.get(produced_by=run)
     assert child.parent == base and child.lineage() == [child, base]
-    assert (Path(child.adapter_path) / "adapter_model.safetensors").is_file() and len(child.adapter_sha256) == 64
+    assert (Path(child.adapter_path) / "adapter_model.safetensors").is_file() and len(
+        child.adapter_sha256
+    ) == 64
     assert training_run_execute(run_id=run.pk) is None  # redelivered: nothing happens

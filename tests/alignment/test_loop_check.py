@@ -18,10 +18,28 @@ def _run(tiny_model_dir: Path, tmp_path: Path, rule: str) -> tuple[str, dict]:
     out = StringIO()
     report = tmp_path / "report.json"
     call_command(
-        "loop_check", "--rule", rule, "--model", str(tiny_model_dir), "--train-prompts", "6",
-        "--eval-prompts", "3", "--eval-samples-per-prompt", "2", "--max-new-tokens", "12",
-        "--train-epochs", "1", "--train-batch-size", "2", "--train-max-length", "96",
-        "--json", str(report), stdout=out,
+        "loop_check",
+        "--rule",
+        rule,
+        "--model",
+        str(tiny_model_dir),
+        "--train-prompts",
+        "6",
+        "--eval-prompts",
+        "3",
+        "--eval-samples-per-prompt",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--train-epochs",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--train-max-length",
+        "96",
+        "--json",
+        str(report),
+        stdout=out,
     )
     return out.getvalue(), json.loads(report.read_text())
 
@@ -33,7 +51,9 @@ def tiny(settings, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("rule", ["shorter", "examples.loop_rules:prefer_fewer_words"])
-def test_it_runs_a_round_trains_and_reports_the_head_to_head(tiny, tiny_model_dir: Path, tmp_path: Path, rule: str) -> None:
+def test_it_runs_a_round_trains_and_reports_the_head_to_head(
+    tiny, tiny_model_dir: Path, tmp_path: Path, rule: str
+) -> None:
     output, report = _run(tiny_model_dir, tmp_path, rule)
     h2h = report["head_to_head"]
     assert h2h["n"] == 3 * 2 == h2h["wins"] + h2h["losses"] + h2h["ties"]
@@ -42,7 +62,10 @@ def test_it_runs_a_round_trains_and_reports_the_head_to_head(tiny, tiny_model_di
     assert report["train_pairs"] + report["train_ties"] == report["train_judgments"] > 0
     project = Project.objects.get(slug=report["project_slug"])
     # Every comparison of both rounds was judged once, through the real judgment service.
-    assert Judgment.objects.filter(comparison__project=project).count() == Comparison.objects.filter(project=project).count()
+    assert (
+        Judgment.objects.filter(comparison__project=project).count()
+        == Comparison.objects.filter(project=project).count()
+    )
     assert "win rate of v1 over v0 (base)" in output and "95% CI" in output
     assert report["seconds"]["total"] > 0
 

@@ -27,8 +27,9 @@ def test_it_records_a_judgment_with_layout_and_guideline(
     comparison: Comparison, annotator: User, project: Project
 ) -> None:
     choice = choice_from_side(comparison=comparison, side="left")
-    judgment = judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice,
-                               time_spent_ms=1200)
+    judgment = judgment_submit(
+        comparison_id=comparison.pk, annotator=annotator, choice=choice, time_spent_ms=1200
+    )
     assert judgment.chose_left is True
     assert judgment.left_was_a == comparison.left_is_a
     assert judgment.guideline is not None and judgment.guideline.version == 1
@@ -39,21 +40,31 @@ def test_it_records_a_judgment_with_layout_and_guideline(
     assert pair.chosen == comparison.left and pair.rejected == comparison.right
 
 
-def test_it_returns_the_first_judgment_for_a_retried_submit(comparison: Comparison, annotator: User) -> None:
-    first = judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a", idempotency_key="k1")
-    again = judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="b", idempotency_key="k1")
+def test_it_returns_the_first_judgment_for_a_retried_submit(
+    comparison: Comparison, annotator: User
+) -> None:
+    first = judgment_submit(
+        comparison_id=comparison.pk, annotator=annotator, choice="a", idempotency_key="k1"
+    )
+    again = judgment_submit(
+        comparison_id=comparison.pk, annotator=annotator, choice="b", idempotency_key="k1"
+    )
     assert again.pk == first.pk and again.choice == Choice.A
     assert Judgment.objects.count() == 1
 
 
-def test_it_refuses_a_second_judgment_and_keeps_the_data(comparison: Comparison, annotator: User) -> None:
+def test_it_refuses_a_second_judgment_and_keeps_the_data(
+    comparison: Comparison, annotator: User
+) -> None:
     judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
     with pytest.raises(JudgmentRejected, match="already judged"):
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="b")
     assert list(Judgment.objects.values_list("choice", flat=True)) == ["a"]
 
 
-def test_it_refuses_judgments_beyond_the_overlap(comparison: Comparison, annotator: User, make_user, project: Project) -> None:
+def test_it_refuses_judgments_beyond_the_overlap(
+    comparison: Comparison, annotator: User, make_user, project: Project
+) -> None:
     late = make_user("late")
     membership_set(project=project, user=late, role=Role.ANNOTATOR)
     judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
@@ -63,7 +74,9 @@ def test_it_refuses_judgments_beyond_the_overlap(comparison: Comparison, annotat
     assert comparison.judgment_count == 1
 
 
-def test_it_refuses_a_disallowed_tie_and_names_it(comparison: Comparison, annotator: User, project: Project) -> None:
+def test_it_refuses_a_disallowed_tie_and_names_it(
+    comparison: Comparison, annotator: User, project: Project
+) -> None:
     project.allow_tie = False
     project.save()
     with pytest.raises(JudgmentRejected, match="does not allow ties"):

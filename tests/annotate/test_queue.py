@@ -16,7 +16,10 @@ pytestmark = pytest.mark.django_db
 
 def _comparisons(project: Project, n: int, round_number: int = 1) -> list[Comparison]:
     prompts = list(project.prompts.filter(split="train"))
-    return [comparison_make(prompts[i % len(prompts)], round_number=round_number, seed=i) for i in range(n)]
+    return [
+        comparison_make(prompts[i % len(prompts)], round_number=round_number, seed=i)
+        for i in range(n)
+    ]
 
 
 def test_it_returns_the_same_held_pair_on_refresh(project: Project, annotator: User) -> None:
@@ -55,7 +58,7 @@ def test_it_offers_current_round_first_then_nearest_completion(
 
 
 def test_it_never_offers_a_judged_or_skipped_pair_again(project: Project, annotator: User) -> None:
-    first, second = _comparisons(project, 2)
+    _comparisons(project, 2)
     got = comparison_next_for_annotator(project=project, annotator=annotator)
     assert got is not None
     judgment_submit(comparison_id=got.pk, annotator=annotator, choice="a")

@@ -24,7 +24,17 @@ def elements(html: str) -> list[tuple[str, dict[str, str]]]:
 
 def assert_inert(html: str) -> None:
     for tag, attrs in elements(html):
-        assert tag not in {"script", "iframe", "img", "object", "embed", "style", "form", "button", "input"}
+        assert tag not in {
+            "script",
+            "iframe",
+            "img",
+            "object",
+            "embed",
+            "style",
+            "form",
+            "button",
+            "input",
+        }
         for name, value in attrs.items():
             assert not name.startswith(("on", "hx-", "data-")), name
             if name in {"href", "src"}:

@@ -27,7 +27,9 @@ def _client(user: User) -> Client:
 
 @pytest.fixture
 def comparison(project: Project) -> Comparison:
-    return comparison_make(project.prompts.filter(split="train").first(), texts=(HOSTILE, "A plain answer."))
+    return comparison_make(
+        project.prompts.filter(split="train").first(), texts=(HOSTILE, "A plain answer.")
+    )
 
 
 def test_it_sends_anonymous_users_to_login(project: Project) -> None:
@@ -42,8 +44,12 @@ def test_it_hides_other_projects_behind_a_404(project: Project, outsider: User) 
     assert project.name not in client.get(reverse("home")).content.decode()
 
 
-def test_it_shows_the_pair_sanitised_with_guidelines_and_shortcuts(comparison: Comparison, annotator: User) -> None:
-    page = _client(annotator).get(reverse("annotate", args=[comparison.project.slug])).content.decode()
+def test_it_shows_the_pair_sanitised_with_guidelines_and_shortcuts(
+    comparison: Comparison, annotator: User
+) -> None:
+    page = (
+        _client(annotator).get(reverse("annotate", args=[comparison.project.slug])).content.decode()
+    )
     assert "A plain answer." in page
     assert "Prefer <strong>correct</strong> answers." in page  # guidelines rendered beside the pair
     rendered = markdown_to_safe_html(HOSTILE)
@@ -54,7 +60,9 @@ def test_it_shows_the_pair_sanitised_with_guidelines_and_shortcuts(comparison: C
     assert 'data-shortcut="ArrowLeft 1"' in page and "<kbd>?</kbd>" in page
 
 
-def test_it_records_a_judgment_and_swaps_in_the_next_pair(project: Project, annotator: User) -> None:
+def test_it_records_a_judgment_and_swaps_in_the_next_pair(
+    project: Project, annotator: User
+) -> None:
     prompts = list(project.prompts.filter(split="train")[:2])
     first, second = (comparison_make(p, seed=i) for i, p in enumerate(prompts))
     client = _client(annotator)
@@ -71,7 +79,11 @@ def test_it_records_a_judgment_and_swaps_in_the_next_pair(project: Project, anno
     other = second if held == first else first
     assert f'data-comparison="{other.pk}"' in body
     judgment = Judgment.objects.get()
-    assert judgment.comparison == held and judgment.chose_left is True and judgment.time_spent_ms is not None
+    assert (
+        judgment.comparison == held
+        and judgment.chose_left is True
+        and judgment.time_spent_ms is not None
+    )
 
 
 def test_it_says_when_nothing_is_left(project: Project, annotator: User) -> None:
@@ -79,9 +91,12 @@ def test_it_says_when_nothing_is_left(project: Project, annotator: User) -> None
     assert "Nothing left to judge" in page
 
 
-def test_it_shows_a_clear_error_for_a_bad_choice_and_writes_nothing(comparison: Comparison, annotator: User) -> None:
+def test_it_shows_a_clear_error_for_a_bad_choice_and_writes_nothing(
+    comparison: Comparison, annotator: User
+) -> None:
     response = _client(annotator).post(
-        reverse("judge", args=[comparison.project.slug, comparison.pk]), {"choice": "sideways"},
+        reverse("judge", args=[comparison.project.slug, comparison.pk]),
+        {"choice": "sideways"},
         HTTP_HX_REQUEST="true",
     )
     assert response.status_code == 422
@@ -89,24 +104,33 @@ def test_it_shows_a_clear_error_for_a_bad_choice_and_writes_nothing(comparison: 
     assert not Judgment.objects.exists()
 
 
-def test_it_returns_the_first_result_for_a_double_submit(comparison: Comparison, annotator: User) -> None:
+def test_it_returns_the_first_result_for_a_double_submit(
+    comparison: Comparison, annotator: User
+) -> None:
     client = _client(annotator)
     url = reverse("judge", args=[comparison.project.slug, comparison.pk])
     for _ in range(2):
-        response = client.post(url, {"choice": "right", "idempotency_key": "same"}, HTTP_HX_REQUEST="true")
+        response = client.post(
+            url, {"choice": "right", "idempotency_key": "same"}, HTTP_HX_REQUEST="true"
+        )
         assert response.status_code == 200
     assert Judgment.objects.count() == 1
 
 
 def test_it_skips_and_moves_on(comparison: Comparison, annotator: User) -> None:
     client = _client(annotator)
-    response = client.post(reverse("skip", args=[comparison.project.slug, comparison.pk]), {"reason": "unsure"},
-                           HTTP_HX_REQUEST="true")
+    response = client.post(
+        reverse("skip", args=[comparison.project.slug, comparison.pk]),
+        {"reason": "unsure"},
+        HTTP_HX_REQUEST="true",
+    )
     assert "Nothing left to judge" in response.content.decode()
     assert comparison.leases.get(annotator=annotator).state == "skipped"
 
 
-def test_it_shows_the_lead_an_overview_and_sends_annotators_to_work(comparison: Comparison, lead: User, annotator: User) -> None:
+def test_it_shows_the_lead_an_overview_and_sends_annotators_to_work(
+    comparison: Comparison, lead: User, annotator: User
+) -> None:
     url = reverse("project_overview", args=[comparison.project.slug])
     page = _client(lead).get(url)
     assert page.status_code == 200

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
 from django.contrib.auth.models import User
+from playwright.sync_api import expect
 
 from annotate.models import Judgment, Project
 from tests.factories import comparison_make
@@ -12,13 +12,15 @@ from tests.factories import comparison_make
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 HOSTILE = (
-    "<script>window.pwned = 1</script>\n\n<img src=x onerror=\"window.pwned = 2\">\n\n"
+    '<script>window.pwned = 1</script>\n\n<img src=x onerror="window.pwned = 2">\n\n'
     '<a href="#" hx-get="/admin/" hx-trigger="load">hx</a> [link](javascript:window.pwned=3) '
     "![pixel](http://tracker.invalid/p.png)"
 )
 
 
-def test_it_lets_an_annotator_judge_by_keyboard(live_server, browser, project: Project, annotator: User) -> None:
+def test_it_lets_an_annotator_judge_by_keyboard(
+    live_server, browser, project: Project, annotator: User
+) -> None:
     prompts = list(project.prompts.filter(split="train")[:3])
     comparisons = [
         comparison_make(prompts[0], texts=(HOSTILE, "A calm answer."), seed=1),
@@ -66,7 +68,9 @@ def test_it_lets_an_annotator_judge_by_keyboard(live_server, browser, project: P
     assert not errors, errors
 
 
-def test_it_toggles_the_guidelines_with_the_question_mark(live_server, browser, project: Project, annotator: User) -> None:
+def test_it_toggles_the_guidelines_with_the_question_mark(
+    live_server, browser, project: Project, annotator: User
+) -> None:
     comparison_make(project.prompts.filter(split="train").first())
     context = browser.new_context()
     page = context.new_page()

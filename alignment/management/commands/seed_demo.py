@@ -7,7 +7,12 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from alignment.models import Round
-from alignment.services import SamplingSettings, model_version_base_ensure, round_prompts_choose, round_start
+from alignment.services import (
+    SamplingSettings,
+    model_version_base_ensure,
+    round_prompts_choose,
+    round_start,
+)
 from annotate.demo_data import demo_guidelines, demo_prompts
 from annotate.models import Project, Role
 from annotate.services import membership_set, project_create, prompts_create
@@ -27,7 +32,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--round-prompts", type=int, default=48, help="Training prompts in round 1.")
+        parser.add_argument(
+            "--round-prompts", type=int, default=48, help="Training prompts in round 1."
+        )
         parser.add_argument("--max-new-tokens", type=int, default=200)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -43,12 +50,17 @@ class Command(BaseCommand):
             project = Project.objects.filter(slug=DEMO_SLUG).first()
             if project is None:
                 project = project_create(
-                    name="Demo: helpful, honest, harmless", slug=DEMO_SLUG,
-                    guidelines=demo_guidelines(), created_by=users["lead"],
-                    description="A demo project seeded by `make demo`.", overlap=2,
+                    name="Demo: helpful, honest, harmless",
+                    slug=DEMO_SLUG,
+                    guidelines=demo_guidelines(),
+                    created_by=users["lead"],
+                    description="A demo project seeded by `make demo`.",
+                    overlap=2,
                 )
                 prompts_create(project=project, rows=demo_prompts())
-                self.stdout.write(f"Created project {project.slug!r} with {project.prompts.count()} prompts.")
+                self.stdout.write(
+                    f"Created project {project.slug!r} with {project.prompts.count()} prompts."
+                )
             else:
                 self.stdout.write(f"Project {project.slug!r} exists; keeping its data.")
             for username, _password, role in ACCOUNTS:
@@ -56,13 +68,18 @@ class Command(BaseCommand):
             if not Round.objects.filter(project=project).exists():
                 base = model_version_base_ensure(project=project)
                 round_ = round_start(
-                    project=project, policy=base,
-                    train_prompts=round_prompts_choose(project=project, count=options["round_prompts"]),
+                    project=project,
+                    policy=base,
+                    train_prompts=round_prompts_choose(
+                        project=project, count=options["round_prompts"]
+                    ),
                     samples_per_prompt=2,
                     sampling=SamplingSettings(max_new_tokens=options["max_new_tokens"]),
                     created_by=users["lead"],
                 )
-                self.stdout.write(f"Queued round {round_.number} generation ({round_.prompts.count()} prompts).")
+                self.stdout.write(
+                    f"Queued round {round_.number} generation ({round_.prompts.count()} prompts)."
+                )
         self.stdout.write("Accounts (username / password):")
         for username, password, role in ACCOUNTS:
             self.stdout.write(f"  {username} / {password}  ({role.label.lower()})")
