@@ -10,6 +10,7 @@ measured property for both policies.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class LoopCheckReport:
     parent_policy: PolicyFigures
     head_to_head: WinRate
     seconds: dict[str, float]
+    generation_tokens_per_s: float
+    training_seconds_per_step: float
+    peak_rss_mb: float
 
 
 def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
@@ -186,7 +190,8 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         sampling=sampling,
         dispatch=False,
     )
-    _jobs_execute(list(round1.generation_jobs.all()))
+    round1_jobs = list(round1.generation_jobs.all())
+    _jobs_execute(round1_jobs)
     seconds["round 1 generation"] = time.monotonic() - t
     log(
         f"round 1: {Comparison.objects.filter(project=project).count()} comparisons "
@@ -269,4 +274,8 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         parent_policy=_policy_figures(base, list(eval_responses.filter(policy=base.policy)), rule),
         head_to_head=win_rate(wins=wins, losses=losses, ties=ties),
         seconds={k: round(v, 1) for k, v in seconds.items()},
+        generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
+        training_seconds_per_step=float(run.summary["seconds_per_step"]),
+        # ru_maxrss is in KiB on Linux: the peak of this process, which did a worker's jobs.
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )

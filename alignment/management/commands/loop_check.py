@@ -127,3 +127,8 @@ class Command(BaseCommand):
         )
         times = ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items())
         self.stdout.write(f"  time: {times}")
+        self.stdout.write(
+            f"  generation {report.generation_tokens_per_s:.1f} tokens/s (round 1), "
+            f"training {report.training_seconds_per_step:.2f} s/step"
+        )
+        self.stdout.write(f"  peak memory (RSS) of this process: {report.peak_rss_mb:.0f} MB")
