@@ -16,7 +16,6 @@ from annotate.models import (
     PairKind,
     PreferencePair,
     Project,
-    Prompt,
     Purpose,
     Split,
 )
@@ -130,13 +129,6 @@ def round_list_for_project(*, project: Project) -> list[RoundRow]:
         )
         for round_ in rounds
     ]
-
-
-def eval_prompts_held_out(*, project: Project, count: int) -> list[Prompt]:
-    """The first `count` held-out prompts (split "eval") in id order: the head-to-head set."""
-    if count <= 0:
-        return []
-    return list(project.prompts.filter(split=Split.EVAL).order_by("id")[:count])
 
 
 @dataclass

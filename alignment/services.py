@@ -109,6 +109,37 @@ def round_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
     )
 
 
+def eval_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
+    """The first `count` held-out prompts in id order: the same head-to-head set every round."""
+    return list(project.prompts.filter(split=Split.EVAL).order_by("id")[: max(count, 0)])
+
+
+def round_next_start(
+    *,
+    project: Project,
+    policy: ModelVersion,
+    train_count: int,
+    eval_count: int,
+    samples_per_prompt: int = 2,
+    sampling: SamplingSettings | None = None,
+    strategy: str = PairingStrategy.ON_POLICY,
+    created_by: User | None = None,
+) -> Round:
+    """Start the next round with prompts chosen for the strategy (fresh training prompts first)."""
+    on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
+    head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+    return round_start(
+        project=project,
+        policy=policy,
+        train_prompts=round_prompts_choose(project=project, count=train_count) if on_policy else (),
+        eval_prompts=eval_prompts_choose(project=project, count=eval_count) if head_to_head else (),
+        samples_per_prompt=samples_per_prompt,
+        sampling=sampling,
+        strategy=strategy,
+        created_by=created_by,
+    )
+
+
 def round_start(
     *,
     project: Project,

@@ -15,12 +15,10 @@ from django.views.decorators.vary import vary_on_headers
 
 from alignment import selectors
 from alignment.forms import RoundStartForm, TrainingRunStartForm
-from alignment.models import PairingStrategy
 from alignment.services import (
     TrainingSettings,
     model_version_base_ensure,
-    round_prompts_choose,
-    round_start,
+    round_next_start,
     training_run_start,
 )
 from annotate.access import access_project, project_role
@@ -63,27 +61,16 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
     form = RoundStartForm(request.POST, versions=versions)
     if form.is_valid():
         data = form.cleaned_data
-        strategy = data["pairing_strategy"]
-        on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
-        head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
         try:
-            round_ = round_start(
+            round_ = round_next_start(
                 project=project,
                 policy=data["policy"],
-                train_prompts=(
-                    round_prompts_choose(project=project, count=data["train_prompts"])
-                    if on_policy
-                    else ()
-                ),
-                eval_prompts=(
-                    selectors.eval_prompts_held_out(project=project, count=data["eval_prompts"])
-                    if head_to_head
-                    else ()
-                ),
+                train_count=data["train_prompts"],
+                eval_count=data["eval_prompts"],
                 samples_per_prompt=data["samples_per_prompt"],
                 sampling=form.sampling(),
-                strategy=strategy,
-                created_by=request.user,  # type: ignore[arg-type]
+                strategy=data["pairing_strategy"],
+                created_by=request.user,
             )
         except ValidationFailed as error:
             form.add_error(None, str(error))
@@ -144,7 +131,7 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
                     filters=SnapshotFilters(
                         rounds=data["rounds"], min_agreement=data["min_agreement"]
                     ),
-                    created_by=request.user,  # type: ignore[arg-type]
+                    created_by=request.user,
                 )
             except ValidationFailed as error:
                 form.add_error(None, str(error))
