@@ -32,8 +32,18 @@ from alignment.services import (
     training_run_start,
 )
 from annotate.demo_data import demo_guidelines, demo_prompts
-from annotate.models import Choice, Comparison, PairKind, PreferencePair, Project, Response, Role
-from annotate.queue import comparison_next_for_annotator
+from annotate.models import (
+    Choice,
+    Comparison,
+    Lease,
+    LeaseState,
+    PairKind,
+    PreferencePair,
+    Project,
+    Response,
+    Role,
+)
+from annotate.queue import comparison_next_for_annotator, comparison_skip
 from annotate.services import (
     SnapshotFilters,
     judgment_submit,
@@ -48,16 +58,19 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class LoopCheckSettings:
     model: str = "packaged:smollm2-135m-instruct"
-    train_prompts: int = 60
-    eval_prompts: int = 24
+    train_prompts: int = 64
+    eval_prompts: int = 16
     samples_per_prompt: int = 2
-    eval_samples_per_prompt: int = 2
+    eval_samples_per_prompt: int = 4
     max_new_tokens: int = 200
     temperature: float = 0.9
     top_p: float = 0.95
-    batch_size: int = 8
+    batch_size: int = 16
     seed: int = 0
     annotators: int = 2
+    # Annotators skip a training pair whose two responses were both cut off at the token
+    # limit: neither answer is complete, and the pair would teach token choice, not length.
+    skip_both_truncated: bool = True
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
 
@@ -78,6 +91,7 @@ class LoopCheckReport:
     train_judgments: int
     train_pairs: int
     train_ties: int
+    train_skipped: int
     training_steps: int
     train_loss: float
     new_policy: PolicyFigures
@@ -101,7 +115,13 @@ def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
     return users
 
 
-def judge_by_rule(*, project: Project, annotators: Sequence[User], rule: JudgeRule) -> int:
+def judge_by_rule(
+    *,
+    project: Project,
+    annotators: Sequence[User],
+    rule: JudgeRule,
+    skip_both_truncated: bool = False,
+) -> int:
     """Let simulated annotators work the queue until nothing is left; returns judgments made."""
     made = 0
     idle = 0
@@ -114,8 +134,16 @@ def judge_by_rule(*, project: Project, annotators: Sequence[User], rule: JudgeRu
             idle += 1
             continue
         idle = 0
+        left, right = comparison.left, comparison.right
+        if skip_both_truncated and left.finish_reason == right.finish_reason == "length":
+            comparison_skip(
+                comparison=comparison,
+                annotator=annotator,
+                reason="both responses cut off at the token limit",
+            )
+            continue
         # The rule sees what a person sees: the prompt and the left and right texts.
-        verdict = rule.judge(comparison.prompt.text, comparison.left.text, comparison.right.text)
+        verdict = rule.judge(comparison.prompt.text, left.text, right.text)
         side = {"a": "left", "b": "right", "tie": "tie"}[verdict]
         choice = {
             "left": Choice.A if comparison.left_is_a else Choice.B,
@@ -199,7 +227,12 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     )
 
     t = time.monotonic()
-    train_judgments = judge_by_rule(project=project, annotators=annotators, rule=rule)
+    train_judgments = judge_by_rule(
+        project=project,
+        annotators=annotators,
+        rule=rule,
+        skip_both_truncated=settings.skip_both_truncated,
+    )
     seconds["judging"] = time.monotonic() - t
     pairs = PreferencePair.objects.filter(project=project)
     train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
@@ -268,6 +301,10 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         train_judgments=train_judgments,
         train_pairs=train_pairs,
         train_ties=train_ties,
+        train_skipped=Lease.objects.filter(comparison__project=project, state=LeaseState.SKIPPED)
+        .values("comparison")
+        .distinct()
+        .count(),
         training_steps=int(run.summary["steps"]),
         train_loss=float(run.summary["train_loss"]),
         new_policy=_policy_figures(new, list(eval_responses.filter(policy=new.policy)), rule),

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from annotate.models import Comparison, Judgment, Project
+from annotate.models import Comparison, Judgment, Lease, Project
 
 pytestmark = pytest.mark.django_db
 
 
-def _run(tiny_model_dir: Path, tmp_path: Path, rule: str) -> tuple[str, dict]:
+def _run(tiny_model_dir: Path, tmp_path: Path, rule: str, *extra: str) -> tuple[str, dict]:
     out = StringIO()
     report = tmp_path / "report.json"
     call_command(
@@ -39,6 +39,7 @@ def _run(tiny_model_dir: Path, tmp_path: Path, rule: str) -> tuple[str, dict]:
         "96",
         "--json",
         str(report),
+        *extra,
         stdout=out,
     )
     return out.getvalue(), json.loads(report.read_text())
@@ -54,7 +55,8 @@ def tiny(settings, tmp_path: Path) -> None:
 def test_it_runs_a_round_trains_and_reports_the_head_to_head(
     tiny, tiny_model_dir: Path, tmp_path: Path, rule: str
 ) -> None:
-    output, report = _run(tiny_model_dir, tmp_path, rule)
+    # The tiny model never stops before 12 tokens: judge the truncated pairs anyway.
+    output, report = _run(tiny_model_dir, tmp_path, rule, "--judge-both-truncated")
     h2h = report["head_to_head"]
     assert h2h["n"] == 3 * 2 == h2h["wins"] + h2h["losses"] + h2h["ties"]
     assert 0 <= h2h["low"] <= h2h["rate"] <= h2h["high"] <= 1
@@ -73,3 +75,14 @@ def test_it_runs_a_round_trains_and_reports_the_head_to_head(
 def test_it_names_an_unknown_rule(tiny) -> None:
     with pytest.raises(CommandError, match="no_such_rule"):
         call_command("loop_check", "--rule", "no_such_rule")
+
+
+def test_it_skips_pairs_cut_off_on_both_sides_and_says_when_nothing_is_left(
+    tiny, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(CommandError, match="No preference pairs"):
+        _run(tiny_model_dir, tmp_path, "shorter")
+    project = Project.objects.get(slug__startswith="loop-check-")
+    assert not Judgment.objects.filter(comparison__project=project).exists()
+    skipped = {lease.skip_reason for lease in Lease.objects.filter(comparison__project=project)}
+    assert skipped == {"both responses cut off at the token limit"}

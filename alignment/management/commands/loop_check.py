@@ -55,6 +55,11 @@ class Command(BaseCommand):
                 default=getattr(training, f.name),
             )
         parser.add_argument(
+            "--judge-both-truncated",
+            action="store_true",
+            help="Judge training pairs whose two responses were both cut off (skipped by default).",
+        )
+        parser.add_argument(
             "--min-win-rate",
             type=float,
             default=None,
@@ -75,15 +80,19 @@ class Command(BaseCommand):
         settings = LoopCheckSettings(
             model=options["model"],
             training=training,
+            skip_both_truncated=not options["judge_both_truncated"],
             **{
                 f.name: options[f.name]
                 for f in fields(LoopCheckSettings)
-                if f.name not in ("model", "training")
+                if f.name not in ("model", "training", "skip_both_truncated")
             },
         )
-        report = loop_check_run(
-            settings=settings, rule=rule, log=lambda line: self.stdout.write(line)
-        )
+        try:
+            report = loop_check_run(
+                settings=settings, rule=rule, log=lambda line: self.stdout.write(line)
+            )
+        except ValidationFailed as error:
+            raise CommandError(str(error)) from None
         self._print(report)
         if options["json_path"]:
             with open(options["json_path"], "w", encoding="utf-8") as handle:
@@ -103,7 +112,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Loop check with rule {report.rule!r} (project {report.project_slug})")
         self.stdout.write(
             f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
-            f"{report.train_pairs} preference pairs, {report.train_ties} ties"
+            f"{report.train_pairs} preference pairs, {report.train_ties} ties, "
+            f"{report.train_skipped} skipped (both responses cut off)"
         )
         self.stdout.write(
             f"  training: {report.training_steps} steps, final loss {report.train_loss:.4f}"
