@@ -66,6 +66,7 @@ test: lint typecheck pytest
 
 # The headless loop check: one round with simulated annotators, training, head-to-head.
 loop-check: models
+	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py loop_check --rule shorter
 
 clean:
