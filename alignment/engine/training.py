@@ -1,0 +1,330 @@
+"""Preference training: (Q)LoRA DPO and its sibling losses with TRL."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from alignment.engine.allocator import malloc_tuned_for_tensors
+from alignment.engine.generation import adapter_validate
+from alignment.engine.sources import (
+    cpu_bf16_fast,
+    cuda_available,
+    model_load,
+    model_path_resolve,
+    tokenizer_load,
+    torch_threads_fit,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+ADAPTER_DIR_NAME = "adapter"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+
+# TRL 1.16 DPOConfig.loss_type values for paired data.
+LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    prompt: tuple[Mapping[str, str], ...]  # chat messages, ending with a user turn
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    model: str
+    models_dir: str
+    output_dir: str
+    loss_type: str = "sigmoid"  # TRL DPOConfig.loss_type (sigmoid, ipo, hinge, robust, ...)
+    beta: float = 0.1
+    learning_rate: float = 5e-4
+    epochs: int = 2
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    max_length: int = 512
+    seed: int = 0
+    quantize_4bit: bool = True  # QLoRA (bitsandbytes NF4); False = plain LoRA in full precision
+    init_adapter: str | None = None  # continue training an existing adapter
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float | None
+    reward_accuracy: float | None
+    reward_margin: float | None
+    chosen_reward: float | None
+    rejected_reward: float | None
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    adapter_dir: str  # output_dir/adapter: adapter_model.safetensors + adapter_config.json
+    adapter_sha256: str  # of adapter_model.safetensors
+    steps: int
+    train_loss: float
+    elapsed_s: float
+    history: tuple[TrainingProgress, ...]
+
+
+def training_config_validate(config: TrainingConfig) -> None:
+    """Raise ValueError naming the first invalid field of ``config``."""
+    positive_ints = {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "lora_r": config.lora_r,
+        "lora_alpha": config.lora_alpha,
+        "max_length": config.max_length,
+    }
+    for name, value in positive_ints.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if config.loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {config.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
+    if not (isinstance(config.beta, int | float) and config.beta > 0):
+        raise ValueError(f"beta must be > 0, got {config.beta!r}")
+    if not (isinstance(config.learning_rate, int | float) and 0 < config.learning_rate < 1):
+        raise ValueError(f"learning_rate must be in (0, 1), got {config.learning_rate!r}")
+    if not (isinstance(config.lora_dropout, int | float) and 0 <= config.lora_dropout < 1):
+        raise ValueError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
+    if not config.output_dir:
+        raise ValueError("output_dir must not be empty")
+    if config.init_adapter is not None:
+        adapter_validate(config.init_adapter)
+
+
+def examples_validate(examples: Sequence[PreferenceExample]) -> None:
+    if len(examples) == 0:
+        raise ValueError("no preference examples to train on")
+    for index, example in enumerate(examples):
+        if len(example.prompt) == 0:
+            raise ValueError(f"example {index}: prompt has no messages")
+        for message in example.prompt:
+            if not isinstance(message.get("role"), str) or not isinstance(
+                message.get("content"), str
+            ):
+                raise ValueError(
+                    f"example {index}: each prompt message needs string 'role' and 'content'"
+                )
+        if example.prompt[-1]["role"] != "user":
+            raise ValueError(f"example {index}: prompt must end with a user message")
+        if not isinstance(example.chosen, str) or not isinstance(example.rejected, str):
+            raise ValueError(f"example {index}: chosen and rejected must be strings")
+
+
+def train(
+    config: TrainingConfig,
+    examples: Sequence[PreferenceExample],
+    *,
+    on_progress: Callable[[TrainingProgress], None] | None = None,
+) -> TrainingResult:
+    """Train a LoRA adapter on preference pairs and save it to ``output_dir/adapter``.
+
+    The reference policy is the model without the trained adapter: the base, or the
+    ``init_adapter`` when continuing. ``on_progress`` is called after every optimizer
+    step. Raises ValueError for an invalid config or no examples.
+    """
+    training_config_validate(config)
+    examples_validate(examples)
+    with malloc_tuned_for_tensors():
+        return _train(config, examples, on_progress)
+
+
+def _train(
+    config: TrainingConfig,
+    examples: Sequence[PreferenceExample],
+    on_progress: Callable[[TrainingProgress], None] | None,
+) -> TrainingResult:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+    from transformers import PrinterCallback, TrainerCallback, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    on_cuda = cuda_available()
+    # bfloat16 on CPUs that have it natively: measured 1.5-2x faster steps than float32.
+    use_bf16 = on_cuda or cpu_bf16_fast()
+    set_seed(config.seed)  # LoRA weights are initialised before the Trainer seeds anything
+    torch_threads_fit()
+    path = model_path_resolve(source=config.model, models_dir=config.models_dir)
+    tokenizer = tokenizer_load(path, trust_remote_code=config.trust_remote_code)
+    # Training pads on the right; left padding is for generation.
+    tokenizer.padding_side = "right"
+    model: Any = model_load(
+        path,
+        quantize_4bit=config.quantize_4bit,
+        trust_remote_code=config.trust_remote_code,
+        dtype=torch.bfloat16 if use_bf16 else torch.float32,
+    )
+    if config.quantize_4bit and on_cuda:
+        # Upcasts the unquantized weights to float32 and turns on gradient checkpointing:
+        # the usual QLoRA recipe on a GPU. On a CPU both only cost time (about 2x).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    peft_config = None
+    if config.init_adapter is not None:
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    else:
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+
+    dataset = Dataset.from_list([_example_row(example) for example in examples])
+    steps_per_epoch = math.ceil(
+        math.ceil(len(examples) / config.batch_size) / config.gradient_accumulation_steps
+    )
+    total_steps = steps_per_epoch * config.epochs
+    args = DPOConfig(
+        output_dir=config.output_dir,
+        loss_type=[config.loss_type],
+        beta=config.beta,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        seed=config.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not on_cuda,
+        bf16=use_bf16,
+        gradient_checkpointing=on_cuda,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    started = time.monotonic()
+    history: list[TrainingProgress] = []
+
+    class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if not logs or "loss" not in logs:
+                return  # the end-of-training summary, not a step
+            progress = TrainingProgress(
+                step=int(state.global_step),
+                total_steps=int(state.max_steps or total_steps),
+                epoch=float(state.epoch or 0.0),
+                loss=_float_or_none(logs.get("loss")),
+                reward_accuracy=_float_or_none(logs.get("rewards/accuracies")),
+                reward_margin=_float_or_none(logs.get("rewards/margins")),
+                chosen_reward=_float_or_none(logs.get("rewards/chosen")),
+                rejected_reward=_float_or_none(logs.get("rewards/rejected")),
+                elapsed_s=time.monotonic() - started,
+            )
+            history.append(progress)
+            if on_progress is not None:
+                on_progress(progress)
+
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[ProgressCallback()],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; on_progress reports
+    if not on_cuda:
+        # TRL casts QLoRA adapter weights to bf16 (the paper's GPU recipe). On a CPU the
+        # adapter is tiny, and float32 weights under autocast keep the optimizer updates
+        # exact at no measurable cost.
+        assert trainer.model is not None
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.float32)
+    output = trainer.train()
+    adapter_dir = _adapter_save(cast("PreTrainedModel", trainer.model), Path(config.output_dir))
+    weights = adapter_dir / ADAPTER_WEIGHTS_FILE
+    return TrainingResult(
+        adapter_dir=str(adapter_dir),
+        adapter_sha256=file_sha256(weights),
+        steps=int(output.global_step),
+        train_loss=float(output.training_loss),
+        elapsed_s=time.monotonic() - started,
+        history=tuple(history),
+    )
+
+
+def _example_row(example: PreferenceExample) -> dict[str, Any]:
+    return {
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in example.prompt],
+        "chosen": [{"role": "assistant", "content": example.chosen}],
+        "rejected": [{"role": "assistant", "content": example.rejected}],
+    }
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _adapter_save(model: PreTrainedModel, output_dir: Path) -> Path:
+    """Write the trained adapter to ``output_dir/adapter`` so it appears complete or not at all."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / ADAPTER_DIR_NAME
+    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{ADAPTER_DIR_NAME}.tmp-"))
+    try:
+        # Only "default": TRL adds a frozen "ref" copy when continuing an adapter.
+        model.save_pretrained(str(tmp), selected_adapters=["default"], safe_serialization=True)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{ADAPTER_DIR_NAME}.old-"))
+            os.rename(target, old / ADAPTER_DIR_NAME)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

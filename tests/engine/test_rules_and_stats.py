@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from alignment.engine.rules import BUILTIN_RULES, LENGTH_PROPERTY, rule_load
+from alignment.engine.stats import win_rate
+
+
+def test_it_prefers_the_shorter_response_and_ties_equal_lengths() -> None:
+    shorter = rule_load("shorter")
+    assert shorter.judge("p", "short", "much longer") == "a"
+    assert shorter.judge("p", "much longer", "short") == "b"
+    assert shorter.judge("p", "abc", "xyz") == "tie"
+    assert shorter.measure("abcd") == 4.0
+    assert shorter.property_name == LENGTH_PROPERTY
+
+
+def test_it_prefers_the_longer_response_with_longer() -> None:
+    assert rule_load("longer").judge("p", "short", "much longer") == "b"
+
+
+def test_it_prefers_the_response_without_a_list() -> None:
+    no_lists = rule_load("no_lists")
+    bullets = "Tips:\n- sleep\n- eat"
+    numbered = "Steps:\n1. open\n2) close"
+    prose = "Sleep well and eat well. The 2.5 figure is - as noted - rough."
+    assert no_lists.judge("p", bullets, prose) == "b"
+    assert no_lists.judge("p", prose, numbered) == "a"
+    assert no_lists.judge("p", bullets, numbered) == "tie"
+    assert no_lists.judge("p", prose, prose + "!") == "tie"
+    assert [no_lists.measure(t) for t in (bullets, numbered, prose)] == [1.0, 1.0, 0.0]
+
+
+def _install_module(monkeypatch: pytest.MonkeyPatch, **attributes: object) -> str:
+    module = types.ModuleType("prefloop_test_rules")
+    for name, value in attributes.items():
+        setattr(module, name, value)
+    monkeypatch.setitem(sys.modules, "prefloop_test_rules", module)
+    return "prefloop_test_rules"
+
+
+def test_it_loads_a_function_by_dotted_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def politer(prompt: str, a: str, b: str) -> str:
+        return "a" if "please" in a else "b"
+
+    module = _install_module(monkeypatch, politer=politer)
+    rule = rule_load(f"{module}:politer")
+    assert rule.name == f"{module}:politer"
+    assert rule.judge("p", "please", "no") == "a"
+    assert rule.property_name == LENGTH_PROPERTY
+    assert rule.measure("abc") == 3.0
+
+
+def test_it_uses_the_functions_own_property(monkeypatch: pytest.MonkeyPatch) -> None:
+    def politer(prompt: str, a: str, b: str) -> str:
+        return "tie"
+
+    politer.property_name = "share polite"  # type: ignore[attr-defined]
+    politer.measure = lambda text: float("please" in text)  # type: ignore[attr-defined]
+    module = _install_module(monkeypatch, politer=politer)
+    rule = rule_load(f"{module}:politer")
+    assert rule.property_name == "share polite"
+    assert rule.measure("please") == 1.0
+
+
+def test_it_rejects_an_invalid_verdict_from_a_custom_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = _install_module(monkeypatch, sloppy=lambda p, a, b: "left")
+    rule = rule_load(f"{module}:sloppy")
+    with pytest.raises(ValueError, match="returned 'left'"):
+        rule.judge("p", "x", "y")
+
+
+@pytest.mark.parametrize("spec", ["shortest", "no_such_module_xyz:f", "json:no_such_function"])
+def test_it_lists_the_builtins_for_an_unknown_rule(spec: str) -> None:
+    with pytest.raises(ValueError) as error:
+        rule_load(spec)
+    for name in BUILTIN_RULES:
+        assert name in str(error.value)
+
+
+def test_it_computes_a_wilson_interval() -> None:
+    result = win_rate(wins=8, losses=2, ties=0)
+    assert result.rate == pytest.approx(0.8)
+    assert result.low == pytest.approx(0.4902, abs=1e-4)
+    assert result.high == pytest.approx(0.9433, abs=1e-4)
+    assert (result.n, result.wins, result.losses, result.ties) == (10, 8, 2, 0)
+
+
+def test_it_counts_ties_as_half_a_win() -> None:
+    result = win_rate(wins=3, losses=1, ties=4)
+    assert result.rate == pytest.approx(5 / 8)
+    assert result.low < result.rate < result.high
+
+
+def test_it_narrows_the_interval_with_more_data_and_lower_confidence() -> None:
+    small = win_rate(wins=8, losses=2, ties=0)
+    large = win_rate(wins=80, losses=20, ties=0)
+    loose = win_rate(wins=8, losses=2, ties=0, confidence=0.5)
+    assert large.high - large.low < small.high - small.low
+    assert loose.high - loose.low < small.high - small.low
+
+
+def test_it_stays_within_zero_and_one_at_the_extremes() -> None:
+    assert win_rate(wins=5, losses=0, ties=0).high == pytest.approx(1.0)
+    assert win_rate(wins=0, losses=5, ties=0).low == pytest.approx(0.0)
+    empty = win_rate(wins=0, losses=0, ties=0)
+    assert (empty.rate, empty.low, empty.high, empty.n) == (0.5, 0.0, 1.0, 0)
+
+
+def test_it_rejects_negative_counts_and_bad_confidence() -> None:
+    with pytest.raises(ValueError, match="wins"):
+        win_rate(wins=-1, losses=0, ties=0)
+    with pytest.raises(ValueError, match="confidence"):
+        win_rate(wins=1, losses=0, ties=0, confidence=1.0)
