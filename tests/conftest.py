@@ -18,38 +18,43 @@ MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", REPO / "data" / "models"
 
 
 @pytest.fixture(scope="session")
-def packaged_model_dir() -> Path:
-    """The packaged SmolLM2 checkpoint, converted once per machine under data/models."""
-    from alignment.engine.sources import PACKAGED_SMOLLM2, model_path_resolve
-
-    return Path(model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=MODELS_DIR))
+def models_dir() -> Path:
+    return MODELS_DIR
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, packaged_model_dir: Path) -> Path:
-    """A tiny random Llama with the real SmolLM2 tokenizer: fast enough for every test."""
+def smollm2_path(models_dir: Path) -> str:
+    """The packaged SmolLM2 checkpoint, converted to safetensors once per machine."""
+    from alignment.engine.sources import PACKAGED_SMOLLM2, model_path_resolve
+
+    return model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=models_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> str:
+    """A random 2-layer Llama with SmolLM2's tokenizer: seconds to train, nonsense to read."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=32,
+        intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+    return str(path)
 
 
 @pytest.fixture

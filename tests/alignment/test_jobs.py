@@ -27,7 +27,7 @@ SAMPLING = SamplingSettings(max_new_tokens=10, temperature=1.0, batch_size=4)
 
 
 @pytest.fixture
-def tiny_project(project: Project, tiny_model_dir: Path, settings, tmp_path: Path) -> Project:
+def tiny_project(project: Project, tiny_model_dir: str, settings, tmp_path: Path) -> Project:
     settings.ARTIFACTS_DIR = tmp_path / "artifacts"
     settings.TRAINING_QUANTIZE_4BIT = False
     project.base_model = str(tiny_model_dir)

@@ -14,7 +14,7 @@ from annotate.models import Comparison, Judgment, Lease, Project
 pytestmark = pytest.mark.django_db
 
 
-def _run(tiny_model_dir: Path, tmp_path: Path, rule: str, *extra: str) -> tuple[str, dict]:
+def _run(tiny_model_dir: str, tmp_path: Path, rule: str, *extra: str) -> tuple[str, dict]:
     out = StringIO()
     report = tmp_path / "report.json"
     call_command(
@@ -53,7 +53,7 @@ def tiny(settings, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rule", ["shorter", "examples.loop_rules:prefer_fewer_words"])
 def test_it_runs_a_round_trains_and_reports_the_head_to_head(
-    tiny, tiny_model_dir: Path, tmp_path: Path, rule: str
+    tiny, tiny_model_dir: str, tmp_path: Path, rule: str
 ) -> None:
     # The tiny model never stops before 12 tokens: judge the truncated pairs anyway.
     output, report = _run(tiny_model_dir, tmp_path, rule, "--judge-both-truncated")
@@ -78,7 +78,7 @@ def test_it_names_an_unknown_rule(tiny) -> None:
 
 
 def test_it_skips_pairs_cut_off_on_both_sides_and_says_when_nothing_is_left(
-    tiny, tiny_model_dir: Path, tmp_path: Path
+    tiny, tiny_model_dir: str, tmp_path: Path
 ) -> None:
     with pytest.raises(CommandError, match="No preference pairs"):
         _run(tiny_model_dir, tmp_path, "shorter")

@@ -87,13 +87,17 @@ def test_it_toggles_the_guidelines_with_the_question_mark(
     context.close()
 
 
-def test_it_shows_new_pairs_without_a_reload(live_server, browser, project: Project, annotator: User) -> None:
+def test_it_shows_new_pairs_without_a_reload(
+    live_server, browser, project: Project, annotator: User
+) -> None:
     page = browser.new_page()
     page.goto(f"{live_server.url}/login/?next=/p/{project.slug}/annotate/")
     page.fill("#id_username", annotator.username)
     page.fill("#id_password", "pw-" + annotator.username)
     page.press("#id_password", "Enter")
     page.wait_for_selector("text=Nothing left to judge")
-    comparison = comparison_make(project.prompts.filter(split="train").first())  # the worker's doing
+    comparison = comparison_make(
+        project.prompts.filter(split="train").first()
+    )  # the worker's doing
     page.wait_for_selector(f'#pair[data-comparison="{comparison.pk}"]', timeout=15_000)
     page.close()

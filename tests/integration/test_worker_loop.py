@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def worker(
-    real_services: None, tiny_model_dir: Path, tmp_path: Path
+    real_services: None, tiny_model_dir: str, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
     db = connection.settings_dict
@@ -112,7 +112,7 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
     worker: subprocess.Popen[bytes],
     project: Project,
     annotator: User,
-    tiny_model_dir: Path,
+    tiny_model_dir: str,
     settings,
     tmp_path: Path,
 ) -> None:
