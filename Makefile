@@ -49,6 +49,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 typecheck: install
 	DEBUG=1 $(VENV)/bin/mypy config annotate alignment
