@@ -41,6 +41,7 @@ from annotate.models import (
 )
 
 MAX_MESSAGE_CHARS = 32_000
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 CHAT_ROLES = {"system", "user", "assistant"}
 
 
@@ -289,7 +290,11 @@ def judgment_submit(
                 raise JudgmentRejected("You are not a member of this project.")
             choice_value = _choice_validate(project=project, choice=choice)
             _details_validate(
-                project=project, strength=strength, criteria=criteria or {}, rationale=rationale
+                project=project,
+                strength=strength,
+                criteria=criteria or {},
+                rationale=rationale,
+                time_spent_ms=time_spent_ms,
             )
             if Judgment.objects.filter(annotator=annotator, comparison=comparison).exists():
                 raise JudgmentRejected("You have already judged this comparison.")
@@ -342,8 +347,15 @@ def _choice_validate(*, project: Project, choice: str) -> Choice:
 
 
 def _details_validate(
-    *, project: Project, strength: int | None, criteria: Mapping[str, str], rationale: str
+    *,
+    project: Project,
+    strength: int | None,
+    criteria: Mapping[str, str],
+    rationale: str,
+    time_spent_ms: int | None,
 ) -> None:
+    if time_spent_ms is not None and not 0 <= time_spent_ms <= MAX_TIME_SPENT_MS:
+        raise JudgmentRejected("Time spent must be between 0 and 24 hours (in milliseconds).")
     if strength is not None and strength not in (1, 2, 3):
         raise JudgmentRejected("Strength must be 1 (slightly), 2 (clearly) or 3 (much better).")
     unknown = set(criteria) - set(project.criteria)

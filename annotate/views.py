@@ -14,7 +14,13 @@ from annotate.access import access_comparison, access_project, project_role
 from annotate.http import AuthedRequest
 from annotate.models import Project, Role
 from annotate.queue import comparison_next_for_annotator, comparison_skip
-from annotate.services import JudgmentRejected, choice_from_side, guideline_current, judgment_submit
+from annotate.services import (
+    MAX_TIME_SPENT_MS,
+    JudgmentRejected,
+    choice_from_side,
+    guideline_current,
+    judgment_submit,
+)
 
 
 def _page_context(request: AuthedRequest, project: Project, **extra: Any) -> dict[str, Any]:
@@ -94,7 +100,9 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
     shown_at = _int_or_none(request.POST.get("shown_at"))
     now_ms = int(timezone.now().timestamp() * 1000)
-    time_spent = max(0, now_ms - shown_at) if shown_at is not None else None
+    time_spent = now_ms - shown_at if shown_at is not None else None
+    if time_spent is not None and not 0 <= time_spent <= MAX_TIME_SPENT_MS:
+        time_spent = None  # a tampered or stale timestamp is no measurement
     try:
         judgment_submit(
             comparison_id=comparison.pk,

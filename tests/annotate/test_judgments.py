@@ -125,3 +125,11 @@ def test_it_snapshots_only_training_preference_pairs_with_a_stable_hash(
     assert again.content_hash == snapshot.content_hash
     with pytest.raises(ValidationFailed, match="No preference pairs"):
         snapshot_create(project=project, filters=SnapshotFilters(rounds=(7,)))
+
+
+def test_it_refuses_an_impossible_time_spent(comparison: Comparison, annotator: User) -> None:
+    with pytest.raises(JudgmentRejected, match="Time spent"):
+        judgment_submit(
+            comparison_id=comparison.pk, annotator=annotator, choice="a", time_spent_ms=-5
+        )
+    assert not Judgment.objects.exists()

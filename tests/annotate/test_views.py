@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -68,9 +70,10 @@ def test_it_records_a_judgment_and_swaps_in_the_next_pair(
     client = _client(annotator)
     client.get(reverse("annotate", args=[project.slug]))
     held = first if first.leases.filter(annotator=annotator).exists() else second
+    shown_at = int(time.time() * 1000) - 4000  # the pair was on screen for four seconds
     response = client.post(
         reverse("judge", args=[project.slug, held.pk]),
-        {"choice": "left", "idempotency_key": "abc", "shown_at": "0"},
+        {"choice": "left", "idempotency_key": "abc", "shown_at": str(shown_at)},
         HTTP_HX_REQUEST="true",
     )
     assert response.status_code == 200
@@ -82,7 +85,7 @@ def test_it_records_a_judgment_and_swaps_in_the_next_pair(
     assert (
         judgment.comparison == held
         and judgment.chose_left is True
-        and judgment.time_spent_ms is not None
+        and 4000 <= judgment.time_spent_ms < 60_000
     )
 
 
@@ -144,3 +147,13 @@ def test_it_sets_a_content_security_policy(project: Project, annotator: User) ->
     response = _client(annotator).get(reverse("annotate", args=[project.slug]))
     policy = response["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "object-src 'none'" in policy
+
+
+def test_it_ignores_an_implausible_timestamp(comparison: Comparison, annotator: User) -> None:
+    response = _client(annotator).post(
+        reverse("judge", args=[comparison.project.slug, comparison.pk]),
+        {"choice": "left", "shown_at": "0"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    assert Judgment.objects.get().time_spent_ms is None
