@@ -33,7 +33,6 @@ from alignment.services import (
 )
 from annotate.demo_data import demo_guidelines, demo_prompts
 from annotate.models import (
-    Choice,
     Comparison,
     Lease,
     LeaseState,
@@ -46,6 +45,7 @@ from annotate.models import (
 from annotate.queue import comparison_next_for_annotator, comparison_skip
 from annotate.services import (
     SnapshotFilters,
+    choice_from_side,
     judgment_submit,
     membership_set,
     project_create,
@@ -145,11 +145,7 @@ def judge_by_rule(
         # The rule sees what a person sees: the prompt and the left and right texts.
         verdict = rule.judge(comparison.prompt.text, left.text, right.text)
         side = {"a": "left", "b": "right", "tie": "tie"}[verdict]
-        choice = {
-            "left": Choice.A if comparison.left_is_a else Choice.B,
-            "right": Choice.B if comparison.left_is_a else Choice.A,
-            "tie": Choice.TIE,
-        }[side]
+        choice = choice_from_side(comparison=comparison, side=side)
         judgment_submit(
             comparison_id=comparison.pk, annotator=annotator, choice=choice, time_spent_ms=0
         )

@@ -439,21 +439,25 @@ LOSS_TYPES = {
 }
 
 
+# The defaults live once, in the engine; the lead's settings add the page's bounds on top.
+_ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainingConfig)}
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
-    """The hyperparameters a lead sets for a run, with the defaults that work on CPU."""
+    """The hyperparameters a lead sets for a run (engine defaults), with the page's bounds."""
 
-    loss_type: str = "sigmoid"
-    beta: float = 0.1
-    learning_rate: float = 5e-4
-    epochs: int = 2
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    max_length: int = 512
-    seed: int = 0
+    loss_type: str = _ENGINE_DEFAULTS["loss_type"]
+    beta: float = _ENGINE_DEFAULTS["beta"]
+    learning_rate: float = _ENGINE_DEFAULTS["learning_rate"]
+    epochs: int = _ENGINE_DEFAULTS["epochs"]
+    batch_size: int = _ENGINE_DEFAULTS["batch_size"]
+    gradient_accumulation_steps: int = _ENGINE_DEFAULTS["gradient_accumulation_steps"]
+    lora_r: int = _ENGINE_DEFAULTS["lora_r"]
+    lora_alpha: int = _ENGINE_DEFAULTS["lora_alpha"]
+    lora_dropout: float = _ENGINE_DEFAULTS["lora_dropout"]
+    max_length: int = _ENGINE_DEFAULTS["max_length"]
+    seed: int = _ENGINE_DEFAULTS["seed"]
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> TrainingSettings:
