@@ -42,10 +42,9 @@ from annotate.models import (
     Response,
     Role,
 )
-from annotate.queue import comparison_next_for_annotator, comparison_skip
+from annotate.queue import assignment_next, comparison_skip
 from annotate.services import (
     SnapshotFilters,
-    choice_from_side,
     judgment_submit,
     membership_set,
     project_create,
@@ -129,12 +128,13 @@ def judge_by_rule(
     while idle < len(annotators):
         annotator = annotators[turn % len(annotators)]
         turn += 1
-        comparison = comparison_next_for_annotator(project=project, annotator=annotator)
-        if comparison is None:
+        assignment = assignment_next(project=project, annotator=annotator)
+        if assignment is None:
             idle += 1
             continue
         idle = 0
-        left, right = comparison.left, comparison.right
+        comparison = assignment.comparison
+        left, right = assignment.left, assignment.right
         if skip_both_truncated and left.finish_reason == right.finish_reason == "length":
             comparison_skip(
                 comparison=comparison,
@@ -145,9 +145,8 @@ def judge_by_rule(
         # The rule sees what a person sees: the prompt and the left and right texts.
         verdict = rule.judge(comparison.prompt.text, left.text, right.text)
         side = {"a": "left", "b": "right", "tie": "tie"}[verdict]
-        choice = choice_from_side(comparison=comparison, side=side)
         judgment_submit(
-            comparison_id=comparison.pk, annotator=annotator, choice=choice, time_spent_ms=0
+            comparison_id=comparison.pk, annotator=annotator, side=side, time_spent_ms=0
         )
         made += 1
     return made

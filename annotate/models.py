@@ -51,12 +51,22 @@ class Project(models.Model):
     gold_rate = models.FloatField(default=0.0)
     swap_recheck_rate = models.FloatField(default=0.0)
     lease_seconds = models.PositiveIntegerField(default=600)
+    undo_seconds = models.PositiveIntegerField(
+        default=300, help_text="How long an annotator may undo or edit their last judgment."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+            models.CheckConstraint(
+                condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(swap_recheck_rate__gte=0, swap_recheck_rate__lte=1),
+                name="project_swap_recheck_rate_range",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -70,6 +80,9 @@ class Membership(models.Model):
     )
     role = models.CharField(max_length=10, choices=Role, default=Role.ANNOTATOR)
     quota = models.PositiveIntegerField(null=True, blank=True)
+    guideline_seen_version = models.PositiveIntegerField(
+        default=0, help_text="The newest guideline version this member has acknowledged."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -215,7 +228,9 @@ class Comparison(models.Model):
     status = models.CharField(
         max_length=10, choices=ComparisonStatus, default=ComparisonStatus.OPEN
     )
+    # Votes that count toward the overlap (gold items: every annotator's answer, uncapped).
     judgment_count = models.PositiveSmallIntegerField(default=0)
+    sent_back_count = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -232,12 +247,8 @@ class Comparison(models.Model):
         return f"Comparison {self.pk} on prompt {self.prompt_id}"
 
     @property
-    def left(self) -> Response:
-        return self.response_a if self.left_is_a else self.response_b
-
-    @property
-    def right(self) -> Response:
-        return self.response_b if self.left_is_a else self.response_a
+    def is_gold(self) -> bool:
+        return bool(self.gold_choice)
 
 
 class LeaseState(models.TextChoices):
@@ -248,13 +259,19 @@ class LeaseState(models.TextChoices):
 
 
 class Lease(models.Model):
-    """A comparison held for one annotator until `expires_at`; also the record of skips."""
+    """A comparison held for one annotator until `expires_at`; also the record of skips.
+
+    `left_is_a` is the side layout this annotator is shown: the comparison's own, or the
+    swapped one when the lease re-shows a judged pair to check the annotator's consistency.
+    """
 
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases"
     )
     state = models.CharField(max_length=10, choices=LeaseState, default=LeaseState.HELD)
+    left_is_a = models.BooleanField(default=True)
+    is_recheck = models.BooleanField(default=False)
     expires_at = models.DateTimeField()
     skip_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -272,11 +289,20 @@ class Lease(models.Model):
         return f"{self.annotator} {self.state} {self.comparison_id}"
 
 
+class JudgmentKind(models.TextChoices):
+    VOTE = "vote", "Vote"
+    RECHECK = "recheck", "Swapped re-check"  # the same pair re-shown with sides swapped
+    ADJUDICATION = "adjudication", "Adjudication"  # a reviewer's decision, wins aggregation
+
+
 class Judgment(models.Model):
+    """One annotator's answer. Undo and send-back supersede it: it stays, but no longer counts."""
+
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
     )
+    kind = models.CharField(max_length=12, choices=JudgmentKind, default=JudgmentKind.VOTE)
     choice = models.CharField(max_length=10, choices=Choice)
     left_was_a = models.BooleanField(help_text="The side layout the annotator saw.")
     strength = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -286,7 +312,7 @@ class Judgment(models.Model):
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     guideline = models.ForeignKey(Guideline, null=True, blank=True, on_delete=models.PROTECT)
     idempotency_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
-    is_adjudication = models.BooleanField(default=False)
+    superseded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -294,9 +320,12 @@ class Judgment(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["annotator", "comparison"], name="judgment_one_per_annotator"
+                fields=["annotator", "comparison", "kind"],
+                condition=Q(superseded_at__isnull=True),
+                name="judgment_one_live_per_annotator_and_kind",
             ),
         ]
+        indexes = [models.Index(fields=["annotator", "created_at"])]
 
     def __str__(self) -> str:
         return f"{self.annotator} on {self.comparison_id}: {self.choice}"

@@ -1,8 +1,13 @@
 """The assignment queue: which comparison an annotator judges next, held under a lease.
 
 A comparison is available to an annotator while it is open, they have neither judged nor
-skipped it, and its judgments plus the live leases of others stay below the project's
-overlap. Current round first, then the comparisons nearest completion.
+skipped it, and its votes plus the live leases of others stay below the project's overlap.
+Current round first, then the comparisons nearest completion.
+
+Two kinds of item are mixed in at the project's rates, and look like any other pair:
+- gold items (a known answer): every annotator judges them, outside the overlap;
+- swapped re-checks: a pair this annotator already judged, re-shown with the sides swapped,
+  to measure their consistency. A re-check never counts as a vote.
 
 Concurrency: on PostgreSQL candidate rows are locked with SKIP LOCKED so annotators never
 wait on each other; on SQLite the IMMEDIATE transaction serialises the whole claim.
@@ -10,36 +15,84 @@ wait on each other; on SQLite the IMMEDIATE transaction serialises the whole cla
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from annotate.models import Comparison, ComparisonStatus, Judgment, Lease, LeaseState, Project
+from annotate.models import (
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentKind,
+    Lease,
+    LeaseState,
+    Project,
+    Response,
+)
 
 # How many candidates one claim looks at; more than enough for SKIP LOCKED to find a free one.
 CANDIDATE_WINDOW = 16
 
+SKIP_REASONS = (
+    "Cannot tell which is better",
+    "Outside my expertise",
+    "A response is broken or empty",
+    "Unsafe or upsetting content",
+)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A comparison as this annotator is shown it: which response is on which side."""
+
+    comparison: Comparison
+    left_is_a: bool
+    is_recheck: bool = False
+
+    @property
+    def left(self) -> Response:
+        c = self.comparison
+        return c.response_a if self.left_is_a else c.response_b
+
+    @property
+    def right(self) -> Response:
+        c = self.comparison
+        return c.response_b if self.left_is_a else c.response_a
+
 
 def _live_lease_q(now: datetime) -> Q:
-    return Q(leases__state=LeaseState.HELD, leases__expires_at__gt=now)
+    return Q(leases__state=LeaseState.HELD, leases__expires_at__gt=now, leases__is_recheck=False)
+
+
+def _judged_ids(*, project: Project, annotator: User) -> QuerySet[Judgment, Any]:
+    return Judgment.objects.filter(
+        annotator=annotator,
+        comparison__project=project,
+        kind=JudgmentKind.VOTE,
+        superseded_at__isnull=True,
+    ).values("comparison_id")
+
+
+def _skipped_ids(*, project: Project, annotator: User) -> QuerySet[Lease, Any]:
+    return Lease.objects.filter(
+        annotator=annotator, comparison__project=project, state=LeaseState.SKIPPED
+    ).values("comparison_id")
 
 
 def comparisons_available(
     *, project: Project, annotator: User, now: datetime
 ) -> QuerySet[Comparison]:
-    judged = Judgment.objects.filter(annotator=annotator, comparison__project=project).values(
-        "comparison_id"
-    )
-    touched = Lease.objects.filter(
-        annotator=annotator, comparison__project=project, state=LeaseState.SKIPPED
-    ).values("comparison_id")
+    """Ordinary (non-gold) comparisons this annotator may be handed, best first."""
     return (
-        Comparison.objects.filter(project=project, status=ComparisonStatus.OPEN)
-        .exclude(pk__in=judged)
-        .exclude(pk__in=touched)
+        Comparison.objects.filter(project=project, status=ComparisonStatus.OPEN, gold_choice="")
+        .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
+        .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
         .annotate(
             live_leases=Count("leases", filter=_live_lease_q(now) & ~Q(leases__annotator=annotator))
         )
@@ -49,33 +102,128 @@ def comparisons_available(
 
 
 def lease_held(*, project: Project, annotator: User, now: datetime) -> Lease | None:
+    """The live lease this annotator holds in the project, if its comparison still wants it."""
     return (
-        Lease.objects.select_related("comparison")
+        Lease.objects.select_related("comparison__response_a", "comparison__response_b")
+        .select_related("comparison__prompt")
         .filter(
             annotator=annotator,
             comparison__project=project,
-            comparison__status=ComparisonStatus.OPEN,
             state=LeaseState.HELD,
             expires_at__gt=now,
+        )
+        .filter(
+            Q(comparison__status=ComparisonStatus.OPEN)
+            | (Q(is_recheck=True) | ~Q(comparison__gold_choice=""))
+            & ~Q(comparison__status=ComparisonStatus.RETIRED)
         )
         .order_by("-updated_at")
         .first()
     )
 
 
-def comparison_next_for_annotator(
-    *, project: Project, annotator: User, now: datetime | None = None
-) -> Comparison | None:
-    """The comparison this annotator should judge now, leased to them; None when nothing is left.
+def _lease_take(
+    *,
+    comparison: Comparison,
+    annotator: User,
+    now: datetime,
+    expires_at: datetime,
+    left_is_a: bool,
+    is_recheck: bool = False,
+) -> Assignment:
+    # One held lease per annotator and project: taking this one releases any other.
+    Lease.objects.filter(
+        annotator=annotator, comparison__project_id=comparison.project_id, state=LeaseState.HELD
+    ).exclude(comparison=comparison).update(state=LeaseState.RELEASED, updated_at=now)
+    Lease.objects.update_or_create(
+        comparison=comparison,
+        annotator=annotator,
+        defaults={
+            "state": LeaseState.HELD,
+            "expires_at": expires_at,
+            "skip_reason": "",
+            "left_is_a": left_is_a,
+            "is_recheck": is_recheck,
+        },
+    )
+    return Assignment(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck)
 
-    Calling it again while the lease lives returns the same comparison (a refresh keeps the pair).
+
+def _gold_pick(*, project: Project, annotator: User, rng: random.Random) -> Comparison | None:
+    ids = list(
+        Comparison.objects.filter(project=project)
+        .exclude(gold_choice="")
+        .exclude(status=ComparisonStatus.RETIRED)
+        .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
+        .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
+        .values_list("id", flat=True)[:200]
+    )
+    return Comparison.objects.get(pk=rng.choice(ids)) if ids else None
+
+
+def _recheck_pick(*, project: Project, annotator: User, rng: random.Random) -> Judgment | None:
+    rechecked = Lease.objects.filter(
+        annotator=annotator, comparison__project=project, is_recheck=True
+    ).values("comparison_id")
+    votes = list(
+        Judgment.objects.filter(
+            annotator=annotator,
+            comparison__project=project,
+            comparison__gold_choice="",
+            kind=JudgmentKind.VOTE,
+            superseded_at__isnull=True,
+        )
+        .exclude(comparison_id__in=rechecked)
+        .order_by("-id")
+        .values_list("id", flat=True)[:200]
+    )
+    return (
+        Judgment.objects.select_related("comparison").get(pk=rng.choice(votes)) if votes else None
+    )
+
+
+def assignment_next(
+    *,
+    project: Project,
+    annotator: User,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> Assignment | None:
+    """What this annotator should judge now, leased to them; None when nothing is left.
+
+    Calling it again while the lease lives returns the same assignment (a refresh keeps the
+    pair and its sides).
     """
     now = now or timezone.now()
+    rng = rng or random.Random()
     held = lease_held(project=project, annotator=annotator, now=now)
     if held is not None:
-        return held.comparison
+        return Assignment(
+            comparison=held.comparison, left_is_a=held.left_is_a, is_recheck=held.is_recheck
+        )
     expires_at = now + timedelta(seconds=project.lease_seconds)
     with transaction.atomic():
+        if project.gold_rate and rng.random() < project.gold_rate:
+            gold = _gold_pick(project=project, annotator=annotator, rng=rng)
+            if gold is not None:
+                return _lease_take(
+                    comparison=gold,
+                    annotator=annotator,
+                    now=now,
+                    expires_at=expires_at,
+                    left_is_a=gold.left_is_a,
+                )
+        if project.swap_recheck_rate and rng.random() < project.swap_recheck_rate:
+            vote = _recheck_pick(project=project, annotator=annotator, rng=rng)
+            if vote is not None:
+                return _lease_take(
+                    comparison=vote.comparison,
+                    annotator=annotator,
+                    now=now,
+                    expires_at=expires_at,
+                    left_is_a=not vote.left_was_a,
+                    is_recheck=True,
+                )
         candidates = comparisons_available(project=project, annotator=annotator, now=now)
         ids = list(candidates.values_list("id", flat=True)[:CANDIDATE_WINDOW])
         if not ids:
@@ -89,24 +237,36 @@ def comparison_next_for_annotator(
             # Re-check under the lock: another annotator may have taken the last slot.
             live = (
                 Lease.objects.filter(
-                    comparison=comparison, state=LeaseState.HELD, expires_at__gt=now
+                    comparison=comparison,
+                    state=LeaseState.HELD,
+                    expires_at__gt=now,
+                    is_recheck=False,
                 )
                 .exclude(annotator=annotator)
                 .count()
             )
             if comparison.judgment_count + live >= project.overlap:
                 continue
-            # Release any other lease this annotator still holds in the project.
-            Lease.objects.filter(
-                annotator=annotator, comparison__project=project, state=LeaseState.HELD
-            ).exclude(comparison=comparison).update(state=LeaseState.RELEASED, updated_at=now)
-            Lease.objects.update_or_create(
+            return _lease_take(
                 comparison=comparison,
                 annotator=annotator,
-                defaults={"state": LeaseState.HELD, "expires_at": expires_at, "skip_reason": ""},
+                now=now,
+                expires_at=expires_at,
+                left_is_a=comparison.left_is_a,
             )
-            return comparison
     return None
+
+
+def comparison_next_for_annotator(
+    *,
+    project: Project,
+    annotator: User,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+) -> Comparison | None:
+    """The comparison of `assignment_next`, for callers that do not care about sides."""
+    assignment = assignment_next(project=project, annotator=annotator, now=now, rng=rng)
+    return assignment.comparison if assignment else None
 
 
 def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> Lease:
@@ -116,7 +276,7 @@ def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> 
         annotator=annotator,
         defaults={
             "state": LeaseState.SKIPPED,
-            "skip_reason": reason[:200],
+            "skip_reason": reason.strip()[:200],
             "expires_at": timezone.now(),
         },
     )

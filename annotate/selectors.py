@@ -6,20 +6,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 
 from annotate.access import project_role, projects_for_user
 from annotate.models import (
+    Choice,
     Comparison,
     ComparisonStatus,
+    Guideline,
     Judgment,
+    JudgmentKind,
     PairKind,
     PreferencePair,
     Project,
     Prompt,
     Split,
 )
-from annotate.quality import QualitySummary, project_quality
+from annotate.quality import QualityReport, project_quality
 from annotate.queue import remaining_for_annotator
 
 
@@ -55,7 +58,12 @@ class AnnotatorProgress:
 def annotator_progress(*, project: Project, annotator: User) -> AnnotatorProgress:
     membership = project.memberships.filter(user=annotator).first()
     return AnnotatorProgress(
-        judged=Judgment.objects.filter(comparison__project=project, annotator=annotator).count(),
+        judged=Judgment.objects.filter(
+            comparison__project=project,
+            annotator=annotator,
+            kind=JudgmentKind.VOTE,
+            superseded_at__isnull=True,
+        ).count(),
         remaining=remaining_for_annotator(project=project, annotator=annotator),
         quota=membership.quota if membership else None,
     )
@@ -72,7 +80,7 @@ class ProjectOverview:
     judgments: int
     pairs: int
     pairs_by_kind: dict[str, int]
-    quality: QualitySummary
+    quality: QualityReport
     rounds: list[dict[str, Any]]
 
 
@@ -110,9 +118,133 @@ def project_overview(*, project: Project) -> ProjectOverview:
         comparisons=comparisons["total"],
         comparisons_open=comparisons["open"],
         comparisons_complete=comparisons["complete"],
-        judgments=Judgment.objects.filter(comparison__project=project).count(),
+        judgments=Judgment.objects.filter(
+            comparison__project=project, kind=JudgmentKind.VOTE, superseded_at__isnull=True
+        ).count(),
         pairs=sum(kinds.values()),
         pairs_by_kind={kind.label: kinds.get(kind.value, 0) for kind in PairKind},
         quality=project_quality(project=project),
         rounds=rounds,
     )
+
+
+# Review ---------------------------------------------------------------------------------------
+
+REVIEW_REASONS = {
+    "split": "Split votes",
+    "gold": "Gold misses",
+    "annotator": "Low-agreement annotators",
+    "sent_back": "Sent back",
+    "adjudicated": "Adjudicated",
+}
+# An annotator whose votes agree with the others' majority less often than this, over at
+# least LOW_AGREEMENT_MIN_VOTES votes, has their comparisons listed for review.
+LOW_AGREEMENT = 0.6
+LOW_AGREEMENT_MIN_VOTES = 5
+REVIEW_LIST_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    comparison: Comparison
+    votes: dict[str, int]
+    agreement: float | None
+
+
+def low_agreement_annotators(*, report: QualityReport) -> list[int]:
+    return [
+        a.annotator_id
+        for a in report.annotators
+        if a.bias.with_majority.n >= LOW_AGREEMENT_MIN_VOTES
+        and (a.bias.with_majority.value or 0.0) < LOW_AGREEMENT
+    ]
+
+
+def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
+    """Comparisons a reviewer should look at, for one of REVIEW_REASONS."""
+    adjudicated = Judgment.objects.filter(
+        kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
+    ).values("comparison_id")
+    base = Comparison.objects.filter(project=project).select_related("prompt", "pair")
+    if reason == "split":
+        queryset = base.filter(
+            status=ComparisonStatus.COMPLETE, gold_choice="", pair__agreement__lt=1.0
+        ).exclude(pk__in=adjudicated)
+    elif reason == "gold":
+        misses = Judgment.objects.filter(
+            comparison__project=project,
+            comparison__gold_choice__gt="",
+            kind=JudgmentKind.VOTE,
+            superseded_at__isnull=True,
+        ).exclude(choice=F("comparison__gold_choice"))
+        queryset = base.filter(pk__in=misses.values("comparison_id"))
+    elif reason == "annotator":
+        annotators = low_agreement_annotators(report=project_quality(project=project))
+        queryset = base.filter(
+            gold_choice="",
+            judgments__annotator_id__in=annotators,
+            judgments__superseded_at__isnull=True,
+        ).exclude(pk__in=adjudicated)
+    elif reason == "sent_back":
+        queryset = base.filter(sent_back_count__gt=0)
+    elif reason == "adjudicated":
+        queryset = base.filter(pk__in=adjudicated)
+    else:
+        return []
+    comparisons = list(queryset.distinct().order_by("-id")[:REVIEW_LIST_LIMIT])
+    counts: dict[int, dict[str, int]] = {c.pk: {} for c in comparisons}
+    for comparison_id, choice, n in (
+        Judgment.objects.filter(comparison__in=comparisons, superseded_at__isnull=True)
+        .filter(kind=JudgmentKind.VOTE)
+        .values_list("comparison_id", "choice")
+        .annotate(n=Count("id"))
+        .values_list("comparison_id", "choice", "n")
+    ):
+        counts[comparison_id][Choice(choice).label] = n
+    return [
+        ReviewItem(
+            comparison=c,
+            votes=counts[c.pk],
+            agreement=getattr(getattr(c, "pair", None), "agreement", None),
+        )
+        for c in comparisons
+    ]
+
+
+@dataclass(frozen=True)
+class ComparisonReview:
+    comparison: Comparison
+    judgments: list[Judgment]
+    pair: PreferencePair | None
+    adjudication: Judgment | None
+
+
+def comparison_review(*, comparison: Comparison) -> ComparisonReview:
+    judgments = list(
+        comparison.judgments.select_related("annotator", "guideline").order_by("created_at", "id")
+    )
+    live_adjudications = [
+        j for j in judgments if j.kind == JudgmentKind.ADJUDICATION and j.superseded_at is None
+    ]
+    return ComparisonReview(
+        comparison=comparison,
+        judgments=judgments,
+        pair=PreferencePair.objects.filter(comparison=comparison).first(),
+        adjudication=live_adjudications[-1] if live_adjudications else None,
+    )
+
+
+def judgments_of_annotator(
+    *, project: Project, annotator: User, limit: int = 100
+) -> list[Judgment]:
+    """An annotator's own judgments, newest first: all they may see of anyone's judgments."""
+    return list(
+        Judgment.objects.filter(comparison__project=project, annotator=annotator)
+        .exclude(kind=JudgmentKind.ADJUDICATION)
+        .select_related("comparison__prompt", "guideline")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def guidelines_of_project(*, project: Project) -> list[Guideline]:
+    return list(project.guidelines.select_related("created_by").order_by("-version"))

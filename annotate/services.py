@@ -9,11 +9,12 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from annotate.access import project_role
@@ -24,6 +25,7 @@ from annotate.models import (
     DatasetSnapshot,
     Guideline,
     Judgment,
+    JudgmentKind,
     Lease,
     LeaseState,
     Membership,
@@ -70,11 +72,52 @@ def project_create(
     return project
 
 
-def membership_set(*, project: Project, user: User, role: Role) -> Membership:
+PROJECT_SETTINGS = (
+    "name",
+    "description",
+    "overlap",
+    "allow_tie",
+    "allow_both_bad",
+    "use_strength",
+    "criteria",
+    "reason_tags",
+    "rationale",
+    "gold_rate",
+    "swap_recheck_rate",
+    "lease_seconds",
+    "undo_seconds",
+)
+
+
+def project_settings_update(*, project: Project, **changes: Any) -> Project:
+    """Change annotation settings; judgments already made keep what they were made under."""
+    unknown = set(changes) - set(PROJECT_SETTINGS)
+    if unknown:
+        raise ValidationFailed(f"Unknown project settings: {', '.join(sorted(unknown))}.")
+    if "overlap" in changes and changes["overlap"] < 1:
+        raise ValidationFailed("Overlap must be at least 1.")
+    for name in ("gold_rate", "swap_recheck_rate"):
+        if name in changes and not 0 <= changes[name] <= 1:
+            raise ValidationFailed(f"{name} must be between 0 and 1.")
+    for name, value in changes.items():
+        setattr(project, name, value)
+    project.save(update_fields=list(changes))
+    return project
+
+
+def membership_set(
+    *, project: Project, user: User, role: Role | str, quota: int | None = None
+) -> Membership:
+    if role not in Role.values:
+        raise ValidationFailed(f"Unknown role {role!r}; expected one of {Role.values}.")
     membership, _ = Membership.objects.update_or_create(
-        project=project, user=user, defaults={"role": role}
+        project=project, user=user, defaults={"role": role, "quota": quota}
     )
     return membership
+
+
+def membership_remove(*, project: Project, user: User) -> None:
+    Membership.objects.filter(project=project, user=user).delete()
 
 
 def guideline_current(*, project: Project) -> Guideline | None:
@@ -244,14 +287,14 @@ class JudgmentRejected(ValidationFailed):
 SIDE_CHOICES = {"left", "right", "tie", "both_bad"}
 
 
-def choice_from_side(*, comparison: Comparison, side: str) -> Choice:
-    """What a click on a side means for the comparison's responses."""
+def choice_from_side(*, left_is_a: bool, side: str) -> Choice:
+    """What a click on a side means for the comparison's responses, given the layout shown."""
     if side not in SIDE_CHOICES:
         raise JudgmentRejected(f"Unknown choice {side!r}; expected one of {sorted(SIDE_CHOICES)}.")
     if side == "left":
-        return Choice.A if comparison.left_is_a else Choice.B
+        return Choice.A if left_is_a else Choice.B
     if side == "right":
-        return Choice.B if comparison.left_is_a else Choice.A
+        return Choice.B if left_is_a else Choice.A
     return Choice(side)
 
 
@@ -259,7 +302,8 @@ def judgment_submit(
     *,
     comparison_id: int,
     annotator: User,
-    choice: str,
+    choice: str = "",
+    side: str = "",
     idempotency_key: str | None = None,
     strength: int | None = None,
     criteria: Mapping[str, str] | None = None,
@@ -269,62 +313,87 @@ def judgment_submit(
 ) -> Judgment:
     """Record one annotator's judgment of a comparison.
 
-    A retried submit with the same idempotency key returns the first judgment unchanged.
-    Never more judgments than the project's overlap; one per (annotator, comparison).
+    Give either `choice` (a / b / tie / both_bad) or `side` (left / right / tie / both_bad, in
+    the layout this annotator's lease shows; criteria values are sides too). A retried submit
+    with the same idempotency key returns the first judgment unchanged. Votes never exceed the
+    project's overlap (gold items excepted: everyone answers them); one live vote per
+    (annotator, comparison). A held swapped re-check lease makes this a re-check, which never
+    counts as a vote.
     """
+    if bool(choice) == bool(side):
+        raise JudgmentRejected("Give exactly one of a choice (a/b/tie/both_bad) or a side.")
     if idempotency_key:
         existing = Judgment.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             if existing.annotator_id != annotator.pk or existing.comparison_id != comparison_id:
                 raise JudgmentRejected("This idempotency key belongs to another judgment.")
             return existing
+    now = timezone.now()
     try:
         with transaction.atomic():
             comparison = (
                 Comparison.objects.select_for_update()
                 .select_related("project")
-                .get(pk=comparison_id)
+                .filter(pk=comparison_id)
+                .first()
             )
+            if comparison is None:
+                raise JudgmentRejected(f"There is no comparison {comparison_id}.")
             project = comparison.project
             if project_role(user=annotator, project=project) is None:
                 raise JudgmentRejected("You are not a member of this project.")
+            lease = Lease.objects.filter(comparison=comparison, annotator=annotator).first()
+            held = lease is not None and lease.state == LeaseState.HELD
+            is_recheck = held and lease is not None and lease.is_recheck and lease.expires_at > now
+            left_is_a = lease.left_is_a if held and lease is not None else comparison.left_is_a
+            if side:
+                choice = choice_from_side(left_is_a=left_is_a, side=side)
+                criteria = {
+                    name: choice_from_side(left_is_a=left_is_a, side=value)
+                    for name, value in (criteria or {}).items()
+                }
             choice_value = _choice_validate(project=project, choice=choice)
             _details_validate(
                 project=project,
+                choice=choice_value,
                 strength=strength,
                 criteria=criteria or {},
                 rationale=rationale,
+                reason_tags=reason_tags,
                 time_spent_ms=time_spent_ms,
             )
-            if Judgment.objects.filter(annotator=annotator, comparison=comparison).exists():
+            kind = JudgmentKind.RECHECK if is_recheck else JudgmentKind.VOTE
+            if _live_judgments(comparison=comparison, annotator=annotator, kind=kind).exists():
                 raise JudgmentRejected("You have already judged this comparison.")
-            if (
-                comparison.status != ComparisonStatus.OPEN
-                or comparison.judgment_count >= project.overlap
-            ):
-                raise JudgmentRejected("This comparison already has all the judgments it needs.")
+            counts = kind == JudgmentKind.VOTE
+            if counts and not comparison.is_gold:
+                if (
+                    comparison.status != ComparisonStatus.OPEN
+                    or comparison.judgment_count >= project.overlap
+                ):
+                    raise JudgmentRejected(
+                        "This comparison already has all the judgments it needs."
+                    )
+            elif comparison.status == ComparisonStatus.RETIRED:
+                raise JudgmentRejected("This comparison has been retired.")
             judgment = Judgment.objects.create(
                 comparison=comparison,
                 annotator=annotator,
+                kind=kind,
                 choice=choice_value,
-                left_was_a=comparison.left_is_a,
-                strength=strength,
+                left_was_a=left_is_a,
+                strength=strength if choice_value in (Choice.A, Choice.B) else None,
                 criteria=dict(criteria or {}),
                 rationale=rationale.strip(),
-                reason_tags=list(reason_tags),
+                reason_tags=list(dict.fromkeys(reason_tags)),
                 time_spent_ms=time_spent_ms,
                 guideline=guideline_current(project=project),
                 idempotency_key=idempotency_key or None,
             )
-            comparison.judgment_count = F("judgment_count") + 1
-            comparison.save(update_fields=["judgment_count"])
-            comparison.refresh_from_db(fields=["judgment_count"])
-            if comparison.judgment_count >= project.overlap:
-                comparison.status = ComparisonStatus.COMPLETE
-                comparison.save(update_fields=["status"])
-                pair_aggregate(comparison=comparison)
+            if counts:
+                _votes_changed(comparison=comparison, delta=1)
             Lease.objects.filter(comparison=comparison, annotator=annotator).update(
-                state=LeaseState.SUBMITTED, updated_at=timezone.now()
+                state=LeaseState.SUBMITTED, updated_at=now
             )
     except IntegrityError:
         # A concurrent twin of this submit won the race (same key or same annotator).
@@ -334,6 +403,33 @@ def judgment_submit(
                 return existing
         raise JudgmentRejected("You have already judged this comparison.") from None
     return judgment
+
+
+def _live_judgments(*, comparison: Comparison, annotator: User, kind: str) -> QuerySet[Judgment]:
+    return Judgment.objects.filter(
+        comparison=comparison, annotator=annotator, kind=kind, superseded_at__isnull=True
+    )
+
+
+def _votes_changed(*, comparison: Comparison, delta: int) -> None:
+    """Keep the vote count, the status and the aggregated pair of a locked comparison true."""
+    comparison.judgment_count = F("judgment_count") + delta
+    comparison.save(update_fields=["judgment_count"])
+    comparison.refresh_from_db(fields=["judgment_count", "status"])
+    if comparison.is_gold:
+        return
+    adjudicated = comparison.judgments.filter(
+        kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
+    ).exists()
+    complete = adjudicated or comparison.judgment_count >= comparison.project.overlap
+    status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
+    if comparison.status != ComparisonStatus.RETIRED and comparison.status != status:
+        comparison.status = status
+        comparison.save(update_fields=["status"])
+    if complete:
+        pair_aggregate(comparison=comparison)
+    else:
+        PreferencePair.objects.filter(comparison=comparison).delete()
 
 
 def _choice_validate(*, project: Project, choice: str) -> Choice:
@@ -349,40 +445,193 @@ def _choice_validate(*, project: Project, choice: str) -> Choice:
 def _details_validate(
     *,
     project: Project,
+    choice: Choice,
     strength: int | None,
     criteria: Mapping[str, str],
     rationale: str,
+    reason_tags: Sequence[str],
     time_spent_ms: int | None,
 ) -> None:
     if time_spent_ms is not None and not 0 <= time_spent_ms <= MAX_TIME_SPENT_MS:
         raise JudgmentRejected("Time spent must be between 0 and 24 hours (in milliseconds).")
-    if strength is not None and strength not in (1, 2, 3):
+    if strength is not None and strength not in STRENGTHS:
         raise JudgmentRejected("Strength must be 1 (slightly), 2 (clearly) or 3 (much better).")
+    if project.use_strength and strength is None and choice in (Choice.A, Choice.B):
+        raise JudgmentRejected("Say how much better: slightly (7), clearly (8) or much better (9).")
     unknown = set(criteria) - set(project.criteria)
     if unknown:
         raise JudgmentRejected(f"Unknown criteria: {', '.join(sorted(unknown))}.")
-    bad = {name for name, value in criteria.items() if value not in Choice.values}
+    allowed = {Choice.A, Choice.B, Choice.TIE}
+    bad = {name for name, value in criteria.items() if value not in allowed}
     if bad:
         raise JudgmentRejected(f"Criteria with an unknown choice: {', '.join(sorted(bad))}.")
+    unknown_tags = set(reason_tags) - set(project.reason_tags)
+    if unknown_tags:
+        raise JudgmentRejected(f"Unknown reason tags: {', '.join(sorted(unknown_tags))}.")
     if project.rationale == RationaleMode.REQUIRED and not rationale.strip():
         raise JudgmentRejected("This project requires a rationale with each judgment.")
+    if len(rationale) > MAX_RATIONALE_CHARS:
+        raise JudgmentRejected(f"A rationale is at most {MAX_RATIONALE_CHARS} characters.")
+
+
+STRENGTHS = {1: "slightly better", 2: "clearly better", 3: "much better"}
+MAX_RATIONALE_CHARS = 4000
+
+
+def judgment_undoable(*, project: Project, annotator: User) -> Judgment | None:
+    """The annotator's last judgment in the project, if it may still be undone or edited."""
+    last = (
+        Judgment.objects.filter(
+            comparison__project=project,
+            annotator=annotator,
+            kind__in=[JudgmentKind.VOTE, JudgmentKind.RECHECK],
+        )
+        .select_related("comparison")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if last is None or last.superseded_at is not None:
+        return None
+    if last.created_at < timezone.now() - timedelta(seconds=project.undo_seconds):
+        return None
+    return last
+
+
+def judgment_undo(*, project: Project, annotator: User, judgment_id: int) -> Judgment:
+    """Take back the last judgment: it stays on record as superseded, and the pair is held
+    for the annotator again with the sides they saw, to judge afresh."""
+    with transaction.atomic():
+        last = judgment_undoable(project=project, annotator=annotator)
+        if last is None or last.pk != judgment_id:
+            raise JudgmentRejected(
+                "Only your last judgment can be undone, and only within "
+                f"{project.undo_seconds // 60} minutes."
+            )
+        comparison = Comparison.objects.select_for_update().get(pk=last.comparison_id)
+        if comparison.judgments.filter(
+            kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
+        ).exists():
+            raise JudgmentRejected("A reviewer has already decided this comparison.")
+        now = timezone.now()
+        last.superseded_at = now
+        last.save(update_fields=["superseded_at", "updated_at"])
+        if last.kind == JudgmentKind.VOTE:
+            _votes_changed(comparison=comparison, delta=-1)
+        Lease.objects.filter(
+            annotator=annotator, comparison__project=project, state=LeaseState.HELD
+        ).exclude(comparison=comparison).update(state=LeaseState.RELEASED, updated_at=now)
+        Lease.objects.update_or_create(
+            comparison=comparison,
+            annotator=annotator,
+            defaults={
+                "state": LeaseState.HELD,
+                "expires_at": now + timedelta(seconds=project.lease_seconds),
+                "left_is_a": last.left_was_a,
+                "is_recheck": last.kind == JudgmentKind.RECHECK,
+            },
+        )
+    return last
+
+
+# Review ---------------------------------------------------------------------------------------
+
+
+def comparison_adjudicate(
+    *, comparison: Comparison, reviewer: User, choice: str, rationale: str = ""
+) -> Judgment:
+    """A reviewer's decision: it wins aggregation; the annotators' judgments stay as they are."""
+    with transaction.atomic():
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        choice_value = _choice_validate(project=comparison.project, choice=choice)
+        if len(rationale) > MAX_RATIONALE_CHARS:
+            raise JudgmentRejected(f"A note is at most {MAX_RATIONALE_CHARS} characters.")
+        now = timezone.now()
+        comparison.judgments.filter(
+            kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
+        ).update(superseded_at=now, updated_at=now)
+        judgment = Judgment.objects.create(
+            comparison=comparison,
+            annotator=reviewer,
+            kind=JudgmentKind.ADJUDICATION,
+            choice=choice_value,
+            left_was_a=comparison.left_is_a,
+            rationale=rationale.strip(),
+            guideline=guideline_current(project=comparison.project),
+        )
+        _votes_changed(comparison=comparison, delta=0)
+    return judgment
+
+
+def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Comparison:
+    """Re-open a comparison for fresh judgments; the old ones stay on record, superseded."""
+    with transaction.atomic():
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        if comparison.is_gold:
+            raise ValidationFailed("A gold item is answered by everyone; it cannot be sent back.")
+        now = timezone.now()
+        superseded = comparison.judgments.filter(superseded_at__isnull=True).update(
+            superseded_at=now, updated_at=now
+        )
+        if not superseded:
+            raise ValidationFailed("This comparison has no judgments to send back.")
+        # Released leases let the same annotators be offered the pair again.
+        comparison.leases.update(state=LeaseState.RELEASED, is_recheck=False, updated_at=now)
+        comparison.judgment_count = 0
+        comparison.status = ComparisonStatus.OPEN
+        comparison.sent_back_count = F("sent_back_count") + 1
+        comparison.save(update_fields=["judgment_count", "status", "sent_back_count"])
+        PreferencePair.objects.filter(comparison=comparison).delete()
+    comparison.refresh_from_db()
+    return comparison
+
+
+def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparison:
+    """Make a comparison a gold item with a known answer ("" turns it back into a normal one)."""
+    if gold_choice and gold_choice not in Choice.values:
+        raise ValidationFailed(
+            f"Unknown gold answer {gold_choice!r}; expected one of {Choice.values}."
+        )
+    with transaction.atomic():
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        comparison.gold_choice = gold_choice
+        comparison.save(update_fields=["gold_choice"])
+        if not gold_choice:
+            _votes_changed(comparison=comparison, delta=0)
+    return comparison
+
+
+def guideline_acknowledge(*, project: Project, user: User, version: int) -> None:
+    Membership.objects.filter(project=project, user=user).update(guideline_seen_version=version)
 
 
 # Aggregation and snapshots ------------------------------------------------------------------
 
 
 def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
-    """Majority vote of the comparison's judgments (an adjudication decides alone)."""
-    judgments = list(comparison.judgments.all())
+    """Majority vote of the comparison's live votes; an adjudication decides alone.
+
+    Agreement is the share of votes that agree with the outcome (with an adjudication: the
+    share of annotators who agreed with the reviewer).
+    """
+    judgments = list(
+        comparison.judgments.filter(superseded_at__isnull=True).exclude(kind=JudgmentKind.RECHECK)
+    )
     if not judgments:
         PreferencePair.objects.filter(comparison=comparison).delete()
         return None
-    adjudications = [j for j in judgments if j.is_adjudication]
+    adjudications = [j for j in judgments if j.kind == JudgmentKind.ADJUDICATION]
     votes = Counter(j.choice for j in (adjudications[-1:] or judgments))
     (top, top_count), *rest = votes.most_common()
     if rest and rest[0][1] == top_count:
         top = Choice.TIE  # a split vote is no preference
-    agreement = Counter(j.choice for j in judgments)[top] / len(judgments)
+    voters = [j for j in judgments if j.kind == JudgmentKind.VOTE] or judgments
+    agreement = Counter(j.choice for j in voters)[top] / len(voters)
     if top == Choice.A:
         kind, chosen, rejected = (
             PairKind.PREFERENCE,
@@ -406,7 +655,7 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
             "chosen_id": chosen,
             "rejected_id": rejected,
             "agreement": agreement,
-            "n_judgments": len(judgments),
+            "n_judgments": len(voters),
         },
     )
     return pair

@@ -3,23 +3,43 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role
+from annotate.forms import (
+    AdjudicateForm,
+    GoldForm,
+    GuidelineForm,
+    MemberForm,
+    ProjectSettingsForm,
+)
 from annotate.http import AuthedRequest
-from annotate.models import Project, Role
-from annotate.queue import comparison_next_for_annotator, comparison_skip
+from annotate.models import Membership, Project, Role
+from annotate.quality import QualityFilters, project_quality
+from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
 from annotate.services import (
     MAX_TIME_SPENT_MS,
+    STRENGTHS,
     JudgmentRejected,
-    choice_from_side,
+    ValidationFailed,
+    comparison_adjudicate,
+    comparison_gold_set,
+    comparison_send_back,
+    guideline_acknowledge,
     guideline_current,
+    guideline_publish,
     judgment_submit,
+    judgment_undo,
+    judgment_undoable,
+    membership_remove,
+    membership_set,
+    project_settings_update,
 )
 
 
@@ -46,43 +66,56 @@ def project_overview(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(request, "annotate/overview.html", {**context, "overview": overview})
 
 
+# Annotation ----------------------------------------------------------------------------------
+
+
 def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> dict[str, Any]:
-    comparison = comparison_next_for_annotator(project=project, annotator=request.user)
+    assignment = assignment_next(project=project, annotator=request.user)
     guideline = guideline_current(project=project)
+    membership = Membership.objects.filter(project=project, user=request.user).first()
+    seen = membership.guideline_seen_version if membership else None
+    unseen = (
+        list(project.guidelines.filter(version__gt=seen).order_by("version"))
+        if guideline is not None and seen is not None and seen < guideline.version
+        else []
+    )
     return _page_context(
         request,
         project,
-        comparison=comparison,
+        assignment=assignment,
+        comparison=assignment.comparison if assignment else None,
         guideline=guideline,
+        unseen_guidelines=unseen,
+        first_visit=seen == 0,
         progress=selectors.annotator_progress(project=project, annotator=request.user),
+        undoable=judgment_undoable(project=project, annotator=request.user),
+        strengths=STRENGTHS,
+        skip_reasons=SKIP_REASONS,
         idempotency_key=uuid.uuid4().hex,
         shown_at=int(timezone.now().timestamp() * 1000),
         error=error,
     )
 
 
+def _pair_response(
+    request: AuthedRequest, project: Project, error: str = "", status: int | None = None
+) -> HttpResponse:
+    """The annotation page, or under htmx just its #pair fragment (what a submit swaps in)."""
+    template = "annotate/annotate.html#pair" if request.htmx else "annotate/annotate.html"
+    context = _pair_context(request, project, error)
+    return render(request, template, context, status=status or (422 if error else 200))
+
+
 @login_required
 @require_GET
 def annotate(request: AuthedRequest, slug: str) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
-    context = _pair_context(request, project)
-    template = "annotate/annotate.html#pair" if request.htmx else "annotate/annotate.html"
-    return render(request, template, context)
+    return _pair_response(request, project)
 
 
 def _after_action(request: AuthedRequest, project: Project, error: str = "") -> HttpResponse:
-    if request.htmx:
-        status = 422 if error else 200
-        return render(
-            request,
-            "annotate/annotate.html#pair",
-            _pair_context(request, project, error),
-            status=status,
-        )
-    if error:
-        return render(
-            request, "annotate/annotate.html", _pair_context(request, project, error), status=422
-        )
+    if request.htmx or error:
+        return _pair_response(request, project, error)
     return redirect("annotate", slug=project.slug)
 
 
@@ -103,13 +136,19 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
     time_spent = now_ms - shown_at if shown_at is not None else None
     if time_spent is not None and not 0 <= time_spent <= MAX_TIME_SPENT_MS:
         time_spent = None  # a tampered or stale timestamp is no measurement
+    criteria = {
+        name: request.POST[f"criterion-{name}"]
+        for name in project.criteria
+        if request.POST.get(f"criterion-{name}")
+    }
     try:
         judgment_submit(
             comparison_id=comparison.pk,
             annotator=request.user,
-            choice=choice_from_side(comparison=comparison, side=request.POST.get("choice", "")),
+            side=request.POST.get("choice", "") or "missing",
             idempotency_key=(request.POST.get("idempotency_key") or None),
             strength=_int_or_none(request.POST.get("strength")),
+            criteria=criteria,
             rationale=request.POST.get("rationale", ""),
             reason_tags=request.POST.getlist("reason_tags"),
             time_spent_ms=time_spent,
@@ -124,7 +163,257 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
 def skip(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
-    comparison_skip(
-        comparison=comparison, annotator=request.user, reason=request.POST.get("reason", "")
-    )
+    reason = request.POST.get("reason", "").strip()
+    if not reason:
+        return _after_action(request, project, error="Say why you skip this pair.")
+    comparison_skip(comparison=comparison, annotator=request.user, reason=reason)
     return _after_action(request, project)
+
+
+@login_required
+@require_POST
+def undo(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug)
+    judgment_id = _int_or_none(request.POST.get("judgment")) or 0
+    try:
+        judgment_undo(project=project, annotator=request.user, judgment_id=judgment_id)
+    except JudgmentRejected as error:
+        return _after_action(request, project, error=str(error))
+    return _after_action(request, project)
+
+
+@login_required
+@require_POST
+def guidelines_acknowledge(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug)
+    version = _int_or_none(request.POST.get("version"))
+    current = guideline_current(project=project)
+    if current is not None and version is not None and 0 < version <= current.version:
+        guideline_acknowledge(project=project, user=request.user, version=version)
+    return _after_action(request, project)
+
+
+@login_required
+@require_GET
+def my_judgments(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug)
+    judgments = selectors.judgments_of_annotator(project=project, annotator=request.user)
+    undoable = judgment_undoable(project=project, annotator=request.user)
+    return render(
+        request,
+        "annotate/my_judgments.html",
+        _page_context(request, project, judgments=judgments, undoable=undoable),
+    )
+
+
+# Guidelines ----------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def guidelines(request: AuthedRequest, slug: str) -> HttpResponse:
+    """Every member reads every version; leads publish new ones."""
+    project = access_project(user=request.user, slug=slug)
+    context = _page_context(request, project)
+    current = guideline_current(project=project)
+    form = None
+    if context["role"] == Role.LEAD:
+        form = GuidelineForm(
+            request.POST if request.method == "POST" else None,
+            initial={"body": current.body if current else ""},
+        )
+        if request.method == "POST" and form.is_valid():
+            try:
+                published = guideline_publish(
+                    project=project,
+                    body=form.cleaned_data["body"],
+                    changes=form.cleaned_data["changes"],
+                    created_by=request.user,
+                )
+            except ValidationFailed as error:
+                form.add_error("body", str(error))
+            else:
+                messages.success(request, f"Published guidelines v{published.version}.")
+                return redirect("guidelines", slug=project.slug)
+    elif request.method == "POST":
+        access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+    return render(
+        request,
+        "annotate/guidelines.html",
+        {**context, "versions": selectors.guidelines_of_project(project=project), "form": form},
+        status=422 if form is not None and form.errors else 200,
+    )
+
+
+# Quality and review --------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def quality(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    filters = QualityFilters(
+        guideline_version=_int_or_none(request.GET.get("guideline")),
+        round_number=_int_or_none(request.GET.get("round")),
+    )
+    report = project_quality(project=project, filters=filters)
+    return render(
+        request,
+        "annotate/quality.html",
+        _page_context(request, project, report=report, chart=report.chart_data()),
+    )
+
+
+@login_required
+@require_GET
+def review_list(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    reason = request.GET.get("reason", "split")
+    if reason not in selectors.REVIEW_REASONS:
+        reason = "split"
+    items = selectors.review_queue(project=project, reason=reason)
+    return render(
+        request,
+        "annotate/review_list.html",
+        _page_context(
+            request,
+            project,
+            items=items,
+            reason=reason,
+            reason_label=selectors.REVIEW_REASONS[reason],
+            reasons=selectors.REVIEW_REASONS,
+        ),
+    )
+
+
+def _review_page(
+    request: AuthedRequest, project: Project, comparison_id: int, **forms_: Any
+) -> HttpResponse:
+    comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    review = selectors.comparison_review(comparison=comparison)
+    context = _page_context(
+        request,
+        project,
+        review=review,
+        adjudicate_form=forms_.get("adjudicate_form") or AdjudicateForm(),
+        gold_form=forms_.get("gold_form")
+        or GoldForm(initial={"gold_choice": comparison.gold_choice}),
+    )
+    invalid = any(form.errors for form in forms_.values())
+    return render(request, "annotate/review_detail.html", context, status=422 if invalid else 200)
+
+
+@login_required
+@require_GET
+def review_detail(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    return _review_page(request, project, comparison_id)
+
+
+@login_required
+@require_POST
+def review_adjudicate(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    form = AdjudicateForm(request.POST)
+    if form.is_valid():
+        try:
+            comparison_adjudicate(
+                comparison=comparison,
+                reviewer=request.user,
+                choice=form.cleaned_data["choice"],
+                rationale=form.cleaned_data["rationale"],
+            )
+        except ValidationFailed as error:
+            form.add_error(None, str(error))
+        else:
+            messages.success(request, "Adjudicated: your decision now decides this pair.")
+            return redirect("review_detail", slug=project.slug, comparison_id=comparison.pk)
+    return _review_page(request, project, comparison.pk, adjudicate_form=form)
+
+
+@login_required
+@require_POST
+def review_send_back(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    try:
+        comparison_send_back(comparison=comparison, reviewer=request.user)
+    except ValidationFailed as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Sent back: the pair is in the queue again for fresh judgments.")
+    return redirect("review_detail", slug=project.slug, comparison_id=comparison.pk)
+
+
+@login_required
+@require_POST
+def review_gold(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+    comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    form = GoldForm(request.POST)
+    if form.is_valid():
+        comparison_gold_set(comparison=comparison, gold_choice=form.cleaned_data["gold_choice"])
+        messages.success(
+            request,
+            "Now a gold item." if form.cleaned_data["gold_choice"] else "No longer a gold item.",
+        )
+        return redirect("review_detail", slug=project.slug, comparison_id=comparison.pk)
+    return _review_page(request, project, comparison.pk, gold_form=form)
+
+
+# Project settings and members (leads) -----------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+    form = ProjectSettingsForm(request.POST if request.method == "POST" else None, instance=project)
+    if request.method == "POST":
+        if form.is_valid():
+            project_settings_update(
+                project=Project.objects.get(pk=project.pk),
+                **{name: form.cleaned_data[name] for name in ProjectSettingsForm.Meta.fields},
+            )
+            messages.success(request, "Settings saved.")
+            return redirect("project_settings", slug=project.slug)
+        project.refresh_from_db()  # the form wrote its input onto the instance
+    return render(
+        request,
+        "annotate/settings.html",
+        _page_context(request, project, form=form),
+        status=422 if form.errors else 200,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def members(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+    form = MemberForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        remove = _int_or_none(request.POST.get("remove"))
+        if remove is not None:
+            membership = project.memberships.filter(user_id=remove).select_related("user").first()
+            if membership is not None and membership.user != request.user:
+                membership_remove(project=project, user=membership.user)
+                messages.success(request, f"Removed {membership.user.username}.")
+            return redirect("members", slug=project.slug)
+        if form.is_valid():
+            user = form.cleaned_data["username"]
+            membership_set(
+                project=project,
+                user=user,
+                role=form.cleaned_data["role"],
+                quota=form.cleaned_data["quota"],
+            )
+            messages.success(request, f"{user.username} is now a {form.cleaned_data['role']}.")
+            return redirect("members", slug=project.slug)
+    memberships = project.memberships.select_related("user").order_by("role", "user__username")
+    return render(
+        request,
+        "annotate/members.html",
+        _page_context(request, project, form=form, memberships=memberships),
+        status=422 if form.errors else 200,
+    )

@@ -2,8 +2,13 @@
 (function () {
   "use strict";
 
-  function typing(target) {
-    return target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  // Keys typed into a text field are text; on a radio or checkbox only the arrows stay native.
+  function typing(target, key) {
+    if (!target) return false;
+    if (target.isContentEditable || /^(TEXTAREA|SELECT)$/.test(target.tagName)) return true;
+    if (target.tagName !== "INPUT") return false;
+    if (/^(radio|checkbox)$/.test(target.type)) return /^Arrow/.test(key) || key === " ";
+    return true;
   }
 
   function shortcutFor(key) {
@@ -17,7 +22,7 @@
   }
 
   document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
+    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target, event.key)) return;
     var button = shortcutFor(event.key);
     if (!button) return;
     event.preventDefault();
@@ -40,6 +45,20 @@
       pair.focus();
     }
   });
+  // The session timer: time since this page was opened, so annotators can pace themselves.
+  var started = Date.now();
+  function tick() {
+    var timer = document.querySelector("[data-session-timer]");
+    if (!timer) return;
+    var seconds = Math.floor((Date.now() - started) / 1000);
+    var minutes = Math.floor(seconds / 60);
+    var hours = Math.floor(minutes / 60);
+    var text = (hours ? hours + ":" + String(minutes % 60).padStart(2, "0") : String(minutes)) +
+      ":" + String(seconds % 60).padStart(2, "0");
+    timer.textContent = text;
+  }
+  setInterval(tick, 1000);
+
   // htmx does not swap error responses by default; a rejected judgment (422) carries the message.
   document.addEventListener("htmx:beforeSwap", function (event) {
     if (event.detail.xhr.status === 422) {

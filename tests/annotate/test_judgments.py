@@ -8,7 +8,6 @@ from annotate.services import (
     JudgmentRejected,
     SnapshotFilters,
     ValidationFailed,
-    choice_from_side,
     judgment_submit,
     membership_set,
     snapshot_create,
@@ -26,9 +25,8 @@ def comparison(project: Project) -> Comparison:
 def test_it_records_a_judgment_with_layout_and_guideline(
     comparison: Comparison, annotator: User, project: Project
 ) -> None:
-    choice = choice_from_side(comparison=comparison, side="left")
     judgment = judgment_submit(
-        comparison_id=comparison.pk, annotator=annotator, choice=choice, time_spent_ms=1200
+        comparison_id=comparison.pk, annotator=annotator, side="left", time_spent_ms=1200
     )
     assert judgment.chose_left is True
     assert judgment.left_was_a == comparison.left_is_a
@@ -37,7 +35,12 @@ def test_it_records_a_judgment_with_layout_and_guideline(
     assert comparison.judgment_count == 1 and comparison.status == "complete"
     pair = PreferencePair.objects.get(comparison=comparison)
     assert pair.kind == PairKind.PREFERENCE
-    assert pair.chosen == comparison.left and pair.rejected == comparison.right
+    left, right = (
+        (comparison.response_a, comparison.response_b)
+        if comparison.left_is_a
+        else (comparison.response_b, comparison.response_a)
+    )
+    assert pair.chosen == left and pair.rejected == right
 
 
 def test_it_returns_the_first_judgment_for_a_retried_submit(

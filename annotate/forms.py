@@ -1,0 +1,102 @@
+"""Forms of the lead and reviewer pages. They parse and validate; services write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth.models import User
+
+from annotate.models import Choice, Project, Role
+
+MAX_LIST_ITEMS = 12
+
+
+class CommaListField(forms.CharField):
+    """A short list of names typed as "helpfulness, honesty, formatting"."""
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        items = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+        if len(items) > MAX_LIST_ITEMS:
+            raise forms.ValidationError(f"At most {MAX_LIST_ITEMS} names.")
+        too_long = [item for item in items if len(item) > 40]
+        if too_long:
+            raise forms.ValidationError(f"Names are at most 40 characters: {too_long[0]!r}.")
+        return items
+
+    def prepare_value(self, value: Any) -> Any:
+        return ", ".join(value) if isinstance(value, list) else value
+
+
+class ProjectSettingsForm(forms.ModelForm):
+    criteria = CommaListField(
+        required=False,
+        help_text="Per-criterion choices, e.g. helpfulness, honesty, harmlessness, formatting.",
+    )
+    reason_tags = CommaListField(
+        required=False,
+        help_text="Why the winner won, e.g. substance, correctness, safety, style/format, length.",
+    )
+    gold_rate = forms.FloatField(
+        min_value=0, max_value=1, help_text="Share of pairs that are gold items (0 to 1)."
+    )
+    swap_recheck_rate = forms.FloatField(
+        min_value=0,
+        max_value=1,
+        help_text="Share of pairs that re-show a judged pair with its sides swapped (0 to 1).",
+    )
+    overlap = forms.IntegerField(min_value=1, max_value=20)
+    lease_seconds = forms.IntegerField(min_value=30, max_value=24 * 3600)
+    undo_seconds = forms.IntegerField(min_value=0, max_value=24 * 3600)
+
+    class Meta:
+        model = Project
+        fields = [
+            "name",
+            "description",
+            "overlap",
+            "allow_tie",
+            "allow_both_bad",
+            "use_strength",
+            "criteria",
+            "reason_tags",
+            "rationale",
+            "gold_rate",
+            "swap_recheck_rate",
+            "lease_seconds",
+            "undo_seconds",
+        ]
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices)
+    quota = forms.IntegerField(min_value=1, required=False)
+
+    def clean_username(self) -> User:
+        username = self.cleaned_data["username"].strip()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            raise forms.ValidationError(f"There is no user called {username!r}.")
+        return user
+
+
+class GuidelineForm(forms.Form):
+    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 18}), max_length=100_000)
+    changes = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=2000,
+        help_text="What changed: annotators see this in a banner on their next pair.",
+    )
+
+
+class AdjudicateForm(forms.Form):
+    choice = forms.ChoiceField(choices=Choice.choices)
+    rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+
+class GoldForm(forms.Form):
+    gold_choice = forms.ChoiceField(
+        choices=[("", "Not a gold item"), *Choice.choices], required=False
+    )
