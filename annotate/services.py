@@ -487,7 +487,7 @@ def judgment_undoable(*, project: Project, annotator: User) -> Judgment | None:
             kind__in=[JudgmentKind.VOTE, JudgmentKind.RECHECK],
         )
         .select_related("comparison")
-        .order_by("-created_at", "-id")
+        .order_by("-id")
         .first()
     )
     if last is None or last.superseded_at is not None:

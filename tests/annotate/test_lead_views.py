@@ -1,0 +1,159 @@
+"""Lead and reviewer pages end to end through the client: guidelines, quality, review,
+settings, members; and the annotator's undo and guideline banner."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from annotate.models import Comparison, Judgment, Membership, PairKind, Project, Role
+from annotate.services import judgment_submit, membership_set, project_settings_update
+from tests.factories import comparison_make
+
+pytestmark = pytest.mark.django_db
+
+
+def _client(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _split_vote(project: Project, make_user: Callable[..., User]) -> Comparison:
+    project_settings_update(project=project, overlap=2)
+    comparison = comparison_make(project.prompts.filter(split="train").first())
+    for name, choice in [("v1", "a"), ("v2", "b")]:
+        user = make_user(name)
+        membership_set(project=project, user=user, role=Role.ANNOTATOR)
+        judgment_submit(comparison_id=comparison.pk, annotator=user, choice=choice)
+    return comparison
+
+
+def test_it_publishes_guidelines_and_shows_annotators_what_changed(
+    project: Project, lead: User, annotator: User
+) -> None:
+    comparison_make(project.prompts.filter(split="train").first())
+    ann = _client(annotator)
+    first = ann.get(f"/p/{project.slug}/annotate/").content.decode()
+    assert "Please read the guidelines (v1)" in first
+    ann.post(f"/p/{project.slug}/annotate/guidelines-seen/", {"version": "1"})
+    assert "data-guideline-banner" not in ann.get(f"/p/{project.slug}/annotate/").content.decode()
+
+    refused = _client(lead).post(f"/p/{project.slug}/guidelines/", {"body": "", "changes": ""})
+    assert refused.status_code == 422 and project.guidelines.count() == 1
+    published = _client(lead).post(
+        f"/p/{project.slug}/guidelines/",
+        {"body": "# v2\nPrefer short answers.", "changes": "Prefer shorter answers"},
+    )
+    assert published.status_code == 302 and project.guidelines.count() == 2
+    banner = ann.get(f"/p/{project.slug}/annotate/").content.decode()
+    assert "The guidelines changed (now v2)" in banner and "Prefer shorter answers" in banner
+    ann.post(f"/p/{project.slug}/annotate/guidelines-seen/", {"version": "2"})
+    assert Membership.objects.get(user=annotator).guideline_seen_version == 2
+    # Annotators read the guidelines but cannot publish.
+    assert ann.get(f"/p/{project.slug}/guidelines/").status_code == 200
+    denied = ann.post(f"/p/{project.slug}/guidelines/", {"body": "x", "changes": "y"})
+    assert denied.status_code == 404 and project.guidelines.count() == 2
+
+
+def test_it_undoes_through_the_page(project: Project, annotator: User) -> None:
+    comparison_make(project.prompts.filter(split="train").first())
+    ann = _client(annotator)
+    page = ann.get(f"/p/{project.slug}/annotate/").content.decode()
+    key = page.split('name="idempotency_key" value="')[1].split('"')[0]
+    comparison_id = int(page.split('data-comparison="')[1].split('"')[0])
+    after = ann.post(
+        f"/p/{project.slug}/annotate/{comparison_id}/judge/",
+        {"choice": "left", "idempotency_key": key},
+        HTTP_HX_REQUEST="true",
+    ).content.decode()
+    assert "Undo or change it" in after and "Nothing left to judge" in after
+    judgment = Judgment.objects.get()
+    undone = ann.post(
+        f"/p/{project.slug}/annotate/undo/", {"judgment": judgment.pk}, HTTP_HX_REQUEST="true"
+    )
+    assert undone.status_code == 200
+    assert f'data-comparison="{comparison_id}"' in undone.content.decode()
+    judgment.refresh_from_db()
+    assert judgment.superseded_at is not None
+    again = ann.post(
+        f"/p/{project.slug}/annotate/undo/", {"judgment": judgment.pk}, HTTP_HX_REQUEST="true"
+    )
+    assert again.status_code == 422 and "Only your last judgment" in again.content.decode()
+    mine = ann.get(f"/p/{project.slug}/mine/").content.decode()
+    assert "undone" in mine
+
+
+def test_it_shows_reviewers_quality_and_lets_them_adjudicate(
+    project: Project, make_user: Callable[..., User], annotator: User
+) -> None:
+    comparison = _split_vote(project, make_user)
+    reviewer = make_user("rev")
+    membership_set(project=project, user=reviewer, role=Role.REVIEWER)
+    rev = _client(reviewer)
+    quality = rev.get(f"/p/{project.slug}/quality/").content.decode()
+    assert 'data-stat="pairwise">0%' in quality and "n=1 vote pairs" in quality
+    assert 'data-annotator="v1"' in quality and 'id="quality-data"' in quality
+    listed = rev.get(f"/p/{project.slug}/review/").content.decode()
+    assert f'data-comparison="{comparison.pk}"' in listed
+    bad = rev.post(f"/p/{project.slug}/review/{comparison.pk}/adjudicate/", {"choice": "left"})
+    assert bad.status_code == 422 and comparison.pair.kind == PairKind.TIE
+    done = rev.post(
+        f"/p/{project.slug}/review/{comparison.pk}/adjudicate/", {"choice": "a", "rationale": ""}
+    )
+    assert done.status_code == 302
+    detail = rev.get(f"/p/{project.slug}/review/{comparison.pk}/").content.decode()
+    assert "decided by rev" in detail
+    comparison.pair.refresh_from_db()
+    assert comparison.pair.kind == PairKind.PREFERENCE
+    # Gold is a lead's decision; annotators see none of this.
+    gold = rev.post(f"/p/{project.slug}/review/{comparison.pk}/gold/", {"gold_choice": "a"})
+    assert gold.status_code == 404
+    assert _client(annotator).get(f"/p/{project.slug}/quality/").status_code == 404
+    assert _client(annotator).get(f"/p/{project.slug}/review/").status_code == 404
+
+
+def test_it_saves_settings_and_refuses_bad_ones_without_change(
+    project: Project, lead: User
+) -> None:
+    client = _client(lead)
+    form = {
+        "name": "Renamed",
+        "description": "",
+        "overlap": "3",
+        "allow_tie": "on",
+        "use_strength": "on",
+        "criteria": "helpfulness, honesty",
+        "reason_tags": "substance, length",
+        "rationale": "required",
+        "gold_rate": "0.1",
+        "swap_recheck_rate": "0.05",
+        "lease_seconds": "600",
+        "undo_seconds": "120",
+    }
+    bad = client.post(f"/p/{project.slug}/settings/", {**form, "gold_rate": "1.5"})
+    assert bad.status_code == 422 and "less than or equal to 1" in bad.content.decode()
+    project.refresh_from_db()
+    assert project.name == "Test project" and project.gold_rate == 0.0
+    assert client.post(f"/p/{project.slug}/settings/", form).status_code == 302
+    project.refresh_from_db()
+    assert (project.name, project.overlap, project.allow_both_bad) == ("Renamed", 3, False)
+    assert project.criteria == ["helpfulness", "honesty"] and project.undo_seconds == 120
+
+
+def test_it_adds_members_and_names_an_unknown_user(
+    project: Project, lead: User, make_user: Callable[..., User]
+) -> None:
+    client = _client(lead)
+    unknown = client.post(f"/p/{project.slug}/members/", {"username": "ghost", "role": "reviewer"})
+    assert unknown.status_code == 422 and "There is no user called" in unknown.content.decode()
+    make_user("newbie")
+    added = client.post(
+        f"/p/{project.slug}/members/", {"username": "newbie", "role": "reviewer", "quota": "50"}
+    )
+    assert added.status_code == 302
+    membership = Membership.objects.get(user__username="newbie")
+    assert (membership.role, membership.quota) == ("reviewer", 50)
