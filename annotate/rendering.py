@@ -7,7 +7,10 @@ only http(s)/mailto links, opened without referrer.
 
 from __future__ import annotations
 
+import re
+
 import nh3
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
@@ -64,3 +67,58 @@ def markdown_to_safe_html(text: str) -> SafeString:
         strip_comments=True,
     )
     return mark_safe(f'<div class="md" dir="auto">{cleaned}</div>')
+
+
+# Guidelines may embed worked examples as fenced blocks:
+#   ```example
+#   Prompt: What is 2 + 2?
+#   A: 4.
+#   B: Five, I think.
+#   Answer: A
+#   Why: B is wrong.
+#   ```
+_EXAMPLE_BLOCK = re.compile(r"^```example[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_EXAMPLE_KEY = re.compile(r"^(prompt|a|b|answer|why):\s?(.*)$", re.IGNORECASE)
+_ANSWERS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both bad": "Both bad"}
+
+
+def _example_fields(body: str) -> dict[str, str]:
+    fields: dict[str, list[str]] = {}
+    current = None
+    for line in body.splitlines():
+        match = _EXAMPLE_KEY.match(line)
+        if match:
+            current = match.group(1).lower()
+            fields[current] = [match.group(2)]
+        elif current is not None:
+            fields[current].append(line)
+    return {key: "\n".join(lines).strip() for key, lines in fields.items()}
+
+
+def _example_html(body: str) -> str:
+    fields = _example_fields(body)
+    answer = fields.get("answer", "").strip().lower()
+    parts = [
+        '<div class="example-pair"><p><strong>Example</strong></p>',
+        format_html("<p>Prompt:</p>{}", markdown_to_safe_html(fields.get("prompt", ""))),
+        format_html("<p>A:</p>{}", markdown_to_safe_html(fields.get("a", ""))),
+        format_html("<p>B:</p>{}", markdown_to_safe_html(fields.get("b", ""))),
+        format_html(
+            '<p class="example-answer">Answer: {}</p>', _ANSWERS.get(answer, answer or "—")
+        ),
+    ]
+    if fields.get("why"):
+        parts.append(format_html("<p>Why:</p>{}", markdown_to_safe_html(fields["why"])))
+    return "".join(parts) + "</div>"
+
+
+def guideline_to_safe_html(text: str) -> SafeString:
+    """Guidelines as sanitised HTML, with their ```example blocks drawn as worked pairs."""
+    out: list[str] = []
+    position = 0
+    for match in _EXAMPLE_BLOCK.finditer(text or ""):
+        out.append(markdown_to_safe_html(text[position : match.start()]))
+        out.append(_example_html(match.group(1)))
+        position = match.end()
+    out.append(markdown_to_safe_html((text or "")[position:]))
+    return mark_safe("".join(out))  # every part is sanitised or built by format_html

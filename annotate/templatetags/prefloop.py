@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import template
 from django.utils.safestring import SafeString
 
-from annotate.rendering import markdown_to_safe_html
+from annotate.rendering import guideline_to_safe_html, markdown_to_safe_html
 
 register = template.Library()
 
@@ -12,3 +12,9 @@ register = template.Library()
 def markdown_filter(text: str) -> SafeString:
     """Render untrusted markdown as sanitised HTML."""
     return markdown_to_safe_html(text)
+
+
+@register.filter(name="guidelines")
+def guidelines_filter(text: str) -> SafeString:
+    """Render guidelines, with their embedded worked examples, as sanitised HTML."""
+    return guideline_to_safe_html(text)

@@ -66,3 +66,16 @@ def test_it_keeps_code_blocks_links_and_marks_the_text_direction() -> None:
     assert 'href="https://example.org"' in html and 'rel="noopener noreferrer nofollow"' in html
     assert "<pre><code>x = 1 &lt; 2" in html
     assert html.startswith('<div class="md" dir="auto">')
+
+
+def test_it_draws_guideline_examples_as_sanitised_worked_pairs() -> None:
+    from annotate.rendering import guideline_to_safe_html
+
+    html = guideline_to_safe_html(
+        "# Rules\nBe right.\n\n```example\nPrompt: What is 2 + 2?\nA: **4**\n"
+        "B: <script>alert(1)</script> five\nAnswer: A\nWhy: B is wrong\nand rude.\n```\n\nEnd."
+    )
+    assert html.count('class="example-pair"') == 1
+    assert "<strong>4</strong>" in html and "Answer: A is better" in html
+    assert "<script" not in html and "&lt;script&gt;" in html
+    assert "B is wrong\nand rude." in html and html.rstrip().endswith("<p>End.</p>\n</div>")
