@@ -135,16 +135,31 @@ def _lease_take(
     Lease.objects.filter(
         annotator=annotator, comparison__project_id=comparison.project_id, state=LeaseState.HELD
     ).exclude(comparison=comparison).update(state=LeaseState.RELEASED, updated_at=now)
-    Lease.objects.update_or_create(
-        comparison=comparison,
-        annotator=annotator,
-        defaults={
-            "state": LeaseState.HELD,
-            "expires_at": expires_at,
-            "skip_reason": "",
-            "left_is_a": left_is_a,
-            "is_recheck": is_recheck,
-        },
+    # One statement either way (INSERT ... ON CONFLICT DO UPDATE), on PostgreSQL and SQLite.
+    Lease.objects.bulk_create(
+        [
+            Lease(
+                comparison=comparison,
+                annotator=annotator,
+                state=LeaseState.HELD,
+                expires_at=expires_at,
+                skip_reason="",
+                left_is_a=left_is_a,
+                is_recheck=is_recheck,
+                created_at=now,
+                updated_at=now,
+            )
+        ],
+        update_conflicts=True,
+        unique_fields=["comparison", "annotator"],
+        update_fields=[
+            "state",
+            "expires_at",
+            "skip_reason",
+            "left_is_a",
+            "is_recheck",
+            "updated_at",
+        ],
     )
     return Assignment(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck)
 
@@ -228,11 +243,14 @@ def assignment_next(
         ids = list(candidates.values_list("id", flat=True)[:CANDIDATE_WINDOW])
         if not ids:
             return None
-        rows = Comparison.objects.filter(pk__in=ids).order_by(
-            "-round_number", "-judgment_count", "id"
+        rows = (
+            Comparison.objects.filter(pk__in=ids)
+            .select_related("prompt", "response_a", "response_b")
+            .order_by("-round_number", "-judgment_count", "id")
         )
         if connection.features.has_select_for_update_skip_locked:
-            rows = rows.select_for_update(skip_locked=True)
+            # Lock the comparison rows only, not the joined prompt and responses.
+            rows = rows.select_for_update(skip_locked=True, of=("self",))
         for comparison in rows:
             # Re-check under the lock: another annotator may have taken the last slot.
             live = (
@@ -284,4 +302,11 @@ def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> 
 
 
 def remaining_for_annotator(*, project: Project, annotator: User) -> int:
-    return comparisons_available(project=project, annotator=annotator, now=timezone.now()).count()
+    """Open comparisons this annotator has neither judged nor skipped (others' leases aside:
+    a count to show, cheap enough for every swap)."""
+    return (
+        Comparison.objects.filter(project=project, status=ComparisonStatus.OPEN, gold_choice="")
+        .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
+        .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
+        .count()
+    )

@@ -7,6 +7,7 @@ only http(s)/mailto links, opened without referrer.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import nh3
@@ -56,6 +57,8 @@ ALLOWED_ATTRIBUTES = {
 ALLOWED_SCHEMES = {"http", "https", "mailto"}
 
 
+# The same responses are rendered again and again (every refresh, every annotator of a pair).
+@functools.lru_cache(maxsize=4096)
 def markdown_to_safe_html(text: str) -> SafeString:
     html = _markdown.render(text or "")
     cleaned = nh3.clean(

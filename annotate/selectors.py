@@ -16,6 +16,7 @@ from annotate.models import (
     Guideline,
     Judgment,
     JudgmentKind,
+    Membership,
     PairKind,
     PreferencePair,
     Project,
@@ -55,8 +56,10 @@ class AnnotatorProgress:
     quota: int | None
 
 
-def annotator_progress(*, project: Project, annotator: User) -> AnnotatorProgress:
-    membership = project.memberships.filter(user=annotator).first()
+def annotator_progress(
+    *, project: Project, annotator: User, membership: Membership | None = None
+) -> AnnotatorProgress:
+    membership = membership or project.memberships.filter(user=annotator).first()
     return AnnotatorProgress(
         judged=Judgment.objects.filter(
             comparison__project=project,

@@ -412,23 +412,32 @@ def _live_judgments(*, comparison: Comparison, annotator: User, kind: str) -> Qu
 
 
 def _votes_changed(*, comparison: Comparison, delta: int) -> None:
-    """Keep the vote count, the status and the aggregated pair of a locked comparison true."""
-    comparison.judgment_count = F("judgment_count") + delta
-    comparison.save(update_fields=["judgment_count"])
-    comparison.refresh_from_db(fields=["judgment_count", "status"])
+    """Keep the vote count, the status and the aggregated pair of a locked comparison true.
+
+    The caller holds the comparison's row lock, so its in-memory count is the database's.
+    """
+    if delta:
+        comparison.judgment_count += delta
+        Comparison.objects.filter(pk=comparison.pk).update(
+            judgment_count=F("judgment_count") + delta
+        )
     if comparison.is_gold:
         return
-    adjudicated = comparison.judgments.filter(
-        kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
-    ).exists()
+    # A new vote is only taken while the comparison is open, hence not adjudicated.
+    adjudicated = delta <= 0 and (
+        comparison.judgments.filter(
+            kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
+        ).exists()
+    )
     complete = adjudicated or comparison.judgment_count >= comparison.project.overlap
     status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
+    was_complete = comparison.status == ComparisonStatus.COMPLETE
     if comparison.status != ComparisonStatus.RETIRED and comparison.status != status:
         comparison.status = status
-        comparison.save(update_fields=["status"])
+        Comparison.objects.filter(pk=comparison.pk).update(status=status)
     if complete:
         pair_aggregate(comparison=comparison)
-    else:
+    elif was_complete or delta <= 0:
         PreferencePair.objects.filter(comparison=comparison).delete()
 
 

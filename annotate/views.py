@@ -43,8 +43,10 @@ from annotate.services import (
 )
 
 
-def _page_context(request: AuthedRequest, project: Project, **extra: Any) -> dict[str, Any]:
-    role = project_role(user=request.user, project=project)
+def _page_context(
+    request: AuthedRequest, project: Project, role: Role | None = None, **extra: Any
+) -> dict[str, Any]:
+    role = role or project_role(user=request.user, project=project)
     return {"project": project, "role": role.value if role else None, **extra}
 
 
@@ -74,6 +76,7 @@ def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> 
     guideline = guideline_current(project=project)
     membership = Membership.objects.filter(project=project, user=request.user).first()
     seen = membership.guideline_seen_version if membership else None
+    role = Role.LEAD if request.user.is_superuser else Role(membership.role) if membership else None
     unseen = (
         list(project.guidelines.filter(version__gt=seen).order_by("version"))
         if guideline is not None and seen is not None and seen < guideline.version
@@ -82,12 +85,15 @@ def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> 
     return _page_context(
         request,
         project,
+        role=role,
         assignment=assignment,
         comparison=assignment.comparison if assignment else None,
         guideline=guideline,
         unseen_guidelines=unseen,
         first_visit=seen == 0,
-        progress=selectors.annotator_progress(project=project, annotator=request.user),
+        progress=selectors.annotator_progress(
+            project=project, annotator=request.user, membership=membership
+        ),
         undoable=judgment_undoable(project=project, annotator=request.user),
         strengths=STRENGTHS,
         skip_reasons=SKIP_REASONS,

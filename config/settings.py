@@ -150,6 +150,8 @@ CONTENT_SECURITY_POLICY = {
 }
 
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", default=False)
+# Sessions are read on every request; the per-process cache spares most of those queries.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # Celery

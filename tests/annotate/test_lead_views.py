@@ -51,6 +51,10 @@ def test_it_publishes_guidelines_and_shows_annotators_what_changed(
     assert published.status_code == 302 and project.guidelines.count() == 2
     banner = ann.get(f"/p/{project.slug}/annotate/").content.decode()
     assert "The guidelines changed (now v2)" in banner and "Prefer shorter answers" in banner
+    # Under htmx the guidelines panel beside the pair is swapped out of band to v2 as well.
+    swapped = ann.get(f"/p/{project.slug}/annotate/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="guidelines" aria-label="Guidelines" hx-swap-oob="true"' in swapped
+    assert "Guidelines v2" in swapped and "Prefer short answers." in swapped
     ann.post(f"/p/{project.slug}/annotate/guidelines-seen/", {"version": "2"})
     assert Membership.objects.get(user=annotator).guideline_seen_version == 2
     # Annotators read the guidelines but cannot publish.

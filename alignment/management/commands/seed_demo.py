@@ -22,12 +22,14 @@ ACCOUNTS = [
     ("lead", "prefloop-lead", Role.LEAD),
     ("annotator1", "prefloop-annotator1", Role.ANNOTATOR),
     ("annotator2", "prefloop-annotator2", Role.ANNOTATOR),
+    ("reviewer", "prefloop-reviewer", Role.REVIEWER),
 ]
 
 
 class Command(BaseCommand):
     help = (
-        "Seed the demo project (guidelines, the built-in prompt bank, a lead and two annotators) "
+        "Seed the demo project (guidelines, the built-in prompt bank, a lead, two annotators "
+        "and a reviewer) "
         "and queue round 1 generation. Safe to re-run: existing data is kept."
     )
 
@@ -56,6 +58,9 @@ class Command(BaseCommand):
                     created_by=users["lead"],
                     description="A demo project seeded by `make demo`.",
                     overlap=2,
+                    criteria=["helpfulness", "honesty", "harmlessness"],
+                    reason_tags=["substance", "correctness", "safety", "style/format", "length"],
+                    swap_recheck_rate=0.05,
                 )
                 prompts_create(project=project, rows=demo_prompts())
                 self.stdout.write(
