@@ -197,6 +197,38 @@ def _recheck_pick(*, project: Project, annotator: User, rng: random.Random) -> J
     )
 
 
+def _candidate_lock(*, comparison_id: int, skip_locked: bool) -> Comparison | None:
+    rows = Comparison.objects.filter(pk=comparison_id).select_related(
+        "prompt", "response_a", "response_b"
+    )
+    if connection.features.has_select_for_update:
+        # Lock the comparison row only, not the joined prompt and responses.
+        of = ("self",) if connection.features.has_select_for_update_of else ()
+        rows = rows.select_for_update(skip_locked=skip_locked, of=of)
+    return rows.first()
+
+
+def _slot_free(*, comparison: Comparison, project: Project, annotator: User, now: datetime) -> bool:
+    """Re-checked under the row lock: the state may have moved since the candidates were read."""
+    if comparison.status != ComparisonStatus.OPEN:
+        return False
+    if Judgment.objects.filter(
+        comparison=comparison,
+        annotator=annotator,
+        kind=JudgmentKind.VOTE,
+        superseded_at__isnull=True,
+    ).exists():
+        return False  # this annotator's own submit of it committed meanwhile
+    live = (
+        Lease.objects.filter(
+            comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
+        )
+        .exclude(annotator=annotator)
+        .count()
+    )
+    return comparison.judgment_count + live < project.overlap
+
+
 def assignment_next(
     *,
     project: Project,
@@ -243,35 +275,29 @@ def assignment_next(
         ids = list(candidates.values_list("id", flat=True)[:CANDIDATE_WINDOW])
         if not ids:
             return None
-        rows = (
-            Comparison.objects.filter(pk__in=ids)
-            .select_related("prompt", "response_a", "response_b")
-            .order_by("-round_number", "-judgment_count", "id")
-        )
-        if connection.features.has_select_for_update_skip_locked:
-            # Lock the comparison rows only, not the joined prompt and responses.
-            rows = rows.select_for_update(skip_locked=True, of=("self",))
-        for comparison in rows:
-            # Re-check under the lock: another annotator may have taken the last slot.
-            live = (
-                Lease.objects.filter(
-                    comparison=comparison,
-                    state=LeaseState.HELD,
-                    expires_at__gt=now,
-                    is_recheck=False,
-                )
-                .exclude(annotator=annotator)
-                .count()
-            )
-            if comparison.judgment_count + live >= project.overlap:
-                continue
-            return _lease_take(
-                comparison=comparison,
-                annotator=annotator,
-                now=now,
-                expires_at=expires_at,
-                left_is_a=comparison.left_is_a,
-            )
+        # Lock one candidate at a time, best first: locking the whole window at once would
+        # hide every row of it from concurrent claims (SKIP LOCKED) and leave them empty-handed.
+        # Rows another transaction holds are skipped; when every candidate was held, wait for
+        # them in turn (the holders' transactions are short) rather than answer "nothing".
+        skip_locked = connection.features.has_select_for_update_skip_locked
+        passes = [True, False] if skip_locked else [False]
+        for skip in passes:
+            skipped = False
+            for comparison_id in ids:
+                comparison = _candidate_lock(comparison_id=comparison_id, skip_locked=skip)
+                if comparison is None:
+                    skipped = True
+                    continue
+                if _slot_free(comparison=comparison, project=project, annotator=annotator, now=now):
+                    return _lease_take(
+                        comparison=comparison,
+                        annotator=annotator,
+                        now=now,
+                        expires_at=expires_at,
+                        left_is_a=comparison.left_is_a,
+                    )
+            if not skipped:
+                break
     return None
 
 

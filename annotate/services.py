@@ -9,7 +9,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -310,6 +310,7 @@ def judgment_submit(
     rationale: str = "",
     reason_tags: Sequence[str] = (),
     time_spent_ms: int | None = None,
+    now: datetime | None = None,
 ) -> Judgment:
     """Record one annotator's judgment of a comparison.
 
@@ -318,7 +319,8 @@ def judgment_submit(
     with the same idempotency key returns the first judgment unchanged. Votes never exceed the
     project's overlap (gold items excepted: everyone answers them); one live vote per
     (annotator, comparison). A held swapped re-check lease makes this a re-check, which never
-    counts as a vote.
+    counts as a vote. A vote from someone without a live lease is taken only while the pair has
+    a slot that no live lease of another annotator holds.
     """
     if bool(choice) == bool(side):
         raise JudgmentRejected("Give exactly one of a choice (a/b/tie/both_bad) or a side.")
@@ -328,7 +330,7 @@ def judgment_submit(
             if existing.annotator_id != annotator.pk or existing.comparison_id != comparison_id:
                 raise JudgmentRejected("This idempotency key belongs to another judgment.")
             return existing
-    now = timezone.now()
+    now = now or timezone.now()
     try:
         with transaction.atomic():
             comparison = (
@@ -342,6 +344,13 @@ def judgment_submit(
             project = comparison.project
             if project_role(user=annotator, project=project) is None:
                 raise JudgmentRejected("You are not a member of this project.")
+            if idempotency_key:
+                # A twin of this request may have committed while we waited for the lock.
+                twin = Judgment.objects.filter(idempotency_key=idempotency_key).first()
+                if twin is not None:
+                    if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
+                        raise JudgmentRejected("This idempotency key belongs to another judgment.")
+                    return twin
             lease = Lease.objects.filter(comparison=comparison, annotator=annotator).first()
             held = lease is not None and lease.state == LeaseState.HELD
             is_recheck = held and lease is not None and lease.is_recheck and lease.expires_at > now
@@ -374,6 +383,17 @@ def judgment_submit(
                     raise JudgmentRejected(
                         "This comparison already has all the judgments it needs."
                     )
+                holding = held and lease is not None and lease.expires_at > now
+                if (
+                    not holding
+                    and comparison.judgment_count
+                    + _live_holds_of_others(comparison=comparison, annotator=annotator, now=now)
+                    >= project.overlap
+                ):
+                    # The remaining slots are leased to others: their work goes first.
+                    raise JudgmentRejected(
+                        "Your hold on this pair expired and it went to another annotator."
+                    )
             elif comparison.status == ComparisonStatus.RETIRED:
                 raise JudgmentRejected("This comparison has been retired.")
             judgment = Judgment.objects.create(
@@ -403,6 +423,16 @@ def judgment_submit(
                 return existing
         raise JudgmentRejected("You have already judged this comparison.") from None
     return judgment
+
+
+def _live_holds_of_others(*, comparison: Comparison, annotator: User, now: datetime) -> int:
+    return (
+        Lease.objects.filter(
+            comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
+        )
+        .exclude(annotator=annotator)
+        .count()
+    )
 
 
 def _live_judgments(*, comparison: Comparison, annotator: User, kind: str) -> QuerySet[Judgment]:
