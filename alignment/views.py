@@ -77,7 +77,7 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
         else:
             return redirect("round_detail", slug=project.slug, number=round_.number)
     return render(
-        request, "alignment/round_new.html", _context(request, project, form=form), status=400
+        request, "alignment/round_new.html", _context(request, project, form=form), status=422
     )
 
 
@@ -120,7 +120,7 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
         form = TrainingRunStartForm(versions=versions)
     else:
         form = TrainingRunStartForm(request.POST, versions=versions)
-        status = 400
+        status = 422
         if form.is_valid():
             data = form.cleaned_data
             try:

@@ -234,7 +234,7 @@ def test_it_rejects_a_negative_temperature(
         reverse("round_new", args=[project.slug]),
         {**ROUND_FORM, "policy": base.pk, "temperature": "-1"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "Temperature must be between 0 and 5." in response.content.decode()
     assert not Round.objects.exists()
     assert not GenerationJob.objects.exists()
@@ -247,7 +247,7 @@ def test_it_rejects_head_to_head_on_the_base_version(
         reverse("round_new", args=[project.slug]),
         {**ROUND_FORM, "policy": base.pk, "pairing_strategy": "head_to_head"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "Head-to-head needs a model version with a parent" in response.content.decode()
     assert not Round.objects.exists()
 
@@ -262,7 +262,7 @@ def test_it_rejects_a_version_of_another_project(
     response = client_for(lead).post(
         reverse("round_new", args=[project.slug]), {**ROUND_FORM, "policy": foreign.pk}
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert not Round.objects.exists()
 
 
@@ -362,7 +362,7 @@ def test_it_refuses_a_run_without_preference_pairs(
     response = client_for(lead).post(
         reverse("training_run_new", args=[project.slug]), {**RUN_FORM, "base_version": base.pk}
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "No preference pairs" in response.content.decode()
     assert not TrainingRun.objects.exists()
     assert not DatasetSnapshot.objects.exists()
@@ -374,7 +374,7 @@ def test_it_refuses_a_second_run_while_one_is_queued(
     response = client_for(lead).post(
         reverse("training_run_new", args=[project.slug]), {**RUN_FORM, "base_version": base.pk}
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "already has a training run queued or running" in response.content.decode()
     assert TrainingRun.objects.count() == 1
 
@@ -386,7 +386,7 @@ def test_it_rejects_bad_hyperparameters_with_the_service_message(
         reverse("training_run_new", args=[project.slug]),
         {**RUN_FORM, "base_version": base.pk, "beta": "0"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "beta must be above 0 and at most 10." in response.content.decode()
     assert not TrainingRun.objects.exists()
 
@@ -398,7 +398,7 @@ def test_it_rejects_rounds_that_are_not_numbers(
         reverse("training_run_new", args=[project.slug]),
         {**RUN_FORM, "base_version": base.pk, "rounds": "1, two"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "comma-separated round numbers" in response.content.decode()
     assert not TrainingRun.objects.exists()
 
