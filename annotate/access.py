@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.http import Http404
 
 from annotate.models import Comparison, Membership, Project, Role
@@ -30,18 +30,31 @@ def project_role(*, user: AnyUser, project: Project) -> Role | None:
         return None
     if user.is_superuser:
         return Role.LEAD
+    cached = getattr(project, "_access_role", None)
+    if cached is not None and cached[0] == user.pk:
+        return cached[1]
     membership = Membership.objects.filter(user=user, project=project).only("role").first()
     return Role(membership.role) if membership else None
 
 
 def access_project(*, user: AnyUser, slug: str, min_role: Role = Role.ANNOTATOR) -> Project:
     """The project, if the user holds at least `min_role` in it; 404 otherwise."""
-    project = Project.objects.filter(slug=slug).first()
-    if project is None:
+    if not user.is_authenticated:
         raise Http404("No such project.")
-    role = project_role(user=user, project=project)
-    if role is None or ROLE_RANK[role] < ROLE_RANK[min_role]:
+    if user.is_superuser:
+        project = Project.objects.filter(slug=slug).first()
+        role: Role | None = Role.LEAD
+    else:
+        # The project and the user's role in it, in one query.
+        project = (
+            Project.objects.filter(slug=slug, memberships__user=user)
+            .annotate(member_role=F("memberships__role"))
+            .first()
+        )
+        role = Role(project.member_role) if project is not None else None
+    if project is None or role is None or ROLE_RANK[role] < ROLE_RANK[min_role]:
         raise Http404("No such project.")
+    project._access_role = (user.pk, role)  # type: ignore[attr-defined]
     return project
 
 

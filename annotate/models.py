@@ -235,7 +235,13 @@ class Comparison(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["project", "status", "round_number"])]
+        indexes = [
+            # The queue's order: an index walk finds the next few candidates without a sort.
+            models.Index(
+                fields=["project", "status", "-round_number", "-judgment_count", "id"],
+                name="comparison_queue_order",
+            )
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=~Q(response_a=models.F("response_b")),

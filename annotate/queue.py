@@ -22,7 +22,8 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotate.models import (
@@ -66,10 +67,6 @@ class Assignment:
         return c.response_b if self.left_is_a else c.response_a
 
 
-def _live_lease_q(now: datetime) -> Q:
-    return Q(leases__state=LeaseState.HELD, leases__expires_at__gt=now, leases__is_recheck=False)
-
-
 def _judged_ids(*, project: Project, annotator: User) -> QuerySet[Judgment, Any]:
     return Judgment.objects.filter(
         annotator=annotator,
@@ -88,15 +85,36 @@ def _skipped_ids(*, project: Project, annotator: User) -> QuerySet[Lease, Any]:
 def comparisons_available(
     *, project: Project, annotator: User, now: datetime
 ) -> QuerySet[Comparison]:
-    """Ordinary (non-gold) comparisons this annotator may be handed, best first."""
+    """Ordinary (non-gold) comparisons this annotator may be handed, best first.
+
+    Shaped for an index walk in the queue's order that stops at the first few matches: the
+    live leases of others are counted per row by a correlated subquery, not by grouping a
+    join over every open comparison.
+    """
+    live_others = (
+        Lease.objects.filter(
+            comparison=OuterRef("pk"),
+            state=LeaseState.HELD,
+            expires_at__gt=now,
+            is_recheck=False,
+        )
+        .exclude(annotator=annotator)
+        .order_by()
+        .values("comparison")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
-        Comparison.objects.filter(project=project, status=ComparisonStatus.OPEN, gold_choice="")
+        Comparison.objects.filter(
+            project=project,
+            status=ComparisonStatus.OPEN,
+            gold_choice="",
+            judgment_count__lt=project.overlap,
+        )
         .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
         .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
-        .annotate(
-            live_leases=Count("leases", filter=_live_lease_q(now) & ~Q(leases__annotator=annotator))
-        )
-        .filter(judgment_count__lt=F("project__overlap") - F("live_leases"))
+        .annotate(live_leases=Coalesce(Subquery(live_others), 0))
+        .filter(live_leases__lt=project.overlap - F("judgment_count"))
         .order_by("-round_number", "-judgment_count", "id")
     )
 
@@ -235,15 +253,17 @@ def assignment_next(
     annotator: User,
     now: datetime | None = None,
     rng: random.Random | None = None,
+    holds_nothing: bool = False,
 ) -> Assignment | None:
     """What this annotator should judge now, leased to them; None when nothing is left.
 
     Calling it again while the lease lives returns the same assignment (a refresh keeps the
-    pair and its sides).
+    pair and its sides). `holds_nothing`: the caller has just closed this annotator's lease
+    (a submit or a skip), so there is no held lease to look for.
     """
     now = now or timezone.now()
     rng = rng or random.Random()
-    held = lease_held(project=project, annotator=annotator, now=now)
+    held = None if holds_nothing else lease_held(project=project, annotator=annotator, now=now)
     if held is not None:
         return Assignment(
             comparison=held.comparison, left_is_a=held.left_is_a, is_recheck=held.is_recheck

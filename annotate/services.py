@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
 from annotate.access import project_role
@@ -324,12 +324,6 @@ def judgment_submit(
     """
     if bool(choice) == bool(side):
         raise JudgmentRejected("Give exactly one of a choice (a/b/tie/both_bad) or a side.")
-    if idempotency_key:
-        existing = Judgment.objects.filter(idempotency_key=idempotency_key).first()
-        if existing is not None:
-            if existing.annotator_id != annotator.pk or existing.comparison_id != comparison_id:
-                raise JudgmentRejected("This idempotency key belongs to another judgment.")
-            return existing
     now = now or timezone.now()
     try:
         with transaction.atomic():
@@ -345,7 +339,8 @@ def judgment_submit(
             if project_role(user=annotator, project=project) is None:
                 raise JudgmentRejected("You are not a member of this project.")
             if idempotency_key:
-                # A twin of this request may have committed while we waited for the lock.
+                # Looked up under the lock: a twin of this request may have committed while
+                # we waited for it.
                 twin = Judgment.objects.filter(idempotency_key=idempotency_key).first()
                 if twin is not None:
                     if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
@@ -372,14 +367,18 @@ def judgment_submit(
                 time_spent_ms=time_spent_ms,
             )
             kind = JudgmentKind.RECHECK if is_recheck else JudgmentKind.VOTE
-            if _live_judgments(comparison=comparison, annotator=annotator, kind=kind).exists():
-                raise JudgmentRejected("You have already judged this comparison.")
+            # A second live judgment of the same kind is refused by the unique constraint
+            # (the IntegrityError below): no query needed to find it first.
             counts = kind == JudgmentKind.VOTE
             if counts and not comparison.is_gold:
                 if (
                     comparison.status != ComparisonStatus.OPEN
                     or comparison.judgment_count >= project.overlap
                 ):
+                    if comparison.judgments.filter(
+                        annotator=annotator, kind=kind, superseded_at__isnull=True
+                    ).exists():
+                        raise JudgmentRejected("You have already judged this comparison.")
                     raise JudgmentRejected(
                         "This comparison already has all the judgments it needs."
                     )
@@ -432,12 +431,6 @@ def _live_holds_of_others(*, comparison: Comparison, annotator: User, now: datet
         )
         .exclude(annotator=annotator)
         .count()
-    )
-
-
-def _live_judgments(*, comparison: Comparison, annotator: User, kind: str) -> QuerySet[Judgment]:
-    return Judgment.objects.filter(
-        comparison=comparison, annotator=annotator, kind=kind, superseded_at__isnull=True
     )
 
 
@@ -686,16 +679,21 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
     else:
         kind = PairKind.TIE if top == Choice.TIE else PairKind.BOTH_BAD
         chosen, rejected = comparison.response_a_id, comparison.response_b_id
-    pair, _ = PreferencePair.objects.update_or_create(
-        comparison=comparison,
-        defaults={
-            "project_id": comparison.project_id,
-            "kind": kind,
-            "chosen_id": chosen,
-            "rejected_id": rejected,
-            "agreement": agreement,
-            "n_judgments": len(voters),
-        },
+    (pair,) = PreferencePair.objects.bulk_create(
+        [
+            PreferencePair(
+                comparison=comparison,
+                project_id=comparison.project_id,
+                kind=kind,
+                chosen_id=chosen,
+                rejected_id=rejected,
+                agreement=agreement,
+                n_judgments=len(voters),
+            )
+        ],
+        update_conflicts=True,
+        unique_fields=["comparison"],
+        update_fields=["kind", "chosen", "rejected", "agreement", "n_judgments", "updated_at"],
     )
     return pair
 

@@ -20,7 +20,7 @@ from annotate.forms import (
     ProjectSettingsForm,
 )
 from annotate.http import AuthedRequest
-from annotate.models import Membership, Project, Role
+from annotate.models import Judgment, Membership, Project, Role
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
 from annotate.services import (
@@ -71,8 +71,19 @@ def project_overview(request: AuthedRequest, slug: str) -> HttpResponse:
 # Annotation ----------------------------------------------------------------------------------
 
 
-def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> dict[str, Any]:
-    assignment = assignment_next(project=project, annotator=request.user)
+def _pair_context(
+    request: AuthedRequest,
+    project: Project,
+    error: str = "",
+    *,
+    holds_nothing: bool = False,
+    judged: Judgment | None = None,
+) -> dict[str, Any]:
+    """What the pair fragment shows. After a submit, `judged` is the judgment just made (the
+    one undo would take back) and the annotator holds no lease any more."""
+    assignment = assignment_next(
+        project=project, annotator=request.user, holds_nothing=holds_nothing
+    )
     guideline = guideline_current(project=project)
     membership = Membership.objects.filter(project=project, user=request.user).first()
     seen = membership.guideline_seen_version if membership else None
@@ -94,7 +105,11 @@ def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> 
         progress=selectors.annotator_progress(
             project=project, annotator=request.user, membership=membership
         ),
-        undoable=judgment_undoable(project=project, annotator=request.user),
+        undoable=(
+            judged
+            if judged is not None and project.undo_seconds
+            else judgment_undoable(project=project, annotator=request.user)
+        ),
         strengths=STRENGTHS,
         skip_reasons=SKIP_REASONS,
         idempotency_key=uuid.uuid4().hex,
@@ -104,12 +119,12 @@ def _pair_context(request: AuthedRequest, project: Project, error: str = "") -> 
 
 
 def _pair_response(
-    request: AuthedRequest, project: Project, error: str = "", status: int | None = None
+    request: AuthedRequest, project: Project, error: str = "", **context_options: Any
 ) -> HttpResponse:
     """The annotation page, or under htmx just its #pair fragment (what a submit swaps in)."""
     template = "annotate/annotate.html#pair" if request.htmx else "annotate/annotate.html"
-    context = _pair_context(request, project, error)
-    return render(request, template, context, status=status or (422 if error else 200))
+    context = _pair_context(request, project, error, **context_options)
+    return render(request, template, context, status=422 if error else 200)
 
 
 @login_required
@@ -119,9 +134,11 @@ def annotate(request: AuthedRequest, slug: str) -> HttpResponse:
     return _pair_response(request, project)
 
 
-def _after_action(request: AuthedRequest, project: Project, error: str = "") -> HttpResponse:
+def _after_action(
+    request: AuthedRequest, project: Project, error: str = "", **context_options: Any
+) -> HttpResponse:
     if request.htmx or error:
-        return _pair_response(request, project, error)
+        return _pair_response(request, project, error, **context_options)
     return redirect("annotate", slug=project.slug)
 
 
@@ -148,7 +165,7 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
         if request.POST.get(f"criterion-{name}")
     }
     try:
-        judgment_submit(
+        judgment = judgment_submit(
             comparison_id=comparison.pk,
             annotator=request.user,
             side=request.POST.get("choice", "") or "missing",
@@ -161,7 +178,7 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
         )
     except JudgmentRejected as error:
         return _after_action(request, project, error=str(error))
-    return _after_action(request, project)
+    return _after_action(request, project, holds_nothing=True, judged=judgment)
 
 
 @login_required
@@ -173,7 +190,7 @@ def skip(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     if not reason:
         return _after_action(request, project, error="Say why you skip this pair.")
     comparison_skip(comparison=comparison, annotator=request.user, reason=reason)
-    return _after_action(request, project)
+    return _after_action(request, project, holds_nothing=True)
 
 
 @login_required
