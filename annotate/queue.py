@@ -215,6 +215,10 @@ def _recheck_pick(*, project: Project, annotator: User, rng: random.Random) -> J
     )
 
 
+class _NoSlot(Exception):
+    """The locked candidate has no free slot: roll its savepoint back, releasing the lock."""
+
+
 def _candidate_lock(*, comparison_id: int, skip_locked: bool) -> Comparison | None:
     rows = Comparison.objects.filter(pk=comparison_id).select_related(
         "prompt", "response_a", "response_b"
@@ -299,23 +303,33 @@ def assignment_next(
         # hide every row of it from concurrent claims (SKIP LOCKED) and leave them empty-handed.
         # Rows another transaction holds are skipped; when every candidate was held, wait for
         # them in turn (the holders' transactions are short) rather than answer "nothing".
-        skip_locked = connection.features.has_select_for_update_skip_locked
-        passes = [True, False] if skip_locked else [False]
+        # Each attempt runs in a savepoint that is rolled back when the pair has no free slot,
+        # which releases its row lock: a claim never holds one row while it waits for another,
+        # so two waiting claims cannot deadlock.
+        row_locks = connection.features.has_select_for_update
+        passes = [True, False] if connection.features.has_select_for_update_skip_locked else [False]
         for skip in passes:
             skipped = False
             for comparison_id in ids:
-                comparison = _candidate_lock(comparison_id=comparison_id, skip_locked=skip)
-                if comparison is None:
-                    skipped = True
+                try:
+                    with transaction.atomic(savepoint=row_locks):
+                        comparison = _candidate_lock(comparison_id=comparison_id, skip_locked=skip)
+                        if comparison is None:
+                            skipped = True
+                            continue
+                        if not _slot_free(
+                            comparison=comparison, project=project, annotator=annotator, now=now
+                        ):
+                            raise _NoSlot
+                except _NoSlot:
                     continue
-                if _slot_free(comparison=comparison, project=project, annotator=annotator, now=now):
-                    return _lease_take(
-                        comparison=comparison,
-                        annotator=annotator,
-                        now=now,
-                        expires_at=expires_at,
-                        left_is_a=comparison.left_is_a,
-                    )
+                return _lease_take(
+                    comparison=comparison,
+                    annotator=annotator,
+                    now=now,
+                    expires_at=expires_at,
+                    left_is_a=comparison.left_is_a,
+                )
             if not skipped:
                 break
     return None
