@@ -8,6 +8,7 @@ from django import forms
 from django.contrib.auth.models import User
 
 from annotate.models import Choice, Project, Role
+from annotate.services import PROJECT_SETTINGS
 
 MAX_LIST_ITEMS = 12
 
@@ -52,21 +53,7 @@ class ProjectSettingsForm(forms.ModelForm):
 
     class Meta:
         model = Project
-        fields = [
-            "name",
-            "description",
-            "overlap",
-            "allow_tie",
-            "allow_both_bad",
-            "use_strength",
-            "criteria",
-            "reason_tags",
-            "rationale",
-            "gold_rate",
-            "swap_recheck_rate",
-            "lease_seconds",
-            "undo_seconds",
-        ]
+        fields = list(PROJECT_SETTINGS)
 
 
 class MemberForm(forms.Form):

@@ -67,6 +67,16 @@ class Assignment:
         return c.response_b if self.left_is_a else c.response_a
 
 
+def live_leases_of_others(
+    *, comparison: Comparison | OuterRef, annotator: User, now: datetime
+) -> QuerySet[Lease]:
+    """The leases that reserve a slot of this comparison for someone else right now (a swapped
+    re-check reserves none: it is no vote)."""
+    return Lease.objects.filter(
+        comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
+    ).exclude(annotator=annotator)
+
+
 def _judged_ids(*, project: Project, annotator: User) -> QuerySet[Judgment, Any]:
     return Judgment.objects.filter(
         annotator=annotator,
@@ -92,13 +102,7 @@ def comparisons_available(
     join over every open comparison.
     """
     live_others = (
-        Lease.objects.filter(
-            comparison=OuterRef("pk"),
-            state=LeaseState.HELD,
-            expires_at__gt=now,
-            is_recheck=False,
-        )
-        .exclude(annotator=annotator)
+        live_leases_of_others(comparison=OuterRef("pk"), annotator=annotator, now=now)
         .order_by()
         .values("comparison")
         .annotate(n=Count("id"))
@@ -241,13 +245,7 @@ def _slot_free(*, comparison: Comparison, project: Project, annotator: User, now
         superseded_at__isnull=True,
     ).exists():
         return False  # this annotator's own submit of it committed meanwhile
-    live = (
-        Lease.objects.filter(
-            comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
-        )
-        .exclude(annotator=annotator)
-        .count()
-    )
+    live = live_leases_of_others(comparison=comparison, annotator=annotator, now=now).count()
     return comparison.judgment_count + live < project.overlap
 
 

@@ -41,6 +41,7 @@ from annotate.models import (
     Role,
     Split,
 )
+from annotate.queue import live_leases_of_others
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -386,7 +387,9 @@ def judgment_submit(
                 if (
                     not holding
                     and comparison.judgment_count
-                    + _live_holds_of_others(comparison=comparison, annotator=annotator, now=now)
+                    + live_leases_of_others(
+                        comparison=comparison, annotator=annotator, now=now
+                    ).count()
                     >= project.overlap
                 ):
                     # The remaining slots are leased to others: their work goes first.
@@ -422,16 +425,6 @@ def judgment_submit(
                 return existing
         raise JudgmentRejected("You have already judged this comparison.") from None
     return judgment
-
-
-def _live_holds_of_others(*, comparison: Comparison, annotator: User, now: datetime) -> int:
-    return (
-        Lease.objects.filter(
-            comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
-        )
-        .exclude(annotator=annotator)
-        .count()
-    )
 
 
 def _votes_changed(*, comparison: Comparison, delta: int) -> None:
