@@ -339,3 +339,36 @@ def test_it_fits_a_narrow_screen(
     judgment = Judgment.objects.get(comparison=first, annotator=annotator)
     assert judgment.chose_left is True
     assert not session.errors, session.errors
+
+
+def test_it_draws_the_quality_charts_for_a_lead(
+    open_session: Callable[..., Session],
+    project: Project,
+    annotator: User,
+    lead: User,
+    make_user: Callable[..., User],
+) -> None:
+    project_settings_update(project=project, overlap=2)
+    second_annotator = make_user("ann2")
+    membership_set(project=project, user=second_annotator, role=Role.ANNOTATOR)
+    for comparison, (x, y) in zip(
+        _comparisons(project, 3), [("a", "a"), ("a", "b"), ("b", "b")], strict=True
+    ):
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=x)
+        judgment_submit(comparison_id=comparison.pk, annotator=second_annotator, choice=y)
+
+    session = open_session(lead, f"/p/{project.slug}/quality/")
+    page = session.page
+    expect(page.locator('[data-stat="pairwise"]')).to_have_text("67%")
+    expect(page.locator("#annotator-quality tbody tr")).to_have_count(2)
+    # Every chart was drawn by the page's own script (Chart.js under the CSP, no inline code).
+    drawn = page.evaluate(
+        "Array.from(document.querySelectorAll('[data-quality-chart]'))"
+        ".map(canvas => Boolean(window.Chart && window.Chart.getChart(canvas)))"
+    )
+    assert drawn == [True, True, True, True]
+    page.select_option("#f-guideline", "1")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**guideline=1**")
+    expect(page.locator("#f-guideline")).to_have_value("1")
+    assert not session.errors, session.errors
