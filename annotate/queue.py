@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
@@ -77,19 +76,20 @@ def live_leases_of_others(
     ).exclude(annotator=annotator)
 
 
-def _judged_ids(*, project: Project, annotator: User) -> QuerySet[Judgment, Any]:
-    return Judgment.objects.filter(
+def _untouched_by(
+    comparisons: QuerySet[Comparison], *, project: Project, annotator: User
+) -> QuerySet[Comparison]:
+    """Those of `comparisons` this annotator has neither a live vote on nor skipped."""
+    judged = Judgment.objects.filter(
         annotator=annotator,
         comparison__project=project,
         kind=JudgmentKind.VOTE,
         superseded_at__isnull=True,
     ).values("comparison_id")
-
-
-def _skipped_ids(*, project: Project, annotator: User) -> QuerySet[Lease, Any]:
-    return Lease.objects.filter(
+    skipped = Lease.objects.filter(
         annotator=annotator, comparison__project=project, state=LeaseState.SKIPPED
     ).values("comparison_id")
+    return comparisons.exclude(pk__in=judged).exclude(pk__in=skipped)
 
 
 def comparisons_available(
@@ -108,15 +108,14 @@ def comparisons_available(
         .annotate(n=Count("id"))
         .values("n")
     )
+    open_ones = Comparison.objects.filter(
+        project=project,
+        status=ComparisonStatus.OPEN,
+        gold_choice="",
+        judgment_count__lt=project.overlap,
+    )
     return (
-        Comparison.objects.filter(
-            project=project,
-            status=ComparisonStatus.OPEN,
-            gold_choice="",
-            judgment_count__lt=project.overlap,
-        )
-        .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
-        .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
+        _untouched_by(open_ones, project=project, annotator=annotator)
         .annotate(live_leases=Coalesce(Subquery(live_others), 0))
         .filter(live_leases__lt=project.overlap - F("judgment_count"))
         .order_by("-round_number", "-judgment_count", "id")
@@ -144,7 +143,7 @@ def lease_held(*, project: Project, annotator: User, now: datetime) -> Lease | N
     )
 
 
-def _lease_take(
+def lease_take(
     *,
     comparison: Comparison,
     annotator: User,
@@ -153,6 +152,7 @@ def _lease_take(
     left_is_a: bool,
     is_recheck: bool = False,
 ) -> Assignment:
+    """Hold `comparison` for this annotator in the given side layout until `expires_at`."""
     # One held lease per annotator and project: taking this one releases any other.
     Lease.objects.filter(
         annotator=annotator, comparison__project_id=comparison.project_id, state=LeaseState.HELD
@@ -187,13 +187,13 @@ def _lease_take(
 
 
 def _gold_pick(*, project: Project, annotator: User, rng: random.Random) -> Comparison | None:
-    ids = list(
+    gold = (
         Comparison.objects.filter(project=project)
         .exclude(gold_choice="")
         .exclude(status=ComparisonStatus.RETIRED)
-        .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
-        .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
-        .values_list("id", flat=True)[:200]
+    )
+    ids = list(
+        _untouched_by(gold, project=project, annotator=annotator).values_list("id", flat=True)[:200]
     )
     return Comparison.objects.get(pk=rng.choice(ids)) if ids else None
 
@@ -275,7 +275,7 @@ def assignment_next(
         if project.gold_rate and rng.random() < project.gold_rate:
             gold = _gold_pick(project=project, annotator=annotator, rng=rng)
             if gold is not None:
-                return _lease_take(
+                return lease_take(
                     comparison=gold,
                     annotator=annotator,
                     now=now,
@@ -285,7 +285,7 @@ def assignment_next(
         if project.swap_recheck_rate and rng.random() < project.swap_recheck_rate:
             vote = _recheck_pick(project=project, annotator=annotator, rng=rng)
             if vote is not None:
-                return _lease_take(
+                return lease_take(
                     comparison=vote.comparison,
                     annotator=annotator,
                     now=now,
@@ -321,7 +321,7 @@ def assignment_next(
                             raise _NoSlot
                 except _NoSlot:
                     continue
-                return _lease_take(
+                return lease_take(
                     comparison=comparison,
                     annotator=annotator,
                     now=now,
@@ -362,9 +362,7 @@ def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> 
 def remaining_for_annotator(*, project: Project, annotator: User) -> int:
     """Open comparisons this annotator has neither judged nor skipped (others' leases aside:
     a count to show, cheap enough for every swap)."""
-    return (
-        Comparison.objects.filter(project=project, status=ComparisonStatus.OPEN, gold_choice="")
-        .exclude(pk__in=_judged_ids(project=project, annotator=annotator))
-        .exclude(pk__in=_skipped_ids(project=project, annotator=annotator))
-        .count()
+    open_ones = Comparison.objects.filter(
+        project=project, status=ComparisonStatus.OPEN, gold_choice=""
     )
+    return _untouched_by(open_ones, project=project, annotator=annotator).count()

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from annotate.access import project_role
@@ -41,7 +41,7 @@ from annotate.models import (
     Role,
     Split,
 )
-from annotate.queue import live_leases_of_others
+from annotate.queue import lease_take, live_leases_of_others
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -348,9 +348,10 @@ def judgment_submit(
                         raise JudgmentRejected("This idempotency key belongs to another judgment.")
                     return twin
             lease = Lease.objects.filter(comparison=comparison, annotator=annotator).first()
-            held = lease is not None and lease.state == LeaseState.HELD
-            is_recheck = held and lease is not None and lease.is_recheck and lease.expires_at > now
-            left_is_a = lease.left_is_a if held and lease is not None else comparison.left_is_a
+            held = lease if lease is not None and lease.state == LeaseState.HELD else None
+            holding = held is not None and held.expires_at > now
+            is_recheck = holding and held is not None and held.is_recheck
+            left_is_a = held.left_is_a if held is not None else comparison.left_is_a
             if side:
                 choice = choice_from_side(left_is_a=left_is_a, side=side)
                 criteria = {
@@ -383,7 +384,6 @@ def judgment_submit(
                     raise JudgmentRejected(
                         "This comparison already has all the judgments it needs."
                     )
-                holding = held and lease is not None and lease.expires_at > now
                 if (
                     not holding
                     and comparison.judgment_count
@@ -427,6 +427,10 @@ def judgment_submit(
     return judgment
 
 
+def _live_adjudications(comparison: Comparison) -> QuerySet[Judgment]:
+    return comparison.judgments.filter(kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True)
+
+
 def _votes_changed(*, comparison: Comparison, delta: int) -> None:
     """Keep the vote count, the status and the aggregated pair of a locked comparison true.
 
@@ -440,11 +444,7 @@ def _votes_changed(*, comparison: Comparison, delta: int) -> None:
     if comparison.is_gold:
         return
     # A new vote is only taken while the comparison is open, hence not adjudicated.
-    adjudicated = delta <= 0 and (
-        comparison.judgments.filter(
-            kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
-        ).exists()
-    )
+    adjudicated = delta <= 0 and _live_adjudications(comparison).exists()
     complete = adjudicated or comparison.judgment_count >= comparison.project.overlap
     status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
     was_complete = comparison.status == ComparisonStatus.COMPLETE
@@ -533,27 +533,20 @@ def judgment_undo(*, project: Project, annotator: User, judgment_id: int) -> Jud
                 f"{project.undo_seconds // 60} minutes."
             )
         comparison = Comparison.objects.select_for_update().get(pk=last.comparison_id)
-        if comparison.judgments.filter(
-            kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
-        ).exists():
+        if _live_adjudications(comparison).exists():
             raise JudgmentRejected("A reviewer has already decided this comparison.")
         now = timezone.now()
         last.superseded_at = now
         last.save(update_fields=["superseded_at", "updated_at"])
         if last.kind == JudgmentKind.VOTE:
             _votes_changed(comparison=comparison, delta=-1)
-        Lease.objects.filter(
-            annotator=annotator, comparison__project=project, state=LeaseState.HELD
-        ).exclude(comparison=comparison).update(state=LeaseState.RELEASED, updated_at=now)
-        Lease.objects.update_or_create(
+        lease_take(
             comparison=comparison,
             annotator=annotator,
-            defaults={
-                "state": LeaseState.HELD,
-                "expires_at": now + timedelta(seconds=project.lease_seconds),
-                "left_is_a": last.left_was_a,
-                "is_recheck": last.kind == JudgmentKind.RECHECK,
-            },
+            now=now,
+            expires_at=now + timedelta(seconds=project.lease_seconds),
+            left_is_a=last.left_was_a,
+            is_recheck=last.kind == JudgmentKind.RECHECK,
         )
     return last
 
@@ -573,9 +566,7 @@ def comparison_adjudicate(
         if len(rationale) > MAX_RATIONALE_CHARS:
             raise JudgmentRejected(f"A note is at most {MAX_RATIONALE_CHARS} characters.")
         now = timezone.now()
-        comparison.judgments.filter(
-            kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
-        ).update(superseded_at=now, updated_at=now)
+        _live_adjudications(comparison).update(superseded_at=now, updated_at=now)
         judgment = Judgment.objects.create(
             comparison=comparison,
             annotator=reviewer,

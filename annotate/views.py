@@ -84,10 +84,10 @@ def _pair_context(
     assignment = assignment_next(
         project=project, annotator=request.user, holds_nothing=holds_nothing
     )
-    guideline = guideline_current(project=project)
+    # The judgment just made was recorded under the current guidelines: no need to read them.
+    guideline = judged.guideline if judged is not None else guideline_current(project=project)
     membership = Membership.objects.filter(project=project, user=request.user).first()
     seen = membership.guideline_seen_version if membership else None
-    role = Role.LEAD if request.user.is_superuser else Role(membership.role) if membership else None
     unseen = (
         list(project.guidelines.filter(version__gt=seen).order_by("version"))
         if guideline is not None and seen is not None and seen < guideline.version
@@ -96,7 +96,6 @@ def _pair_context(
     return _page_context(
         request,
         project,
-        role=role,
         assignment=assignment,
         comparison=assignment.comparison if assignment else None,
         guideline=guideline,
@@ -259,7 +258,7 @@ def guidelines(request: AuthedRequest, slug: str) -> HttpResponse:
                 messages.success(request, f"Published guidelines v{published.version}.")
                 return redirect("guidelines", slug=project.slug)
     elif request.method == "POST":
-        access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+        access_project(user=request.user, slug=slug, min_role=Role.LEAD)  # publishing: a 404
     return render(
         request,
         "annotate/guidelines.html",

@@ -96,6 +96,19 @@ def open_session(browser: Browser, live_server: LiveServer) -> Iterator[Callable
         context.close()
 
 
+def _voted_by_two(
+    project: Project, first: User, second: User, votes: list[tuple[str, str]]
+) -> list[Comparison]:
+    """Overlap 2, and one comparison per (first's, second's) vote, judged by both."""
+    project_settings_update(project=project, overlap=2)
+    membership_set(project=project, user=second, role=Role.ANNOTATOR)
+    comparisons = _comparisons(project, len(votes))
+    for comparison, (x, y) in zip(comparisons, votes, strict=True):
+        judgment_submit(comparison_id=comparison.pk, annotator=first, choice=x)
+        judgment_submit(comparison_id=comparison.pk, annotator=second, choice=y)
+    return comparisons
+
+
 def _comparisons(project: Project, count: int) -> list[Comparison]:
     prompts = list(project.prompts.filter(split="train")[:count])
     return [
@@ -224,12 +237,7 @@ def test_it_lets_a_lead_adjudicate_and_send_back_a_split_vote(
     lead: User,
     make_user: Callable[..., User],
 ) -> None:
-    project_settings_update(project=project, overlap=2)
-    second_annotator = make_user("ann2")
-    membership_set(project=project, user=second_annotator, role=Role.ANNOTATOR)
-    (comparison,) = _comparisons(project, 1)
-    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    judgment_submit(comparison_id=comparison.pk, annotator=second_annotator, choice="b")
+    (comparison,) = _voted_by_two(project, annotator, make_user("ann2"), [("a", "b")])
     originals = list(Judgment.objects.filter(comparison=comparison).values_list("pk", flat=True))
 
     session = open_session(lead, f"/p/{project.slug}/review/")
@@ -348,14 +356,7 @@ def test_it_draws_the_quality_charts_for_a_lead(
     lead: User,
     make_user: Callable[..., User],
 ) -> None:
-    project_settings_update(project=project, overlap=2)
-    second_annotator = make_user("ann2")
-    membership_set(project=project, user=second_annotator, role=Role.ANNOTATOR)
-    for comparison, (x, y) in zip(
-        _comparisons(project, 3), [("a", "a"), ("a", "b"), ("b", "b")], strict=True
-    ):
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=x)
-        judgment_submit(comparison_id=comparison.pk, annotator=second_annotator, choice=y)
+    _voted_by_two(project, annotator, make_user("ann2"), [("a", "a"), ("a", "b"), ("b", "b")])
 
     session = open_session(lead, f"/p/{project.slug}/quality/")
     page = session.page
