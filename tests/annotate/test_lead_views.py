@@ -161,3 +161,30 @@ def test_it_adds_members_and_names_an_unknown_user(
     assert added.status_code == 302
     membership = Membership.objects.get(user__username="newbie")
     assert (membership.role, membership.quota) == ("reviewer", 50)
+
+
+def test_it_removes_a_member_but_never_the_lead_themselves(
+    project: Project, lead: User, annotator: User
+) -> None:
+    client = _client(lead)
+    assert client.post(f"/p/{project.slug}/members/", {"remove": lead.pk}).status_code == 302
+    assert Membership.objects.filter(user=lead, project=project).exists()
+    assert client.post(f"/p/{project.slug}/members/", {"remove": annotator.pk}).status_code == 302
+    assert not Membership.objects.filter(user=annotator, project=project).exists()
+    # Out of the project, the annotator's pages are a 404 now.
+    assert _client(annotator).get(f"/p/{project.slug}/annotate/").status_code == 404
+
+
+def test_it_lets_a_lead_make_a_gold_item_and_names_a_bad_answer(
+    project: Project, lead: User
+) -> None:
+    comparison = comparison_make(project.prompts.filter(split="train").first())
+    client = _client(lead)
+    bad = client.post(f"/p/{project.slug}/review/{comparison.pk}/gold/", {"gold_choice": "left"})
+    assert bad.status_code == 422 and "Select a valid choice" in bad.content.decode()
+    comparison.refresh_from_db()
+    assert comparison.gold_choice == ""
+    ok = client.post(f"/p/{project.slug}/review/{comparison.pk}/gold/", {"gold_choice": "b"})
+    assert ok.status_code == 302
+    comparison.refresh_from_db()
+    assert comparison.gold_choice == "b"
