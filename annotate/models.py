@@ -289,7 +289,12 @@ class Lease(models.Model):
                 fields=["comparison", "annotator"], name="lease_unique_per_annotator"
             ),
         ]
-        indexes = [models.Index(fields=["comparison", "state", "expires_at"])]
+        indexes = [
+            models.Index(fields=["comparison", "state", "expires_at"]),
+            # The lease an annotator holds, the pairs they skipped: found without reading
+            # their whole history.
+            models.Index(fields=["annotator", "state", "comparison"], name="lease_annotator_state"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.annotator} {self.state} {self.comparison_id}"
@@ -305,6 +310,11 @@ class Judgment(models.Model):
     """One annotator's answer. Undo and send-back supersede it: it stays, but no longer counts."""
 
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
+    # The comparison's project, kept on the row: an annotator's counts and "have I judged it"
+    # are then index lookups, not joins over their whole history.
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="judgments", editable=False
+    )
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
     )
@@ -331,7 +341,16 @@ class Judgment(models.Model):
                 name="judgment_one_live_per_annotator_and_kind",
             ),
         ]
-        indexes = [models.Index(fields=["annotator", "created_at"])]
+        indexes = [
+            models.Index(fields=["annotator", "created_at"]),
+            # An annotator's live votes in a project: counted for their progress, and the set
+            # the queue keeps them away from (read whole from the index).
+            models.Index(
+                fields=["project", "annotator", "comparison"],
+                condition=Q(kind="vote", superseded_at__isnull=True),
+                name="judgment_live_votes",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.annotator} on {self.comparison_id}: {self.choice}"

@@ -16,15 +16,17 @@ wait on each other; on SQLite the IMMEDIATE transaction serialises the whole cla
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import OuterRef, QuerySet
 from django.utils import timezone
 
+from annotate import sql
 from annotate.models import (
     Comparison,
     ComparisonStatus,
@@ -33,11 +35,15 @@ from annotate.models import (
     Lease,
     LeaseState,
     Project,
+    Prompt,
     Response,
 )
 
 # How many candidates one claim looks at; more than enough for SKIP LOCKED to find a free one.
 CANDIDATE_WINDOW = 16
+# Pages count the pairs available to an annotator up to this many ("50+" beyond): an exact
+# count would walk every open comparison with each pair shown.
+AVAILABLE_CAP = 50
 
 SKIP_REASONS = (
     "Cannot tell which is better",
@@ -54,6 +60,9 @@ class Assignment:
     comparison: Comparison
     left_is_a: bool
     is_recheck: bool = False
+    # How many pairs the claim found available (this one included), counted up to
+    # AVAILABLE_CAP + 1; None when it did not look (a held lease, a gold item, a re-check).
+    available: int | None = field(default=None, compare=False)
 
     @property
     def left(self) -> Response:
@@ -70,7 +79,7 @@ def live_leases_of_others(
     *, comparison: Comparison | OuterRef, annotator: User, now: datetime
 ) -> QuerySet[Lease]:
     """The leases that reserve a slot of this comparison for someone else right now (a swapped
-    re-check reserves none: it is no vote)."""
+    re-check reserves none: it is no vote). `LIVE_OTHERS_SQL` says the same in SQL."""
     return Lease.objects.filter(
         comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
     ).exclude(annotator=annotator)
@@ -82,7 +91,7 @@ def _untouched_by(
     """Those of `comparisons` this annotator has neither a live vote on nor skipped."""
     judged = Judgment.objects.filter(
         annotator=annotator,
-        comparison__project=project,
+        project=project,
         kind=JudgmentKind.VOTE,
         superseded_at__isnull=True,
     ).values("comparison_id")
@@ -92,54 +101,122 @@ def _untouched_by(
     return comparisons.exclude(pk__in=judged).exclude(pk__in=skipped)
 
 
-def comparisons_available(
-    *, project: Project, annotator: User, now: datetime
-) -> QuerySet[Comparison]:
-    """Ordinary (non-gold) comparisons this annotator may be handed, best first.
+# The same rules in SQL, for the claim (see annotate/sql.py for why). `c` is the comparison;
+# parameters: JUDGED_BY_SQL the annotator id, LIVE_OTHERS_SQL (now, False, annotator id).
+JUDGED_BY_SQL = (
+    f"EXISTS (SELECT 1 FROM {sql.JUDGMENT} j WHERE j.comparison_id = c.id AND j.annotator_id = %s"
+    " AND j.kind = 'vote' AND j.superseded_at IS NULL)"
+)
+LIVE_OTHERS_SQL = (
+    f"(SELECT count(*) FROM {sql.LEASE} o WHERE o.comparison_id = c.id AND o.state = 'held'"
+    " AND o.expires_at > %s AND o.is_recheck = %s AND o.annotator_id <> %s)"
+)
+# The columns an assignment is drawn from: the comparison, its prompt and both responses.
+_PAIR_COLUMNS = (
+    "c.id, c.project_id, c.prompt_id, c.response_a_id, c.response_b_id, c.left_is_a,"
+    " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count,"
+    " p.messages, ra.text, rb.text"
+)
+_PAIR_JOINS = (
+    f" JOIN {sql.PROMPT} p ON p.id = c.prompt_id JOIN {sql.RESPONSE} ra ON ra.id = c.response_a_id"
+    f" JOIN {sql.RESPONSE} rb ON rb.id = c.response_b_id"
+)
+_COMPARISON_FIELDS = (
+    "id",
+    "project_id",
+    "prompt_id",
+    "response_a_id",
+    "response_b_id",
+    "left_is_a",
+    "round_number",
+    "purpose",
+    "gold_choice",
+    "status",
+    "judgment_count",
+)
 
-    Shaped for an index walk in the queue's order that stops at the first few matches: the
-    live leases of others are counted per row by a correlated subquery, not by grouping a
-    join over every open comparison.
+
+def _comparison_from_row(row: Sequence[Any]) -> Comparison:
+    """A comparison with its prompt and responses, as `_PAIR_COLUMNS` reads them."""
+    comparison = sql.instance(Comparison, dict(zip(_COMPARISON_FIELDS, row, strict=False)))
+    messages, text_a, text_b = row[len(_COMPARISON_FIELDS) :]
+    prompt_id, project_id = comparison.prompt_id, comparison.project_id
+    comparison.prompt = sql.instance(
+        Prompt, {"id": prompt_id, "project_id": project_id, "messages": messages}
+    )
+    comparison.response_a = sql.instance(
+        Response, {"id": comparison.response_a_id, "prompt_id": prompt_id, "text": text_a}
+    )
+    comparison.response_b = sql.instance(
+        Response, {"id": comparison.response_b_id, "prompt_id": prompt_id, "text": text_b}
+    )
+    return comparison
+
+
+def available_ids(
+    *, project: Project, annotator: User, now: datetime, limit: int = CANDIDATE_WINDOW
+) -> list[int]:
+    """Ordinary (non-gold) comparisons this annotator may be handed now, best first: open, not
+    judged or skipped by them, and with a slot that neither votes nor others' leases take.
+
+    Shaped for an index walk in the queue's order (`comparison_queue_order`) that stops at
+    `limit` matches; the per-row tests are index probes.
     """
-    live_others = (
-        live_leases_of_others(comparison=OuterRef("pk"), annotator=annotator, now=now)
-        .order_by()
-        .values("comparison")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
-    open_ones = Comparison.objects.filter(
-        project=project,
-        status=ComparisonStatus.OPEN,
-        gold_choice="",
-        judgment_count__lt=project.overlap,
-    )
-    return (
-        _untouched_by(open_ones, project=project, annotator=annotator)
-        .annotate(live_leases=Coalesce(Subquery(live_others), 0))
-        .filter(live_leases__lt=project.overlap - F("judgment_count"))
-        .order_by("-round_number", "-judgment_count", "id")
+    return [
+        row[0]
+        for row in sql.rows(
+            f"SELECT c.id FROM {sql.COMPARISON} c"
+            " WHERE c.project_id = %s AND c.status = 'open' AND c.judgment_count < %s"
+            # The annotator's votes and skips as two sets built once per statement (hashed),
+            # not a probe per row walked: the walk passes every open pair they judged.
+            f" AND c.gold_choice = '' AND c.id NOT IN (SELECT j.comparison_id FROM {sql.JUDGMENT} j"
+            " WHERE j.project_id = %s AND j.annotator_id = %s AND j.kind = 'vote'"
+            " AND j.superseded_at IS NULL) AND c.id NOT IN (SELECT s.comparison_id"
+            f" FROM {sql.LEASE} s WHERE s.annotator_id = %s AND s.state = 'skipped')"
+            f" AND c.judgment_count + {LIVE_OTHERS_SQL} < %s"
+            " ORDER BY c.round_number DESC, c.judgment_count DESC, c.id LIMIT %s",
+            [
+                project.pk,
+                project.overlap,
+                project.pk,
+                annotator.pk,
+                annotator.pk,
+                sql.timestamp(now),
+                False,
+                annotator.pk,
+                project.overlap,
+                limit,
+            ],
+        )
+    ]
+
+
+def remaining_for_annotator(*, project: Project, annotator: User) -> int:
+    """How many comparisons this annotator can be handed now (the one they hold included),
+    counted up to AVAILABLE_CAP + 1."""
+    return len(
+        available_ids(
+            project=project, annotator=annotator, now=timezone.now(), limit=AVAILABLE_CAP + 1
+        )
     )
 
 
-def lease_held(*, project: Project, annotator: User, now: datetime) -> Lease | None:
-    """The live lease this annotator holds in the project, if its comparison still wants it."""
-    return (
-        Lease.objects.select_related("comparison__response_a", "comparison__response_b")
-        .select_related("comparison__prompt")
-        .filter(
-            annotator=annotator,
-            comparison__project=project,
-            state=LeaseState.HELD,
-            expires_at__gt=now,
-        )
-        .filter(
-            Q(comparison__status=ComparisonStatus.OPEN)
-            | (Q(is_recheck=True) | ~Q(comparison__gold_choice=""))
-            & ~Q(comparison__status=ComparisonStatus.RETIRED)
-        )
-        .order_by("-updated_at")
-        .first()
+def lease_held(*, project: Project, annotator: User, now: datetime) -> Assignment | None:
+    """The live lease this annotator holds in the project, if its comparison still wants it:
+    open, or (a gold item or a re-check) not retired."""
+    row = sql.one(
+        f"SELECT {_PAIR_COLUMNS}, l.left_is_a, l.is_recheck FROM {sql.LEASE} l"
+        f" JOIN {sql.COMPARISON} c ON c.id = l.comparison_id{_PAIR_JOINS}"
+        " WHERE l.annotator_id = %s AND l.state = 'held' AND l.expires_at > %s"
+        " AND c.project_id = %s AND (c.status = 'open' OR ((l.is_recheck = %s"
+        " OR c.gold_choice <> '') AND c.status <> 'retired'))"
+        " ORDER BY l.updated_at DESC LIMIT 1",
+        [annotator.pk, sql.timestamp(now), project.pk, True],
+    )
+    if row is None:
+        return None
+    return Assignment(
+        comparison=_comparison_from_row(row[:-2]), left_is_a=bool(row[-2]), is_recheck=bool(row[-1])
     )
 
 
@@ -153,35 +230,21 @@ def lease_take(
     is_recheck: bool = False,
 ) -> Assignment:
     """Hold `comparison` for this annotator in the given side layout until `expires_at`."""
+    at = sql.timestamp(now)
     # One held lease per annotator and project: taking this one releases any other.
-    Lease.objects.filter(
-        annotator=annotator, comparison__project_id=comparison.project_id, state=LeaseState.HELD
-    ).exclude(comparison=comparison).update(state=LeaseState.RELEASED, updated_at=now)
-    # One statement either way (INSERT ... ON CONFLICT DO UPDATE), on PostgreSQL and SQLite.
-    Lease.objects.bulk_create(
-        [
-            Lease(
-                comparison=comparison,
-                annotator=annotator,
-                state=LeaseState.HELD,
-                expires_at=expires_at,
-                skip_reason="",
-                left_is_a=left_is_a,
-                is_recheck=is_recheck,
-                created_at=now,
-                updated_at=now,
-            )
-        ],
-        update_conflicts=True,
-        unique_fields=["comparison", "annotator"],
-        update_fields=[
-            "state",
-            "expires_at",
-            "skip_reason",
-            "left_is_a",
-            "is_recheck",
-            "updated_at",
-        ],
+    sql.execute(
+        f"UPDATE {sql.LEASE} SET state = 'released', updated_at = %s"
+        " WHERE annotator_id = %s AND state = 'held' AND comparison_id <> %s"
+        f" AND comparison_id IN (SELECT id FROM {sql.COMPARISON} WHERE project_id = %s)",
+        [at, annotator.pk, comparison.pk, comparison.project_id],
+    )
+    sql.execute(
+        f"INSERT INTO {sql.LEASE} (comparison_id, annotator_id, state, expires_at, skip_reason,"
+        " left_is_a, is_recheck, created_at, updated_at) VALUES (%s, %s, 'held', %s, '', %s, %s,"
+        " %s, %s) ON CONFLICT (comparison_id, annotator_id) DO UPDATE SET state = 'held',"
+        " expires_at = excluded.expires_at, skip_reason = '', left_is_a = excluded.left_is_a,"
+        " is_recheck = excluded.is_recheck, updated_at = excluded.updated_at",
+        [comparison.pk, annotator.pk, sql.timestamp(expires_at), left_is_a, is_recheck, at, at],
     )
     return Assignment(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck)
 
@@ -224,29 +287,28 @@ class _NoSlot(Exception):
 
 
 def _candidate_lock(*, comparison_id: int, skip_locked: bool) -> Comparison | None:
-    rows = Comparison.objects.filter(pk=comparison_id).select_related(
-        "prompt", "response_a", "response_b"
+    """The comparison row, locked (the joined prompt and responses are not)."""
+    row = sql.one(
+        f"SELECT {_PAIR_COLUMNS} FROM {sql.COMPARISON} c{_PAIR_JOINS} WHERE c.id = %s"
+        + sql.for_update(skip_locked=skip_locked, of="c"),
+        [comparison_id],
     )
-    if connection.features.has_select_for_update:
-        # Lock the comparison row only, not the joined prompt and responses.
-        of = ("self",) if connection.features.has_select_for_update_of else ()
-        rows = rows.select_for_update(skip_locked=skip_locked, of=of)
-    return rows.first()
+    return _comparison_from_row(row) if row is not None else None
 
 
 def _slot_free(*, comparison: Comparison, project: Project, annotator: User, now: datetime) -> bool:
-    """Re-checked under the row lock: the state may have moved since the candidates were read."""
+    """Re-checked under the row lock, in a statement of its own (so with a snapshot taken
+    after the lock): the state may have moved since the candidates were read."""
     if comparison.status != ComparisonStatus.OPEN:
         return False
-    if Judgment.objects.filter(
-        comparison=comparison,
-        annotator=annotator,
-        kind=JudgmentKind.VOTE,
-        superseded_at__isnull=True,
-    ).exists():
-        return False  # this annotator's own submit of it committed meanwhile
-    live = live_leases_of_others(comparison=comparison, annotator=annotator, now=now).count()
-    return comparison.judgment_count + live < project.overlap
+    row = sql.one(
+        f"SELECT {JUDGED_BY_SQL}, {LIVE_OTHERS_SQL} FROM {sql.COMPARISON} c WHERE c.id = %s",
+        [annotator.pk, sql.timestamp(now), False, annotator.pk, comparison.pk],
+    )
+    assert row is not None
+    judged, live = row
+    # judged: this annotator's own submit of it committed meanwhile
+    return not judged and comparison.judgment_count + live < project.overlap
 
 
 def assignment_next(
@@ -267,9 +329,7 @@ def assignment_next(
     rng = rng or random.Random()
     held = None if holds_nothing else lease_held(project=project, annotator=annotator, now=now)
     if held is not None:
-        return Assignment(
-            comparison=held.comparison, left_is_a=held.left_is_a, is_recheck=held.is_recheck
-        )
+        return held
     expires_at = now + timedelta(seconds=project.lease_seconds)
     with transaction.atomic():
         if project.gold_rate and rng.random() < project.gold_rate:
@@ -293,8 +353,8 @@ def assignment_next(
                     left_is_a=not vote.left_was_a,
                     is_recheck=True,
                 )
-        candidates = comparisons_available(project=project, annotator=annotator, now=now)
-        ids = list(candidates.values_list("id", flat=True)[:CANDIDATE_WINDOW])
+        # One walk serves both: the first candidates to claim, and the count the page shows.
+        ids = available_ids(project=project, annotator=annotator, now=now, limit=AVAILABLE_CAP + 1)
         if not ids:
             return None
         # Lock one candidate at a time, best first: locking the whole window at once would
@@ -308,7 +368,7 @@ def assignment_next(
         passes = [True, False] if connection.features.has_select_for_update_skip_locked else [False]
         for skip in passes:
             skipped = False
-            for comparison_id in ids:
+            for comparison_id in ids[:CANDIDATE_WINDOW]:
                 try:
                     with transaction.atomic(savepoint=row_locks):
                         comparison = _candidate_lock(comparison_id=comparison_id, skip_locked=skip)
@@ -321,13 +381,14 @@ def assignment_next(
                             raise _NoSlot
                 except _NoSlot:
                     continue
-                return lease_take(
+                taken = lease_take(
                     comparison=comparison,
                     annotator=annotator,
                     now=now,
                     expires_at=expires_at,
                     left_is_a=comparison.left_is_a,
                 )
+                return replace(taken, available=len(ids))
             if not skipped:
                 break
     return None
@@ -357,12 +418,3 @@ def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> 
         },
     )
     return lease
-
-
-def remaining_for_annotator(*, project: Project, annotator: User) -> int:
-    """Open comparisons this annotator has neither judged nor skipped (others' leases aside:
-    a count to show, cheap enough for every swap)."""
-    open_ones = Comparison.objects.filter(
-        project=project, status=ComparisonStatus.OPEN, gold_choice=""
-    )
-    return _untouched_by(open_ones, project=project, annotator=annotator).count()

@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, Q
 
+from annotate import sql
 from annotate.access import project_role, projects_for_user
 from annotate.models import (
     Choice,
@@ -16,7 +17,6 @@ from annotate.models import (
     Guideline,
     Judgment,
     JudgmentKind,
-    Membership,
     PairKind,
     PreferencePair,
     Project,
@@ -24,14 +24,23 @@ from annotate.models import (
     Split,
 )
 from annotate.quality import QualityReport, project_quality
-from annotate.queue import remaining_for_annotator
+from annotate.queue import AVAILABLE_CAP, remaining_for_annotator
 
 
 @dataclass(frozen=True)
 class ProjectCard:
     project: Project
     role: str
-    remaining: int
+    remaining: int  # counted up to AVAILABLE_CAP + 1
+
+    @property
+    def remaining_label(self) -> str:
+        return remaining_label(self.remaining)
+
+
+def remaining_label(remaining: int) -> str:
+    """A count of available pairs as the pages show it: exact up to the cap, "50+" beyond."""
+    return f"{AVAILABLE_CAP}+" if remaining > AVAILABLE_CAP else str(remaining)
 
 
 def project_cards_for_user(*, user: User | AnonymousUser) -> list[ProjectCard]:
@@ -51,24 +60,45 @@ def project_cards_for_user(*, user: User | AnonymousUser) -> list[ProjectCard]:
 
 @dataclass(frozen=True)
 class AnnotatorProgress:
-    judged: int
-    remaining: int
+    """Where an annotator stands in a project: what the pair page shows with every pair."""
+
+    judged: int  # live votes
+    remaining: int  # pairs they can be handed now (the held one included), up to the cap + 1
     quota: int | None
+    guideline_version: int | None  # the project's current guidelines, None before any
+    guideline_seen_version: int | None  # None when not a member (a site admin)
+
+    @property
+    def remaining_label(self) -> str:
+        return remaining_label(self.remaining)
 
 
 def annotator_progress(
-    *, project: Project, annotator: User, membership: Membership | None = None
+    *, project: Project, annotator: User, remaining: int | None = None
 ) -> AnnotatorProgress:
-    membership = membership or project.memberships.filter(user=annotator).first()
+    """`remaining`: the count of available pairs when the caller has it already (a claim
+    counts them as it looks for one)."""
+    # Plain SQL: this runs with every pair an annotator is shown.
+    row = sql.one(
+        f"SELECT (SELECT count(*) FROM {sql.JUDGMENT} j WHERE j.project_id = %s"
+        " AND j.annotator_id = %s AND j.kind = 'vote' AND j.superseded_at IS NULL),"
+        f" (SELECT max(g.version) FROM {sql.GUIDELINE} g WHERE g.project_id = %s),"
+        f" m.quota, m.guideline_seen_version FROM {sql.USER} u LEFT JOIN {sql.MEMBERSHIP} m"
+        " ON m.project_id = %s AND m.user_id = u.id WHERE u.id = %s",
+        [project.pk, annotator.pk, project.pk, project.pk, annotator.pk],
+    )
+    assert row is not None
+    judged, guideline_version, quota, seen = row
     return AnnotatorProgress(
-        judged=Judgment.objects.filter(
-            comparison__project=project,
-            annotator=annotator,
-            kind=JudgmentKind.VOTE,
-            superseded_at__isnull=True,
-        ).count(),
-        remaining=remaining_for_annotator(project=project, annotator=annotator),
-        quota=membership.quota if membership else None,
+        judged=judged,
+        remaining=(
+            remaining
+            if remaining is not None
+            else remaining_for_annotator(project=project, annotator=annotator)
+        ),
+        quota=quota,
+        guideline_version=guideline_version,
+        guideline_seen_version=seen,
     )
 
 

@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from annotate import sql
 from annotate.access import project_role
 from annotate.models import (
     Choice,
@@ -26,7 +27,6 @@ from annotate.models import (
     Guideline,
     Judgment,
     JudgmentKind,
-    Lease,
     LeaseState,
     Membership,
     PairKind,
@@ -41,7 +41,7 @@ from annotate.models import (
     Role,
     Split,
 )
-from annotate.queue import lease_take, live_leases_of_others
+from annotate.queue import JUDGED_BY_SQL, LIVE_OTHERS_SQL, lease_take
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -299,10 +299,15 @@ def choice_from_side(*, left_is_a: bool, side: str) -> Choice:
     return Choice(side)
 
 
+class ComparisonMissing(JudgmentRejected):
+    """No such comparison, or not in the project given."""
+
+
 def judgment_submit(
     *,
     comparison_id: int,
     annotator: User,
+    project: Project | None = None,
     choice: str = "",
     side: str = "",
     idempotency_key: str | None = None,
@@ -316,42 +321,70 @@ def judgment_submit(
     """Record one annotator's judgment of a comparison.
 
     Give either `choice` (a / b / tie / both_bad) or `side` (left / right / tie / both_bad, in
-    the layout this annotator's lease shows; criteria values are sides too). A retried submit
-    with the same idempotency key returns the first judgment unchanged. Votes never exceed the
-    project's overlap (gold items excepted: everyone answers them); one live vote per
-    (annotator, comparison). A held swapped re-check lease makes this a re-check, which never
-    counts as a vote. A vote from someone without a live lease is taken only while the pair has
-    a slot that no live lease of another annotator holds.
+    the layout this annotator's lease shows; criteria values are sides too). With `project`,
+    a comparison of another project is refused as missing (ComparisonMissing). A retried
+    submit with the same idempotency key returns the first judgment unchanged. Votes never
+    exceed the project's overlap (gold items excepted: everyone answers them); one live vote
+    per (annotator, comparison). A held swapped re-check lease makes this a re-check, which
+    never counts as a vote. A vote from someone without a live lease is taken only while the
+    pair has a slot that no live lease of another annotator holds.
+
+    The judging hot path: plain SQL (annotate/sql.py), five statements for a vote.
     """
     if bool(choice) == bool(side):
         raise JudgmentRejected("Give exactly one of a choice (a/b/tie/both_bad) or a side.")
     now = now or timezone.now()
+    at = sql.timestamp(now)
     try:
         with transaction.atomic():
-            comparison = (
-                Comparison.objects.select_for_update()
-                .select_related("project")
-                .filter(pk=comparison_id)
-                .first()
+            row = sql.one(
+                f"SELECT {', '.join(_LOCKED_FIELDS[1:])} FROM {sql.COMPARISON} WHERE id = %s"
+                + sql.for_update(),
+                [comparison_id],
             )
-            if comparison is None:
-                raise JudgmentRejected(f"There is no comparison {comparison_id}.")
-            project = comparison.project
+            if row is None or (project is not None and row[0] != project.pk):
+                where = " in this project" if project is not None else ""
+                raise ComparisonMissing(f"There is no comparison {comparison_id}{where}.")
+            comparison = sql.instance(
+                Comparison, dict(zip(_LOCKED_FIELDS, (comparison_id, *row), strict=True))
+            )
+            if project is None:
+                project = Project.objects.get(pk=comparison.project_id)
+            comparison.project = project
             if project_role(user=annotator, project=project) is None:
                 raise JudgmentRejected("You are not a member of this project.")
-            if idempotency_key:
-                # Looked up under the lock: a twin of this request may have committed while
-                # we waited for it.
-                twin = Judgment.objects.filter(idempotency_key=idempotency_key).first()
-                if twin is not None:
-                    if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
-                        raise JudgmentRejected("This idempotency key belongs to another judgment.")
-                    return twin
-            lease = Lease.objects.filter(comparison=comparison, annotator=annotator).first()
-            held = lease if lease is not None and lease.state == LeaseState.HELD else None
-            holding = held is not None and held.expires_at > now
-            is_recheck = holding and held is not None and held.is_recheck
-            left_is_a = held.left_is_a if held is not None else comparison.left_is_a
+            # Read after the lock, so with a snapshot that sees every commit before it: a twin
+            # of this request or another claim may have committed while we waited.
+            state = sql.one(
+                "SELECT l.state, l.left_is_a, l.is_recheck, l.expires_at > %s,"
+                f" (SELECT t.id FROM {sql.JUDGMENT} t WHERE t.idempotency_key = %s),"
+                f" (SELECT g.id FROM {sql.GUIDELINE} g WHERE g.project_id = c.project_id"
+                f" ORDER BY g.version DESC LIMIT 1), {LIVE_OTHERS_SQL}, {JUDGED_BY_SQL}"
+                f" FROM {sql.COMPARISON} c LEFT JOIN {sql.LEASE} l"
+                " ON l.comparison_id = c.id AND l.annotator_id = %s WHERE c.id = %s",
+                [
+                    at,
+                    idempotency_key,
+                    at,
+                    False,
+                    annotator.pk,
+                    annotator.pk,
+                    annotator.pk,
+                    comparison_id,
+                ],
+            )
+            assert state is not None
+            lease_state, lease_left_is_a, lease_recheck, lease_live = state[:4]
+            twin_id, guideline_id, live_others, judged_already = state[4:]
+            if twin_id is not None:
+                twin = Judgment.objects.get(pk=twin_id)
+                if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
+                    raise JudgmentRejected("This idempotency key belongs to another judgment.")
+                return twin
+            held = lease_state == LeaseState.HELD
+            holding = held and bool(lease_live)
+            is_recheck = holding and bool(lease_recheck)
+            left_is_a = bool(lease_left_is_a) if held else comparison.left_is_a
             if side:
                 choice = choice_from_side(left_is_a=left_is_a, side=side)
                 criteria = {
@@ -369,37 +402,27 @@ def judgment_submit(
                 time_spent_ms=time_spent_ms,
             )
             kind = JudgmentKind.RECHECK if is_recheck else JudgmentKind.VOTE
-            # A second live judgment of the same kind is refused by the unique constraint
-            # (the IntegrityError below): no query needed to find it first.
             counts = kind == JudgmentKind.VOTE
+            if counts and judged_already:
+                raise JudgmentRejected("You have already judged this comparison.")
             if counts and not comparison.is_gold:
                 if (
                     comparison.status != ComparisonStatus.OPEN
                     or comparison.judgment_count >= project.overlap
                 ):
-                    if comparison.judgments.filter(
-                        annotator=annotator, kind=kind, superseded_at__isnull=True
-                    ).exists():
-                        raise JudgmentRejected("You have already judged this comparison.")
                     raise JudgmentRejected(
                         "This comparison already has all the judgments it needs."
                     )
-                if (
-                    not holding
-                    and comparison.judgment_count
-                    + live_leases_of_others(
-                        comparison=comparison, annotator=annotator, now=now
-                    ).count()
-                    >= project.overlap
-                ):
+                if not holding and comparison.judgment_count + live_others >= project.overlap:
                     # The remaining slots are leased to others: their work goes first.
                     raise JudgmentRejected(
                         "Your hold on this pair expired and it went to another annotator."
                     )
             elif comparison.status == ComparisonStatus.RETIRED:
                 raise JudgmentRejected("This comparison has been retired.")
-            judgment = Judgment.objects.create(
+            judgment = Judgment(
                 comparison=comparison,
+                project=project,
                 annotator=annotator,
                 kind=kind,
                 choice=choice_value,
@@ -409,13 +432,19 @@ def judgment_submit(
                 rationale=rationale.strip(),
                 reason_tags=list(dict.fromkeys(reason_tags)),
                 time_spent_ms=time_spent_ms,
-                guideline=guideline_current(project=project),
+                guideline_id=guideline_id,
                 idempotency_key=idempotency_key or None,
+                superseded_at=None,
+                created_at=now,
+                updated_at=now,
             )
+            _judgment_insert(judgment)
             if counts:
                 _votes_changed(comparison=comparison, delta=1)
-            Lease.objects.filter(comparison=comparison, annotator=annotator).update(
-                state=LeaseState.SUBMITTED, updated_at=now
+            sql.execute(
+                f"UPDATE {sql.LEASE} SET state = 'submitted', updated_at = %s"
+                " WHERE comparison_id = %s AND annotator_id = %s",
+                [at, comparison_id, annotator.pk],
             )
     except IntegrityError:
         # A concurrent twin of this submit won the race (same key or same annotator).
@@ -427,6 +456,50 @@ def judgment_submit(
     return judgment
 
 
+# What judgment_submit reads of the comparison it locks.
+_LOCKED_FIELDS = (
+    "id",
+    "project_id",
+    "status",
+    "judgment_count",
+    "gold_choice",
+    "left_is_a",
+    "response_a_id",
+    "response_b_id",
+)
+
+
+def _judgment_insert(judgment: Judgment) -> None:
+    """INSERT a judgment built in memory (every field set) and give it its id."""
+    row = sql.one(
+        f"INSERT INTO {sql.JUDGMENT} (comparison_id, project_id, annotator_id, kind, choice,"
+        " left_was_a, strength, criteria, rationale, reason_tags, time_spent_ms, guideline_id,"
+        " idempotency_key, superseded_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s,"
+        " %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s) RETURNING id",
+        [
+            judgment.comparison_id,
+            judgment.project_id,
+            judgment.annotator_id,
+            judgment.kind,
+            judgment.choice,
+            judgment.left_was_a,
+            judgment.strength,
+            json.dumps(judgment.criteria),
+            judgment.rationale,
+            json.dumps(judgment.reason_tags),
+            judgment.time_spent_ms,
+            judgment.guideline_id,
+            judgment.idempotency_key,
+            sql.timestamp(judgment.created_at),
+            sql.timestamp(judgment.updated_at),
+        ],
+    )
+    assert row is not None
+    judgment.pk = row[0]
+    judgment._state.adding = False
+    judgment._state.db = "default"
+
+
 def _live_adjudications(comparison: Comparison) -> QuerySet[Judgment]:
     return comparison.judgments.filter(kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True)
 
@@ -436,21 +509,22 @@ def _votes_changed(*, comparison: Comparison, delta: int) -> None:
 
     The caller holds the comparison's row lock, so its in-memory count is the database's.
     """
-    if delta:
-        comparison.judgment_count += delta
-        Comparison.objects.filter(pk=comparison.pk).update(
-            judgment_count=F("judgment_count") + delta
-        )
+    comparison.judgment_count += delta
+    was_complete = comparison.status == ComparisonStatus.COMPLETE
+    complete = False
+    if not comparison.is_gold:
+        # A new vote is only taken while the comparison is open, hence not adjudicated.
+        adjudicated = delta <= 0 and _live_adjudications(comparison).exists()
+        complete = adjudicated or comparison.judgment_count >= comparison.project.overlap
+        if comparison.status != ComparisonStatus.RETIRED:
+            comparison.status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
+    # One statement for both (the judging hot path runs this for every vote).
+    sql.execute(
+        f"UPDATE {sql.COMPARISON} SET judgment_count = %s, status = %s WHERE id = %s",
+        [comparison.judgment_count, comparison.status, comparison.pk],
+    )
     if comparison.is_gold:
         return
-    # A new vote is only taken while the comparison is open, hence not adjudicated.
-    adjudicated = delta <= 0 and _live_adjudications(comparison).exists()
-    complete = adjudicated or comparison.judgment_count >= comparison.project.overlap
-    status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
-    was_complete = comparison.status == ComparisonStatus.COMPLETE
-    if comparison.status != ComparisonStatus.RETIRED and comparison.status != status:
-        comparison.status = status
-        Comparison.objects.filter(pk=comparison.pk).update(status=status)
     if complete:
         pair_aggregate(comparison=comparison)
     elif was_complete or delta <= 0:
@@ -569,6 +643,7 @@ def comparison_adjudicate(
         _live_adjudications(comparison).update(superseded_at=now, updated_at=now)
         judgment = Judgment.objects.create(
             comparison=comparison,
+            project_id=comparison.project_id,
             annotator=reviewer,
             kind=JudgmentKind.ADJUDICATION,
             choice=choice_value,
@@ -635,19 +710,22 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
     Agreement is the share of votes that agree with the outcome (with an adjudication: the
     share of annotators who agreed with the reviewer).
     """
-    judgments = list(
-        comparison.judgments.filter(superseded_at__isnull=True).exclude(kind=JudgmentKind.RECHECK)
+    # (kind, choice) of the live judgments, oldest first; plain SQL: it runs for most votes.
+    judgments = sql.rows(
+        f"SELECT kind, choice FROM {sql.JUDGMENT} WHERE comparison_id = %s"
+        " AND superseded_at IS NULL AND kind <> 'recheck' ORDER BY id",
+        [comparison.pk],
     )
     if not judgments:
         PreferencePair.objects.filter(comparison=comparison).delete()
         return None
-    adjudications = [j for j in judgments if j.kind == JudgmentKind.ADJUDICATION]
-    votes = Counter(j.choice for j in (adjudications[-1:] or judgments))
+    adjudications = [j for j in judgments if j[0] == JudgmentKind.ADJUDICATION]
+    votes = Counter(choice for _, choice in (adjudications[-1:] or judgments))
     (top, top_count), *rest = votes.most_common()
     if rest and rest[0][1] == top_count:
         top = Choice.TIE  # a split vote is no preference
-    voters = [j for j in judgments if j.kind == JudgmentKind.VOTE] or judgments
-    agreement = Counter(j.choice for j in voters)[top] / len(voters)
+    voters = [j for j in judgments if j[0] == JudgmentKind.VOTE] or judgments
+    agreement = Counter(choice for _, choice in voters)[top] / len(voters)
     if top == Choice.A:
         kind, chosen, rejected = (
             PairKind.PREFERENCE,
@@ -663,22 +741,37 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
     else:
         kind = PairKind.TIE if top == Choice.TIE else PairKind.BOTH_BAD
         chosen, rejected = comparison.response_a_id, comparison.response_b_id
-    (pair,) = PreferencePair.objects.bulk_create(
-        [
-            PreferencePair(
-                comparison=comparison,
-                project_id=comparison.project_id,
-                kind=kind,
-                chosen_id=chosen,
-                rejected_id=rejected,
-                agreement=agreement,
-                n_judgments=len(voters),
-            )
-        ],
-        update_conflicts=True,
-        unique_fields=["comparison"],
-        update_fields=["kind", "chosen", "rejected", "agreement", "n_judgments", "updated_at"],
+    pair = PreferencePair(
+        comparison=comparison,
+        project_id=comparison.project_id,
+        kind=kind,
+        chosen_id=chosen,
+        rejected_id=rejected,
+        agreement=agreement,
+        n_judgments=len(voters),
+        updated_at=timezone.now(),
     )
+    row = sql.one(
+        f"INSERT INTO {sql.PREFERENCE_PAIR} (comparison_id, project_id, kind, chosen_id,"
+        " rejected_id, agreement, n_judgments, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (comparison_id) DO UPDATE SET kind = excluded.kind,"
+        " chosen_id = excluded.chosen_id, rejected_id = excluded.rejected_id,"
+        " agreement = excluded.agreement, n_judgments = excluded.n_judgments,"
+        " updated_at = excluded.updated_at RETURNING id",
+        [
+            comparison.pk,
+            comparison.project_id,
+            kind,
+            chosen,
+            rejected,
+            agreement,
+            pair.n_judgments,
+            sql.timestamp(pair.updated_at),
+        ],
+    )
+    assert row is not None
+    pair.pk = row[0]
+    pair._state.adding = False
     return pair
 
 

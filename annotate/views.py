@@ -5,7 +5,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -20,12 +20,13 @@ from annotate.forms import (
     ProjectSettingsForm,
 )
 from annotate.http import AuthedRequest
-from annotate.models import Judgment, Membership, Project, Role
+from annotate.models import Judgment, Project, Role
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
 from annotate.services import (
     MAX_TIME_SPENT_MS,
     STRENGTHS,
+    ComparisonMissing,
     JudgmentRejected,
     ValidationFailed,
     comparison_adjudicate,
@@ -84,15 +85,22 @@ def _pair_context(
     assignment = assignment_next(
         project=project, annotator=request.user, holds_nothing=holds_nothing
     )
-    # The judgment just made was recorded under the current guidelines: no need to read them.
-    guideline = judged.guideline if judged is not None else guideline_current(project=project)
-    membership = Membership.objects.filter(project=project, user=request.user).first()
-    seen = membership.guideline_seen_version if membership else None
+    progress = selectors.annotator_progress(
+        project=project,
+        annotator=request.user,
+        remaining=assignment.available if assignment is not None else None,
+    )
+    seen, current = progress.guideline_seen_version, progress.guideline_version
     unseen = (
         list(project.guidelines.filter(version__gt=seen).order_by("version"))
-        if guideline is not None and seen is not None and seen < guideline.version
+        if current is not None and seen is not None and seen < current
         else []
     )
+    # A swapped-in fragment shows the guidelines only when they changed (the banner and the
+    # panel beside it); the whole page always shows them.
+    guideline = unseen[-1] if unseen else None
+    if guideline is None and not request.htmx:
+        guideline = guideline_current(project=project)
     return _page_context(
         request,
         project,
@@ -101,9 +109,7 @@ def _pair_context(
         guideline=guideline,
         unseen_guidelines=unseen,
         first_visit=seen == 0,
-        progress=selectors.annotator_progress(
-            project=project, annotator=request.user, membership=membership
-        ),
+        progress=progress,
         undoable=(
             judged
             if judged is not None and project.undo_seconds
@@ -152,7 +158,6 @@ def _int_or_none(value: str | None) -> int | None:
 @require_POST
 def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
-    comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
     shown_at = _int_or_none(request.POST.get("shown_at"))
     now_ms = int(timezone.now().timestamp() * 1000)
     time_spent = now_ms - shown_at if shown_at is not None else None
@@ -165,8 +170,9 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
     }
     try:
         judgment = judgment_submit(
-            comparison_id=comparison.pk,
+            comparison_id=comparison_id,
             annotator=request.user,
+            project=project,
             side=request.POST.get("choice", "") or "missing",
             idempotency_key=(request.POST.get("idempotency_key") or None),
             strength=_int_or_none(request.POST.get("strength")),
@@ -175,6 +181,8 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
             reason_tags=request.POST.getlist("reason_tags"),
             time_spent_ms=time_spent,
         )
+    except ComparisonMissing:
+        raise Http404("No such comparison.") from None
     except JudgmentRejected as error:
         return _after_action(request, project, error=str(error))
     return _after_action(request, project, holds_nothing=True, judged=judgment)

@@ -430,6 +430,15 @@ async def annotator_login(session: HttpSession, username: str, password: str) ->
     answer = await session.request("POST", "/login/", form=form)
     if answer.status != 302 or "sessionid" not in session.cookies:
         raise RuntimeError(f"login of {username} answered {answer.status}, not a redirect")
+    # What the banner on a first visit asks for: the annotator has read the guidelines (G).
+    token = session.cookies.get("csrftoken", "")
+    seen = await session.request(
+        "POST",
+        f"/p/{PROJECT_SLUG}/annotate/guidelines-seen/",
+        form={"version": "1", "csrfmiddlewaretoken": token},
+    )
+    if seen.status not in (200, 302):
+        raise RuntimeError(f"guidelines-seen of {username} answered {seen.status}")
 
 
 async def annotator_cycle(

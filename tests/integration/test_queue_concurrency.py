@@ -33,7 +33,7 @@ from annotate.models import (
     Project,
     Role,
 )
-from annotate.queue import comparison_next_for_annotator, comparison_skip, comparisons_available
+from annotate.queue import available_ids, comparison_next_for_annotator, comparison_skip
 from annotate.services import (
     JudgmentRejected,
     PromptInput,
@@ -179,9 +179,7 @@ def _annotator(
                 if comparison is None:
                     # None while pairs remain: others hold them (they will submit) or a
                     # concurrent claim has them locked. The browser shows "check back soon".
-                    if comparisons_available(
-                        project=project, annotator=user, now=timezone.now()
-                    ).exists():
+                    if available_ids(project=project, annotator=user, now=timezone.now()):
                         with log.lock:
                             log.none_while_available += 1
                     if not _work_left(project=project, user=user):
@@ -349,9 +347,7 @@ def test_it_waits_for_briefly_locked_rows_instead_of_answering_nothing_left(
         assert locked.wait(10)
         # The in-flight transaction ends soon, as a claim or a submit does.
         threading.Timer(0.3, release.set).start()
-        assert comparisons_available(
-            project=project, annotator=users[0], now=timezone.now()
-        ).exists()
+        assert available_ids(project=project, annotator=users[0], now=timezone.now())
         got = comparison_next_for_annotator(project=project, annotator=users[0])
     finally:
         release.set()
