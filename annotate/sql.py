@@ -44,8 +44,14 @@ RESPONSE = Response._meta.db_table
 USER = UserModel._meta.db_table
 
 
+_VENDOR: list[str] = []
+
+
 def is_postgres() -> bool:
-    return connection.vendor == "postgresql"
+    # The engine is fixed for the process; asking the connection proxy costs a lookup each time.
+    if not _VENDOR:
+        _VENDOR.append(connection.vendor)
+    return _VENDOR[0] == "postgresql"
 
 
 def for_update(*, skip_locked: bool = False, of: str = "") -> str:
@@ -113,28 +119,31 @@ def instance(model: type[M], values: dict[str, Any] | Sequence[Any]) -> M:
     deferred, loaded on first access), or every concrete field in order (see `columns`).
     Values pass through the converters the ORM would apply (JSON, SQLite's 0/1 booleans and
     text timestamps), so the instance is the one a queryset would give."""
-    fields = model._meta.concrete_fields
+    converters = _converters(model)
     if not isinstance(values, dict):
-        values = {f.attname: value for f, value in zip(fields, values, strict=True)}
-    names, converted = [], []
-    for field in fields:
-        if field.attname in values:
-            value = values[field.attname]
-            if value is not None:
-                for converter, expression in _converters(field):
-                    value = converter(value, expression, connection)
-            names.append(field.attname)
-            converted.append(value)
-    return model.from_db("default", names, converted)
+        names = list(converters)
+        row = list(values)
+    else:
+        names = [name for name in converters if name in values]
+        row = [values[name] for name in names]
+    for i, name in enumerate(names):
+        if row[i] is not None:
+            for converter, expression in converters[name]:
+                row[i] = converter(row[i], expression, connection)
+    return model.from_db("default", names, row)
 
 
-_CONVERTERS: dict[tuple[str, Any], list[tuple[Any, Any]]] = {}
+_CONVERTERS: dict[type[models.Model], dict[str, list[tuple[Any, Any]]]] = {}
 
 
-def _converters(field: Any) -> list[tuple[Any, Any]]:
-    key = (connection.vendor, field)
-    if key not in _CONVERTERS:
-        expression = field.get_col(field.model._meta.db_table)
-        found = connection.ops.get_db_converters(expression) + field.get_db_converters(connection)
-        _CONVERTERS[key] = [(converter, expression) for converter in found]
-    return _CONVERTERS[key]
+def _converters(model: type[models.Model]) -> dict[str, list[tuple[Any, Any]]]:
+    """attname -> the ORM's converters for it, in concrete field order (one engine a process)."""
+    if model not in _CONVERTERS:
+        table = {}
+        for field in model._meta.concrete_fields:
+            expression = field.get_col(model._meta.db_table)
+            found = connection.ops.get_db_converters(expression)
+            found += field.get_db_converters(connection)
+            table[field.attname] = [(converter, expression) for converter in found]
+        _CONVERTERS[model] = table
+    return _CONVERTERS[model]
