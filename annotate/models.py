@@ -180,6 +180,11 @@ class Response(models.Model):
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
     policy = models.ForeignKey(Policy, on_delete=models.PROTECT, related_name="responses")
     text = models.TextField()
+    # `text` as sanitised HTML, rendered once when stored (annotate.rendering): a pair is shown
+    # to several annotators and rendering costs more than the rest of showing it. Rendered
+    # again on display while `html_version` is not the renderer's current version.
+    html = models.TextField(blank=True, editable=False)
+    html_version = models.PositiveSmallIntegerField(default=0, editable=False)
     generation_params = models.JSONField(default=dict, blank=True)
     seed = models.BigIntegerField(null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

@@ -115,7 +115,7 @@ LIVE_OTHERS_SQL = (
 _PAIR_COLUMNS = (
     "c.id, c.project_id, c.prompt_id, c.response_a_id, c.response_b_id, c.left_is_a,"
     " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count,"
-    " p.messages, ra.text, rb.text"
+    " p.messages, ra.text, ra.html, ra.html_version, rb.text, rb.html, rb.html_version"
 )
 _PAIR_JOINS = (
     f" JOIN {sql.PROMPT} p ON p.id = c.prompt_id JOIN {sql.RESPONSE} ra ON ra.id = c.response_a_id"
@@ -139,16 +139,21 @@ _COMPARISON_FIELDS = (
 def _comparison_from_row(row: Sequence[Any]) -> Comparison:
     """A comparison with its prompt and responses, as `_PAIR_COLUMNS` reads them."""
     comparison = sql.instance(Comparison, dict(zip(_COMPARISON_FIELDS, row, strict=False)))
-    messages, text_a, text_b = row[len(_COMPARISON_FIELDS) :]
+    messages, *a, text_b, html_b, version_b = row[len(_COMPARISON_FIELDS) :]
+    text_a, html_a, version_a = a
     prompt_id, project_id = comparison.prompt_id, comparison.project_id
     comparison.prompt = sql.instance(
         Prompt, {"id": prompt_id, "project_id": project_id, "messages": messages}
     )
     comparison.response_a = sql.instance(
-        Response, {"id": comparison.response_a_id, "prompt_id": prompt_id, "text": text_a}
+        Response,
+        {"id": comparison.response_a_id, "prompt_id": prompt_id, "text": text_a}
+        | {"html": html_a, "html_version": version_a},
     )
     comparison.response_b = sql.instance(
-        Response, {"id": comparison.response_b_id, "prompt_id": prompt_id, "text": text_b}
+        Response,
+        {"id": comparison.response_b_id, "prompt_id": prompt_id, "text": text_b}
+        | {"html": html_b, "html_version": version_b},
     )
     return comparison
 

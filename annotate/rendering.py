@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Protocol
 
 import nh3
 from django.utils.html import format_html
@@ -70,6 +71,29 @@ def markdown_to_safe_html(text: str) -> SafeString:
         strip_comments=True,
     )
     return mark_safe(f'<div class="md" dir="auto">{cleaned}</div>')
+
+
+# Bump when the rendering or the allowlist changes: stored HTML of an older version is then
+# rendered again on display (and `manage.py responses_render` refreshes it in the database).
+RENDERER_VERSION = 1
+
+
+class RenderedText(Protocol):
+    text: str
+    html: str
+    html_version: int
+
+
+def stored_html(text: str) -> tuple[str, int]:
+    """What to store beside a text: its sanitised HTML and the renderer version."""
+    return str(markdown_to_safe_html(text)), RENDERER_VERSION
+
+
+def rendered_html(item: RenderedText) -> SafeString:
+    """An item's stored HTML while it is current, else the text rendered now."""
+    if item.html_version == RENDERER_VERSION and item.html:
+        return mark_safe(item.html)  # stored from markdown_to_safe_html
+    return markdown_to_safe_html(item.text)
 
 
 # Guidelines may embed worked examples as fenced blocks:

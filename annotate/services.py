@@ -42,6 +42,7 @@ from annotate.models import (
     Split,
 )
 from annotate.queue import JUDGED_BY_SQL, LIVE_OTHERS_SQL, lease_take
+from annotate.rendering import stored_html
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -233,19 +234,23 @@ class ResponseInput:
 
 
 def responses_create(*, policy: Policy, rows: Sequence[ResponseInput]) -> list[Response]:
+    texts = [row.text.replace("\x00", "") for row in rows]
     return Response.objects.bulk_create(
         [
             Response(
                 prompt_id=row.prompt_id,
                 policy=policy,
-                text=row.text.replace("\x00", ""),
+                text=text,
+                html=html,
+                html_version=version,
                 generation_params=dict(row.generation_params),
                 seed=row.seed,
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,
                 finish_reason=row.finish_reason,
             )
-            for row in rows
+            for row, text in zip(rows, texts, strict=True)
+            for html, version in [stored_html(text)]
         ]
     )
 

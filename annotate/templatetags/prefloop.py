@@ -3,7 +3,12 @@ from __future__ import annotations
 from django import template
 from django.utils.safestring import SafeString
 
-from annotate.rendering import guideline_to_safe_html, markdown_to_safe_html
+from annotate.rendering import (
+    RenderedText,
+    guideline_to_safe_html,
+    markdown_to_safe_html,
+    rendered_html,
+)
 
 register = template.Library()
 
@@ -18,3 +23,9 @@ def markdown_filter(text: str) -> SafeString:
 def guidelines_filter(text: str) -> SafeString:
     """Render guidelines, with their embedded worked examples, as sanitised HTML."""
     return guideline_to_safe_html(text)
+
+
+@register.filter(name="rendered")
+def rendered_filter(item: RenderedText) -> SafeString:
+    """A response as sanitised HTML: the HTML stored with it, or rendered now if outdated."""
+    return rendered_html(item)

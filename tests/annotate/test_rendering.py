@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from io import StringIO
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import Client
 
-from annotate.rendering import markdown_to_safe_html
+from annotate.models import Project, Response
+from annotate.rendering import RENDERER_VERSION, markdown_to_safe_html
+from tests.factories import comparison_make
 
 
 class _Elements(HTMLParser):
@@ -79,3 +85,34 @@ def test_it_draws_guideline_examples_as_sanitised_worked_pairs() -> None:
     assert "<strong>4</strong>" in html and "Answer: A is better" in html
     assert "<script" not in html and "&lt;script&gt;" in html
     assert "B is wrong\nand rude." in html and html.rstrip().endswith("<p>End.</p>\n</div>")
+
+
+@pytest.mark.django_db
+def test_it_stores_each_response_rendered_and_renders_an_outdated_one_again(
+    project: Project, annotator: User
+) -> None:
+    payload = "**bold** <script>alert(1)</script>"
+    comparison = comparison_make(project.prompts.first(), (payload, "plain"))  # type: ignore[arg-type]
+    response = comparison.response_a
+    assert response.html == str(markdown_to_safe_html(payload))
+    assert response.html_version == RENDERER_VERSION
+    # The pair page shows the stored HTML...
+    Response.objects.filter(pk=response.pk).update(html='<div class="md">stored</div>')
+    client = Client()
+    client.force_login(annotator)
+    page = client.get(f"/p/{project.slug}/annotate/").content.decode()
+    assert "stored" in page
+    # ...unless it comes from an older renderer: then the text is rendered now, and the
+    # command brings the stored HTML up to date.
+    Response.objects.filter(pk=response.pk).update(html_version=RENDERER_VERSION - 1)
+    page = client.get(f"/p/{project.slug}/annotate/").content.decode()
+    assert "stored" not in page and "<strong>bold</strong>" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    out = StringIO()
+    call_command("responses_render", stdout=out)
+    response.refresh_from_db()
+    assert (response.html, response.html_version) == (
+        str(markdown_to_safe_html(payload)),
+        RENDERER_VERSION,
+    )
+    assert "1 responses rendered" in out.getvalue()
