@@ -7,10 +7,13 @@ from typing import Any
 from django import forms
 from django.contrib.auth.models import User
 
+from annotate.exports import FORMATS, ExportFilters
+from annotate.imports import file_type_guess
 from annotate.models import Choice, Project, Role
 from annotate.services import PROJECT_SETTINGS
 
 MAX_LIST_ITEMS = 12
+MAX_UPLOAD_BYTES = 50 * 2**20
 
 
 class CommaListField(forms.CharField):
@@ -87,3 +90,70 @@ class GoldForm(forms.Form):
     gold_choice = forms.ChoiceField(
         choices=[("", "Not a gold item"), *Choice.choices], required=False
     )
+
+
+class ExportForm(forms.Form):
+    """The filters of an export, read from the query string (a download is a GET)."""
+
+    format = forms.ChoiceField(choices=list(FORMATS.items()), initial="dpo")
+    split = forms.ChoiceField(
+        choices=[("train", "Training prompts"), ("eval", "Held-out prompts"), ("all", "All")],
+        initial="train",
+        help_text="Held-out (eval) prompts never go into training data unless you ask here.",
+    )
+    rounds = CommaListField(required=False, help_text="e.g. 1, 2 (empty: every round)")
+    min_agreement = forms.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        initial=0.0,
+        required=False,
+        help_text="Only pairs whose judgments agree at least this much (0-1).",
+    )
+    tags = CommaListField(required=False, help_text="Only prompts with any of these tags.")
+    include_ties = forms.BooleanField(
+        required=False,
+        initial=True,
+        help_text="KTO: ties as two desirable rows, both-bad as two undesirable rows.",
+    )
+
+    def clean_rounds(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(item) for item in self.cleaned_data["rounds"])
+        except ValueError:
+            raise forms.ValidationError("Rounds are whole numbers, e.g. 1, 2.") from None
+
+    def filters(self) -> ExportFilters:
+        data = self.cleaned_data
+        return ExportFilters(
+            rounds=data["rounds"],
+            min_agreement=data["min_agreement"] or 0.0,
+            split=data["split"],
+            tags=tuple(data["tags"]),
+            include_ties=data["include_ties"],
+        )
+
+
+class ImportForm(forms.Form):
+    kind = forms.ChoiceField(
+        choices=[("prompts", "Prompts"), ("pairs", "Preference pairs (prompt / chosen / rejected)")]
+    )
+    file = forms.FileField(
+        help_text=f"JSONL, CSV or Parquet, at most {MAX_UPLOAD_BYTES // 2**20} MB "
+        "(larger files and datasets directories: manage.py data_import)."
+    )
+    valid_only = forms.BooleanField(
+        required=False,
+        label="Import the valid rows",
+        help_text="Skip the bad rows instead of refusing the whole file.",
+    )
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data["file"]
+        if upload.size > MAX_UPLOAD_BYTES:
+            raise forms.ValidationError(
+                f"The file is {upload.size / 2**20:.1f} MB; the limit here is "
+                f"{MAX_UPLOAD_BYTES // 2**20} MB."
+            )
+        if file_type_guess(upload.name) == "dataset":
+            raise forms.ValidationError("Upload a .jsonl, .json, .csv or .parquet file.")
+        return upload

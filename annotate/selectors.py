@@ -281,3 +281,18 @@ def judgments_of_annotator(
 
 def guidelines_of_project(*, project: Project) -> list[Guideline]:
     return list(project.guidelines.select_related("created_by").order_by("-version"))
+
+
+def export_counts(*, project: Project) -> dict[str, int]:
+    """Pairs by kind and by prompt split: what the export page offers."""
+    rows = (
+        PreferencePair.objects.filter(project=project)
+        .values_list("kind", "comparison__prompt__split")
+        .annotate(n=Count("id"))
+        .values_list("kind", "comparison__prompt__split", "n")
+    )
+    counts: dict[str, int] = {}
+    for kind, split, n in rows:
+        counts[f"{kind}_{split}"] = counts.get(f"{kind}_{split}", 0) + n
+        counts[kind] = counts.get(kind, 0) + n
+    return counts

@@ -153,7 +153,7 @@ def prompt_messages_normalise(value: str | Sequence[Mapping[str, Any]]) -> list[
         if not isinstance(message, Mapping):
             raise ValidationFailed(f"Message {index} is not an object with role and content.")
         role, content = message.get("role"), message.get("content")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise ValidationFailed(
                 f"Message {index} has role {role!r}; expected one of {sorted(CHAT_ROLES)}."
             )

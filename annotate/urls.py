@@ -34,4 +34,6 @@ urlpatterns = [
     path("p/<slug:slug>/review/<int:comparison_id>/gold/", views.review_gold, name="review_gold"),
     path("p/<slug:slug>/settings/", views.project_settings, name="project_settings"),
     path("p/<slug:slug>/members/", views.members, name="members"),
+    path("p/<slug:slug>/export/", views.export, name="export"),
+    path("p/<slug:slug>/import/", views.data_import, name="data_import"),
 ]

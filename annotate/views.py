@@ -5,21 +5,25 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role
+from annotate.exports import CardFigures, dataset_card, export_rows, jsonl_lines
 from annotate.forms import (
     AdjudicateForm,
+    ExportForm,
     GoldForm,
     GuidelineForm,
+    ImportForm,
     MemberForm,
     ProjectSettingsForm,
 )
 from annotate.http import AuthedRequest
+from annotate.imports import MAX_ERRORS_SHOWN, ImportRefused, file_type_guess, import_file
 from annotate.models import Judgment, Project, Role
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
@@ -446,4 +450,83 @@ def members(request: AuthedRequest, slug: str) -> HttpResponse:
         "annotate/members.html",
         _page_context(request, project, form=form, memberships=memberships),
         status=422 if form.errors else 200,
+    )
+
+
+# Export (leads) -------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def export(request: AuthedRequest, slug: str) -> HttpResponseBase:
+    """The export page; with ?download=data the JSONL itself, with ?download=card its card."""
+    project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+    download = request.GET.get("download", "")
+    query = request.GET.copy()
+    for name in ("format", "split"):  # a link may leave the defaults out
+        query.setdefault(name, ExportForm.base_fields[name].initial)
+    form = ExportForm(query if download or "format" in request.GET else None)
+    if form.is_bound and form.is_valid():
+        filters, format = form.filters(), form.cleaned_data["format"]
+        name = f"{project.slug}-{format}-{timezone.now():%Y%m%d-%H%M}"
+        if download == "data":
+            rows = export_rows(project=project, format=format, filters=filters)
+            stream = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
+            stream["Content-Disposition"] = f'attachment; filename="{name}.jsonl"'
+            return stream
+        if download == "card":
+            figures = CardFigures()
+            for _ in export_rows(project=project, format=format, filters=filters, figures=figures):
+                pass
+            card = dataset_card(
+                project=project, format=format, file_type="jsonl", filters=filters, figures=figures
+            )
+            response = HttpResponse(card, content_type="text/markdown; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="{name}-README.md"'
+            return response
+    counts = selectors.export_counts(project=project)
+    return render(
+        request,
+        "annotate/export.html",
+        _page_context(request, project, form=form, counts=counts),
+        status=422 if form.errors else 200,
+    )
+
+
+# Import (leads) -------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+    form = ImportForm(request.POST if request.method == "POST" else None, request.FILES or None)
+    refused: ImportRefused | None = None
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            result = import_file(
+                project=Project.objects.get(pk=project.pk),
+                kind=form.cleaned_data["kind"],
+                source=upload.read(),
+                file_type=file_type_guess(upload.name),
+                valid_only=form.cleaned_data["valid_only"],
+            )
+        except ImportRefused as error:
+            refused = error
+        else:
+            skipped = f", skipped {len(result.skipped)} bad rows" if result.skipped else ""
+            messages.success(request, f"Imported {result.created} {result.kind}{skipped}.")
+            return redirect("data_import", slug=project.slug)
+    return render(
+        request,
+        "annotate/import.html",
+        _page_context(
+            request,
+            project,
+            form=form,
+            refused=refused,
+            errors_shown=refused.errors[:MAX_ERRORS_SHOWN] if refused else [],
+        ),
+        status=422 if form.errors or refused else 200,
     )

@@ -141,6 +141,14 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       405,         405,         405,         405,         405,         405),
         "POST": (LOGIN,       404,         404,         404,         302,         404,         302),
     },
+    "export": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
+    "data_import": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       404,         404,         404,         422,         404,         422),
+    },
     "project_settings": {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       404,         404,         404,         422,         404,         422),

@@ -1,0 +1,407 @@
+"""Preference data out, in the formats the ecosystem trains on, streamed.
+
+Formats (rows are TRL's conversational layouts, so `datasets.load_dataset` and TRL's
+trainers take them unchanged):
+- `dpo`: one row per chosen/rejected pair:
+  {"prompt": [messages...], "chosen": [{"role": "assistant", ...}], "rejected": [...]}
+- `kto`: unpaired, one row per response: {"prompt": [...], "completion": [...], "label": bool}.
+  A pair gives its chosen response label true and its rejected one false; a tie gives both
+  true (equally acceptable), "both bad" both false.
+
+An export is a directory laid out as a Hugging Face dataset: `data/train.jsonl` or
+`data/train.parquet`, and a dataset card `README.md` (counts, agreement, guideline versions,
+prompt figures, the filters). Rows are read in chunks and written as they come, so memory
+stays flat however many pairs there are.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from annotate.models import (
+    Guideline,
+    Judgment,
+    JudgmentKind,
+    PairKind,
+    PreferencePair,
+    Project,
+    Split,
+)
+
+FORMATS = {
+    "dpo": "TRL DPO, conversational (prompt / chosen / rejected)",
+    "kto": "TRL KTO, unpaired (prompt / completion / label)",
+}
+FILE_TYPES = ("jsonl", "parquet")
+SPLITS = ("train", "eval", "all")
+# Rows fetched per round trip: large enough to amortise it, small enough to keep memory flat.
+CHUNK = 2000
+
+
+class ExportError(ValueError):
+    """The export cannot be made as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    rounds: tuple[int, ...] = ()  # empty: every round
+    min_agreement: float = 0.0
+    split: str = "train"  # train, eval (the held-out prompts) or all
+    tags: tuple[str, ...] = ()  # prompts carrying any of these; empty: all
+    include_ties: bool = True  # kto only: ties (both desirable) and both-bad (both not)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ExportError(f"Unknown split {self.split!r}; expected one of {list(SPLITS)}.")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ExportError("The agreement threshold is a share between 0 and 1.")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rounds": list(self.rounds),
+            "min_agreement": self.min_agreement,
+            "split": self.split,
+            "tags": list(self.tags),
+            "include_ties": self.include_ties,
+        }
+
+
+def export_pairs(*, project: Project, format: str, filters: ExportFilters) -> QuerySet[Any]:
+    """The pairs an export takes, oldest first, as the few columns the rows need."""
+    if format not in FORMATS:
+        raise ExportError(f"Unknown format {format!r}; expected one of {sorted(FORMATS)}.")
+    kinds = [PairKind.PREFERENCE]
+    if format == "kto" and filters.include_ties:
+        kinds += [PairKind.TIE, PairKind.BOTH_BAD]
+    pairs = PreferencePair.objects.filter(
+        project=project, kind__in=kinds, agreement__gte=filters.min_agreement
+    )
+    if filters.split != "all":
+        pairs = pairs.filter(comparison__prompt__split=Split(filters.split))
+    if filters.rounds:
+        pairs = pairs.filter(comparison__round_number__in=filters.rounds)
+    return pairs.order_by("id").values_list(
+        "id",
+        "kind",
+        "agreement",
+        "n_judgments",
+        "comparison_id",
+        "comparison__round_number",
+        "comparison__prompt_id",
+        "comparison__prompt__tags",
+        "comparison__prompt__messages",
+        "chosen__text",
+        "rejected__text",
+    )
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+SAMPLE_SIZE = 10_000
+
+
+class Sample:
+    """A uniform sample of at most SAMPLE_SIZE values (reservoir sampling, seeded): length
+    quantiles of a million rows without keeping a million numbers."""
+
+    def __init__(self, seed: int) -> None:
+        self.values: list[int] = []
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, value: int) -> None:
+        self.seen += 1
+        if len(self.values) < SAMPLE_SIZE:
+            self.values.append(value)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < SAMPLE_SIZE:
+            self.values[slot] = value
+
+
+@dataclass
+class CardFigures:
+    """What the dataset card reports, gathered while the rows stream past in bounded memory:
+    counters, a bitmap of the prompts seen, and samples for the length quantiles."""
+
+    pairs_by_kind: Counter[str] = field(default_factory=Counter)
+    rows: int = 0
+    rounds: Counter[int] = field(default_factory=Counter)
+    # Agreement is k/n with small n: few distinct values, so counting them is exact.
+    agreement: Counter[float] = field(default_factory=Counter)
+    judgments: int = 0
+    prompts_seen: bytearray = field(default_factory=bytearray)  # bit i: prompt id i
+    distinct_prompts: int = 0
+    prompt_chars: Sample = field(default_factory=lambda: Sample(seed=1))
+    chosen_minus_rejected_chars: Sample = field(default_factory=lambda: Sample(seed=2))
+    guideline_versions: set[int] = field(default_factory=set)
+
+    def prompt_first_seen(self, prompt_id: int) -> bool:
+        byte, bit = divmod(prompt_id, 8)
+        if byte >= len(self.prompts_seen):
+            self.prompts_seen.extend(bytes(byte + 1 - len(self.prompts_seen) + 4096))
+        if self.prompts_seen[byte] >> bit & 1:
+            return False
+        self.prompts_seen[byte] |= 1 << bit
+        self.distinct_prompts += 1
+        return True
+
+
+def export_rows(
+    *, project: Project, format: str, filters: ExportFilters, figures: CardFigures | None = None
+) -> Iterator[dict[str, Any]]:
+    """The export's rows one by one (see the module docstring for their layout)."""
+    figures = figures if figures is not None else CardFigures()
+    wanted_tags = set(filters.tags)
+    pending: list[int] = []  # comparison ids whose guideline versions are still to read
+    for row in export_pairs(project=project, format=format, filters=filters).iterator(
+        chunk_size=CHUNK
+    ):
+        _, kind, agreement, n_judgments, comparison_id, round_number, prompt_id = row[:7]
+        tags, messages, chosen, rejected = row[7:]
+        # Tags are filtered here, not in SQL: JSON containment is not portable to SQLite.
+        if wanted_tags and not wanted_tags.intersection(tags or ()):
+            continue
+        figures.pairs_by_kind[kind] += 1
+        figures.rounds[round_number] += 1
+        figures.agreement[round(agreement, 4)] += 1
+        figures.judgments += n_judgments
+        if figures.prompt_first_seen(prompt_id):
+            figures.prompt_chars.add(sum(len(m.get("content", "")) for m in messages))
+        if kind == PairKind.PREFERENCE:
+            figures.chosen_minus_rejected_chars.add(len(chosen) - len(rejected))
+        pending.append(comparison_id)
+        if len(pending) >= CHUNK:
+            figures.guideline_versions |= _guideline_versions(pending)
+            pending = []
+        if format == "dpo":
+            figures.rows += 1
+            yield {
+                "prompt": messages,
+                "chosen": _assistant(chosen),
+                "rejected": _assistant(rejected),
+            }
+            continue
+        first_label = kind != PairKind.BOTH_BAD  # chosen of a pair, or either of a tie
+        second_label = kind == PairKind.TIE
+        figures.rows += 2
+        yield {"prompt": messages, "completion": _assistant(chosen), "label": first_label}
+        yield {"prompt": messages, "completion": _assistant(rejected), "label": second_label}
+    if pending:
+        figures.guideline_versions |= _guideline_versions(pending)
+
+
+def _guideline_versions(comparison_ids: list[int]) -> set[int]:
+    """The guideline versions the live judgments of these comparisons were made under."""
+    return set(
+        Judgment.objects.filter(
+            comparison_id__in=comparison_ids,
+            superseded_at__isnull=True,
+            guideline__isnull=False,
+        )
+        .exclude(kind=JudgmentKind.RECHECK)
+        .values_list("guideline__version", flat=True)
+        .distinct()
+    )
+
+
+def jsonl_lines(rows: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    for row in rows:
+        yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
+
+
+def _parquet_write(path: Path, format: str, rows: Iterator[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    messages = pa.list_(message)
+    columns: list[tuple[str, Any]] = [("prompt", messages)]
+    if format == "dpo":
+        columns += [("chosen", messages), ("rejected", messages)]
+    else:
+        columns += [("completion", messages), ("label", pa.bool_())]
+    schema = pa.schema(columns)
+    with pq.ParquetWriter(path, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= CHUNK:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    data_file: Path
+    card_file: Path
+    rows: int
+    figures: CardFigures
+
+
+def export_write(
+    *,
+    project: Project,
+    directory: Path,
+    format: str = "dpo",
+    file_type: str = "jsonl",
+    filters: ExportFilters | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ExportResult:
+    """Write the export as a dataset directory (data file + card); `load_dataset(directory)`
+    reads it. Refuses a directory that already holds an export (nothing is overwritten)."""
+    filters = filters or ExportFilters()
+    if file_type not in FILE_TYPES:
+        raise ExportError(f"Unknown file type {file_type!r}; expected one of {list(FILE_TYPES)}.")
+    export_pairs(project=project, format=format, filters=filters)  # validates the format
+    data_dir = directory / "data"
+    data_file = data_dir / f"train.{file_type}"
+    card_file = directory / "README.md"
+    if data_file.exists() or card_file.exists():
+        raise ExportError(f"{directory} already holds an export; choose a new directory.")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    figures = CardFigures()
+
+    def counted() -> Iterator[dict[str, Any]]:
+        for row in export_rows(project=project, format=format, filters=filters, figures=figures):
+            yield row
+            if on_progress is not None and figures.rows % CHUNK == 0:
+                on_progress(figures.rows)
+
+    partial = data_file.with_suffix(data_file.suffix + ".partial")
+    try:
+        if file_type == "jsonl":
+            with partial.open("wb") as out:
+                for line in jsonl_lines(counted()):
+                    out.write(line)
+        else:
+            _parquet_write(partial, format, counted())
+        partial.rename(data_file)  # a reader never sees half an export under the final name
+    finally:
+        partial.unlink(missing_ok=True)
+    card_file.write_text(
+        dataset_card(
+            project=project, format=format, file_type=file_type, filters=filters, figures=figures
+        ),
+        encoding="utf-8",
+    )
+    if on_progress is not None:
+        on_progress(figures.rows)
+    return ExportResult(
+        directory=directory,
+        data_file=data_file,
+        card_file=card_file,
+        rows=figures.rows,
+        figures=figures,
+    )
+
+
+def _quantiles(values: list[int] | list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:g}"
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return f"median {q[1]:g} (quartiles {q[0]:g} to {q[2]:g})"
+
+
+def _sampled(sample: Sample) -> str:
+    figure = _quantiles(sample.values)
+    if sample.seen > len(sample.values):
+        figure += f", from a sample of {len(sample.values):,} of {sample.seen:,}"
+    return figure
+
+
+def _counted_quantiles(counts: Counter[float]) -> str:
+    """Quartiles of values given as value -> count (exact, in the counts' memory)."""
+    total = sum(counts.values())
+    if not total:
+        return "—"
+    ordered = sorted(counts.items())
+
+    def at(share: float) -> float:
+        rank, seen = share * (total - 1), 0
+        for value, n in ordered:
+            seen += n
+            if seen > rank:
+                return value
+        return ordered[-1][0]
+
+    return f"median {at(0.5):g} (quartiles {at(0.25):g} to {at(0.75):g})"
+
+
+def dataset_card(
+    *, project: Project, format: str, file_type: str, filters: ExportFilters, figures: CardFigures
+) -> str:
+    """A Hugging Face dataset card (YAML header + markdown) describing this export."""
+    guideline_versions = sorted(figures.guideline_versions)
+    current = Guideline.objects.filter(project=project).order_by("-version").first()
+    agreement = figures.agreement
+    pairs = sum(agreement.values())
+    mean = sum(value * n for value, n in agreement.items()) / pairs if pairs else None
+    header = [
+        "---",
+        f"pretty_name: {json.dumps(project.name + ' preference data')}",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        f"    path: data/train.{file_type}",
+        "tags:",
+        "- preference",
+        f"- {format}",
+        "- prefloop",
+        "---",
+    ]
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(figures.pairs_by_kind.items())) or "none"
+    lines = [
+        f"# {project.name}: preference data ({format.upper()})",
+        "",
+        f"Exported by Prefloop on {timezone.now():%Y-%m-%d %H:%M} UTC from project `{project.slug}`.",
+        f"Format: {FORMATS[format]}; file `data/train.{file_type}`.",
+        "",
+        "## Counts",
+        f"- rows: {figures.rows}",
+        f"- pairs: {sum(figures.pairs_by_kind.values())} ({kinds})",
+        f"- distinct prompts: {figures.distinct_prompts}",
+        f"- judgments behind them: {figures.judgments}",
+        "- rounds: "
+        + (", ".join(f"round {r}: {n}" for r, n in sorted(figures.rounds.items())) or "—"),
+        "",
+        "## Agreement",
+        "- share of judgments agreeing with each pair's outcome: " + _counted_quantiles(agreement),
+        f"- mean: {mean:.3f}" if mean is not None else "- mean: —",
+        f"- pairs with full agreement: {sum(n for a, n in agreement.items() if a >= 1.0)}",
+        "",
+        "## Prompts and responses",
+        f"- prompt length in characters: {_sampled(figures.prompt_chars)}",
+        "- chosen minus rejected length in characters: "
+        + _sampled(figures.chosen_minus_rejected_chars),
+        "",
+        "## Guidelines",
+        "- versions the judgments were made under: "
+        + (", ".join(f"v{v}" for v in guideline_versions) or "—"),
+        f"- current version: v{current.version}" if current else "- current version: —",
+        "",
+        "## Filters",
+        "```json",
+        json.dumps(filters.as_json() | {"format": format}, indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join([*header, "", *lines])

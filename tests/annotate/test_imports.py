@@ -1,0 +1,304 @@
+"""Imports: every row checked first, errors by line, all or nothing (or the valid rows)."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from annotate.exports import ExportFilters, export_rows, export_write
+from annotate.imports import (
+    MAX_ID_CHARS,
+    ImportRefused,
+    Validated,
+    import_file,
+    import_validate,
+    records_read,
+)
+from annotate.models import PreferencePair, Project, Prompt
+
+pytestmark = pytest.mark.django_db
+
+
+def _jsonl(*rows: object) -> bytes:
+    return b"".join(
+        (row if isinstance(row, bytes) else json.dumps(row).encode()) + b"\n" for row in rows
+    )
+
+
+def test_it_imports_prompts_from_jsonl_with_tags_ids_and_splits(project: Project) -> None:
+    before = project.prompts.count()
+    data = _jsonl(
+        {"prompt": "What is the capital of France?", "tags": ["geo"], "id": "q1"},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi?"},
+            ]
+        },
+        {"text": "Held out?", "split": "eval", "id": 7, "source": "hand-written"},
+    )
+    result = import_file(project=project, kind="prompts", source=data, file_type="jsonl")
+    assert result.created == 3 and not result.skipped
+    new = list(project.prompts.order_by("id"))[before:]
+    assert [(p.text, p.tags, p.external_id, p.split) for p in new] == [
+        ("What is the capital of France?", ["geo"], "q1", "train"),
+        ("Hi?", [], "", "train"),
+        ("Held out?", [], "7", "eval"),
+    ]
+    assert new[1].messages[0] == {"role": "system", "content": "Be brief."}
+    assert new[2].source == "hand-written"
+
+
+def test_it_imports_prompts_from_csv(project: Project) -> None:
+    data = (
+        b"prompt,tags,id\n"
+        b'"Explain, briefly, recursion.","cs, short",r1\n'
+        b'"[{""role"": ""user"", ""content"": ""As messages""}]",,r2\n'
+    )
+    result = import_file(project=project, kind="prompts", source=data, file_type="csv")
+    assert result.created == 2
+    r1, r2 = Prompt.objects.filter(external_id__in=["r1", "r2"]).order_by("external_id")
+    assert (r1.text, r1.tags) == ("Explain, briefly, recursion.", ["cs", "short"])
+    assert r2.messages == [{"role": "user", "content": "As messages"}]
+
+
+def test_it_refuses_the_whole_file_and_names_each_bad_line(project: Project) -> None:
+    before = project.prompts.count()
+    data = _jsonl(
+        {"prompt": "Fine."},
+        b'{"prompt": "unterminated',
+        {"prompt": 42},
+        {"tags": ["no prompt"]},
+        {"prompt": "NUL \u0000 here"},
+        b'{"prompt": "bad \xff byte"}',
+        {"prompt": "x" * 40_000},
+        {"prompt": "First.", "id": "dup"},
+        {"prompt": "Second.", "id": "dup"},
+        {"prompt": "Bad split.", "split": "test"},
+        [1, 2],
+        {"prompt": "Long id.", "id": "i" * (MAX_ID_CHARS + 1)},
+    )
+    with pytest.raises(ImportRefused) as refused:
+        import_file(project=project, kind="prompts", source=data, file_type="jsonl")
+    assert [str(e) for e in refused.value.errors] == [
+        "line 2: invalid JSON (Unterminated string starting at at column 12)",
+        'line 3: "prompt" must be text or a list of messages',
+        'line 4: missing field "prompt" (or "messages" or "text")',
+        'line 5: "prompt" contains a NUL character',
+        "line 6: invalid UTF-8 at byte 16",
+        'line 7: "prompt": Message 0 is longer than 32000 characters.',
+        'line 9: id "dup" repeats line 8',
+        "line 10: \"split\" is 'test'; expected one of ['train', 'eval']",
+        "line 11: a row must be a JSON object, not list",
+        f'line 12: "id" is longer than {MAX_ID_CHARS} characters',
+    ]
+    assert project.prompts.count() == before  # nothing written
+
+
+def test_it_imports_the_valid_rows_when_asked(project: Project) -> None:
+    Prompt.objects.filter(project=project).update(external_id="")
+    import_file(
+        project=project,
+        kind="prompts",
+        source=_jsonl({"prompt": "Old.", "id": "a"}),
+        file_type="jsonl",
+    )
+    data = _jsonl({"prompt": "New.", "id": "b"}, {"prompt": "Again.", "id": "a"}, b"not json")
+    result = import_file(
+        project=project, kind="prompts", source=data, file_type="jsonl", valid_only=True
+    )
+    assert result.created == 1
+    assert [str(e) for e in result.skipped] == [
+        'line 2: id "a" is already a prompt of this project',
+        "line 3: invalid JSON (Expecting value at column 1)",
+    ]
+    assert set(Prompt.objects.exclude(external_id="").values_list("external_id", flat=True)) == {
+        "a",
+        "b",
+    }
+
+
+def test_it_imports_pairs_in_every_layout_and_exports_them_back(project: Project) -> None:
+    data = _jsonl(
+        {  # TRL conversational
+            "prompt": [{"role": "user", "content": "Greet me."}],
+            "chosen": [{"role": "assistant", "content": "Hi."}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        },
+        {"prompt": "Count to two.", "chosen": "1, 2.", "rejected": "Two, one."},  # standard
+        {  # implicit prompt (whole conversations)
+            "chosen": [
+                {"role": "user", "content": "Capital of Italy?"},
+                {"role": "assistant", "content": "Rome."},
+            ],
+            "rejected": [
+                {"role": "user", "content": "Capital of Italy?"},
+                {"role": "assistant", "content": "Milan."},
+            ],
+        },
+    )
+    result = import_file(project=project, kind="pairs", source=data, file_type="jsonl")
+    assert result.created == 3
+    pairs = PreferencePair.objects.filter(project=project).order_by("id")
+    assert [(p.chosen.text, p.rejected.text, p.agreement) for p in pairs] == [
+        ("Hi.", "Go away.", 1.0),
+        ("1, 2.", "Two, one.", 1.0),
+        ("Rome.", "Milan.", 1.0),
+    ]
+    rows = list(export_rows(project=project, format="dpo", filters=ExportFilters()))
+    assert rows[2] == {
+        "prompt": [{"role": "user", "content": "Capital of Italy?"}],
+        "chosen": [{"role": "assistant", "content": "Rome."}],
+        "rejected": [{"role": "assistant", "content": "Milan."}],
+    }
+
+
+def test_it_refuses_pairs_that_cannot_be_pairs(project: Project) -> None:
+    data = _jsonl(
+        {"prompt": "Same?", "chosen": "Yes.", "rejected": "Yes."},
+        {"prompt": "Missing."},
+        {"prompt": "Wrong turn.", "chosen": [{"role": "user", "content": "x"}], "rejected": "y"},
+        {
+            "chosen": [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "1"}],
+            "rejected": [{"role": "user", "content": "B?"}, {"role": "assistant", "content": "2"}],
+        },
+    )
+    with pytest.raises(ImportRefused) as refused:
+        import_file(project=project, kind="pairs", source=data, file_type="jsonl")
+    assert [str(e) for e in refused.value.errors] == [
+        "line 1: chosen and rejected are the same text",
+        'line 2: missing field "chosen"',
+        'line 3: "chosen" must end with an assistant message',
+        "line 4: chosen and rejected must share every turn but their last (the prompt)",
+    ]
+    assert not PreferencePair.objects.exists()
+
+
+def test_it_reads_a_datasets_directory_and_parquet(
+    project: Project, annotator: User, tmp_path: Path
+) -> None:
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(
+        [{"prompt": "From a saved dataset?", "tags": ["hf"]}, {"prompt": "Second row?", "tags": []}]
+    ).save_to_disk(str(saved))
+    result = import_file(project=project, kind="prompts", source=saved, file_type="dataset")
+    assert result.created == 2
+    assert Prompt.objects.get(
+        messages=[{"role": "user", "content": "From a saved dataset?"}]
+    ).tags == ["hf"]
+    assert Prompt.objects.filter(messages=[{"role": "user", "content": "Second row?"}]).exists()
+    # An export is a dataset directory too: pairs exported from one project import into another.
+    import_file(
+        project=project,
+        kind="pairs",
+        source=_jsonl({"prompt": "P?", "chosen": "Good.", "rejected": "Bad."}),
+        file_type="jsonl",
+    )
+    export_write(project=project, directory=tmp_path / "export", file_type="parquet")
+    other = Project.objects.create(name="Other", slug="other")
+    result = import_file(
+        project=other, kind="pairs", source=tmp_path / "export", file_type="dataset"
+    )
+    assert result.created == 1
+    parquet = (tmp_path / "export" / "data" / "train.parquet").read_bytes()
+    third = Project.objects.create(name="Third", slug="third")
+    assert (
+        import_file(project=third, kind="pairs", source=parquet, file_type="parquet").created == 1
+    )
+    with pytest.raises(ImportRefused, match="Cannot read the file as Parquet"):
+        import_file(project=third, kind="pairs", source=b"not parquet", file_type="parquet")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=2000),
+    file_type=st.sampled_from(["jsonl", "csv"]),
+    kind=st.sampled_from(["prompts", "pairs"]),
+)
+def test_arbitrary_bytes_give_rows_or_the_import_error(
+    project: Project, data: bytes, file_type: str, kind: str
+) -> None:
+    try:
+        validated = import_validate(
+            project=project, kind=kind, records=records_read(data, file_type)
+        )
+    except ImportRefused:
+        return
+    assert isinstance(validated, Validated)
+    assert all(isinstance(error.line, int) and error.message for error in validated.errors)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    row=st.dictionaries(
+        st.sampled_from(
+            ["prompt", "messages", "text", "tags", "id", "split", "chosen", "rejected"]
+        ),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.sampled_from(["role", "content", "x"]), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=6,
+    ),
+    kind=st.sampled_from(["prompts", "pairs"]),
+)
+def test_arbitrary_json_rows_give_rows_or_line_errors(
+    project: Project, row: dict[str, object], kind: str
+) -> None:
+    data = json.dumps(row).encode() + b"\n"
+    validated = import_validate(project=project, kind=kind, records=records_read(data, "jsonl"))
+    assert len(validated.rows) + len(validated.errors) == 1
+
+
+def test_a_lead_imports_through_the_page_and_sees_each_bad_line(
+    project: Project, lead: User
+) -> None:
+    client = Client()
+    client.force_login(lead)
+    before = project.prompts.count()
+    bad = SimpleUploadedFile("prompts.jsonl", _jsonl({"prompt": "Good."}, b"{oops"))
+    answer = client.post(f"/p/{project.slug}/import/", {"kind": "prompts", "file": bad})
+    assert answer.status_code == 422
+    assert b"1 bad row: nothing was imported." in answer.content
+    assert b"line 2: invalid JSON" in answer.content
+    assert project.prompts.count() == before
+    good = SimpleUploadedFile("prompts.csv", b"prompt\nFrom the page?\n")
+    answer = client.post(f"/p/{project.slug}/import/", {"kind": "prompts", "file": good})
+    assert answer.status_code == 302
+    assert project.prompts.count() == before + 1
+    wrong = SimpleUploadedFile("prompts.txt", b"hello")
+    answer = client.post(f"/p/{project.slug}/import/", {"kind": "prompts", "file": wrong})
+    assert answer.status_code == 422 and b"Upload a .jsonl" in answer.content
+
+
+def test_the_command_imports_and_lists_bad_lines(project: Project, tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(_jsonl({"prompt": "From the command line?"}))
+    out = StringIO()
+    call_command("data_import", project.slug, str(good), stdout=out)
+    assert "Imported 1 prompts" in out.getvalue()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(_jsonl({"prompt": 1}))
+    err = StringIO()
+    with pytest.raises(CommandError, match="1 bad rows, nothing imported"):
+        call_command("data_import", project.slug, str(bad), stderr=err)
+    assert 'line 1: "prompt" must be text' in err.getvalue()
