@@ -9,7 +9,7 @@ from django import forms
 from django.db.models import QuerySet
 
 from alignment.models import ModelVersion, PairingStrategy
-from alignment.services import LOSS_TYPES, SamplingSettings, TrainingSettings
+from alignment.services import LOSS_TYPES, PROMPT_CHOICES, SamplingSettings, TrainingSettings
 
 _SAMPLING = SamplingSettings()
 _TRAINING = TrainingSettings()
@@ -48,6 +48,13 @@ class RoundStartForm(forms.Form):
         min_value=0,
         max_value=100_000,
         help_text="Chosen least used first. Used by on-policy pairs.",
+    )
+    prompt_choice = forms.ChoiceField(
+        label="Choose training prompts",
+        choices=list(PROMPT_CHOICES.items()),
+        initial="least_used",
+        required=False,
+        help_text="Held-out prompts are never chosen for training.",
     )
     eval_prompts = forms.IntegerField(
         label="Held-out prompts for head-to-head",

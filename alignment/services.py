@@ -31,6 +31,7 @@ from alignment.models import (
     Round,
     TrainingRun,
 )
+from annotate.coverage import prompts_for_coverage
 from annotate.models import Comparison, PreferencePair, Project, Prompt, Purpose, Response, Split
 from annotate.services import (
     ResponseInput,
@@ -101,6 +102,12 @@ class SamplingSettings:
         return self
 
 
+PROMPT_CHOICES = {
+    "least_used": "Least used first",
+    "coverage": "Fill under-covered clusters first (from the last coverage statistics)",
+}
+
+
 def round_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
     """Training prompts for a new round: the least used first (fresh prompts before reused)."""
     return list(
@@ -125,14 +132,19 @@ def round_next_start(
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
     created_by: User | None = None,
+    prompt_choice: str = "least_used",
 ) -> Round:
-    """Start the next round with prompts chosen for the strategy (fresh training prompts first)."""
+    """Start the next round with prompts chosen for the strategy: fresh training prompts
+    first, or (`prompt_choice="coverage"`) those that fill the under-covered clusters."""
     on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
     head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+    if prompt_choice not in PROMPT_CHOICES:
+        raise ValidationFailed(f"Unknown prompt choice {prompt_choice!r}.")
+    choose = prompts_for_coverage if prompt_choice == "coverage" else round_prompts_choose
     return round_start(
         project=project,
         policy=policy,
-        train_prompts=round_prompts_choose(project=project, count=train_count) if on_policy else (),
+        train_prompts=choose(project=project, count=train_count) if on_policy else (),
         eval_prompts=eval_prompts_choose(project=project, count=eval_count) if head_to_head else (),
         samples_per_prompt=samples_per_prompt,
         sampling=sampling,

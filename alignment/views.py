@@ -71,6 +71,7 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
                 sampling=form.sampling(),
                 strategy=data["pairing_strategy"],
                 created_by=request.user,
+                prompt_choice=data["prompt_choice"] or "least_used",
             )
         except ValidationFailed as error:
             form.add_error(None, str(error))

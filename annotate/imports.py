@@ -31,6 +31,7 @@ from typing import Any
 
 from django.db import transaction
 
+from annotate.coverage import coverage_refresh_request
 from annotate.models import (
     Comparison,
     ComparisonStatus,
@@ -418,6 +419,7 @@ def import_records(
             prompts_create(project=project, rows=rows)
         else:
             _pairs_write(project=project, rows=rows, round_number=round_number)
+        coverage_refresh_request(project=project)  # embed and count the new prompts
     return ImportResult(kind=kind, created=len(rows), skipped=validated.errors)
 
 

@@ -129,7 +129,9 @@ class Prompt(models.Model):
     external_id = models.CharField(max_length=200, blank=True)
     split = models.CharField(max_length=5, choices=Split, default=Split.TRAIN)
     content_hash = models.CharField(max_length=64, db_index=True)
-    embedding = models.BinaryField(null=True, blank=True, editable=False)
+    embedding = models.BinaryField(null=True, blank=True, editable=False)  # float32, normalised
+    # The semantic cluster the last coverage computation put it in (annotate.coverage).
+    cluster = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -414,3 +416,24 @@ class DatasetSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"Snapshot {self.pk} ({self.n_pairs} pairs, {self.content_hash[:10]})"
+
+
+class CoverageStats(models.Model):
+    """Diversity and coverage statistics of one scope of a project (the whole project, a
+    round, a dataset snapshot), computed by a worker and read by the coverage page."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="coverage")
+    scope = models.CharField(max_length=40)  # "project", "round:<n>", "snapshot:<id>"
+    data = models.JSONField(default=dict)
+    # What the data was computed from (counts and latest ids): stale when these move.
+    fingerprint = models.CharField(max_length=200)
+    computed_at = models.DateTimeField()
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "scope"], name="coverage_scope_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} {self.scope} at {self.computed_at:%Y-%m-%d %H:%M}"

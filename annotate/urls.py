@@ -19,6 +19,7 @@ urlpatterns = [
     path("p/<slug:slug>/mine/", views.my_judgments, name="my_judgments"),
     path("p/<slug:slug>/guidelines/", views.guidelines, name="guidelines"),
     path("p/<slug:slug>/quality/", views.quality, name="quality"),
+    path("p/<slug:slug>/coverage/", views.coverage, name="coverage"),
     path("p/<slug:slug>/review/", views.review_list, name="review_list"),
     path("p/<slug:slug>/review/<int:comparison_id>/", views.review_detail, name="review_detail"),
     path(

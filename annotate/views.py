@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role
+from annotate.coverage import coverage_is_stale, coverage_refresh_request
 from annotate.exports import CardFigures, dataset_card, export_rows, jsonl_lines
 from annotate.forms import (
     AdjudicateForm,
@@ -530,3 +531,63 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
         ),
         status=422 if form.errors or refused else 200,
     )
+
+
+# Coverage (reviewers and leads) -----------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def coverage(request: AuthedRequest, slug: str) -> HttpResponse:
+    """The stored coverage statistics of a scope; a stale or missing one is asked of a worker
+    (POST asks again now)."""
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    if request.method == "POST":
+        if not request.POST.get("refresh"):
+            return redirect("coverage", slug=project.slug)
+        requested = coverage_refresh_request(project=project)
+        messages.info(
+            request,
+            "A worker is refreshing the statistics."
+            if requested
+            else "A refresh was asked for less than a minute ago.",
+        )
+        return redirect("coverage", slug=project.slug)
+    scope = request.GET.get("scope", "project")
+    scopes = list(project.coverage.order_by("id").values_list("scope", flat=True))
+    stats = project.coverage.filter(scope=scope).first()
+    if scope != "project" and stats is None:
+        raise Http404("No statistics for this scope.")
+    stale = coverage_is_stale(project=project)
+    if stale:
+        coverage_refresh_request(project=project)
+    return render(
+        request,
+        "annotate/coverage.html",
+        _page_context(
+            request,
+            project,
+            stats=stats,
+            data=stats.data if stats else None,
+            chart=_coverage_chart(stats.data) if stats else None,
+            scope=scope,
+            scopes=scopes,
+            stale=stale,
+        ),
+    )
+
+
+def _coverage_chart(data: dict[str, Any]) -> dict[str, Any]:
+    """What the page's charts draw (the JSON block coverage-chart.js reads)."""
+    clusters = data.get("clusters", [])
+    return {
+        "map": data.get("map", {}),
+        "clusters": [f"{c['id']}: {' '.join(c['terms'][:2])}" for c in clusters],
+        "cluster_share": [round(100 * c["share"], 1) for c in clusters],
+        "cluster_pair_share": [round(100 * c["pair_share"], 1) for c in clusters],
+        "prompt_chars": data.get("prompt_chars", {}),
+        "response_chars": data.get("response_chars", {}),
+        "length_difference": data.get("pairs", {})
+        .get("length_difference", {})
+        .get("histogram", {}),
+    }

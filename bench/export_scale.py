@@ -146,13 +146,14 @@ def run_export(
         file_type,
     ]
     started = time.monotonic()
-    child = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.monotonic() - started
-    stdout = child.stdout.read().decode() if child.stdout else ""
-    stderr = child.stderr.read().decode() if child.stderr else ""
+    # Files, not pipes: a pipe nobody reads while we wait fills up and stalls the child.
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out_file, stderr=err_file)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.monotonic() - started
+        out_file.seek(0)
+        err_file.seek(0)
+        stdout, stderr = out_file.read().decode(), err_file.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"pairs_export failed:\n{stderr[-3000:]}")
     data = next((out / "data").iterdir())

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Sequence
 
+import numpy as np
+
+from annotate.diversity import words
 from annotate.models import Comparison, Policy, Project, Prompt
 from annotate.services import ResponseInput, comparison_create, policy_create, responses_create
 
@@ -37,3 +42,13 @@ def comparison_make(
         purpose=purpose,
         rng=random.Random(seed),
     )
+
+
+def embed_bag_of_words(texts: Sequence[str]) -> np.ndarray:
+    """A deterministic stand-in for the packaged embedder: a hashed bag of words, so texts
+    sharing words get similar rows (the real model takes seconds to load)."""
+    out = np.zeros((len(texts), 64), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in words(text):
+            out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+    return out

@@ -25,6 +25,7 @@ from alignment.services import (
     round_start,
     training_run_start,
 )
+from annotate.coverage import coverage_refresh
 from annotate.models import Role
 from annotate.services import (
     PromptInput,
@@ -33,7 +34,7 @@ from annotate.services import (
     project_create,
     prompts_create,
 )
-from tests.factories import comparison_make
+from tests.factories import comparison_make, embed_bag_of_words
 
 pytestmark = pytest.mark.django_db
 
@@ -49,6 +50,7 @@ class Redirect:
 LOGIN = Redirect("login")
 ADMIN_LOGIN = Redirect("admin:login")
 TO_ANNOTATE = Redirect("annotate", slug=True)
+TO_COVERAGE = Redirect("coverage", slug=True)
 
 Expected = int | Redirect
 
@@ -119,6 +121,10 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
     "quality": {
         "GET":  (LOGIN,       404,         404,         200,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
+    "coverage": {
+        "GET":  (LOGIN,       404,         404,         200,         200,         404,         200),
+        "POST": (LOGIN,       404,         404,         TO_COVERAGE, TO_COVERAGE, 404,         TO_COVERAGE),
     },
     "review_list": {
         "GET":  (LOGIN,       404,         404,         200,         200,         404,         200),
@@ -298,6 +304,8 @@ def _world_build() -> World:
         created_by=users["lead"],
         dispatch=False,
     )
+    # Fresh statistics: the coverage page asks a worker for them only when they are stale.
+    coverage_refresh(project=project, embed=embed_bag_of_words)
     return World(
         slug=project.slug,
         users={**users, "anonymous": None, "superuser": superuser},

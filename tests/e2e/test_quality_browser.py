@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 from pytest_django.live_server_helper import LiveServer
 
+from annotate.coverage import coverage_refresh
 from annotate.models import (
     Comparison,
     ComparisonStatus,
@@ -29,7 +30,7 @@ from annotate.services import (
     membership_set,
     project_settings_update,
 )
-from tests.factories import comparison_make
+from tests.factories import comparison_make, embed_bag_of_words
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -372,4 +373,33 @@ def test_it_draws_the_quality_charts_for_a_lead(
     page.get_by_role("button", name="Apply").click()
     page.wait_for_url("**guideline=1**")
     expect(page.locator("#f-guideline")).to_have_value("1")
+    assert not session.errors, session.errors
+
+
+def test_it_draws_the_coverage_charts_for_a_reviewer(
+    open_session: Callable[..., Session],
+    project: Project,
+    annotator: User,
+    make_user: Callable[..., User],
+) -> None:
+    reviewer = make_user("rev")
+    membership_set(project=project, user=reviewer, role=Role.REVIEWER)
+    comparisons = _comparisons(project, 3)
+    for comparison in comparisons:
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    coverage_refresh(project=project, embed=embed_bag_of_words)
+
+    session = open_session(reviewer, f"/p/{project.slug}/coverage/")
+    page = session.page
+    expect(page.locator('[data-stat="prompts"]')).to_have_text(str(project.prompts.count()))
+    expect(page.locator('[data-stat="pairs"]')).to_contain_text("3 (preference 3")
+    drawn = page.evaluate(
+        "Array.from(document.querySelectorAll('[data-coverage-chart]'))"
+        ".map(canvas => Boolean(window.Chart && window.Chart.getChart(canvas)))"
+    )
+    assert drawn == [True, True, True, True, True]
+    page.select_option("#scope", "round:1")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url("**scope=round%3A1**")
+    expect(page.locator('[data-stat="prompts"]')).to_have_text("3")
     assert not session.errors, session.errors
