@@ -1,6 +1,7 @@
 """Annotation throughput over real HTTP: simulated annotators against gunicorn.
 
-Each annotator logs in through /login/, then judges with no think time. "next" = GET
+Each annotator logs in through /login/, acknowledges the guidelines once (the first pair's
+banner asks for it), then judges with no think time. "next" = GET
 /p/<slug>/annotate/ with HX-Request (the #pair partial); "submit" = POST of that partial's
 judge form, answered by the next pair's partial. --flow browser (the default) does what the
 page does: it GETs a pair once, then judges each pair the submit's answer swaps in, so one
