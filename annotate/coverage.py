@@ -8,6 +8,7 @@ page only reads those rows; it asks for a refresh when their fingerprint is out 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -214,7 +215,7 @@ def coverage_refresh(
                 project=project,
                 scope=scope,
                 defaults={
-                    "data": data,
+                    "data": json.loads(json.dumps(data)),  # as read back: tuples are lists
                     "fingerprint": fingerprint,
                     "computed_at": now,
                     "seconds": round(time.monotonic() - started, 2),
@@ -228,6 +229,8 @@ def coverage_refresh(
     return stored
 
 
+# Counts are stored as [name, count] lists, most common first: PostgreSQL's jsonb does not
+# keep the order of an object's keys.
 def _scope_report(
     *,
     project: Project,
@@ -295,7 +298,7 @@ def _scope_report(
     )
     return {
         "prompts": len(rows),
-        "splits": dict(Counter(corpus.splits[i] for i in rows.tolist())),
+        "splits": sorted(Counter(corpus.splits[i] for i in rows.tolist()).items()),
         "exact_duplicates": {
             "groups": len(repeated),
             "extra": sum(n - 1 for n in repeated.values()),
@@ -323,8 +326,8 @@ def _scope_report(
         "vendi": _round(diversity.vendi_score(embeddings)) if len(rows) else None,
         "distinct_1": _round(diversity.distinct_n(texts, 1)),
         "distinct_2": _round(diversity.distinct_n(texts, 2)),
-        "languages": dict(languages.most_common()),
-        "tags": dict(tag_counts.most_common(30)),
+        "languages": languages.most_common(),
+        "tags": tag_counts.most_common(30),
         "untagged": sum(1 for i in rows.tolist() if not corpus.tags[i]),
         "prompt_chars": diversity.histogram([len(t) for t in texts]),
         "response_chars": diversity.histogram(pairs["response_chars"]),
@@ -391,13 +394,13 @@ def _pairs_of_scope(
         "response_chars": response_chars,
         "summary": {
             "total": len(rows),
-            "by_kind": {kind: kinds.get(kind, 0) for kind in PairKind.values},
+            "by_kind": [(kind, kinds.get(kind, 0)) for kind in PairKind.values],
             # Which side won, by the comparison's own order: far from half is a position or
             # policy imbalance in what was generated, not necessarily in the judging.
             "chosen_a_share": _round(
                 sum(1 for r in preference if r[2] == r[3]) / len(preference) if preference else None
             ),
-            "reason_tags": dict(reason_tags.most_common()),
+            "reason_tags": reason_tags.most_common(),
             "length_difference": {
                 "mean": _round(float(np.mean(differences)) if differences else None, 1),
                 "longer_chosen_share": _round(

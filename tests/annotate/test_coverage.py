@@ -71,9 +71,10 @@ def test_it_computes_clusters_duplicates_and_coverage(lead: User, annotator: Use
     assert code["pairs"] == 4 and code["pair_share"] == 1.0
     assert set(code["terms"]) & set(TOPICS["code"].split())
     assert data["evenness"] > 0.99 and 2.0 < data["vendi"] < 37
-    assert data["languages"] == {"English": 37}
-    assert data["tags"] == {"code": 12, "bread": 12, "garden": 12} and data["untagged"] == 1
-    assert data["pairs"]["by_kind"]["preference"] == 4
+    assert data["languages"] == [["English", 37]]
+    assert sorted(data["tags"]) == [["bread", 12], ["code", 12], ["garden", 12]]
+    assert data["untagged"] == 1
+    assert data["pairs"]["by_kind"] == [["preference", 4], ["tie", 0], ["both_bad", 0]]
     assert data["pairs"]["length_difference"]["longer_chosen_share"] == 1.0
     assert len(data["map"]["x"]) == 37
     # Embeddings are computed once and stored; clusters are stored on the prompts.

@@ -392,7 +392,7 @@ def test_it_draws_the_coverage_charts_for_a_reviewer(
     session = open_session(reviewer, f"/p/{project.slug}/coverage/")
     page = session.page
     expect(page.locator('[data-stat="prompts"]')).to_have_text(str(project.prompts.count()))
-    expect(page.locator('[data-stat="pairs"]')).to_contain_text("3 (preference 3")
+    expect(page.locator('[data-stat="pairs"]')).to_have_text("3 (preference 3, tie 0, both_bad 0)")
     drawn = page.evaluate(
         "Array.from(document.querySelectorAll('[data-coverage-chart]'))"
         ".map(canvas => Boolean(window.Chart && window.Chart.getChart(canvas)))"
