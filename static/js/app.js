@@ -39,9 +39,11 @@
   });
 
   // After a new pair is swapped in, keep the keyboard on it (the clicked button is gone).
+  // Whatever held the focus before belonged to the old pair or to nothing: unless the focus
+  // is already inside the new pair, it goes to the pair.
   document.addEventListener("htmx:afterSettle", function () {
     var pair = document.getElementById("pair");
-    if (pair && (!document.activeElement || document.activeElement === document.body || !document.contains(document.activeElement))) {
+    if (pair && !pair.contains(document.activeElement)) {
       pair.focus();
     }
   });
