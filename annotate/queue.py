@@ -23,7 +23,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import connection, transaction
-from django.db.models import OuterRef, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from annotate import sql
@@ -75,16 +75,6 @@ class Assignment:
         return c.response_b if self.left_is_a else c.response_a
 
 
-def live_leases_of_others(
-    *, comparison: Comparison | OuterRef, annotator: User, now: datetime
-) -> QuerySet[Lease]:
-    """The leases that reserve a slot of this comparison for someone else right now (a swapped
-    re-check reserves none: it is no vote). `LIVE_OTHERS_SQL` says the same in SQL."""
-    return Lease.objects.filter(
-        comparison=comparison, state=LeaseState.HELD, expires_at__gt=now, is_recheck=False
-    ).exclude(annotator=annotator)
-
-
 def _untouched_by(
     comparisons: QuerySet[Comparison], *, project: Project, annotator: User
 ) -> QuerySet[Comparison]:
@@ -107,6 +97,8 @@ JUDGED_BY_SQL = (
     f"EXISTS (SELECT 1 FROM {sql.JUDGMENT} j WHERE j.comparison_id = c.id AND j.annotator_id = %s"
     " AND j.kind = 'vote' AND j.superseded_at IS NULL)"
 )
+# The leases that reserve a slot of the comparison for someone else right now (a swapped
+# re-check reserves none: it is no vote).
 LIVE_OTHERS_SQL = (
     f"(SELECT count(*) FROM {sql.LEASE} o WHERE o.comparison_id = c.id AND o.state = 'held'"
     " AND o.expires_at > %s AND o.is_recheck = %s AND o.annotator_id <> %s)"
