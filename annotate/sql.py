@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from django.contrib.auth.models import User as UserModel
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 from annotate.models import (
     Comparison,
@@ -68,15 +68,18 @@ def timestamp(value: datetime) -> Any:
 
 
 def _execute(sql: str, params: Sequence[Any]) -> Any:
+    # The connection once: each use of the `connection` proxy is a thread-local lookup.
+    db = connections[DEFAULT_DB_ALIAS]
     if is_postgres():
-        connection.ensure_connection()
+        if db.connection is None:
+            db.ensure_connection()
         # A server-binding cursor on Django's own connection (so inside its transactions);
         # prepare=True keeps the parsed and planned statement for the connection's lifetime.
-        prepared = psycopg.Cursor(connection.connection)
-        with connection.wrap_database_errors:
+        prepared = psycopg.Cursor(db.connection)
+        with db.wrap_database_errors:
             prepared.execute(sql, params, prepare=True)
         return prepared
-    cursor = connection.cursor()
+    cursor = db.cursor()
     cursor.execute(sql, params)
     return cursor
 
@@ -126,10 +129,11 @@ def instance(model: type[M], values: dict[str, Any] | Sequence[Any]) -> M:
     else:
         names = [name for name in converters if name in values]
         row = [values[name] for name in names]
+    db = connections[DEFAULT_DB_ALIAS]
     for i, name in enumerate(names):
         if row[i] is not None:
             for converter, expression in converters[name]:
-                row[i] = converter(row[i], expression, connection)
+                row[i] = converter(row[i], expression, db)
     return model.from_db("default", names, row)
 
 

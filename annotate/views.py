@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -7,6 +8,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.template.backends.utils import csrf_input
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -77,6 +80,30 @@ def project_overview(request: AuthedRequest, slug: str) -> HttpResponse:
 # Annotation ----------------------------------------------------------------------------------
 
 
+_ID_SENTINEL = 987654321
+
+
+@functools.lru_cache(maxsize=512)
+def _annotation_urls(slug: str) -> dict[str, str]:
+    """The annotation page's URLs for a project, comparison URLs with a sentinel id (see
+    `_pair_urls`). Reversing them on every judgment was a visible part of its CPU."""
+    urls = {
+        name: reverse(name, args=[slug])
+        for name in ("annotate", "undo", "guidelines_acknowledge", "guidelines", "my_judgments")
+    }
+    urls.update({name: reverse(name, args=[slug, _ID_SENTINEL]) for name in ("judge", "skip")})
+    return urls
+
+
+def _pair_urls(slug: str, comparison_id: int | None) -> dict[str, str]:
+    urls = dict(_annotation_urls(slug))
+    for name in ("judge", "skip"):
+        # The id is the last number in the path (the slug comes before it).
+        head, _, tail = urls[name].rpartition(str(_ID_SENTINEL))
+        urls[name] = f"{head}{comparison_id}{tail}" if comparison_id is not None else ""
+    return urls
+
+
 def _pair_context(
     request: AuthedRequest,
     project: Project,
@@ -106,11 +133,15 @@ def _pair_context(
     guideline = unseen[-1] if unseen else None
     if guideline is None and not request.htmx:
         guideline = guideline_current(project=project)
+    comparison = assignment.comparison if assignment else None
     return _page_context(
         request,
         project,
         assignment=assignment,
-        comparison=assignment.comparison if assignment else None,
+        comparison=comparison,
+        urls=_pair_urls(project.slug, comparison.pk if comparison else None),
+        # One token for the fragment's forms: {% csrf_token %} masks a new one for each.
+        csrf_field=csrf_input(request),
         guideline=guideline,
         unseen_guidelines=unseen,
         first_visit=seen == 0,
