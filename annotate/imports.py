@@ -134,9 +134,6 @@ def _jsonl_records(data: bytes) -> Iterator[tuple[int, Any]]:
         except ValueError as error:  # e.g. an integer of more digits than Python converts
             yield line, RowError(line, f"invalid JSON ({error})")
             continue
-        if not isinstance(record, dict):
-            yield line, RowError(line, f"a row must be a JSON object, not {type(record).__name__}")
-            continue
         yield line, record
 
 
@@ -362,6 +359,10 @@ def import_validate(
             on_progress(count)
         if isinstance(record, RowError):
             result.errors.append(record)
+            continue
+        if not isinstance(record, Mapping):  # a JSON line or an API row of another kind
+            what = type(record).__name__
+            result.errors.append(RowError(line, f"a row must be a JSON object, not {what}"))
             continue
         try:
             row = parse(record)

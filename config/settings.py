@@ -49,6 +49,10 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "csp",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "annotate",
     "alignment",
 ]
@@ -154,6 +158,47 @@ CONTENT_SECURITY_POLICY = {
         "form-action": [SELF],
         "frame-ancestors": [NONE],
     }
+}
+
+# The API (annotate/api.py, alignment/api.py): token or session auth, JSON in and out, one
+# error shape; its schema and Swagger UI (assets from the sidecar package: no CDN) at /api/v1/.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["annotate.api_errors.StrictJSONParser"],
+    "EXCEPTION_HANDLER": "annotate.api_errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # ?format= is the export's (dpo / kto), not a renderer choice.
+    "URL_FORMAT_OVERRIDE": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Prefloop API",
+    "DESCRIPTION": (
+        "Projects, prompts, comparisons, the annotation flow, exports, rounds, training runs "
+        "and model versions. Authenticate with `Authorization: Token <key>` (POST "
+        "/api/v1/auth/token/ with a username and password, or `manage.py drf_create_token`)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Ids in paths (annotate.http.IdConverter): what the URL pattern accepts.
+    "PATH_CONVERTER_OVERRIDES": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 999_999_999},
+        "slug": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
+    },
+    "ENUM_NAME_OVERRIDES": {
+        "ComparisonStatusEnum": "annotate.models.ComparisonStatus",
+        "JobStatusEnum": "alignment.models.JobStatus",
+    },
 }
 
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", default=False)

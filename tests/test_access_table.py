@@ -197,6 +197,97 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    # The API: the same gates as the pages, 401 without credentials. POSTs send an empty JSON
+    # object, a validation error (400) wherever a body is asked for.
+    "api:token": {  # username and password for a token: open to all, like the login page
+        "GET":  (405,         405,         405,         405,         405,         405,         405),
+        "POST": (400,         400,         400,         400,         400,         400,         400),
+    },
+    "api:schema": {
+        "GET":  (200,         200,         200,         200,         200,         200,         200),
+        "POST": (405,         405,         405,         405,         405,         405,         405),
+    },
+    "api:docs": {
+        "GET":  (200,         200,         200,         200,         200,         200,         200),
+        "POST": (405,         405,         405,         405,         405,         405,         405),
+    },
+    "api:projects": {
+        "GET":  (401,         200,         200,         200,         200,         200,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:project": {
+        "GET":  (401,         200,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:prompts": {
+        "GET":  (401,         404,         404,         200,         200,         404,         200),
+        "POST": (401,         404,         404,         404,         400,         404,         400),
+    },
+    "api:comparisons": {
+        "GET":  (401,         404,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:comparison": {
+        "GET":  (401,         404,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:judgment_create": {
+        "GET":  (401,         405,         405,         405,         405,         405,         405),
+        "POST": (401,         400,         404,         400,         400,         404,         400),
+    },
+    "api:skip": {
+        "GET":  (401,         405,         405,         405,         405,         405,         405),
+        "POST": (401,         400,         404,         400,         400,         404,         400),
+    },
+    "api:assignment": {
+        "GET":  (401,         200,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:judgments": {
+        "GET":  (401,         200,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    # The judgment in the URL is the lead's: only its author may take it back.
+    "api:judgment_undo": {
+        "GET":  (401,         405,         405,         405,         405,         405,         405),
+        "POST": (401,         422,         404,         422,         200,         404,         422),
+    },
+    "api:guidelines": {
+        "GET":  (401,         200,         404,         200,         200,         404,         200),
+        "POST": (401,         400,         404,         400,         400,         404,         400),
+    },
+    "api:export": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:export_card": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:coverage": {
+        "GET":  (401,         404,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:model_versions": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:rounds": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         404,         404,         404,         400,         404,         400),
+    },
+    "api:round": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:training_runs": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         404,         404,         404,         400,         404,         400),
+    },
+    "api:training_run": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
 }
 # fmt: on
 
@@ -288,7 +379,7 @@ def _world_build() -> World:
     comparison = comparison_make(prompts[0], seed=0)
     # A judged pair (overlap 1) gives the training run a snapshot to be created from.
     judged = comparison_make(prompts[1], seed=1)
-    judgment_submit(comparison_id=judged.pk, annotator=users["lead"], choice="a")
+    judged_by_lead = judgment_submit(comparison_id=judged.pk, annotator=users["lead"], choice="a")
     base = model_version_base_ensure(project=project)
     round_ = round_start(
         project=project,
@@ -314,6 +405,7 @@ def _world_build() -> World:
             "comparison_id": comparison.pk,
             "number": round_.number,
             "run_id": run.pk,
+            "judgment_id": judged_by_lead.pk,
         },
     )
 
@@ -367,7 +459,12 @@ def test_it_decides_access_as_the_table_says(
     before = _jobs_count()
 
     with django_capture_on_commit_callbacks() as dispatched:
-        response = client.get(url) if method == "GET" else client.post(url, {})
+        if method == "GET":
+            response = client.get(url)
+        elif name.startswith("api:"):
+            response = client.post(url, {}, content_type="application/json")
+        else:
+            response = client.post(url, {})
 
     status = expected if isinstance(expected, int) else 302
     assert response.status_code == status, f"{method} {url} as {role}"

@@ -1,0 +1,370 @@
+"""The JSON API of the machine side: rounds, training runs, model versions (leads only, as
+the pages). Errors, authentication and access as in annotate/api.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from alignment import selectors
+from alignment.models import GenerationJob, JobStatus, ModelVersion, PairingStrategy, Round
+from alignment.models import TrainingRun as TrainingRunModel
+from alignment.services import (
+    LOSS_TYPES,
+    PROMPT_CHOICES,
+    SamplingSettings,
+    TrainingSettings,
+    model_version_base_ensure,
+    round_next_start,
+    training_run_start,
+)
+from annotate.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED, ProjectApi
+from annotate.models import Role
+from annotate.services import SnapshotFilters
+
+_SAMPLING = SamplingSettings()
+
+
+def _version(project_versions: Any, version_id: int, what: str) -> ModelVersion:
+    version = project_versions.filter(pk=version_id).first()
+    if version is None:
+        raise serializers.ValidationError({what: ["No such model version in this project."]})
+    return version
+
+
+# Model versions ------------------------------------------------------------------------------
+
+
+class ModelVersionOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    parent_id = serializers.IntegerField(allow_null=True)
+    base_model = serializers.CharField()
+    adapter_path = serializers.CharField(allow_blank=True)
+    adapter_sha256 = serializers.CharField(allow_blank=True)
+    is_base = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+
+class ModelVersionListApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="model_versions_list",
+        tags=["models"],
+        responses={200: ModelVersionOut(many=True), **ERRORS},
+        summary="The project's model versions, newest first (leads)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        versions = selectors.model_versions_for_project(project=project)
+        return Response(ModelVersionOut(versions, many=True).data)
+
+
+# Rounds -------------------------------------------------------------------------------------
+
+
+class GenerationJobOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    model_version_id = serializers.IntegerField()
+    purpose = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    progress_done = serializers.IntegerField()
+    progress_total = serializers.IntegerField()
+    error = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class RoundOut(serializers.Serializer):
+    number = serializers.IntegerField()
+    policy_id = serializers.IntegerField(help_text="The model version that generates it.")
+    samples_per_prompt = serializers.IntegerField()
+    pairing_strategy = serializers.ChoiceField(choices=PairingStrategy.choices)
+    sampling = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    prompt_count = serializers.IntegerField()
+    comparisons_created = serializers.IntegerField()
+    jobs = GenerationJobOut(many=True)
+
+
+def _round_out(round_: Round, prompt_count: int, created: int, jobs: list[GenerationJob]) -> Any:
+    return {
+        "number": round_.number,
+        "policy_id": round_.policy_id,
+        "samples_per_prompt": round_.samples_per_prompt,
+        "pairing_strategy": round_.pairing_strategy,
+        "sampling": round_.sampling,
+        "created_at": serializers.DateTimeField().to_representation(round_.created_at),
+        "prompt_count": prompt_count,
+        "comparisons_created": created,
+        "jobs": GenerationJobOut(jobs, many=True).data,
+    }
+
+
+class SamplingIn(serializers.Serializer):
+    max_new_tokens = serializers.IntegerField(
+        default=_SAMPLING.max_new_tokens, min_value=8, max_value=4096
+    )
+    temperature = serializers.FloatField(default=_SAMPLING.temperature, min_value=0, max_value=5)
+    top_p = serializers.FloatField(default=_SAMPLING.top_p, min_value=0, max_value=1)
+    seed = serializers.IntegerField(default=_SAMPLING.seed, min_value=0, max_value=MAX_ID)
+
+
+class RoundIn(serializers.Serializer):
+    policy_id = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, help_text="The model version that generates the round."
+    )
+    pairing_strategy = serializers.ChoiceField(
+        choices=PairingStrategy.choices, default=PairingStrategy.ON_POLICY
+    )
+    train_prompts = serializers.IntegerField(default=40, min_value=0, max_value=100_000)
+    prompt_choice = serializers.ChoiceField(choices=list(PROMPT_CHOICES), default="least_used")
+    eval_prompts = serializers.IntegerField(default=20, min_value=0, max_value=100_000)
+    samples_per_prompt = serializers.IntegerField(default=2, min_value=1, max_value=64)
+    sampling = SamplingIn(required=False)
+
+
+class RoundListApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="rounds_list",
+        tags=["rounds"],
+        responses={200: RoundOut(many=True), **ERRORS},
+        summary="The project's rounds, newest first (leads)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        rows = selectors.round_list_for_project(project=project)
+        return Response(
+            [_round_out(r.round, r.prompt_count, r.comparisons_created, r.jobs) for r in rows]
+        )
+
+    @extend_schema(
+        operation_id="rounds_start",
+        tags=["rounds"],
+        request=RoundIn,
+        responses={201: RoundOut, **BODY_ERRORS, **REJECTED},
+        summary="Start the next round: choose prompts, generate, form comparisons (leads)",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        body = RoundIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        model_version_base_ensure(project=project)
+        policy = _version(
+            ModelVersion.objects.filter(project=project), data["policy_id"], "policy_id"
+        )
+        sampling = data.get("sampling") or {}
+        round_ = round_next_start(
+            project=project,
+            policy=policy,
+            train_count=data["train_prompts"],
+            eval_count=data["eval_prompts"],
+            samples_per_prompt=data["samples_per_prompt"],
+            sampling=SamplingSettings(**sampling),
+            strategy=data["pairing_strategy"],
+            created_by=request.user,  # type: ignore[arg-type]
+            prompt_choice=data["prompt_choice"],
+        )
+        return Response(_round_detail(project, round_.number), status=status.HTTP_201_CREATED)
+
+
+def _round_detail(project: Any, number: int) -> Any:
+    detail = selectors.round_detail_get(project=project, number=number)
+    if detail is None:
+        raise Http404("No such round.")
+    counts = detail.comparisons
+    return _round_out(
+        detail.round,
+        detail.train_prompt_count + detail.eval_prompt_count,
+        counts.created,
+        [row.job for row in detail.jobs],
+    )
+
+
+class RoundDetailApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="rounds_retrieve",
+        tags=["rounds"],
+        responses={200: RoundOut, **ERRORS},
+        summary="A round and its generation jobs (leads)",
+    )
+    def get(self, request: Request, slug: str, number: int) -> Response:
+        project = self.project(request, slug)
+        return Response(_round_detail(project, number))
+
+
+# Training runs ------------------------------------------------------------------------------
+
+
+class TrainingRunOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    base_version_id = serializers.IntegerField()
+    output_version_id = serializers.IntegerField(allow_null=True)
+    snapshot = inline_serializer(
+        "SnapshotOut",
+        {
+            "id": serializers.IntegerField(),
+            "n_pairs": serializers.IntegerField(),
+            "content_hash": serializers.CharField(),
+            "filters": serializers.JSONField(),
+        },
+    )
+    config = serializers.JSONField(help_text="The training settings.")
+    progress_done = serializers.IntegerField()
+    progress_total = serializers.IntegerField()
+    summary = serializers.JSONField()
+    error = serializers.CharField(allow_blank=True)
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
+
+
+class TrainingRunDetailOut(TrainingRunOut):
+    points = serializers.ListField(
+        child=serializers.DictField(child=serializers.FloatField(allow_null=True)),
+        help_text="The metric series: step, epoch, loss, reward accuracy and margins.",
+    )
+    log_tail = serializers.CharField(allow_blank=True)
+
+
+def _run_out(run: TrainingRunModel) -> dict[str, Any]:
+    date = serializers.DateTimeField()
+    snapshot = run.snapshot
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "base_version_id": run.base_version_id,
+        "output_version_id": run.output_version_id,
+        "snapshot": {
+            "id": snapshot.pk,
+            "n_pairs": snapshot.n_pairs,
+            "content_hash": snapshot.content_hash,
+            "filters": snapshot.filters,
+        },
+        "config": run.config,
+        "progress_done": run.progress_done,
+        "progress_total": run.progress_total,
+        "summary": run.summary,
+        "error": run.error,
+        "attempts": run.attempts,
+        "created_at": date.to_representation(run.created_at),
+        "started_at": date.to_representation(run.started_at) if run.started_at else None,
+        "finished_at": date.to_representation(run.finished_at) if run.finished_at else None,
+        "heartbeat_at": date.to_representation(run.heartbeat_at) if run.heartbeat_at else None,
+    }
+
+
+_TRAINING = TrainingSettings()
+
+
+class TrainingSettingsIn(serializers.Serializer):
+    loss_type = serializers.ChoiceField(choices=list(LOSS_TYPES), default=_TRAINING.loss_type)
+    beta = serializers.FloatField(default=_TRAINING.beta)
+    learning_rate = serializers.FloatField(default=_TRAINING.learning_rate)
+    epochs = serializers.IntegerField(default=_TRAINING.epochs)
+    batch_size = serializers.IntegerField(default=_TRAINING.batch_size)
+    gradient_accumulation_steps = serializers.IntegerField(
+        default=_TRAINING.gradient_accumulation_steps
+    )
+    lora_r = serializers.IntegerField(default=_TRAINING.lora_r)
+    lora_alpha = serializers.IntegerField(default=_TRAINING.lora_alpha)
+    lora_dropout = serializers.FloatField(default=_TRAINING.lora_dropout)
+    max_length = serializers.IntegerField(default=_TRAINING.max_length)
+    seed = serializers.IntegerField(default=_TRAINING.seed, min_value=0, max_value=MAX_ID)
+
+
+class TrainingRunIn(serializers.Serializer):
+    base_version_id = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, help_text="The version to start from: the new one's parent."
+    )
+    settings = TrainingSettingsIn(
+        required=False, help_text="Ranges are checked by the service (422 names the field)."
+    )
+    rounds = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_ID),
+        required=False,
+        max_length=1000,
+        help_text="Rounds whose pairs to train on; none: every round.",
+    )
+    min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
+
+
+class TrainingRunListApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="training_runs_list",
+        tags=["training"],
+        responses={200: TrainingRunOut(many=True), **ERRORS},
+        summary="The project's training runs, newest first (leads)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        rows = selectors.training_run_list_for_project(project=project)
+        return Response([_run_out(row.run) for row in rows])
+
+    @extend_schema(
+        operation_id="training_runs_start",
+        tags=["training"],
+        request=TrainingRunIn,
+        responses={201: TrainingRunOut, **BODY_ERRORS, **REJECTED},
+        summary="Train a new model version on a frozen snapshot of the pairs (leads)",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        body = TrainingRunIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        model_version_base_ensure(project=project)
+        base = _version(
+            ModelVersion.objects.filter(project=project), data["base_version_id"], "base_version_id"
+        )
+        run = training_run_start(
+            project=project,
+            base_version=base,
+            training=TrainingSettings.from_mapping(dict(data.get("settings") or {})),
+            filters=SnapshotFilters(
+                rounds=tuple(sorted(set(data.get("rounds", [])))),
+                min_agreement=data["min_agreement"],
+            ),
+            created_by=request.user,  # type: ignore[arg-type]
+        )
+        run = selectors.training_run_get(project=project, run_id=run.pk) or run
+        return Response(_run_out(run), status=status.HTTP_201_CREATED)
+
+
+class TrainingRunDetailApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="training_runs_retrieve",
+        tags=["training"],
+        responses={200: TrainingRunDetailOut, **ERRORS},
+        summary="A training run with its live metric series and log tail (leads)",
+    )
+    def get(self, request: Request, slug: str, run_id: int) -> Response:
+        project = self.project(request, slug)
+        run = selectors.training_run_get(project=project, run_id=run_id)
+        if run is None:
+            raise Http404("No such training run.")
+        return Response(
+            {
+                **_run_out(run),
+                "points": selectors.training_run_points(run=run),
+                "log_tail": run.log_tail,
+            }
+        )

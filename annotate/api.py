@@ -1,0 +1,839 @@
+"""The JSON API of the human side (DRF); alignment/api.py adds the machine side.
+
+Token or session authentication. Every view gates through annotate.access, as the pages do:
+outside a user's projects everything is a 404, and a role too low for a view is a 404 as
+well. Each view parses its input with its own serializer and calls one service or selector.
+Errors share one JSON shape (annotate/api_errors.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotate import selectors
+from annotate.access import access_comparison, access_project, project_role, projects_for_user
+from annotate.api_errors import ErrorSerializer
+from annotate.coverage import coverage_is_stale
+from annotate.exports import (
+    FORMATS,
+    SPLITS,
+    CardFigures,
+    ExportFilters,
+    dataset_card,
+    export_rows,
+    jsonl_lines,
+)
+from annotate.imports import KINDS, import_records
+from annotate.models import (
+    Choice,
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentKind,
+    Project,
+    Prompt,
+    Role,
+    Split,
+)
+from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
+from annotate.rendering import rendered_html
+from annotate.services import (
+    MAX_TIME_SPENT_MS,
+    STRENGTHS,
+    ComparisonMissing,
+    guideline_acknowledge,
+    guideline_current,
+    judgment_submit,
+    judgment_undo,
+)
+
+# Ids in paths and filters: larger numbers name nothing (and would overflow the database).
+MAX_ID = 2**31 - 1
+
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="The request is malformed."),
+    401: OpenApiResponse(ErrorSerializer, description="No or an invalid token."),
+    404: OpenApiResponse(ErrorSerializer, description="No such object, or not yours to see."),
+}
+REJECTED = {422: OpenApiResponse(ErrorSerializer, description="Refused by the project's rules.")}
+# What a view that reads a body may answer besides.
+BODY_ERRORS = {
+    **ERRORS,
+    415: OpenApiResponse(ErrorSerializer, description="The body is not JSON."),
+}
+
+
+class ProjectApi(APIView):
+    # A view of one project; `min_role` is the lowest role that may use it. (A comment, not a
+    # docstring: the schema would give it to every subclass as its description.)
+    min_role = Role.ANNOTATOR
+
+    def project(self, request: Request, slug: str) -> Project:
+        return access_project(user=request.user, slug=slug, min_role=self.min_role)
+
+
+class PageQuery(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, default=0)
+
+
+def _paged(items: list[Any], *, count: int, offset: int) -> dict[str, Any]:
+    return {"count": count, "offset": offset, "results": items}
+
+
+def paged_serializer(name: str, item: type[serializers.Serializer]) -> Any:
+    return inline_serializer(
+        name,
+        {
+            "count": serializers.IntegerField(),
+            "offset": serializers.IntegerField(),
+            "results": item(many=True),
+        },
+    )
+
+
+# Projects -----------------------------------------------------------------------------------
+
+
+class ProjectOut(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    role = serializers.SerializerMethodField(help_text="Yours in this project.")
+    base_model = serializers.CharField()
+    overlap = serializers.IntegerField()
+    allow_tie = serializers.BooleanField()
+    allow_both_bad = serializers.BooleanField()
+    use_strength = serializers.BooleanField()
+    criteria = serializers.ListField(child=serializers.CharField())
+    reason_tags = serializers.ListField(child=serializers.CharField())
+    rationale = serializers.CharField()
+    undo_seconds = serializers.IntegerField()
+    lease_seconds = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.ChoiceField(choices=Role.choices))
+    def get_role(self, project: Project) -> str:
+        return str(self.context["role"])
+
+
+def _project_out(project: Project, role: Role | None) -> Any:
+    return ProjectOut(project, context={"role": role or Role.LEAD}).data
+
+
+class ProjectListApi(APIView):
+    @extend_schema(
+        operation_id="projects_list",
+        tags=["projects"],
+        responses={200: ProjectOut(many=True), 401: ERRORS[401]},
+        summary="Your projects",
+    )
+    def get(self, request: Request) -> Response:
+        user = request.user
+        projects = list(projects_for_user(user=user).order_by("slug"))
+        roles = dict(user.memberships.values_list("project_id", "role"))  # type: ignore[union-attr]
+        return Response(
+            [_project_out(p, Role(roles[p.pk]) if p.pk in roles else Role.LEAD) for p in projects]
+        )
+
+
+class ProjectDetailApi(ProjectApi):
+    @extend_schema(
+        operation_id="projects_retrieve",
+        tags=["projects"],
+        responses={200: ProjectOut, **ERRORS},
+        summary="A project and its annotation settings",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        return Response(_project_out(project, project_role(user=request.user, project=project)))
+
+
+# Prompts -----------------------------------------------------------------------------------
+
+
+class MessageOut(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField(allow_blank=True)
+
+
+class PromptOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    messages = MessageOut(many=True)
+    tags = serializers.ListField(child=serializers.CharField())
+    source = serializers.CharField(allow_blank=True)
+    external_id = serializers.CharField(allow_blank=True)
+    split = serializers.ChoiceField(choices=Split.choices)
+    created_at = serializers.DateTimeField()
+
+
+class PromptQuery(PageQuery):
+    split = serializers.ChoiceField(choices=Split.choices, required=False)
+
+
+class ImportIn(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=KINDS, default="prompts")
+    rows = serializers.ListField(
+        child=serializers.JSONField(),
+        min_length=1,
+        max_length=10_000,
+        help_text=(
+            "Rows as an import file holds them. Prompts: {prompt | messages, tags?, id?, "
+            "split?, source?}. Pairs: TRL conversational or standard prompt / chosen / "
+            "rejected, or chosen / rejected conversations sharing their prompt turns."
+        ),
+    )
+    valid_only = serializers.BooleanField(
+        default=False, help_text="Import the valid rows and report the others."
+    )
+
+
+class ImportOut(serializers.Serializer):
+    kind = serializers.CharField()
+    created = serializers.IntegerField()
+    skipped = inline_serializer(
+        "SkippedRow",
+        {"line": serializers.IntegerField(), "message": serializers.CharField()},
+        many=True,
+    )
+
+
+class PromptListApi(ProjectApi):
+    min_role = Role.REVIEWER
+
+    @extend_schema(
+        operation_id="prompts_list",
+        tags=["prompts"],
+        parameters=[PromptQuery],
+        responses={200: paged_serializer("PromptPage", PromptOut), **ERRORS},
+        summary="The project's prompts (reviewers and leads)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        query = PromptQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        prompts = Prompt.objects.filter(project=project).order_by("id")
+        if "split" in query.validated_data:
+            prompts = prompts.filter(split=query.validated_data["split"])
+        offset, limit = query.validated_data["offset"], query.validated_data["limit"]
+        page = prompts.defer("embedding")[offset : offset + limit]
+        return Response(
+            _paged(PromptOut(page, many=True).data, count=prompts.count(), offset=offset)
+        )
+
+    @extend_schema(
+        operation_id="prompts_import",
+        tags=["prompts"],
+        request=ImportIn,
+        responses={201: ImportOut, **BODY_ERRORS, **REJECTED},
+        summary="Import prompts or existing pairs (leads); all or nothing unless valid_only",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
+        body = ImportIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        result = import_records(
+            project=project,
+            kind=data["kind"],
+            records=enumerate(data["rows"], start=1),
+            valid_only=data["valid_only"],
+        )
+        skipped = [{"line": e.line, "message": e.message} for e in result.skipped]
+        return Response(
+            {"kind": result.kind, "created": result.created, "skipped": skipped},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+# Comparisons (reviewers and leads) ---------------------------------------------------------
+
+
+class ResponseOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField(allow_blank=True)
+    policy = serializers.CharField(source="policy.name")
+
+
+class ComparisonOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    prompt_id = serializers.IntegerField()
+    round_number = serializers.IntegerField()
+    purpose = serializers.CharField()
+    pairing_strategy = serializers.CharField(allow_blank=True)
+    status = serializers.ChoiceField(choices=ComparisonStatus.choices)
+    judgment_count = serializers.IntegerField()
+    gold_choice = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+
+
+class ComparisonQuery(PageQuery):
+    status = serializers.ChoiceField(choices=ComparisonStatus.choices, required=False)
+    round = serializers.IntegerField(required=False, min_value=0, max_value=MAX_ID)
+
+
+class ComparisonListApi(ProjectApi):
+    min_role = Role.REVIEWER
+
+    @extend_schema(
+        operation_id="comparisons_list",
+        tags=["comparisons"],
+        parameters=[ComparisonQuery],
+        responses={200: paged_serializer("ComparisonPage", ComparisonOut), **ERRORS},
+        summary="The project's comparisons (reviewers and leads)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        query = ComparisonQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        comparisons = Comparison.objects.filter(project=project).order_by("id")
+        if "status" in data:
+            comparisons = comparisons.filter(status=data["status"])
+        if "round" in data:
+            comparisons = comparisons.filter(round_number=data["round"])
+        page = comparisons[data["offset"] : data["offset"] + data["limit"]]
+        return Response(
+            _paged(
+                ComparisonOut(page, many=True).data,
+                count=comparisons.count(),
+                offset=data["offset"],
+            )
+        )
+
+
+class JudgmentOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    comparison_id = serializers.IntegerField()
+    annotator = serializers.CharField(source="annotator.username")
+    kind = serializers.ChoiceField(choices=JudgmentKind.choices)
+    choice = serializers.ChoiceField(choices=Choice.choices, help_text="In terms of A and B.")
+    side = serializers.SerializerMethodField(help_text="As the annotator saw it.")
+    strength = serializers.IntegerField(allow_null=True)
+    criteria = serializers.DictField(child=serializers.CharField())
+    rationale = serializers.CharField(allow_blank=True)
+    reason_tags = serializers.ListField(child=serializers.CharField())
+    time_spent_ms = serializers.IntegerField(allow_null=True)
+    guideline_version = serializers.IntegerField(source="guideline.version", allow_null=True)
+    superseded = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_side(self, judgment: Judgment) -> str:
+        if judgment.choice in (Choice.TIE, Choice.BOTH_BAD):
+            return str(judgment.choice)
+        return "left" if (judgment.choice == Choice.A) == judgment.left_was_a else "right"
+
+    def get_superseded(self, judgment: Judgment) -> bool:
+        return judgment.superseded_at is not None
+
+
+class ComparisonDetailOut(ComparisonOut):
+    prompt = MessageOut(many=True, source="prompt.messages")
+    response_a = ResponseOut()
+    response_b = ResponseOut()
+    judgments = JudgmentOut(many=True)
+    pair = inline_serializer(
+        "PairSummary",
+        {
+            "kind": serializers.CharField(),
+            "chosen_id": serializers.IntegerField(help_text="The chosen response."),
+            "rejected_id": serializers.IntegerField(),
+            "agreement": serializers.FloatField(),
+            "n_judgments": serializers.IntegerField(),
+        },
+        allow_null=True,
+    )
+
+
+class ComparisonDetailApi(ProjectApi):
+    min_role = Role.REVIEWER
+
+    @extend_schema(
+        operation_id="comparisons_retrieve",
+        tags=["comparisons"],
+        responses={200: ComparisonDetailOut, **ERRORS},
+        summary="A comparison with its responses, judgments and aggregated pair",
+    )
+    def get(self, request: Request, slug: str, comparison_id: int) -> Response:
+        project = self.project(request, slug)
+        comparison = access_comparison(
+            user=request.user, project=project, comparison_id=comparison_id
+        )
+        review = selectors.comparison_review(comparison=comparison)
+        data = dict(ComparisonOut(comparison).data)
+        pair = review.pair
+        data.update(
+            prompt=comparison.prompt.messages,
+            response_a=ResponseOut(comparison.response_a).data,
+            response_b=ResponseOut(comparison.response_b).data,
+            judgments=JudgmentOut(review.judgments, many=True).data,
+            pair=(
+                {
+                    "kind": pair.kind,
+                    "chosen_id": pair.chosen_id,
+                    "rejected_id": pair.rejected_id,
+                    "agreement": pair.agreement,
+                    "n_judgments": pair.n_judgments,
+                }
+                if pair is not None
+                else None
+            ),
+        )
+        return Response(data)
+
+
+# The annotation flow ------------------------------------------------------------------------
+
+
+class SideOut(serializers.Serializer):
+    text = serializers.CharField(allow_blank=True)
+    html = serializers.CharField(help_text="The text as sanitised HTML, as the page shows it.")
+
+
+class AssignmentOut(serializers.Serializer):
+    comparison_id = serializers.IntegerField()
+    prompt = MessageOut(many=True)
+    left = SideOut()
+    right = SideOut()
+
+
+class ProgressOut(serializers.Serializer):
+    judged = serializers.IntegerField()
+    remaining = serializers.IntegerField(help_text="Counted up to 51; see remaining_label.")
+    remaining_label = serializers.CharField()
+    quota = serializers.IntegerField(allow_null=True)
+
+
+class AssignmentPageOut(serializers.Serializer):
+    assignment = AssignmentOut(allow_null=True, help_text="null: nothing left to judge now.")
+    progress = ProgressOut()
+    guideline_version = serializers.IntegerField(allow_null=True)
+    guideline_seen_version = serializers.IntegerField(
+        allow_null=True, help_text="Below guideline_version: read and acknowledge them."
+    )
+    choices = serializers.ListField(child=serializers.CharField())
+    strengths = serializers.DictField(child=serializers.CharField())
+    skip_reasons = serializers.ListField(child=serializers.CharField())
+
+
+def _choices(project: Project) -> list[str]:
+    return [
+        side
+        for side, allowed in (
+            ("left", True),
+            ("right", True),
+            ("tie", project.allow_tie),
+            ("both_bad", project.allow_both_bad),
+        )
+        if allowed
+    ]
+
+
+class AssignmentApi(ProjectApi):
+    @extend_schema(
+        operation_id="assignment_next",
+        tags=["annotation"],
+        responses={200: AssignmentPageOut, **ERRORS},
+        summary="The pair to judge next, held for you under a lease",
+        description=(
+            "Asking again while the lease lives returns the same pair with the same sides. "
+            "Judge it with POST comparisons/{id}/judgments/ or skip it."
+        ),
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        user = request.user
+        assert isinstance(user, User)
+        assignment = assignment_next(project=project, annotator=user)
+        progress = selectors.annotator_progress(
+            project=project,
+            annotator=user,
+            remaining=assignment.available if assignment is not None else None,
+        )
+        out = None
+        if assignment is not None:
+            out = {
+                "comparison_id": assignment.comparison.pk,
+                "prompt": assignment.comparison.prompt.messages,
+                "left": {"text": assignment.left.text, "html": rendered_html(assignment.left)},
+                "right": {
+                    "text": assignment.right.text,
+                    "html": rendered_html(assignment.right),
+                },
+            }
+        return Response(
+            {
+                "assignment": out,
+                "progress": {
+                    "judged": progress.judged,
+                    "remaining": progress.remaining,
+                    "remaining_label": progress.remaining_label,
+                    "quota": progress.quota,
+                },
+                "guideline_version": progress.guideline_version,
+                "guideline_seen_version": progress.guideline_seen_version,
+                "choices": _choices(project),
+                "strengths": {str(k): v for k, v in STRENGTHS.items()},
+                "skip_reasons": list(SKIP_REASONS),
+            }
+        )
+
+
+class JudgmentIn(serializers.Serializer):
+    choice = serializers.ChoiceField(
+        choices=["left", "right", "tie", "both_bad"], help_text="The side, as you were shown it."
+    )
+    strength = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=3)
+    criteria = serializers.DictField(
+        child=serializers.ChoiceField(choices=["left", "right", "tie"]),
+        required=False,
+        help_text="criterion name → side, for the project's criteria.",
+    )
+    rationale = serializers.CharField(required=False, allow_blank=True, max_length=4000)
+    reason_tags = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, max_length=20
+    )
+    idempotency_key = serializers.CharField(
+        required=False,
+        min_length=8,
+        max_length=64,
+        help_text="A retried request with the same key returns the first judgment.",
+    )
+    time_spent_ms = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=MAX_TIME_SPENT_MS
+    )
+
+
+class JudgmentCreateApi(ProjectApi):
+    @extend_schema(
+        operation_id="judgments_create",
+        tags=["annotation"],
+        request=JudgmentIn,
+        responses={201: JudgmentOut, **BODY_ERRORS, **REJECTED},
+        summary="Judge a comparison",
+    )
+    def post(self, request: Request, slug: str, comparison_id: int) -> Response:
+        project = self.project(request, slug)
+        body = JudgmentIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        user = request.user
+        assert isinstance(user, User)
+        try:
+            judgment = judgment_submit(
+                comparison_id=comparison_id,
+                annotator=user,
+                project=project,
+                side=data["choice"],
+                idempotency_key=data.get("idempotency_key"),
+                strength=data.get("strength"),
+                criteria=data.get("criteria") or {},
+                rationale=data.get("rationale", ""),
+                reason_tags=data.get("reason_tags", []),
+                time_spent_ms=data.get("time_spent_ms"),
+            )
+        except ComparisonMissing:
+            raise Http404("No such comparison.") from None
+        judgment = Judgment.objects.select_related("annotator", "guideline").get(pk=judgment.pk)
+        return Response(JudgmentOut(judgment).data, status=status.HTTP_201_CREATED)
+
+
+class SkipIn(serializers.Serializer):
+    reason = serializers.CharField(max_length=200, help_text="Why; see skip_reasons.")
+
+
+class SkipApi(ProjectApi):
+    @extend_schema(
+        operation_id="comparisons_skip",
+        tags=["annotation"],
+        request=SkipIn,
+        responses={
+            200: inline_serializer(
+                "Skipped",
+                {"comparison_id": serializers.IntegerField(), "reason": serializers.CharField()},
+            ),
+            **BODY_ERRORS,
+        },
+        summary="Skip a comparison (you are not offered it again)",
+    )
+    def post(self, request: Request, slug: str, comparison_id: int) -> Response:
+        project = self.project(request, slug)
+        comparison = access_comparison(
+            user=request.user, project=project, comparison_id=comparison_id
+        )
+        body = SkipIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = request.user
+        assert isinstance(user, User)
+        lease = comparison_skip(
+            comparison=comparison, annotator=user, reason=body.validated_data["reason"]
+        )
+        return Response({"comparison_id": comparison.pk, "reason": lease.skip_reason})
+
+
+class JudgmentQuery(PageQuery):
+    annotator = serializers.CharField(
+        required=False, max_length=150, help_text="Reviewers and leads: one annotator's."
+    )
+
+
+class JudgmentListApi(ProjectApi):
+    @extend_schema(
+        operation_id="judgments_list",
+        tags=["annotation"],
+        parameters=[JudgmentQuery],
+        responses={200: paged_serializer("JudgmentPage", JudgmentOut), **ERRORS},
+        summary="Judgments, newest first: annotators see their own only",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        query = JudgmentQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        judgments = Judgment.objects.filter(project=project).select_related(
+            "annotator", "guideline"
+        )
+        role = project_role(user=request.user, project=project)
+        if role == Role.ANNOTATOR:
+            judgments = judgments.filter(annotator=request.user).exclude(
+                kind=JudgmentKind.ADJUDICATION
+            )
+        elif "annotator" in data:
+            judgments = judgments.filter(annotator__username=data["annotator"])
+        judgments = judgments.order_by("-id")
+        page = judgments[data["offset"] : data["offset"] + data["limit"]]
+        return Response(
+            _paged(
+                JudgmentOut(page, many=True).data, count=judgments.count(), offset=data["offset"]
+            )
+        )
+
+
+class JudgmentUndoApi(ProjectApi):
+    @extend_schema(
+        operation_id="judgments_undo",
+        tags=["annotation"],
+        request=None,
+        responses={200: JudgmentOut, **ERRORS, **REJECTED},
+        summary="Take back your last judgment (within the project's undo window)",
+        description="The pair is held for you again, with the sides you saw.",
+    )
+    def post(self, request: Request, slug: str, judgment_id: int) -> Response:
+        project = self.project(request, slug)
+        user = request.user
+        assert isinstance(user, User)
+        undone = judgment_undo(project=project, annotator=user, judgment_id=judgment_id)
+        undone = Judgment.objects.select_related("annotator", "guideline").get(pk=undone.pk)
+        return Response(JudgmentOut(undone).data)
+
+
+class GuidelineOut(serializers.Serializer):
+    version = serializers.IntegerField()
+    body = serializers.CharField(help_text="Markdown.")
+    changes = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+
+
+class AcknowledgeIn(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+
+
+class GuidelineApi(ProjectApi):
+    @extend_schema(
+        operation_id="guidelines_current",
+        tags=["annotation"],
+        responses={200: GuidelineOut, **ERRORS},
+        summary="The current guidelines",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        guideline = guideline_current(project=project)
+        if guideline is None:
+            raise Http404("This project has no guidelines yet.")
+        return Response(GuidelineOut(guideline).data)
+
+    @extend_schema(
+        operation_id="guidelines_acknowledge",
+        tags=["annotation"],
+        request=AcknowledgeIn,
+        responses={
+            200: inline_serializer(
+                "Acknowledged", {"guideline_seen_version": serializers.IntegerField()}
+            ),
+            **BODY_ERRORS,
+        },
+        summary="Say you have read the guidelines up to a version",
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        body = AcknowledgeIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = request.user
+        assert isinstance(user, User)
+        guideline_acknowledge(project=project, user=user, version=body.validated_data["version"])
+        progress = selectors.annotator_progress(project=project, annotator=user, remaining=0)
+        return Response({"guideline_seen_version": progress.guideline_seen_version or 0})
+
+
+# Export and statistics ----------------------------------------------------------------------
+
+
+class ExportQuery(serializers.Serializer):
+    format = serializers.ChoiceField(choices=list(FORMATS), default="dpo")
+    split = serializers.ChoiceField(choices=list(SPLITS), default="train")
+    rounds = serializers.RegexField(
+        r"^\s*\d{1,9}\s*(,\s*\d{1,9}\s*)*$",
+        required=False,
+        help_text="Comma-separated round numbers; none: every round.",
+    )
+    min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
+    tags = serializers.CharField(
+        required=False, max_length=2000, help_text="Comma-separated: prompts with any of them."
+    )
+    include_ties = serializers.BooleanField(default=True)
+
+
+def _export_query(request: Request) -> tuple[str, ExportFilters]:
+    query = ExportQuery(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    data = query.validated_data
+    filters = ExportFilters(
+        rounds=tuple(int(n) for n in data.get("rounds", "").split(",") if n.strip()),
+        min_agreement=data["min_agreement"],
+        split=data["split"],
+        tags=tuple(t.strip() for t in data.get("tags", "").split(",") if t.strip()),
+        include_ties=data["include_ties"],
+    )
+    return data["format"], filters
+
+
+class ExportApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="export_download",
+        tags=["export"],
+        parameters=[ExportQuery],
+        responses={
+            (200, "application/jsonl"): OpenApiResponse(
+                OpenApiTypes.STR, description="One TRL row per line, streamed."
+            ),
+            **ERRORS,
+        },
+        summary="The preference pairs as TRL JSONL (leads)",
+    )
+    def get(self, request: Request, slug: str) -> HttpResponse | StreamingHttpResponse:
+        project = self.project(request, slug)
+        format, filters = _export_query(request)
+        rows = export_rows(project=project, format=format, filters=filters)
+        stream = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
+        name = f"{project.slug}-{format}-{timezone.now():%Y%m%d-%H%M}"
+        stream["Content-Disposition"] = f'attachment; filename="{name}.jsonl"'
+        return stream
+
+
+class ExportCardApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="export_card",
+        tags=["export"],
+        parameters=[ExportQuery],
+        responses={
+            (200, "text/markdown"): OpenApiResponse(
+                OpenApiTypes.STR, description="The dataset card (README.md) of that export."
+            ),
+            **ERRORS,
+        },
+        summary="The dataset card of an export (leads)",
+    )
+    def get(self, request: Request, slug: str) -> HttpResponse:
+        project = self.project(request, slug)
+        format, filters = _export_query(request)
+        figures = CardFigures()
+        for _ in export_rows(project=project, format=format, filters=filters, figures=figures):
+            pass
+        card = dataset_card(
+            project=project, format=format, file_type="jsonl", filters=filters, figures=figures
+        )
+        return HttpResponse(card, content_type="text/markdown; charset=utf-8")
+
+
+class CoverageQuery(serializers.Serializer):
+    scope = serializers.RegexField(
+        r"^(project|round:\d{1,9}|snapshot:\d{1,9})$",
+        default="project",
+        help_text="project, round:N or snapshot:ID",
+    )
+
+
+class CoverageOut(serializers.Serializer):
+    scope = serializers.CharField()
+    computed_at = serializers.DateTimeField()
+    stale = serializers.BooleanField(help_text="The prompts or pairs changed since.")
+    data = serializers.JSONField(help_text="The statistics the coverage page draws.")
+
+
+class CoverageApi(ProjectApi):
+    min_role = Role.REVIEWER
+
+    @extend_schema(
+        operation_id="coverage_retrieve",
+        tags=["statistics"],
+        parameters=[CoverageQuery],
+        responses={200: CoverageOut, **ERRORS},
+        summary="Prompt-diversity and coverage statistics, as last computed by a worker",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        query = CoverageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        scope = query.validated_data["scope"]
+        stats = project.coverage.filter(scope=scope).first()
+        if stats is None:
+            raise Http404("No statistics for this scope yet.")
+        return Response(
+            {
+                "scope": stats.scope,
+                "computed_at": stats.computed_at,
+                "stale": coverage_is_stale(project=project),
+                "data": stats.data,
+            }
+        )
+
+
+# Tokens ---------------------------------------------------------------------------------------
+
+
+class TokenApi(ObtainAuthToken):
+    @extend_schema(
+        operation_id="auth_token",
+        tags=["auth"],
+        request=AuthTokenSerializer,
+        responses={
+            200: inline_serializer("TokenOut", {"token": serializers.CharField()}),
+            400: OpenApiResponse(ErrorSerializer, description="Wrong username or password."),
+            415: BODY_ERRORS[415],
+        },
+        summary="Your API token, for your username and password",
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().post(request, *args, **kwargs)
