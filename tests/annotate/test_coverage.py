@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 
 from annotate.coverage import coverage_is_stale, coverage_refresh, prompt_embeddings_ensure
@@ -175,3 +179,17 @@ def test_coverage_aware_choice_fills_the_under_covered_clusters(
     assert topics.count("bread") == 4 and topics.count("garden") == 4
     assert all(p.split == "train" for p in chosen)
     assert prompts_for_coverage(project=project, count=0) == []
+
+
+def test_it_computes_the_statistics_from_the_command_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packaged embedder is the slow test's; here the bag-of-words stand-in embeds.
+    monkeypatch.setattr("annotate.coverage.diversity.embedder_default", lambda: bag_of_words)
+    out, err = io.StringIO(), io.StringIO()
+    call_command("coverage_stats", project.slug, stdout=out, stderr=err)
+    stats = CoverageStats.objects.get(project=project, scope="project")
+    assert f"project: {stats.data['prompts']} prompts, {stats.data['k']} clusters" in out.getvalue()
+    assert "embedded" in err.getvalue()
+    with pytest.raises(CommandError, match="no project"):
+        call_command("coverage_stats", "nope", stdout=out, stderr=err)
