@@ -8,12 +8,12 @@ from django import forms
 from django.contrib.auth.models import User
 
 from annotate.exports import FORMATS, ExportFilters
-from annotate.imports import file_type_guess
+from annotate.imports import INLINE_MAX_BYTES, MAX_FILE_BYTES, file_type_guess
 from annotate.models import Choice, Project, Role
 from annotate.services import PROJECT_SETTINGS
 
 MAX_LIST_ITEMS = 12
-MAX_UPLOAD_BYTES = 50 * 2**20
+MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # what an import reads at most, from any source
 
 
 class CommaListField(forms.CharField):
@@ -138,8 +138,9 @@ class ImportForm(forms.Form):
         choices=[("prompts", "Prompts"), ("pairs", "Preference pairs (prompt / chosen / rejected)")]
     )
     file = forms.FileField(
-        help_text=f"JSONL, CSV or Parquet, at most {MAX_UPLOAD_BYTES // 2**20} MB "
-        "(larger files and datasets directories: manage.py data_import)."
+        help_text=f"JSONL, CSV or Parquet, at most {MAX_UPLOAD_BYTES // 2**20} MB; files over "
+        f"{INLINE_MAX_BYTES // 2**20} MB are imported by a worker, with progress below "
+        "(datasets directories: manage.py data_import)."
     )
     valid_only = forms.BooleanField(
         required=False,

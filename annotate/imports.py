@@ -24,17 +24,23 @@ import csv
 import io
 import json
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
+from django.utils import timezone
 
 from annotate.coverage import coverage_refresh_request
 from annotate.models import (
     Comparison,
     ComparisonStatus,
+    ImportJob,
+    ImportStatus,
     PairKind,
     PolicyKind,
     PreferencePair,
@@ -500,3 +506,106 @@ def _pairs_write(*, project: Project, rows: Sequence[PairInput], round_number: i
                 for comparison in comparisons
             ]
         )
+
+
+# Large imports, by a worker -------------------------------------------------------------------
+
+# Files above this go to a worker (ImportJob), which reports its progress to the page; below,
+# the page imports at once and shows the outcome in its answer.
+INLINE_MAX_BYTES = 4 * 2**20
+
+
+def import_job_start(
+    *,
+    project: Project,
+    kind: str,
+    upload: IO[bytes],
+    file_name: str,
+    file_type: str,
+    valid_only: bool = False,
+    created_by: User | None = None,
+) -> ImportJob:
+    """Keep the upload under DATA_DIR/imports/ and queue a worker to import it."""
+    if kind not in KINDS:
+        raise ImportRefused([], f"Unknown import kind {kind!r}; expected one of {list(KINDS)}.")
+    if file_type not in ("jsonl", "csv", "parquet"):
+        raise ImportRefused([], f"A worker imports JSONL, CSV or Parquet files, not {file_type}.")
+    folder = Path(settings.DATA_DIR) / "imports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.{file_type}"
+    size = 0
+    with path.open("wb") as out:
+        for chunk in iter(lambda: upload.read(2**20), b""):
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                out.close()
+                path.unlink(missing_ok=True)
+                raise ImportRefused([], f"The file is larger than {MAX_FILE_BYTES // 2**20} MB.")
+            out.write(chunk)
+    with transaction.atomic():
+        job = ImportJob.objects.create(
+            project=project,
+            kind=kind,
+            file_type=file_type,
+            file_name=file_name[:300],
+            file_bytes=size,
+            path=str(path),
+            valid_only=valid_only,
+            created_by=created_by,
+        )
+        from annotate.tasks import import_job_run as task
+
+        job_id = job.pk
+        transaction.on_commit(lambda: task.delay(job_id))
+    return job
+
+
+def import_job_run(*, job_id: int) -> ImportJob | None:
+    """Claim the job (queued → running, so a redelivered message does nothing), import its file
+    with progress, record the outcome, delete the file."""
+    claimed = ImportJob.objects.filter(pk=job_id, status=ImportStatus.QUEUED).update(
+        status=ImportStatus.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    job = ImportJob.objects.select_related("project").get(pk=job_id)
+
+    def progress(rows: int) -> None:
+        ImportJob.objects.filter(pk=job_id).update(rows_checked=rows)
+
+    outcome: dict[str, Any] = {}
+    try:
+        result = import_file(
+            project=job.project,
+            kind=job.kind,
+            source=Path(job.path),
+            file_type=job.file_type,
+            valid_only=job.valid_only,
+            on_progress=progress,
+        )
+    except ImportRefused as refused:
+        outcome = _job_errors(refused.errors) | {
+            "status": ImportStatus.FAILED,
+            "message": str(refused),
+        }
+    except Exception as error:  # the job records why; the worker goes on
+        outcome = {"status": ImportStatus.FAILED, "message": f"The import failed: {error}"}
+    else:
+        outcome = _job_errors(result.skipped) | {
+            "status": ImportStatus.SUCCEEDED,
+            "rows_checked": result.created + len(result.skipped),
+            "created_count": result.created,
+            "message": f"Imported {result.created} {result.kind}.",
+        }
+    finally:
+        Path(job.path).unlink(missing_ok=True)
+    ImportJob.objects.filter(pk=job_id).update(finished_at=timezone.now(), **outcome)
+    job.refresh_from_db()
+    return job
+
+
+def _job_errors(errors: Sequence[RowError]) -> dict[str, Any]:
+    return {
+        "error_count": len(errors),
+        "errors": [[e.line, e.message] for e in errors[:MAX_ERRORS_SHOWN]],
+    }

@@ -437,3 +437,45 @@ class CoverageStats(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project} {self.scope} at {self.computed_at:%Y-%m-%d %H:%M}"
+
+
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Imported"
+    FAILED = "failed", "Refused or failed"
+
+
+class ImportJob(models.Model):
+    """A large import a worker checks and writes (annotate.imports.import_job_run); the page
+    shows its progress. The uploaded file waits under DATA_DIR/imports/ until then."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
+    kind = models.CharField(max_length=10)  # annotate.imports.KINDS
+    file_type = models.CharField(max_length=10)
+    file_name = models.CharField(max_length=300, help_text="As uploaded.")
+    file_bytes = models.PositiveBigIntegerField(default=0)
+    path = models.CharField(max_length=500, help_text="Where the upload waits for the worker.")
+    valid_only = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=ImportStatus, default=ImportStatus.QUEUED)
+    rows_checked = models.PositiveIntegerField(default=0)
+    created_count = models.PositiveIntegerField(default=0)
+    error_count = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True, help_text="[[line, message], ...]")
+    message = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk} of {self.file_name} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (ImportStatus.QUEUED, ImportStatus.RUNNING)

@@ -15,6 +15,7 @@ from annotate.models import (
     Comparison,
     ComparisonStatus,
     Guideline,
+    ImportJob,
     Judgment,
     JudgmentKind,
     PairKind,
@@ -296,3 +297,8 @@ def export_counts(*, project: Project) -> dict[str, int]:
         counts[f"{kind}_{split}"] = counts.get(f"{kind}_{split}", 0) + n
         counts[kind] = counts.get(kind, 0) + n
     return counts
+
+
+def import_jobs_recent(*, project: Project, limit: int = 5) -> list[ImportJob]:
+    """The project's latest imports by a worker, newest first (the import page lists them)."""
+    return list(ImportJob.objects.filter(project=project).order_by("-id")[:limit])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from annotate import coverage
+from annotate import coverage, imports
 from annotate.models import Project
 
 
@@ -14,3 +14,8 @@ def coverage_refresh(project_id: int) -> None:
     # A twin request may have refreshed it already: running twice is only wasted work.
     if project is not None and coverage.coverage_is_stale(project=project):
         coverage.coverage_refresh(project=project)
+
+
+@shared_task(name="annotate.tasks.import_job_run")
+def import_job_run(job_id: int) -> None:
+    imports.import_job_run(job_id=job_id)

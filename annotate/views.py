@@ -27,7 +27,14 @@ from annotate.forms import (
     ProjectSettingsForm,
 )
 from annotate.http import AuthedRequest
-from annotate.imports import MAX_ERRORS_SHOWN, ImportRefused, file_type_guess, import_file
+from annotate.imports import (
+    INLINE_MAX_BYTES,
+    MAX_ERRORS_SHOWN,
+    ImportRefused,
+    file_type_guess,
+    import_file,
+    import_job_start,
+)
 from annotate.models import Judgment, Project, Role
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
@@ -536,29 +543,50 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
     refused: ImportRefused | None = None
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
-        try:
-            result = import_file(
-                project=Project.objects.get(pk=project.pk),
-                kind=form.cleaned_data["kind"],
-                source=upload.read(),
-                file_type=file_type_guess(upload.name),
-                valid_only=form.cleaned_data["valid_only"],
-            )
-        except ImportRefused as error:
-            refused = error
+        if upload.size > INLINE_MAX_BYTES:
+            try:
+                job = import_job_start(
+                    project=project,
+                    kind=form.cleaned_data["kind"],
+                    upload=upload,
+                    file_name=upload.name,
+                    file_type=file_type_guess(upload.name),
+                    valid_only=form.cleaned_data["valid_only"],
+                    created_by=request.user,
+                )
+            except ImportRefused as error:
+                refused = error
+            else:
+                messages.info(request, f"A worker is importing {job.file_name}; see below.")
+                return redirect("data_import", slug=project.slug)
         else:
-            skipped = f", skipped {len(result.skipped)} bad rows" if result.skipped else ""
-            messages.success(request, f"Imported {result.created} {result.kind}{skipped}.")
-            return redirect("data_import", slug=project.slug)
+            try:
+                result = import_file(
+                    project=Project.objects.get(pk=project.pk),
+                    kind=form.cleaned_data["kind"],
+                    source=upload.read(),
+                    file_type=file_type_guess(upload.name),
+                    valid_only=form.cleaned_data["valid_only"],
+                )
+            except ImportRefused as error:
+                refused = error
+            else:
+                skipped = f", skipped {len(result.skipped)} bad rows" if result.skipped else ""
+                messages.success(request, f"Imported {result.created} {result.kind}{skipped}.")
+                return redirect("data_import", slug=project.slug)
+    jobs = selectors.import_jobs_recent(project=project)
+    template = "annotate/import.html#jobs" if request.htmx and request.method == "GET" else None
     return render(
         request,
-        "annotate/import.html",
+        template or "annotate/import.html",
         _page_context(
             request,
             project,
             form=form,
             refused=refused,
             errors_shown=refused.errors[:MAX_ERRORS_SHOWN] if refused else [],
+            jobs=jobs,
+            jobs_active=any(job.is_active for job in jobs),
         ),
         status=422 if form.errors or refused else 200,
     )

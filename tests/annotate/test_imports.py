@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -16,14 +18,17 @@ from hypothesis import strategies as st
 
 from annotate.exports import ExportFilters, export_rows, export_write
 from annotate.imports import (
+    INLINE_MAX_BYTES,
     MAX_ID_CHARS,
     ImportRefused,
     Validated,
     import_file,
+    import_job_run,
+    import_job_start,
     import_validate,
     records_read,
 )
-from annotate.models import PreferencePair, Project, Prompt
+from annotate.models import ImportJob, ImportStatus, PreferencePair, Project, Prompt
 
 pytestmark = pytest.mark.django_db
 
@@ -302,3 +307,63 @@ def test_the_command_imports_and_lists_bad_lines(project: Project, tmp_path: Pat
     with pytest.raises(CommandError, match="1 bad rows, nothing imported"):
         call_command("data_import", project.slug, str(bad), stderr=err)
     assert 'line 1: "prompt" must be text' in err.getvalue()
+
+
+def test_a_large_file_goes_to_a_worker_that_reports_its_outcome(
+    project: Project,
+    lead: User,
+    settings: Any,
+    tmp_path: Path,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    settings.DATA_DIR = tmp_path
+    client = Client()
+    client.force_login(lead)
+    before = project.prompts.count()
+    rows = [
+        {"prompt": f"Question {i} about something rather long, padded out?"} for i in range(80_000)
+    ]
+    data = _jsonl(*rows, {"prompt": 7})
+    assert len(data) > INLINE_MAX_BYTES
+    upload = SimpleUploadedFile("big.jsonl", data)
+    with django_capture_on_commit_callbacks() as dispatched:
+        answer = client.post(
+            f"/p/{project.slug}/import/", {"kind": "prompts", "file": upload, "valid_only": "on"}
+        )
+    assert answer.status_code == 302 and len(dispatched) == 1
+    job = ImportJob.objects.get(project=project)
+    assert job.status == ImportStatus.QUEUED and Path(job.path).stat().st_size == len(data)
+    assert project.prompts.count() == before  # nothing yet: the worker does it
+    page = client.get(f"/p/{project.slug}/import/", HTTP_HX_REQUEST="true")
+    assert b'data-status="queued"' in page.content and b'hx-trigger="every 2s"' in page.content
+
+    with django_capture_on_commit_callbacks(execute=False):
+        done = import_job_run(job_id=job.pk)
+    assert done is not None and done.status == ImportStatus.SUCCEEDED
+    assert (done.created_count, done.error_count, done.rows_checked) == (80_000, 1, 80_001)
+    assert [line for line, _ in done.errors] == [80_001]
+    assert project.prompts.count() == before + 80_000
+    assert not Path(job.path).exists()
+    assert import_job_run(job_id=job.pk) is None  # a redelivered message does nothing
+    page = client.get(f"/p/{project.slug}/import/")
+    assert b'data-status="succeeded"' in page.content and b"every 2s" not in page.content
+
+
+def test_a_worker_refuses_a_large_file_with_bad_rows_and_writes_nothing(
+    project: Project, lead: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.DATA_DIR = tmp_path
+    before = project.prompts.count()
+    data = _jsonl({"prompt": "Fine?"}, b"{broken", {"prompt": ""})
+    job = import_job_start(
+        project=project,
+        kind="prompts",
+        upload=io.BytesIO(data),
+        file_name="bad.jsonl",
+        file_type="jsonl",
+        created_by=lead,
+    )
+    done = import_job_run(job_id=job.pk)
+    assert done is not None and done.status == ImportStatus.FAILED
+    assert [line for line, _ in done.errors] == [2, 3] and done.error_count == 2
+    assert project.prompts.count() == before and not Path(job.path).exists()
