@@ -709,6 +709,11 @@ class ExportQuery(serializers.Serializer):
         required=False, max_length=2000, help_text="Comma-separated: prompts with any of them."
     )
     include_ties = serializers.BooleanField(default=True)
+    criteria = serializers.CharField(
+        required=False,
+        max_length=2000,
+        help_text="Comma-separated: only pairs whose winner also won these criteria.",
+    )
 
 
 def _export_query(request: Request) -> tuple[str, ExportFilters]:
@@ -721,6 +726,7 @@ def _export_query(request: Request) -> tuple[str, ExportFilters]:
         split=data["split"],
         tags=tuple(t.strip() for t in data.get("tags", "").split(",") if t.strip()),
         include_ties=data["include_ties"],
+        criteria=tuple(c.strip() for c in data.get("criteria", "").split(",") if c.strip()),
     )
     return data["format"], filters
 

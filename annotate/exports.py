@@ -8,6 +8,9 @@ trainers take them unchanged):
   A pair gives its chosen response label true and its rejected one false; a tie gives both
   true (equally acceptable), "both bad" both false.
 
+Filters: rounds, agreement, prompt split, tags, and criteria (the winner must also have won
+each named criterion by the majority of its votes' per-criterion choices).
+
 An export is a directory laid out as a Hugging Face dataset: `data/train.jsonl` or
 `data/train.parquet`, and a dataset card `README.md` (counts, agreement, guideline versions,
 prompt figures, the filters). Rows are read in chunks and written as they come, so memory
@@ -59,6 +62,9 @@ class ExportFilters:
     split: str = "train"  # train, eval (the held-out prompts) or all
     tags: tuple[str, ...] = ()  # prompts carrying any of these; empty: all
     include_ties: bool = True  # kto only: ties (both desirable) and both-bad (both not)
+    # Criteria the winner must also have won: by the majority of the live votes' choices for
+    # each of them. Pairs without such votes (imported ones), ties and both-bad are left out.
+    criteria: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -73,6 +79,7 @@ class ExportFilters:
             "split": self.split,
             "tags": list(self.tags),
             "include_ties": self.include_ties,
+            "criteria": list(self.criteria),
         }
 
 
@@ -81,7 +88,7 @@ def export_pairs(*, project: Project, format: str, filters: ExportFilters) -> Qu
     if format not in FORMATS:
         raise ExportError(f"Unknown format {format!r}; expected one of {sorted(FORMATS)}.")
     kinds = [PairKind.PREFERENCE]
-    if format == "kto" and filters.include_ties:
+    if format == "kto" and filters.include_ties and not filters.criteria:
         kinds += [PairKind.TIE, PairKind.BOTH_BAD]
     pairs = PreferencePair.objects.filter(
         project=project, kind__in=kinds, agreement__gte=filters.min_agreement
@@ -102,7 +109,43 @@ def export_pairs(*, project: Project, format: str, filters: ExportFilters) -> Qu
         "comparison__prompt__messages",
         "chosen__text",
         "rejected__text",
+        "chosen_id",
+        "comparison__response_a_id",
     )
+
+
+def _criteria_winners(
+    comparison_ids: list[int], criteria: tuple[str, ...]
+) -> dict[int, dict[str, str]]:
+    """comparison id → criterion → "a" or "b", by the majority of its live votes' choices for
+    that criterion (a criterion with a tied or no count is absent)."""
+    counts: dict[int, dict[str, Counter[str]]] = {}
+    votes = Judgment.objects.filter(
+        comparison_id__in=comparison_ids, kind=JudgmentKind.VOTE, superseded_at__isnull=True
+    ).values_list("comparison_id", "criteria")
+    for comparison_id, chosen in votes:
+        for name in criteria:
+            value = (chosen or {}).get(name)
+            if value:
+                counts.setdefault(comparison_id, {}).setdefault(name, Counter())[value] += 1
+    winners: dict[int, dict[str, str]] = {}
+    for comparison_id, by_name in counts.items():
+        for name, counted in by_name.items():
+            a, b = counted.get("a", 0), counted.get("b", 0)
+            if a != b:
+                winners.setdefault(comparison_id, {})[name] = "a" if a > b else "b"
+    return winners
+
+
+def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -165,42 +208,50 @@ def export_rows(
     """The export's rows one by one (see the module docstring for their layout)."""
     figures = figures if figures is not None else CardFigures()
     wanted_tags = set(filters.tags)
-    pending: list[int] = []  # comparison ids whose guideline versions are still to read
-    for row in export_pairs(project=project, format=format, filters=filters).iterator(
-        chunk_size=CHUNK
-    ):
-        _, kind, agreement, n_judgments, comparison_id, round_number, prompt_id = row[:7]
-        tags, messages, chosen, rejected = row[7:]
-        # Tags are filtered here, not in SQL: JSON containment is not portable to SQLite.
-        if wanted_tags and not wanted_tags.intersection(tags or ()):
-            continue
-        figures.pairs_by_kind[kind] += 1
-        figures.rounds[round_number] += 1
-        figures.agreement[round(agreement, 4)] += 1
-        figures.judgments += n_judgments
-        if figures.prompt_first_seen(prompt_id):
-            figures.prompt_chars.add(sum(len(m.get("content", "")) for m in messages))
-        if kind == PairKind.PREFERENCE:
-            figures.chosen_minus_rejected_chars.add(len(chosen) - len(rejected))
-        pending.append(comparison_id)
-        if len(pending) >= CHUNK:
-            figures.guideline_versions |= _guideline_versions(pending)
-            pending = []
-        if format == "dpo":
-            figures.rows += 1
-            yield {
-                "prompt": messages,
-                "chosen": _assistant(chosen),
-                "rejected": _assistant(rejected),
-            }
-            continue
-        first_label = kind != PairKind.BOTH_BAD  # chosen of a pair, or either of a tie
-        second_label = kind == PairKind.TIE
-        figures.rows += 2
-        yield {"prompt": messages, "completion": _assistant(chosen), "label": first_label}
-        yield {"prompt": messages, "completion": _assistant(rejected), "label": second_label}
-    if pending:
-        figures.guideline_versions |= _guideline_versions(pending)
+    rows = export_pairs(project=project, format=format, filters=filters).iterator(chunk_size=CHUNK)
+    for chunk in _chunks(rows, CHUNK):
+        winners = (
+            _criteria_winners([r[4] for r in chunk], filters.criteria) if filters.criteria else {}
+        )
+        kept = []
+        for row in chunk:
+            # Tags are filtered here, not in SQL: JSON containment is not portable to SQLite.
+            if wanted_tags and not wanted_tags.intersection(row[7] or ()):
+                continue
+            if filters.criteria:
+                won = winners.get(row[4], {})
+                chosen_side = "a" if row[11] == row[12] else "b"
+                if any(won.get(name) != chosen_side for name in filters.criteria):
+                    continue
+            kept.append(row[4])
+            yield from _pair_rows(row, format=format, figures=figures)
+        if kept:
+            figures.guideline_versions |= _guideline_versions(kept)
+
+
+def _pair_rows(
+    row: tuple[Any, ...], *, format: str, figures: CardFigures
+) -> Iterator[dict[str, Any]]:
+    """The one (DPO) or two (KTO) rows of a pair, counted into the card's figures."""
+    _, kind, agreement, n_judgments, _, round_number, prompt_id = row[:7]
+    messages, chosen, rejected = row[8:11]
+    figures.pairs_by_kind[kind] += 1
+    figures.rounds[round_number] += 1
+    figures.agreement[round(agreement, 4)] += 1
+    figures.judgments += n_judgments
+    if figures.prompt_first_seen(prompt_id):
+        figures.prompt_chars.add(sum(len(m.get("content", "")) for m in messages))
+    if kind == PairKind.PREFERENCE:
+        figures.chosen_minus_rejected_chars.add(len(chosen) - len(rejected))
+    if format == "dpo":
+        figures.rows += 1
+        yield {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+        return
+    first_label = kind != PairKind.BOTH_BAD  # chosen of a pair, or either of a tie
+    second_label = kind == PairKind.TIE
+    figures.rows += 2
+    yield {"prompt": messages, "completion": _assistant(chosen), "label": first_label}
+    yield {"prompt": messages, "completion": _assistant(rejected), "label": second_label}
 
 
 def _guideline_versions(comparison_ids: list[int]) -> set[int]:

@@ -115,6 +115,11 @@ class ExportForm(forms.Form):
         initial=True,
         help_text="KTO: ties as two desirable rows, both-bad as two undesirable rows.",
     )
+    criteria = CommaListField(
+        required=False,
+        help_text="Only pairs whose winner also won these criteria, by the annotators' "
+        "per-criterion choices (e.g. helpfulness, honesty).",
+    )
 
     def clean_rounds(self) -> tuple[int, ...]:
         try:
@@ -130,6 +135,7 @@ class ExportForm(forms.Form):
             split=data["split"],
             tags=tuple(data["tags"]),
             include_ties=data["include_ties"],
+            criteria=tuple(data["criteria"]),
         )
 
 

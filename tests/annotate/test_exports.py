@@ -12,11 +12,13 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from annotate.exports import ExportError, ExportFilters, export_rows, export_write
-from annotate.models import Comparison, Project
+from annotate.models import Comparison, Project, Role
 from annotate.services import (
     PromptInput,
     guideline_publish,
     judgment_submit,
+    membership_set,
+    project_settings_update,
     prompts_create,
 )
 from tests.factories import comparison_make
@@ -208,3 +210,43 @@ def test_the_card_figures_stay_bounded_and_exact_where_they_can() -> None:
         False,
     ]
     assert figures.distinct_prompts == 3 and len(figures.prompts_seen) < 20_000
+
+
+def test_it_keeps_only_pairs_whose_winner_also_won_the_criteria(
+    project: Project, annotator: User, lead: User
+) -> None:
+    project_settings_update(project=project, criteria=["helpfulness", "honesty"], overlap=2)
+    membership_set(project=project, user=lead, role=Role.LEAD)
+    train = list(project.prompts.filter(split="train").order_by("id"))
+    agreed, split, overruled = (comparison_make(p, seed=i) for i, p in enumerate(train[:3]))
+    # Both annotators prefer A. On `agreed` A also wins both criteria; on `split` honesty is
+    # one vote each (no majority); on `overruled` B wins helpfulness.
+    votes = {
+        agreed: ({"helpfulness": "a", "honesty": "a"}, {"helpfulness": "a", "honesty": "tie"}),
+        split: ({"helpfulness": "a", "honesty": "a"}, {"helpfulness": "a", "honesty": "b"}),
+        overruled: ({"helpfulness": "b", "honesty": "a"}, {"helpfulness": "b"}),
+    }
+    for comparison, (first, second) in votes.items():
+        judgment_submit(
+            comparison_id=comparison.pk, annotator=annotator, choice="a", criteria=first
+        )
+        judgment_submit(comparison_id=comparison.pk, annotator=lead, choice="a", criteria=second)
+
+    def prompts_of(criteria: tuple[str, ...]) -> list[object]:
+        filters = ExportFilters(criteria=criteria)
+        return [
+            row["prompt"] for row in export_rows(project=project, format="dpo", filters=filters)
+        ]
+
+    assert prompts_of(()) == [c.prompt.messages for c in (agreed, split, overruled)]
+    assert prompts_of(("honesty",)) == [agreed.prompt.messages, overruled.prompt.messages]
+    assert prompts_of(("helpfulness",)) == [agreed.prompt.messages, split.prompt.messages]
+    assert prompts_of(("helpfulness", "honesty")) == [agreed.prompt.messages]
+    # The same through the export page's filter.
+    client = Client()
+    client.force_login(lead)
+    answer = client.get(
+        f"/p/{project.slug}/export/", {"download": "data", "criteria": "helpfulness, honesty"}
+    )
+    lines = b"".join(answer.streaming_content).splitlines()
+    assert [json.loads(line)["prompt"] for line in lines] == [agreed.prompt.messages]

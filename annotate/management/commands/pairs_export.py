@@ -38,6 +38,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-ties", action="store_true", help="kto: leave ties and both-bad pairs out"
         )
+        parser.add_argument(
+            "--criterion",
+            action="append",
+            default=[],
+            help="only pairs whose winner also won this criterion, by its votes (repeatable)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         project = Project.objects.filter(slug=options["project"]).first()
@@ -66,6 +72,7 @@ class Command(BaseCommand):
                     split=options["split"],
                     tags=tuple(options["tag"]),
                     include_ties=not options["no_ties"],
+                    criteria=tuple(options["criterion"]),
                 ),
                 on_progress=progress,
             )
