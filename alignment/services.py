@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, QuerySet
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.training import PreferenceExample, TrainingConfig, TrainingProgress, train
@@ -108,12 +108,28 @@ PROMPT_CHOICES = {
 }
 
 
-def round_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
-    """Training prompts for a new round: the least used first (fresh prompts before reused)."""
-    return list(
+def training_prompts_least_used(*, project: Project) -> QuerySet[Prompt]:
+    """The project's training prompts, those in the fewest rounds first: a prompt a round has
+    taken counts as used before its responses are even generated."""
+    return (
         project.prompts.filter(split=Split.TRAIN)
         .annotate(uses=Count("rounds"))
-        .order_by("uses", "id")[:count]
+        .order_by("uses", "id")
+    )
+
+
+def round_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
+    """Training prompts for a new round: the least used first (fresh prompts before reused)."""
+    return list(training_prompts_least_used(project=project)[: max(count, 0)])
+
+
+def round_prompts_for_coverage(*, project: Project, count: int) -> list[Prompt]:
+    """Training prompts for a new round that fill the under-covered clusters first, the least
+    used first within a cluster (see annotate.coverage.prompts_for_coverage)."""
+    return prompts_for_coverage(
+        project=project,
+        count=count,
+        least_used_first=training_prompts_least_used(project=project),
     )
 
 
@@ -140,7 +156,7 @@ def round_next_start(
     head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
     if prompt_choice not in PROMPT_CHOICES:
         raise ValidationFailed(f"Unknown prompt choice {prompt_choice!r}.")
-    choose = prompts_for_coverage if prompt_choice == "coverage" else round_prompts_choose
+    choose = round_prompts_for_coverage if prompt_choice == "coverage" else round_prompts_choose
     return round_start(
         project=project,
         policy=policy,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -413,24 +413,29 @@ def _pairs_of_scope(
     }
 
 
-def prompts_for_coverage(*, project: Project, count: int) -> list[Prompt]:
+def prompts_for_coverage(
+    *, project: Project, count: int, least_used_first: QuerySet[Prompt] | None = None
+) -> list[Prompt]:
     """`count` training prompts chosen to even out coverage: each pick goes to the cluster
     whose share of judged pairs (counting the picks so far) lags its share of training
-    prompts the most; within a cluster, the prompts used in the fewest comparisons first.
-    Held-out prompts are never chosen. Without clusters yet (no coverage computed), the
-    least used prompts."""
-    train = Prompt.objects.filter(project=project, split=Split.TRAIN)
+    prompts the most; within a cluster, the least used prompts first. Held-out prompts are
+    never chosen. Without clusters yet (no coverage computed), the least used prompts.
+
+    `least_used_first`: the project's training prompts in the caller's order of use (a round
+    counts the rounds a prompt was in); by default, by the comparisons made of them."""
+    if least_used_first is None:
+        least_used_first = (
+            Prompt.objects.filter(project=project, split=Split.TRAIN)
+            .annotate(uses=Count("comparisons"))
+            .order_by("uses", "id")
+        )
+    train = least_used_first.filter(project=project, split=Split.TRAIN)
     if count <= 0:
         return []
     if not train.filter(cluster__isnull=False).exists():
-        return list(train.annotate(uses=Count("comparisons")).order_by("uses", "id")[:count])
+        return list(train[:count])
     candidates: defaultdict[int, list[int]] = defaultdict(list)
-    for prompt_id, cluster, _ in (
-        train.filter(cluster__isnull=False)
-        .annotate(uses=Count("comparisons"))
-        .order_by("uses", "id")
-        .values_list("id", "cluster", "uses")
-    ):
+    for prompt_id, cluster in train.filter(cluster__isnull=False).values_list("id", "cluster"):
         if cluster is not None:
             candidates[cluster].append(prompt_id)
     sizes = {cluster: len(ids) for cluster, ids in candidates.items()}

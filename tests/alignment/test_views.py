@@ -545,3 +545,28 @@ def test_it_nests_children_under_their_parents(
     assert (
         tree_html.index("v0 (base)") < tree_html.index(child.name) < tree_html.index(sibling.name)
     )
+
+
+def test_it_does_not_choose_the_prompts_of_a_round_still_generating(
+    project: Project, base: ModelVersion, lead: User
+) -> None:
+    # The project fixture has 6 training prompts; each round takes 3 of them, before any
+    # response exists. Both ways of choosing count a prompt a round took as used.
+    from annotate.coverage import coverage_refresh
+    from tests.factories import embed_bag_of_words
+
+    coverage_refresh(project=project, embed=embed_bag_of_words)  # clusters for "coverage"
+    form = {**ROUND_FORM, "policy": base.pk, "train_prompts": "3", "eval_prompts": "0"}
+    for choice in ("coverage", "least_used"):
+        Round.objects.filter(project=project).delete()
+        first, second = (
+            client_for(lead).post(
+                reverse("round_new", args=[project.slug]), {**form, "prompt_choice": choice}
+            )
+            for _ in range(2)
+        )
+        assert first.status_code == second.status_code == 302
+        one, two = (
+            set(r.prompts.values_list("id", flat=True)) for r in Round.objects.order_by("number")
+        )
+        assert len(one) == len(two) == 3 and not one & two, choice
