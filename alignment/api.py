@@ -16,7 +16,9 @@ from alignment.models import GenerationJob, JobStatus, ModelVersion, PairingStra
 from alignment.models import TrainingRun as TrainingRunModel
 from alignment.services import (
     LOSS_TYPES,
+    METHODS,
     PROMPT_CHOICES,
+    TRAINING_PRESETS,
     SamplingSettings,
     TrainingSettings,
     model_version_base_ensure,
@@ -268,28 +270,35 @@ def _run_out(run: TrainingRunModel) -> dict[str, Any]:
     }
 
 
-_TRAINING = TrainingSettings()
-
-
 class TrainingSettingsIn(serializers.Serializer):
-    loss_type = serializers.ChoiceField(choices=list(LOSS_TYPES), default=_TRAINING.loss_type)
-    beta = serializers.FloatField(default=_TRAINING.beta)
-    learning_rate = serializers.FloatField(default=_TRAINING.learning_rate)
-    epochs = serializers.IntegerField(default=_TRAINING.epochs)
-    batch_size = serializers.IntegerField(default=_TRAINING.batch_size)
-    gradient_accumulation_steps = serializers.IntegerField(
-        default=_TRAINING.gradient_accumulation_steps
-    )
-    lora_r = serializers.IntegerField(default=_TRAINING.lora_r)
-    lora_alpha = serializers.IntegerField(default=_TRAINING.lora_alpha)
-    lora_dropout = serializers.FloatField(default=_TRAINING.lora_dropout)
-    max_length = serializers.IntegerField(default=_TRAINING.max_length)
-    seed = serializers.IntegerField(default=_TRAINING.seed, min_value=0, max_value=MAX_ID)
+    # No defaults here: what is left out comes from the preset, or the engine's defaults.
+    method = serializers.ChoiceField(choices=list(METHODS), required=False)
+    loss_type = serializers.ChoiceField(choices=list(LOSS_TYPES), required=False)
+    beta = serializers.FloatField(required=False)
+    sft_weight = serializers.FloatField(required=False)
+    label_smoothing = serializers.FloatField(required=False)
+    simpo_gamma = serializers.FloatField(required=False)
+    desirable_weight = serializers.FloatField(required=False)
+    undesirable_weight = serializers.FloatField(required=False)
+    learning_rate = serializers.FloatField(required=False)
+    epochs = serializers.IntegerField(required=False)
+    batch_size = serializers.IntegerField(required=False)
+    gradient_accumulation_steps = serializers.IntegerField(required=False)
+    lora_r = serializers.IntegerField(required=False)
+    lora_alpha = serializers.IntegerField(required=False)
+    lora_dropout = serializers.FloatField(required=False)
+    max_length = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_ID)
 
 
 class TrainingRunIn(serializers.Serializer):
     base_version_id = serializers.IntegerField(
         min_value=1, max_value=MAX_ID, help_text="The version to start from: the new one's parent."
+    )
+    preset = serializers.ChoiceField(
+        choices=list(TRAINING_PRESETS),
+        required=False,
+        help_text="Start from a preset's settings; `settings` overrides any of them.",
     )
     settings = TrainingSettingsIn(
         required=False, help_text="Ranges are checked by the service (422 names the field)."
@@ -329,6 +338,7 @@ class TrainingRunListApi(ProjectApi):
         body = TrainingRunIn(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        overrides = dict(data.get("settings") or {})
         model_version_base_ensure(project=project)
         base = _version(
             ModelVersion.objects.filter(project=project), data["base_version_id"], "base_version_id"
@@ -336,7 +346,11 @@ class TrainingRunListApi(ProjectApi):
         run = training_run_start(
             project=project,
             base_version=base,
-            training=TrainingSettings.from_mapping(dict(data.get("settings") or {})),
+            training=(
+                TrainingSettings.from_preset(data["preset"], **overrides)
+                if "preset" in data
+                else TrainingSettings.from_mapping(overrides)
+            ),
             filters=SnapshotFilters(
                 rounds=tuple(sorted(set(data.get("rounds", [])))),
                 min_agreement=data["min_agreement"],

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from typing import Any
 
 from django import forms
 from django.db.models import QuerySet
 
 from alignment.models import ModelVersion, PairingStrategy
-from alignment.services import LOSS_TYPES, PROMPT_CHOICES, SamplingSettings, TrainingSettings
+from alignment.services import (
+    LOSS_TYPES,
+    METHODS,
+    PROMPT_CHOICES,
+    TRAINING_PRESETS,
+    SamplingSettings,
+    TrainingSettings,
+)
 
 _SAMPLING = SamplingSettings()
 _TRAINING = TrainingSettings()
@@ -93,8 +101,43 @@ class TrainingRunStartForm(forms.Form):
     """Train a new model version on the current preference pairs."""
 
     base_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none())
-    loss_type = forms.ChoiceField(choices=list(LOSS_TYPES.items()), initial=_TRAINING.loss_type)
-    beta = forms.FloatField(initial=_TRAINING.beta)
+    method = forms.ChoiceField(
+        choices=list(METHODS.items()), initial=_TRAINING.method, required=False
+    )
+    loss_type = forms.ChoiceField(
+        label="DPO loss",
+        choices=list(LOSS_TYPES.items()),
+        initial=_TRAINING.loss_type,
+        help_text="DPO only.",
+    )
+    beta = forms.FloatField(
+        initial=_TRAINING.beta,
+        help_text="DPO, KTO: strength of the pull toward the reference; ORPO: weight of the "
+        "odds-ratio term; SimPO: reward scale.",
+    )
+    sft_weight = forms.FloatField(
+        required=False,
+        label="SFT term weight",
+        initial=_TRAINING.sft_weight,
+        help_text="DPO: adds the chosen responses' negative log-likelihood (0: none).",
+    )
+    label_smoothing = forms.FloatField(
+        required=False,
+        initial=_TRAINING.label_smoothing,
+        help_text="Robust DPO: the share of labels assumed flipped (below 0.5).",
+    )
+    simpo_gamma = forms.FloatField(
+        required=False,
+        label="SimPO margin (gamma)",
+        initial=_TRAINING.simpo_gamma,
+        help_text="SimPO only.",
+    )
+    desirable_weight = forms.FloatField(
+        required=False, initial=_TRAINING.desirable_weight, help_text="KTO only."
+    )
+    undesirable_weight = forms.FloatField(
+        required=False, initial=_TRAINING.undesirable_weight, help_text="KTO only."
+    )
     learning_rate = forms.FloatField(initial=_TRAINING.learning_rate)
     epochs = forms.IntegerField(initial=_TRAINING.epochs)
     batch_size = forms.IntegerField(initial=_TRAINING.batch_size)
@@ -115,8 +158,14 @@ class TrainingRunStartForm(forms.Form):
     )
 
     SETTINGS_FIELDS = (
+        "method",
         "loss_type",
         "beta",
+        "sft_weight",
+        "label_smoothing",
+        "simpo_gamma",
+        "desirable_weight",
+        "undesirable_weight",
         "learning_rate",
         "epochs",
         "batch_size",
@@ -126,12 +175,22 @@ class TrainingRunStartForm(forms.Form):
         "seed",
     )
 
-    def __init__(self, *args: Any, versions: QuerySet[ModelVersion], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        versions: QuerySet[ModelVersion],
+        preset: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
         self.fields["base_version"] = _version_field(
             versions, "Start from model version", "The new version's parent."
         )
+        if preset in TRAINING_PRESETS:  # the page's preset links start the form from one
+            for name, value in asdict(TrainingSettings.from_preset(preset)).items():
+                if name in self.fields:
+                    self.fields[name].initial = value
 
     def clean_rounds(self) -> tuple[int, ...]:
         value: str = self.cleaned_data.get("rounds") or ""
@@ -142,4 +201,9 @@ class TrainingRunStartForm(forms.Form):
         return tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
 
     def settings_mapping(self) -> dict[str, Any]:
-        return {name: self.cleaned_data[name] for name in self.SETTINGS_FIELDS}
+        """The settings given; a field left empty takes the engine's default."""
+        return {
+            name: self.cleaned_data[name]
+            for name in self.SETTINGS_FIELDS
+            if self.cleaned_data.get(name) not in (None, "")
+        }

@@ -10,7 +10,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,16 @@ from alignment.models import (
     TrainingRun,
 )
 from annotate.coverage import prompts_for_coverage
-from annotate.models import Comparison, PreferencePair, Project, Prompt, Purpose, Response, Split
+from annotate.models import (
+    Comparison,
+    PairKind,
+    PreferencePair,
+    Project,
+    Prompt,
+    Purpose,
+    Response,
+    Split,
+)
 from annotate.services import (
     ResponseInput,
     SnapshotFilters,
@@ -459,11 +468,43 @@ def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
 
 # Training -----------------------------------------------------------------------------------
 
+METHODS = {
+    "dpo": "DPO (and its sibling losses)",
+    "kto": "KTO (unpaired: uses ties and both-bad too)",
+    "orpo": "ORPO (no reference model)",
+    "simpo": "SimPO (no reference model)",
+}
 LOSS_TYPES = {
     "sigmoid": "DPO (sigmoid)",
     "ipo": "IPO",
     "hinge": "Hinge (SLiC)",
     "robust": "Robust DPO (noisy labels)",
+}
+
+# Starting points a lead picks from; every value stays editable. LoRA learning rates (the
+# adapter, not the full model, is trained). Sources: the DPO, IPO, robust DPO (Chowdhury et
+# al. 2024), RPO (DPO + SFT), KTO, ORPO and SimPO papers and TRL's documented defaults.
+TRAINING_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpo": ("DPO", {"method": "dpo", "loss_type": "sigmoid", "beta": 0.1}),
+    "ipo": ("IPO", {"method": "dpo", "loss_type": "ipo", "beta": 0.1}),
+    "robust_dpo": (
+        "Robust DPO, for noisy labels (10 % flipped)",
+        {"method": "dpo", "loss_type": "robust", "beta": 0.1, "label_smoothing": 0.1},
+    ),
+    "hinge": ("Hinge (SLiC)", {"method": "dpo", "loss_type": "hinge", "beta": 0.1}),
+    "dpo_sft": (
+        "DPO + SFT term (keeps the chosen responses likely)",
+        {"method": "dpo", "loss_type": "sigmoid", "beta": 0.1, "sft_weight": 1.0},
+    ),
+    "kto": (
+        "KTO (ties and both-bad as unpaired examples)",
+        {"method": "kto", "beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+    ),
+    "orpo": ("ORPO (no reference model)", {"method": "orpo", "beta": 0.1}),
+    "simpo": (
+        "SimPO (no reference model)",
+        {"method": "simpo", "beta": 2.0, "simpo_gamma": 0.5},
+    ),
 }
 
 
@@ -475,8 +516,14 @@ _ENGINE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainingCo
 class TrainingSettings:
     """The hyperparameters a lead sets for a run (engine defaults), with the page's bounds."""
 
+    method: str = _ENGINE_DEFAULTS["method"]
     loss_type: str = _ENGINE_DEFAULTS["loss_type"]
     beta: float = _ENGINE_DEFAULTS["beta"]
+    sft_weight: float = _ENGINE_DEFAULTS["sft_weight"]
+    label_smoothing: float = _ENGINE_DEFAULTS["label_smoothing"]
+    simpo_gamma: float = _ENGINE_DEFAULTS["simpo_gamma"]
+    desirable_weight: float = _ENGINE_DEFAULTS["desirable_weight"]
+    undesirable_weight: float = _ENGINE_DEFAULTS["undesirable_weight"]
     learning_rate: float = _ENGINE_DEFAULTS["learning_rate"]
     epochs: int = _ENGINE_DEFAULTS["epochs"]
     batch_size: int = _ENGINE_DEFAULTS["batch_size"]
@@ -505,9 +552,31 @@ class TrainingSettings:
                 ) from None
         return cls(**values).validate()
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainingSettings:
+        """A preset's settings (TRAINING_PRESETS), with any of them overridden."""
+        if name not in TRAINING_PRESETS:
+            raise ValidationFailed(
+                f"Unknown preset {name!r}; expected one of {', '.join(TRAINING_PRESETS)}."
+            )
+        return cls.from_mapping({**TRAINING_PRESETS[name][1], **overrides})
+
     def validate(self) -> TrainingSettings:
         checks = [
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}."),
             (self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}."),
+            (0 <= self.sft_weight <= 10, "sft_weight must be between 0 and 10."),
+            (0 <= self.label_smoothing < 0.5, "label_smoothing must be at least 0 and below 0.5."),
+            (0 <= self.simpo_gamma <= 10, "simpo_gamma must be between 0 and 10."),
+            (0 < self.desirable_weight <= 10, "desirable_weight must be above 0 and at most 10."),
+            (
+                0 < self.undesirable_weight <= 10,
+                "undesirable_weight must be above 0 and at most 10.",
+            ),
+            (
+                self.method != "kto" or self.batch_size >= 2,
+                "batch_size must be at least 2 for KTO (its KL estimate pairs the rows of a batch).",
+            ),
             (0 < self.beta <= 10, "beta must be above 0 and at most 10."),
             (0 < self.learning_rate < 1, "learning_rate must be between 0 and 1."),
             (1 <= self.epochs <= 50, "epochs must be between 1 and 50."),
@@ -543,9 +612,8 @@ def training_run_start(
         Project.objects.select_for_update().filter(pk=project.pk).first()
         if TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists():
             raise ValidationFailed("This project already has a training run queued or running.")
-        snapshot = snapshot_create(
-            project=project, filters=filters or SnapshotFilters(), created_by=created_by
-        )
+        filters = replace(filters or SnapshotFilters(), kinds=_method_pair_kinds(training))
+        snapshot = snapshot_create(project=project, filters=filters, created_by=created_by)
         run = TrainingRun.objects.create(
             project=project,
             base_version=base_version,
@@ -558,6 +626,13 @@ def training_run_start(
         if dispatch:
             _dispatch_training(run.pk)
     return run
+
+
+def _method_pair_kinds(training: TrainingSettings) -> tuple[str, ...]:
+    """KTO learns from ties (both desirable) and both-bad pairs (both undesirable) as well."""
+    if training.method == "kto":
+        return (PairKind.PREFERENCE, PairKind.TIE, PairKind.BOTH_BAD)
+    return (PairKind.PREFERENCE,)
 
 
 def _dispatch_training(run_id: int) -> None:
@@ -577,6 +652,7 @@ def snapshot_examples(*, pair_ids: Sequence[int]) -> list[PreferenceExample]:
             prompt=tuple(pair.comparison.prompt.messages),
             chosen=pair.chosen.text,
             rejected=pair.rejected.text,
+            kind=pair.kind,
         )
         for pair in pairs
     ]

@@ -16,6 +16,7 @@ from django.views.decorators.vary import vary_on_headers
 from alignment import selectors
 from alignment.forms import RoundStartForm, TrainingRunStartForm
 from alignment.services import (
+    TRAINING_PRESETS,
     TrainingSettings,
     model_version_base_ensure,
     round_next_start,
@@ -118,7 +119,7 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     versions = selectors.model_versions_for_project(project=project)
     status = 200
     if request.method != "POST":
-        form = TrainingRunStartForm(versions=versions)
+        form = TrainingRunStartForm(versions=versions, preset=request.GET.get("preset"))
     else:
         form = TrainingRunStartForm(request.POST, versions=versions)
         status = 422
@@ -142,7 +143,13 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "alignment/training_run_new.html",
-        _context(request, project, form=form, pairs_available=pairs_available),
+        _context(
+            request,
+            project,
+            form=form,
+            pairs_available=pairs_available,
+            presets=[(name, label) for name, (label, _) in TRAINING_PRESETS.items()],
+        ),
         status=status,
     )
 

@@ -784,12 +784,14 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
 class SnapshotFilters:
     rounds: tuple[int, ...] = ()  # empty: every round
     min_agreement: float = 0.0
+    # Pair kinds taken: preferences only, unless the method trains on ties and both-bad (KTO).
+    kinds: tuple[str, ...] = (PairKind.PREFERENCE,)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "rounds": list(self.rounds),
             "min_agreement": self.min_agreement,
-            "kind": "preference",
+            "kinds": [str(kind) for kind in self.kinds],
             "purpose": Purpose.TRAIN,
             "split": Split.TRAIN,
         }
@@ -798,7 +800,7 @@ class SnapshotFilters:
 def snapshot_pairs(*, project: Project, filters: SnapshotFilters) -> list[PreferencePair]:
     pairs = PreferencePair.objects.filter(
         project=project,
-        kind=PairKind.PREFERENCE,
+        kind__in=filters.kinds,
         agreement__gte=filters.min_agreement,
         comparison__purpose=Purpose.TRAIN,
         comparison__prompt__split=Split.TRAIN,  # held-out prompts never reach training
@@ -812,6 +814,8 @@ def snapshot_content_hash(pairs: Sequence[PreferencePair]) -> str:
     digest = hashlib.sha256()
     for pair in pairs:
         row = [pair.pk, pair.comparison.prompt.messages, pair.chosen.text, pair.rejected.text]
+        if pair.kind != PairKind.PREFERENCE:  # preference-only snapshots keep their old hashes
+            row.append(pair.kind)
         digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
         digest.update(b"\n")
     return digest.hexdigest()

@@ -22,7 +22,8 @@ from alignment.engine.training import (
 EXIT_BAD_CONFIG = 2
 
 DESCRIPTION = """\
-Train a LoRA adapter with DPO (QLoRA by default) on preference pairs.
+Train a LoRA adapter (QLoRA by default) on preference pairs: DPO and its sibling losses,
+KTO, ORPO or SimPO.
 
 CONFIG.json:
   {"training": {"model": "packaged:smollm2-135m-instruct", "models_dir": "data/models",
@@ -30,14 +31,18 @@ CONFIG.json:
    "examples": "pairs.jsonl"}
 
 "training" holds TrainingConfig fields (model, models_dir and output_dir are required;
-loss_type, beta, learning_rate, epochs, batch_size, gradient_accumulation_steps, lora_r,
-lora_alpha, lora_dropout, max_length, seed, quantize_4bit, init_adapter, trust_remote_code
-are optional). "examples" is a JSONL file in TRL's conversational preference format, one
+method (dpo, kto, orpo, simpo), loss_type (dpo: sigmoid, ipo, hinge, robust, ...), beta,
+sft_weight, label_smoothing, simpo_gamma, desirable_weight, undesirable_weight,
+learning_rate, epochs, batch_size, gradient_accumulation_steps, lora_r, lora_alpha,
+lora_dropout, max_length, seed, quantize_4bit, init_adapter, trust_remote_code are
+optional). "examples" is a JSONL file in TRL's conversational preference format, one
 pair per line:
   {"prompt": [{"role": "user", "content": "..."}],
    "chosen": [{"role": "assistant", "content": "..."}],
    "rejected": [{"role": "assistant", "content": "..."}]}
-prompt may also be a plain string (one user turn), chosen/rejected plain strings.
+prompt may also be a plain string (one user turn), chosen/rejected plain strings. An
+optional "kind" of "tie" or "both_bad" marks a pair only kto trains on (both completions
+desirable, or neither).
 Relative paths are taken from the current directory.
 
 Prints one progress line per step, then the result as one line of JSON.
@@ -125,6 +130,7 @@ def examples_read(path: Path) -> list[PreferenceExample]:
                     prompt=_prompt_parse(row.get("prompt")),
                     chosen=_response_parse(row.get("chosen"), "chosen"),
                     rejected=_response_parse(row.get("rejected"), "rejected"),
+                    kind=str(row.get("kind", "preference")),
                 )
             )
         except ConfigError as error:

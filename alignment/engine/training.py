@@ -50,11 +50,22 @@ LOSS_TYPES = (
 )
 
 
+# Training methods. dpo: TRL's DPOTrainer with `loss_type` (sigmoid, ipo, hinge, robust, ...)
+# and an optional SFT term on the chosen responses (`sft_weight`); kto: KTOTrainer on unpaired
+# rows (ties and both-bad included); orpo and simpo need no reference model (ORPO and CPO
+# with loss "simpo", from trl.experimental).
+METHODS = ("dpo", "kto", "orpo", "simpo")
+PAIR_KINDS = ("preference", "tie", "both_bad")
+
+
 @dataclass(frozen=True)
 class PreferenceExample:
     prompt: tuple[Mapping[str, str], ...]  # chat messages, ending with a user turn
     chosen: str
     rejected: str
+    # "tie": both equally good, "both_bad": neither acceptable; only KTO trains on them (as
+    # two desirable or two undesirable completions).
+    kind: str = "preference"
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,14 @@ class TrainingConfig:
     model: str
     models_dir: str
     output_dir: str
-    loss_type: str = "sigmoid"  # TRL DPOConfig.loss_type (sigmoid, ipo, hinge, robust, ...)
-    beta: float = 0.1
+    method: str = "dpo"  # METHODS
+    loss_type: str = "sigmoid"  # dpo: TRL DPOConfig.loss_type (sigmoid, ipo, hinge, robust, ...)
+    beta: float = 0.1  # dpo, kto: KL strength; orpo: the odds-ratio weight; simpo: reward scale
+    sft_weight: float = 0.0  # dpo: weight of an SFT (NLL) term on the chosen responses
+    label_smoothing: float = 0.0  # dpo (robust, sigmoid): the assumed share of flipped labels
+    simpo_gamma: float = 0.5  # simpo: the target reward margin
+    desirable_weight: float = 1.0  # kto
+    undesirable_weight: float = 1.0  # kto
     learning_rate: float = 5e-4
     epochs: int = 2
     batch_size: int = 4
@@ -114,10 +131,24 @@ def training_config_validate(config: TrainingConfig) -> None:
     for name, value in positive_ints.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
     if config.loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {config.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
     if not (isinstance(config.beta, int | float) and config.beta > 0):
         raise ValueError(f"beta must be > 0, got {config.beta!r}")
+    ranges: dict[str, tuple[float, float, float]] = {
+        "sft_weight": (config.sft_weight, 0.0, 10.0),
+        "label_smoothing": (config.label_smoothing, 0.0, 0.49),
+        "simpo_gamma": (config.simpo_gamma, 0.0, 10.0),
+        "desirable_weight": (config.desirable_weight, 0.01, 10.0),
+        "undesirable_weight": (config.undesirable_weight, 0.01, 10.0),
+    }
+    for name, (number, low, high) in ranges.items():
+        if not (isinstance(number, int | float) and low <= number <= high):
+            raise ValueError(f"{name} must be between {low} and {high}, got {number!r}")
+    if config.method == "kto" and config.batch_size < 2:
+        raise ValueError("batch_size must be at least 2 for kto (its KL estimate pairs rows)")
     if not (isinstance(config.learning_rate, int | float) and 0 < config.learning_rate < 1):
         raise ValueError(f"learning_rate must be in (0, 1), got {config.learning_rate!r}")
     if not (isinstance(config.lora_dropout, int | float) and 0 <= config.lora_dropout < 1):
@@ -128,10 +159,17 @@ def training_config_validate(config: TrainingConfig) -> None:
         adapter_validate(config.init_adapter)
 
 
-def examples_validate(examples: Sequence[PreferenceExample]) -> None:
+def examples_validate(examples: Sequence[PreferenceExample], method: str = "dpo") -> None:
     if len(examples) == 0:
         raise ValueError("no preference examples to train on")
     for index, example in enumerate(examples):
+        if example.kind not in PAIR_KINDS:
+            raise ValueError(f"example {index}: unknown kind {example.kind!r}")
+        if example.kind != "preference" and method != "kto":
+            raise ValueError(
+                f"example {index}: a {example.kind} pair has no preferred response; only kto "
+                "trains on ties and both-bad pairs"
+            )
         if len(example.prompt) == 0:
             raise ValueError(f"example {index}: prompt has no messages")
         for message in example.prompt:
@@ -160,7 +198,7 @@ def train(
     step. Raises ValueError for an invalid config or no examples.
     """
     training_config_validate(config)
-    examples_validate(examples)
+    examples_validate(examples, config.method)
     with malloc_tuned_for_tensors():
         return _train(config, examples, on_progress)
 
@@ -174,7 +212,6 @@ def _train(
     from datasets import Dataset
     from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
     from transformers import PrinterCallback, TrainerCallback, set_seed
-    from trl import DPOConfig, DPOTrainer
 
     on_cuda = cuda_available()
     # bfloat16 on CPUs that have it natively: measured 1.5-2x faster steps than float32.
@@ -207,30 +244,35 @@ def _train(
             task_type="CAUSAL_LM",
         )
 
-    dataset = Dataset.from_list([_example_row(example) for example in examples])
+    rows = (
+        [row for example in examples for row in _unpaired_rows(example)]
+        if config.method == "kto"
+        else [_example_row(example) for example in examples]
+    )
+    dataset = Dataset.from_list(rows)
     steps_per_epoch = math.ceil(
-        math.ceil(len(examples) / config.batch_size) / config.gradient_accumulation_steps
+        math.ceil(len(rows) / config.batch_size) / config.gradient_accumulation_steps
     )
     total_steps = steps_per_epoch * config.epochs
-    args = DPOConfig(
-        output_dir=config.output_dir,
-        loss_type=[config.loss_type],
-        beta=config.beta,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
-        seed=config.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not on_cuda,
-        bf16=use_bf16,
-        gradient_checkpointing=on_cuda,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    common: dict[str, Any] = {
+        "output_dir": config.output_dir,
+        "beta": config.beta,
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.epochs,
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_length": config.max_length,
+        "seed": config.seed,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": not on_cuda,
+        "bf16": use_bf16,
+        "gradient_checkpointing": on_cuda,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+    trainer_class, args = _method_trainer(config, common)
     started = time.monotonic()
     history: list[TrainingProgress] = []
 
@@ -255,7 +297,7 @@ def _train(
             if on_progress is not None:
                 on_progress(progress)
 
-    trainer = DPOTrainer(
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -283,6 +325,61 @@ def _train(
         elapsed_s=time.monotonic() - started,
         history=tuple(history),
     )
+
+
+def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any, Any]:
+    """The TRL trainer class of the method and its arguments."""
+    if config.method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOTrainer, KTOConfig(
+            desirable_weight=config.desirable_weight,
+            undesirable_weight=config.undesirable_weight,
+            **common,
+        )
+    if config.method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer, ORPOConfig(**common)
+    if config.method == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        # SimPO is CPO's "simpo" loss without its behaviour-cloning term (cpo_alpha 0).
+        return CPOTrainer, CPOConfig(
+            loss_type="simpo", cpo_alpha=0.0, simpo_gamma=config.simpo_gamma, **common
+        )
+    from trl import DPOConfig, DPOTrainer
+
+    losses, weights = [config.loss_type], [1.0]
+    if config.sft_weight > 0:
+        losses.append("sft")
+        weights.append(config.sft_weight)
+    return DPOTrainer, DPOConfig(
+        loss_type=losses,
+        loss_weights=weights if len(losses) > 1 else None,
+        label_smoothing=config.label_smoothing,
+        **common,
+    )
+
+
+def _unpaired_rows(example: PreferenceExample) -> list[dict[str, Any]]:
+    """KTO's rows of a pair: its chosen response desirable and its rejected one not; a tie's
+    two desirable, a both-bad pair's two undesirable."""
+    prompt = [{"role": m["role"], "content": m["content"]} for m in example.prompt]
+    first = example.kind != "both_bad"
+    second = example.kind == "tie"
+    return [
+        {
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": example.chosen}],
+            "label": first,
+        },
+        {
+            "prompt": prompt,
+            "completion": [{"role": "assistant", "content": example.rejected}],
+            "label": second,
+        },
+    ]
 
 
 def _example_row(example: PreferenceExample) -> dict[str, Any]:

@@ -108,3 +108,35 @@ def test_it_trains_and_registers_a_child_version(tiny_project: Project, annotato
         child.adapter_sha256
     ) == 64
     assert training_run_execute(run_id=run.pk) is None  # redelivered: nothing happens
+
+
+def test_it_trains_kto_on_the_ties_and_both_bad_pairs_too(
+    tiny_project: Project, annotator: User
+) -> None:
+    job = _round(tiny_project)
+    generation_job_execute(job_id=job.pk)
+    comparisons = list(Comparison.objects.filter(project=tiny_project).order_by("id"))
+    assert len(comparisons) >= 3
+    for comparison, choice in zip(comparisons, ["a", "tie", "both_bad", "b"], strict=False):
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice)
+    base = model_version_base_ensure(project=tiny_project)
+    run = training_run_start(
+        project=tiny_project,
+        base_version=base,
+        dispatch=False,
+        training=TrainingSettings.from_preset("kto", epochs=1, batch_size=2, max_length=96),
+    )
+    judged = min(len(comparisons), 4)
+    # Every judged pair is in the snapshot, the tie and the both-bad one included ...
+    assert run.snapshot.n_pairs == judged and "tie" in run.snapshot.filters["kinds"]
+    training_run_execute(run_id=run.pk)
+    run = TrainingRun.objects.get(pk=run.pk)
+    assert run.status == JobStatus.SUCCEEDED, run.error
+    # ... and each gives KTO two unpaired rows: steps of two rows each.
+    assert run.summary["steps"] == judged and run.config["method"] == "kto"
+    # A DPO run of the same data takes the preferences only.
+    dpo = TrainingSettings(epochs=1, batch_size=2, max_length=96)
+    later = training_run_start(
+        project=tiny_project, base_version=base, dispatch=False, training=dpo
+    )
+    assert later.snapshot.n_pairs == judged - 2

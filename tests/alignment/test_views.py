@@ -570,3 +570,23 @@ def test_it_does_not_choose_the_prompts_of_a_round_still_generating(
             set(r.prompts.values_list("id", flat=True)) for r in Round.objects.order_by("number")
         )
         assert len(one) == len(two) == 3 and not one & two, choice
+
+
+def test_it_starts_the_form_from_a_preset_and_checks_each_method(
+    project: Project, base: ModelVersion, lead: User
+) -> None:
+    url = reverse("training_run_new", args=[project.slug])
+    page = client_for(lead).get(url, {"preset": "simpo"})
+    form = page.context["form"]
+    assert (form["method"].initial, form["beta"].initial, form["simpo_gamma"].initial) == (
+        "simpo",
+        2.0,
+        0.5,
+    )
+    assert b'href="?preset=kto"' in page.content
+    refused = client_for(lead).post(
+        url, {**RUN_FORM, "base_version": base.pk, "method": "kto", "batch_size": "1"}
+    )
+    assert refused.status_code == 422
+    assert b"batch_size must be at least 2 for KTO" in refused.content
+    assert not TrainingRun.objects.exists()

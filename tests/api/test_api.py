@@ -235,3 +235,20 @@ def test_it_starts_training_runs_and_refuses_bad_settings(
     assert "already" in _error(api.post(url, {"base_version_id": base.pk}), 422)["message"]
     detail = api.get(f"/projects/{project.slug}/training-runs/{run['id']}/").json()
     assert detail["points"] == [] and detail["id"] == run["id"]
+
+
+def test_it_starts_a_run_from_a_preset_with_overrides(
+    project: Project, lead: User, comparisons: list[Comparison]
+) -> None:
+    judgment_submit(comparison_id=comparisons[0].pk, annotator=lead, choice="a")
+    judgment_submit(comparison_id=comparisons[1].pk, annotator=lead, choice="tie")
+    base = model_version_base_ensure(project=project)
+    url = f"/projects/{project.slug}/training-runs/"
+    body = {"base_version_id": base.pk, "preset": "kto", "settings": {"beta": 0.3}}
+    made = Api(lead).post(url, body)
+    assert made.status_code == 201, made.content
+    config = made.json()["config"]
+    assert (config["method"], config["beta"], config["desirable_weight"]) == ("kto", 0.3, 1.0)
+    assert made.json()["snapshot"]["n_pairs"] == 2  # KTO takes the tie as well
+    unknown = Api(lead).post(url, {"base_version_id": base.pk, "preset": "ppo"})
+    assert "preset" in _error(unknown, 400)["fields"]

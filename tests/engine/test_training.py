@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,84 @@ def test_it_trains_with_a_4bit_base(tiny_model_dir: str, tmp_path: Path) -> None
     assert progress[-1].loss is not None and progress[-1].loss < progress[0].loss
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "hinge"])
-def test_it_trains_with_other_losses(tiny_model_dir: str, tmp_path: Path, loss_type: str) -> None:
-    result = train(_config(tiny_model_dir, tmp_path, loss_type=loss_type, epochs=1), _examples(2))
-    assert result.steps == 1
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"loss_type": "ipo"},
+        {"loss_type": "hinge"},
+        {"loss_type": "robust", "label_smoothing": 0.1},
+        {"sft_weight": 1.0},  # DPO + an SFT term on the chosen responses
+        {"method": "orpo"},
+        {"method": "simpo", "beta": 2.0, "simpo_gamma": 0.5},
+    ],
+    ids=lambda overrides: "-".join(f"{k}={v}" for k, v in overrides.items()),
+)
+def test_it_trains_with_every_paired_method(
+    tiny_model_dir: str, tmp_path: Path, overrides: dict[str, object]
+) -> None:
+    progress: list[TrainingProgress] = []
+    config = _config(tiny_model_dir, tmp_path, epochs=2, **overrides)
+    result = train(config, _examples(2), on_progress=progress.append)
+    assert result.steps == 2 and [p.step for p in progress] == [1, 2]
+    assert all(p.loss is not None and math.isfinite(p.loss) for p in progress)
+    assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "first_loss"),
+    [
+        ({"loss_type": "sigmoid"}, math.log(2)),  # -log sigmoid(0)
+        ({"loss_type": "ipo"}, (1 / (2 * 0.1)) ** 2),  # (0 - 1 / (2 beta))^2
+        ({"loss_type": "hinge"}, 1.0),  # max(0, 1 - 0)
+        ({"loss_type": "robust", "label_smoothing": 0.2}, math.log(2)),
+    ],
+    ids=["sigmoid", "ipo", "hinge", "robust"],
+)
+def test_it_applies_the_loss_asked_for(
+    tiny_model_dir: str, tmp_path: Path, overrides: dict[str, object], first_loss: float
+) -> None:
+    # At the first step the policy is its reference (LoRA starts at zero), so every margin is
+    # 0 and each loss takes its known value there.
+    progress: list[TrainingProgress] = []
+    train(
+        _config(tiny_model_dir, tmp_path, epochs=1, **overrides),
+        _examples(2),
+        on_progress=progress.append,
+    )
+    assert progress[0].loss == pytest.approx(first_loss, rel=1e-3)
+
+
+def test_it_adds_an_sft_term_on_the_chosen_responses(tiny_model_dir: str, tmp_path: Path) -> None:
+    progress: list[TrainingProgress] = []
+    config = _config(tiny_model_dir, tmp_path, epochs=1, sft_weight=1.0)
+    train(config, _examples(2), on_progress=progress.append)
+    # log 2 from the DPO term, plus the chosen responses' negative log-likelihood: several
+    # nats for an untrained model.
+    assert progress[0].loss is not None and progress[0].loss > math.log(2) + 1.0
+
+
+def test_it_trains_kto_on_pairs_ties_and_both_bad(tiny_model_dir: str, tmp_path: Path) -> None:
+    tie, both_bad = _examples(3)[1:]
+    examples = [
+        _examples(1)[0],
+        dataclasses.replace(tie, kind="tie"),
+        dataclasses.replace(both_bad, kind="both_bad"),
+    ]
+    progress: list[TrainingProgress] = []
+    result = train(
+        _config(tiny_model_dir, tmp_path, method="kto", epochs=1, batch_size=2),
+        examples,
+        on_progress=progress.append,
+    )
+    # Three pairs are six unpaired rows: three steps of two.
+    assert result.steps == 3 and progress[-1].total_steps == 3
+    assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
+
+
+def test_it_refuses_ties_for_a_paired_method(tiny_model_dir: str, tmp_path: Path) -> None:
+    tie = dataclasses.replace(_examples(1)[0], kind="tie")
+    with pytest.raises(ValueError, match="only kto trains on ties"):
+        train(_config(tiny_model_dir, tmp_path, method="orpo"), [tie])
 
 
 def test_it_rejects_no_examples(tiny_model_dir: str, tmp_path: Path) -> None:
@@ -136,6 +211,11 @@ def test_it_rejects_no_examples(tiny_model_dir: str, tmp_path: Path) -> None:
         ("learning_rate", 2.0),
         ("lora_dropout", 1.0),
         ("init_adapter", "/nonexistent"),
+        ("method", "ppo"),
+        ("label_smoothing", 0.6),
+        ("sft_weight", -1.0),
+        ("simpo_gamma", 11.0),
+        ("desirable_weight", 0.0),
     ],
 )
 def test_it_rejects_invalid_config_values(
