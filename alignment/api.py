@@ -3,6 +3,7 @@ the pages). Errors, authentication and access as in annotate/api.py."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from django.http import Http404
@@ -221,12 +222,16 @@ class TrainingRunOut(serializers.Serializer):
             "n_pairs": serializers.IntegerField(),
             "content_hash": serializers.CharField(),
             "filters": serializers.JSONField(),
+            "validation_pairs": serializers.IntegerField(),
         },
     )
     config = serializers.JSONField(help_text="The training settings.")
     progress_done = serializers.IntegerField()
     progress_total = serializers.IntegerField()
-    summary = serializers.JSONField()
+    summary = serializers.JSONField(
+        help_text="When done: steps, train_loss, seconds_per_step, pairs, model_version, and "
+        "validation (held-out pairs scored before and after, or null)."
+    )
     error = serializers.CharField(allow_blank=True)
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
@@ -256,6 +261,7 @@ def _run_out(run: TrainingRunModel) -> dict[str, Any]:
             "n_pairs": snapshot.n_pairs,
             "content_hash": snapshot.content_hash,
             "filters": snapshot.filters,
+            "validation_pairs": len(snapshot.validation_pair_ids),
         },
         "config": run.config,
         "progress_done": run.progress_done,
@@ -380,5 +386,90 @@ class TrainingRunDetailApi(ProjectApi):
                 **_run_out(run),
                 "points": selectors.training_run_points(run=run),
                 "log_tail": run.log_tail,
+            }
+        )
+
+
+# Leaderboard --------------------------------------------------------------------------------
+
+
+class WinRateOut(serializers.Serializer):
+    rate = serializers.FloatField()
+    low = serializers.FloatField()
+    high = serializers.FloatField()
+    n = serializers.IntegerField()
+    wins = serializers.IntegerField()
+    losses = serializers.IntegerField()
+    ties = serializers.IntegerField()
+
+
+class LeaderboardOut(serializers.Serializer):
+    games = serializers.IntegerField(help_text="Judged head-to-head comparisons.")
+    ratings = inline_serializer(
+        "RatingOut",
+        {
+            "model_version_id": serializers.IntegerField(),
+            "name": serializers.CharField(),
+            "rating": serializers.FloatField(help_text="Bradley-Terry, base version at 1000."),
+            "low": serializers.FloatField(),
+            "high": serializers.FloatField(),
+            "games": serializers.IntegerField(),
+            "score": serializers.FloatField(),
+        },
+        many=True,
+    )
+    head_to_heads = inline_serializer(
+        "HeadToHeadOut",
+        {
+            "round": serializers.IntegerField(),
+            "model_version_id": serializers.IntegerField(),
+            "parent_id": serializers.IntegerField(),
+            "outcome": serializers.ChoiceField(choices=["better", "worse", "undecided"]),
+            "win_rate": WinRateOut(),
+            "more_needed": serializers.IntegerField(allow_null=True),
+        },
+        many=True,
+    )
+
+
+class LeaderboardApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="leaderboard_retrieve",
+        tags=["models"],
+        responses={200: LeaderboardOut, **ERRORS},
+        summary="Ratings of every model version from the blind head-to-heads, and each "
+        "round's verdict on its new version (leads)",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        project = self.project(request, slug)
+        board = selectors.leaderboard_get(project=project)
+        return Response(
+            {
+                "games": board.games,
+                "ratings": [
+                    {
+                        "model_version_id": row.version.pk,
+                        "name": row.version.name,
+                        "rating": row.rating.rating,
+                        "low": row.rating.low,
+                        "high": row.rating.high,
+                        "games": row.rating.games,
+                        "score": row.rating.score,
+                    }
+                    for row in board.rows
+                ],
+                "head_to_heads": [
+                    {
+                        "round": h.round_number,
+                        "model_version_id": h.new.pk,
+                        "parent_id": h.parent.pk,
+                        "outcome": h.verdict.outcome,
+                        "win_rate": asdict(h.verdict.win_rate),
+                        "more_needed": h.verdict.more_needed,
+                    }
+                    for h in board.head_to_heads
+                ],
             }
         )

@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from alignment.engine.stats import Game, Rating, Verdict, bradley_terry, head_to_head_verdict
 from alignment.models import GenerationJob, ModelVersion, Round, TrainingRun
 from annotate.models import (
     Comparison,
@@ -323,3 +324,103 @@ def _final_loss(run: TrainingRun) -> float | None:
         if isinstance(point, dict) and point.get("loss") is not None:
             return _float_or_none(point["loss"])
     return None
+
+
+# Head-to-head results -----------------------------------------------------------------------
+
+
+@dataclass
+class HeadToHead:
+    """One round's blind head-to-head: its policy against its parent on held-out prompts."""
+
+    round_number: int
+    new: ModelVersion
+    parent: ModelVersion
+    verdict: Verdict
+
+
+@dataclass
+class LeaderboardRow:
+    version: ModelVersion
+    rating: Rating
+
+
+@dataclass
+class Leaderboard:
+    rows: list[LeaderboardRow]
+    head_to_heads: list[HeadToHead]  # newest round first
+    games: int
+
+
+def _head_to_head_games(*, project: Project) -> list[tuple[int, Game]]:
+    """(round number, game between model versions) of every judged head-to-head comparison,
+    by its aggregated outcome: the winner's point, or half each for a tie or both bad."""
+    version_of = dict(ModelVersion.objects.filter(project=project).values_list("policy_id", "id"))
+    pairs = PreferencePair.objects.filter(
+        project=project, comparison__purpose=Purpose.EVAL
+    ).values_list(
+        "kind",
+        "chosen_id",
+        "comparison__round_number",
+        "comparison__response_a_id",
+        "comparison__response_a__policy_id",
+        "comparison__response_b__policy_id",
+    )
+    games = []
+    for kind, chosen_id, round_number, a_id, a_policy, b_policy in pairs.order_by("id"):
+        first, second = version_of.get(a_policy), version_of.get(b_policy)
+        if first is None or second is None or first == second:
+            continue  # responses of no model version (imported), or a version against itself
+        score = (1.0 if chosen_id == a_id else 0.0) if kind == PairKind.PREFERENCE else 0.5
+        games.append((round_number, Game(first=first, second=second, score=score)))
+    return games
+
+
+def leaderboard_get(*, project: Project, bootstrap: int = 200) -> Leaderboard:
+    """A Bradley-Terry rating of every model version from all head-to-heads (the base version
+    anchored at 1000), and each round's verdict on its policy against its parent."""
+    games = _head_to_head_games(project=project)
+    versions = {v.pk: v for v in ModelVersion.objects.filter(project=project)}
+    root = next(
+        (v.pk for v in sorted(versions.values(), key=lambda v: v.pk) if v.parent_id is None), None
+    )
+    ratings = bradley_terry([g for _, g in games], anchor=root, bootstrap=bootstrap)
+    by_round: dict[int, list[Game]] = {}
+    for round_number, game in games:
+        by_round.setdefault(round_number, []).append(game)
+    head_to_heads = []
+    rounds = Round.objects.filter(project=project, number__in=by_round).select_related(
+        "policy__parent"
+    )
+    for round_ in sorted(rounds, key=lambda r: -r.number):
+        new, parent = round_.policy, round_.policy.parent
+        if parent is None:
+            continue
+        wins = losses = ties = 0
+        for game in by_round[round_.number]:
+            # Response a of a head-to-head is the round's policy (head_to_head_pairs_form).
+            if {game.first, game.second} != {new.pk, parent.pk}:
+                continue
+            new_score = game.score if game.first == new.pk else 1 - game.score
+            wins += new_score == 1.0
+            losses += new_score == 0.0
+            ties += new_score == 0.5
+        head_to_heads.append(
+            HeadToHead(
+                round_number=round_.number,
+                new=new,
+                parent=parent,
+                verdict=head_to_head_verdict(wins=wins, losses=losses, ties=ties),
+            )
+        )
+    return Leaderboard(
+        rows=[LeaderboardRow(version=versions[r.player], rating=r) for r in ratings],
+        head_to_heads=head_to_heads,
+        games=len(games),
+    )
+
+
+def round_head_to_head(*, project: Project, number: int) -> HeadToHead | None:
+    """The verdict of one round's head-to-head, when it had one (see leaderboard_get)."""
+    board = leaderboard_get(project=project, bootstrap=0)
+    return next((h for h in board.head_to_heads if h.round_number == number), None)

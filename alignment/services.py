@@ -676,6 +676,7 @@ def _training_run(run: TrainingRun) -> None:
     base_version = run.base_version
     training = TrainingSettings.from_mapping(run.config)
     examples = snapshot_examples(pair_ids=run.snapshot.pair_ids)
+    validation = snapshot_examples(pair_ids=run.snapshot.validation_pair_ids)
     config = TrainingConfig(
         model=project.base_model,
         models_dir=str(settings.MODELS_DIR),
@@ -718,7 +719,15 @@ def _training_run(run: TrainingRun) -> None:
             },
         )
 
-    result = train(config, examples, on_progress=on_progress)
+    result = train(config, examples, validation=validation, on_progress=on_progress)
+    figures = asdict(result.validation) if result.validation is not None else None
+    if figures is not None:
+        job_log(
+            run,
+            f"validation ({figures['pairs']} held-out pairs): preference accuracy "
+            f"{figures['accuracy_before']:.2f} before, {figures['accuracy_after']:.2f} after; "
+            f"implicit reward accuracy {figures['reward_accuracy']:.2f}",
+        )
     with transaction.atomic():
         version = model_version_register(
             project=project,
@@ -739,5 +748,6 @@ def _training_run(run: TrainingRun) -> None:
                 "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
                 "pairs": len(examples),
                 "model_version": version.name,
+                "validation": figures,
             },
         )

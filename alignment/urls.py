@@ -18,6 +18,7 @@ urlpatterns: list[URLPattern] = [
         name="training_run_metrics",
     ),
     path("p/<slug:slug>/models/", views.model_version_list, name="model_version_list"),
+    path("p/<slug:slug>/leaderboard/", views.leaderboard, name="leaderboard"),
 ]
 
 # Under /api/v1/ (config/urls.py), namespace "api".
@@ -34,6 +35,7 @@ api_urlpatterns: list[URLPattern] = [
         api.TrainingRunDetailApi.as_view(),
         name="training_run",
     ),
+    path("projects/<slug:slug>/leaderboard/", api.LeaderboardApi.as_view(), name="leaderboard"),
     path(
         "projects/<slug:slug>/model-versions/",
         api.ModelVersionListApi.as_view(),

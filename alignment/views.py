@@ -94,7 +94,10 @@ def round_detail(request: AuthedRequest, slug: str, number: int) -> HttpResponse
     template = "alignment/round_detail.html"
     if request.htmx:
         template += "#jobs"
-    return render(request, template, _context(request, project, detail=detail))
+    head_to_head = selectors.round_head_to_head(project=project, number=number)
+    return render(
+        request, template, _context(request, project, detail=detail, head_to_head=head_to_head)
+    )
 
 
 # Training runs ------------------------------------------------------------------------------
@@ -196,3 +199,14 @@ def model_version_list(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request, "alignment/model_version_list.html", _context(request, project, tree=tree)
     )
+
+
+# Leaderboard --------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def leaderboard(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    board = selectors.leaderboard_get(project=project)
+    return render(request, "alignment/leaderboard.html", _context(request, project, board=board))

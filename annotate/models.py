@@ -402,7 +402,9 @@ class DatasetSnapshot(models.Model):
     """The frozen set of pairs a training run used: ids, the filters, a content hash."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
-    pair_ids = models.JSONField(default=list)
+    pair_ids = models.JSONField(default=list)  # what the run trains on
+    # Held out from training, scored before and after it (preference pairs only).
+    validation_pair_ids = models.JSONField(default=list, blank=True)
     filters = models.JSONField(default=dict, blank=True)
     content_hash = models.CharField(max_length=64)
     n_pairs = models.PositiveIntegerField()

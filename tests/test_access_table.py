@@ -193,6 +193,10 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    "leaderboard": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
     "model_version_list": {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
@@ -266,6 +270,10 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
     },
     "api:coverage": {
         "GET":  (401,         404,         404,         200,         200,         404,         200),
+        "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:leaderboard": {
+        "GET":  (401,         404,         404,         404,         200,         404,         200),
         "POST": (401,         405,         405,         405,         405,         405,         405),
     },
     "api:model_versions": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -50,3 +51,138 @@ def win_rate(*, wins: int, losses: int, ties: int, confidence: float = 0.95) -> 
         losses=losses,
         ties=ties,
     )
+
+
+@dataclass(frozen=True)
+class Game:
+    """One head-to-head outcome: `score` is 1 when `first` won, 0 when `second` did, 0.5 a tie."""
+
+    first: int
+    second: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Rating:
+    player: int
+    rating: float  # Elo-like scale: 400 points = 10:1 odds; the anchor sits at 1000
+    low: float  # bootstrap percentile interval
+    high: float
+    games: int
+    score: float  # share of points won (ties half)
+
+
+ELO_SCALE = 400 / math.log(10)
+
+
+def _bt_strengths(games: list[Game], players: list[int], iterations: int = 500) -> dict[int, float]:
+    """Bradley-Terry log-strengths by Hunter's MM algorithm, ties as half a win each. Every pair
+    that met also gets one virtual tie, a mild prior that keeps an unbeaten player finite."""
+    wins = dict.fromkeys(players, 0.0)
+    meetings: dict[tuple[int, int], float] = {}
+    for game in games:
+        wins[game.first] += game.score
+        wins[game.second] += 1 - game.score
+        key = (min(game.first, game.second), max(game.first, game.second))
+        meetings[key] = meetings.get(key, 0.0) + 1
+    for a, b in list(meetings):
+        wins[a] += 0.5
+        wins[b] += 0.5
+        meetings[(a, b)] += 1
+    strength = dict.fromkeys(players, 1.0)
+    for _ in range(iterations):
+        denominators = dict.fromkeys(players, 0.0)
+        for (a, b), n in meetings.items():
+            share = n / (strength[a] + strength[b])
+            denominators[a] += share
+            denominators[b] += share
+        updated = {
+            p: (wins[p] / denominators[p] if denominators[p] > 0 else strength[p]) for p in players
+        }
+        log_mean = sum(math.log(v) for v in updated.values()) / len(updated)
+        updated = {p: v / math.exp(log_mean) for p, v in updated.items()}
+        converged = max(abs(math.log(updated[p] / strength[p])) for p in players) < 1e-9
+        strength = updated
+        if converged:
+            break
+    return {p: math.log(v) for p, v in strength.items()}
+
+
+def bradley_terry(
+    games: list[Game],
+    *,
+    anchor: int | None = None,
+    bootstrap: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[Rating]:
+    """Ratings of every player in `games`, best first, with bootstrap percentile intervals
+    (games resampled with replacement `bootstrap` times). `anchor` (default: the first player
+    seen) is rated 1000 in every fit, so the others read as differences from it."""
+    players = list(dict.fromkeys(p for g in games for p in (g.first, g.second)))
+    if not players:
+        return []
+    anchor = anchor if anchor in players else players[0]
+
+    def ratings_of(sample: list[Game]) -> dict[int, float]:
+        strengths = _bt_strengths(sample, players)
+        return {p: 1000 + ELO_SCALE * (s - strengths[anchor]) for p, s in strengths.items()}
+
+    point = ratings_of(games)
+    rng = random.Random(seed)
+    draws: dict[int, list[float]] = {p: [] for p in players}
+    for _ in range(bootstrap):
+        sample = [games[rng.randrange(len(games))] for _ in games]
+        seen = {p for g in sample for p in (g.first, g.second)}
+        fitted = ratings_of(sample)
+        for p in players:
+            if p in seen:  # a player absent from a resample tells nothing about itself
+                draws[p].append(fitted[p])
+    tail = (1 - confidence) / 2
+    played = dict.fromkeys(players, 0)
+    points = dict.fromkeys(players, 0.0)
+    for g in games:
+        played[g.first] += 1
+        played[g.second] += 1
+        points[g.first] += g.score
+        points[g.second] += 1 - g.score
+    result = []
+    for p in players:
+        values = sorted(draws[p]) or [point[p]]
+        low = values[int(tail * (len(values) - 1))]
+        high = values[math.ceil((1 - tail) * (len(values) - 1))]
+        result.append(
+            Rating(
+                player=p,
+                rating=point[p],
+                low=min(low, point[p]),
+                high=max(high, point[p]),
+                games=played[p],
+                score=points[p] / played[p],
+            )
+        )
+    return sorted(result, key=lambda r: -r.rating)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "better", "worse", "undecided"
+    win_rate: WinRate
+    more_needed: int | None  # head-to-heads that would likely settle it; None when even
+
+
+def head_to_head_verdict(*, wins: int, losses: int, ties: int, confidence: float = 0.95) -> Verdict:
+    """Is the new policy better than its parent? "better" when the whole interval of its win
+    rate is above one half, "worse" when below; otherwise how many more judged head-to-heads,
+    at the win rate seen so far, would bring the interval clear of one half."""
+    rate = win_rate(wins=wins, losses=losses, ties=ties, confidence=confidence)
+    if rate.n and rate.low > 0.5:
+        return Verdict("better", rate, 0)
+    if rate.n and rate.high < 0.5:
+        return Verdict("worse", rate, 0)
+    gap = abs(rate.rate - 0.5)
+    if rate.n == 0 or gap < 1e-9:
+        return Verdict("undecided", rate, None)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    needed = math.ceil(z * z * rate.rate * (1 - rate.rate) / (gap * gap))
+    return Verdict("undecided", rate, max(needed - rate.n, 1))

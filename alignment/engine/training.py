@@ -116,6 +116,24 @@ class TrainingResult:
     train_loss: float
     elapsed_s: float
     history: tuple[TrainingProgress, ...]
+    validation: ValidationFigures | None = None
+
+
+@dataclass(frozen=True)
+class ValidationFigures:
+    """How the held-out pairs are judged by the policy before and after training.
+
+    `accuracy_*`: the share of pairs whose chosen response the policy finds likelier, per
+    token (a reference-free preference, comparable before and after). `reward_accuracy`:
+    the share whose implicit reward margin grew, i.e. log pi(chosen) - log pi(rejected) rose
+    from the starting policy (DPO's implicit reward accuracy, the starting policy being the
+    reference); `reward_margin`: its mean times beta."""
+
+    pairs: int
+    accuracy_before: float
+    accuracy_after: float
+    reward_accuracy: float
+    reward_margin: float
 
 
 def training_config_validate(config: TrainingConfig) -> None:
@@ -189,23 +207,28 @@ def train(
     config: TrainingConfig,
     examples: Sequence[PreferenceExample],
     *,
+    validation: Sequence[PreferenceExample] = (),
     on_progress: Callable[[TrainingProgress], None] | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on preference pairs and save it to ``output_dir/adapter``.
 
     The reference policy is the model without the trained adapter: the base, or the
-    ``init_adapter`` when continuing. ``on_progress`` is called after every optimizer
-    step. Raises ValueError for an invalid config or no examples.
+    ``init_adapter`` when continuing. ``validation``: held-out preference pairs, scored
+    before and after training (TrainingResult.validation). ``on_progress`` is called after
+    every optimizer step. Raises ValueError for an invalid config or no examples.
     """
     training_config_validate(config)
     examples_validate(examples, config.method)
+    if validation:
+        examples_validate(validation)  # preferences only: a tie has no side to get right
     with malloc_tuned_for_tensors():
-        return _train(config, examples, on_progress)
+        return _train(config, examples, validation, on_progress)
 
 
 def _train(
     config: TrainingConfig,
     examples: Sequence[PreferenceExample],
+    validation: Sequence[PreferenceExample],
     on_progress: Callable[[TrainingProgress], None] | None,
 ) -> TrainingResult:
     import torch
@@ -314,7 +337,9 @@ def _train(
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
+    before = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
     output = trainer.train()
+    after = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
     adapter_dir = _adapter_save(cast("PreTrainedModel", trainer.model), Path(config.output_dir))
     weights = adapter_dir / ADAPTER_WEIGHTS_FILE
     return TrainingResult(
@@ -324,6 +349,71 @@ def _train(
         train_loss=float(output.training_loss),
         elapsed_s=time.monotonic() - started,
         history=tuple(history),
+        validation=_validation_figures(before, after, config.beta) if validation else None,
+    )
+
+
+# Per pair: (chosen log-prob, chosen tokens, rejected log-prob, rejected tokens).
+PairLogps = list[tuple[float, int, float, int]]
+
+
+def _pair_logps(
+    model: Any, tokenizer: Any, examples: Sequence[PreferenceExample], max_length: int
+) -> PairLogps:
+    """Each pair's summed completion log-probabilities under `model` (in eval mode)."""
+    if not examples:
+        return []
+    import torch
+
+    was_training = model.training
+    model.eval()
+    scored: PairLogps = []
+    try:
+        with torch.no_grad():
+            for example in examples:
+                prompt = [{"role": m["role"], "content": m["content"]} for m in example.prompt]
+                chosen = _completion_logp(model, tokenizer, prompt, example.chosen, max_length)
+                rejected = _completion_logp(model, tokenizer, prompt, example.rejected, max_length)
+                scored.append((*chosen, *rejected))
+    finally:
+        model.train(was_training)
+    return scored
+
+
+def _completion_logp(
+    model: Any, tokenizer: Any, prompt: list[dict[str, str]], completion: str, max_length: int
+) -> tuple[float, int]:
+    import torch
+
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    whole = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": completion}], tokenize=False
+    )
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(whole, add_special_tokens=False)["input_ids"][:max_length]
+    start = min(len(head_ids), len(ids) - 1)
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    logits = model(input_ids=input_ids).logits[0, :-1].float()
+    targets = input_ids[0, 1:]
+    logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    completion_logps = logps[start - 1 :] if start > 0 else logps
+    return float(completion_logps.sum()), max(int(completion_logps.numel()), 1)
+
+
+def _validation_figures(before: PairLogps, after: PairLogps, beta: float) -> ValidationFigures:
+    def prefers_chosen(row: tuple[float, int, float, int]) -> bool:
+        chosen, chosen_n, rejected, rejected_n = row
+        return chosen / chosen_n > rejected / rejected_n
+
+    growth = [(a[0] - a[2]) - (b[0] - b[2]) for a, b in zip(after, before, strict=True)]
+    n = len(before)
+    return ValidationFigures(
+        pairs=n,
+        accuracy_before=sum(map(prefers_chosen, before)) / n,
+        accuracy_after=sum(map(prefers_chosen, after)) / n,
+        reward_accuracy=sum(1 for g in growth if g > 0) / n,
+        reward_margin=beta * sum(growth) / n,
     )
 
 

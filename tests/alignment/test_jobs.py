@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 
 from alignment.models import GenerationJob, JobStatus, ModelVersion, TrainingRun
 from alignment.services import (
@@ -19,7 +20,14 @@ from alignment.services import (
     training_run_start,
 )
 from annotate.models import Comparison, Project, Response
-from annotate.services import judgment_submit
+from annotate.services import (
+    SnapshotFilters,
+    judgment_submit,
+    snapshot_content_hash,
+    snapshot_pairs,
+    snapshot_validation_split,
+)
+from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db
 
@@ -140,3 +148,57 @@ def test_it_trains_kto_on_the_ties_and_both_bad_pairs_too(
         project=tiny_project, base_version=base, dispatch=False, training=dpo
     )
     assert later.snapshot.n_pairs == judged - 2
+
+
+def test_it_holds_pairs_out_and_scores_them_before_and_after(
+    tiny_project: Project, annotator: User, lead: User
+) -> None:
+    prompts = list(tiny_project.prompts.filter(split="train").order_by("id"))
+    for i in range(12):
+        comparison = comparison_make(
+            prompts[i % len(prompts)], (f"Fine {i}.", f"A long rambling answer number {i}."), seed=i
+        )
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    base = model_version_base_ensure(project=tiny_project)
+    settings_ = TrainingSettings(epochs=1, batch_size=4, max_length=96)
+    run = training_run_start(
+        project=tiny_project, base_version=base, dispatch=False, training=settings_
+    )
+    snapshot = run.snapshot
+    # 10 % of 12 preference pairs: one held out, never trained on.
+    assert len(snapshot.validation_pair_ids) == 1 and snapshot.n_pairs == 11
+    assert not set(snapshot.validation_pair_ids) & set(snapshot.pair_ids)
+    training_run_execute(run_id=run.pk)
+    run = TrainingRun.objects.get(pk=run.pk)
+    assert run.status == JobStatus.SUCCEEDED, run.error
+    figures = run.summary["validation"]
+    assert figures["pairs"] == 1 and run.summary["pairs"] == 11
+    assert set(figures) == {
+        "pairs",
+        "accuracy_before",
+        "accuracy_after",
+        "reward_accuracy",
+        "reward_margin",
+    }
+    assert "validation (1 held-out pairs)" in run.log_tail
+    client = Client()
+    client.force_login(lead)
+    page = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/")
+    assert b"data-validation" in page.content and b"1</strong> held out" in page.content
+
+
+def test_it_splits_the_same_pairs_the_same_way(project: Project, annotator: User) -> None:
+    prompts = list(project.prompts.filter(split="train").order_by("id"))
+    for i in range(20):
+        comparison = comparison_make(prompts[i % len(prompts)], (f"A{i}", f"B{i}"), seed=i)
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    pairs = snapshot_pairs(project=project, filters=SnapshotFilters())
+    training, held = snapshot_validation_split(pairs, 0.1)
+    assert len(held) == 2 and len(training) == 18
+    reversed_held = snapshot_validation_split(list(reversed(pairs)), 0.1)[1]
+    assert {p.pk for p in reversed_held} == {p.pk for p in held}  # order does not matter
+    assert snapshot_validation_split(pairs[:9], 0.1) == (pairs[:9], [])  # too few to hold out
+    with_held = snapshot_content_hash(training, held)
+    assert with_held != snapshot_content_hash(pairs) and with_held == snapshot_content_hash(
+        training, held
+    )

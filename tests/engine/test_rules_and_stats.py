@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import random
 import sys
 import types
 
 import pytest
 
 from alignment.engine.rules import BUILTIN_RULES, LENGTH_PROPERTY, rule_load
-from alignment.engine.stats import win_rate
+from alignment.engine.stats import Game, bradley_terry, head_to_head_verdict, win_rate
 
 
 def test_it_prefers_the_shorter_response_and_ties_equal_lengths() -> None:
@@ -117,3 +118,42 @@ def test_it_rejects_negative_counts_and_bad_confidence() -> None:
         win_rate(wins=-1, losses=0, ties=0)
     with pytest.raises(ValueError, match="confidence"):
         win_rate(wins=1, losses=0, ties=0, confidence=1.0)
+
+
+def test_bradley_terry_recovers_simulated_strengths() -> None:
+    true = {1: 1000.0, 2: 1200.0, 3: 1400.0}  # 400 points = 10:1 odds
+    rng = random.Random(7)
+    games = []
+    for _ in range(1500):
+        a, b = rng.sample(sorted(true), 2)
+        p_first = 1 / (1 + 10 ** ((true[b] - true[a]) / 400))
+        games.append(Game(first=a, second=b, score=1.0 if rng.random() < p_first else 0.0))
+    ratings = bradley_terry(games, anchor=1, bootstrap=100)
+    assert [r.player for r in ratings] == [3, 2, 1]
+    by_player = {r.player: r for r in ratings}
+    assert by_player[1].rating == 1000.0  # the anchor
+    for player, rating in by_player.items():
+        assert abs(rating.rating - true[player]) < 60, (player, rating)
+        assert rating.low <= rating.rating <= rating.high
+    assert by_player[3].low > by_player[1].high  # clearly apart
+    assert sum(r.games for r in ratings) == 2 * len(games)
+
+
+def test_bradley_terry_keeps_an_unbeaten_player_finite() -> None:
+    games = [Game(first=2, second=1, score=1.0) for _ in range(5)] + [
+        Game(first=1, second=2, score=0.5)
+    ]
+    ratings = {r.player: r for r in bradley_terry(games, anchor=1, bootstrap=50)}
+    assert 1000 < ratings[2].rating < 1600 and ratings[2].score == 5.5 / 6
+    assert bradley_terry([]) == []
+
+
+def test_head_to_head_verdicts_say_how_many_more_would_settle_it() -> None:
+    assert head_to_head_verdict(wins=30, losses=10, ties=0).outcome == "better"
+    assert head_to_head_verdict(wins=10, losses=30, ties=0).outcome == "worse"
+    close = head_to_head_verdict(wins=11, losses=9, ties=0)
+    assert close.outcome == "undecided" and close.more_needed is not None
+    # At a 55 % win rate about 380 head-to-heads bring the 95 % interval clear of one half.
+    assert 300 < close.more_needed + 20 < 450
+    assert head_to_head_verdict(wins=0, losses=0, ties=0).more_needed is None
+    assert head_to_head_verdict(wins=5, losses=5, ties=2).more_needed is None  # dead even

@@ -236,3 +236,18 @@ def test_it_rejects_a_prompt_that_does_not_end_with_a_user_turn(
     )
     with pytest.raises(ValueError, match="example 0"):
         train(_config(tiny_model_dir, tmp_path), [bad])
+
+
+def test_it_scores_held_out_pairs_before_and_after_training(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    examples = _examples(8)
+    held_out = examples[6:]
+    result = train(_config(tiny_model_dir, tmp_path, epochs=4), examples[:6], validation=held_out)
+    figures = result.validation
+    assert figures is not None and figures.pairs == 2
+    # Trained to prefer the short answers, the policy's margin grows on held-out pairs of the
+    # same kind, and it now finds their chosen answers likelier.
+    assert figures.reward_accuracy == 1.0 and figures.reward_margin > 0
+    assert figures.accuracy_after == 1.0 and 0.0 <= figures.accuracy_before <= 1.0
+    assert train(_config(tiny_model_dir, tmp_path / "none"), examples[:2]).validation is None
