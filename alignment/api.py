@@ -24,6 +24,7 @@ from alignment.services import (
     TrainingSettings,
     model_version_base_ensure,
     round_next_start,
+    training_run_cancel,
     training_run_start,
 )
 from annotate.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED, ProjectApi
@@ -473,3 +474,24 @@ class LeaderboardApi(ProjectApi):
                 ],
             }
         )
+
+
+class TrainingRunCancelApi(ProjectApi):
+    min_role = Role.LEAD
+
+    @extend_schema(
+        operation_id="training_runs_cancel",
+        tags=["training"],
+        request=None,
+        responses={200: TrainingRunOut, **ERRORS},
+        summary="Cancel a run: a queued one never starts, a running one stops after its "
+        "current step and keeps its adapter (leads)",
+    )
+    def post(self, request: Request, slug: str, run_id: int) -> Response:
+        project = self.project(request, slug)
+        run = selectors.training_run_get(project=project, run_id=run_id)
+        if run is None:
+            raise Http404("No such training run.")
+        training_run_cancel(run=run)
+        run = selectors.training_run_get(project=project, run_id=run_id) or run
+        return Response(_run_out(run))

@@ -30,13 +30,31 @@ def job_claim(model: type[J], *, job_id: int) -> J | None:
     return model._default_manager.get(pk=job_id)
 
 
-def job_heartbeat(job: Job, *, fields: dict[str, Any] | None = None) -> None:
-    """Write progress and prove the worker is alive. Only while the job is still running."""
+def job_heartbeat(job: Job, *, fields: dict[str, Any] | None = None) -> bool:
+    """Write progress and prove the worker is alive. Only while the job is still running:
+    False when it is not any more (a lead cancelled it), and the worker should stop."""
     fields = dict(fields or {})
     fields["heartbeat_at"] = timezone.now()
     for name, value in fields.items():
         setattr(job, name, value)
-    type(job)._default_manager.filter(pk=job.pk, status=JobStatus.RUNNING).update(**fields)
+    manager = type(job)._default_manager
+    return bool(manager.filter(pk=job.pk, status=JobStatus.RUNNING).update(**fields))
+
+
+def job_cancel(model: type[J], *, job_id: int) -> bool:
+    """Cancel a queued or running job (a conditional UPDATE). A queued one never starts; a
+    running one stops at its next heartbeat. Whether it was cancelled now."""
+    cancelled = model._default_manager.filter(
+        pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]
+    ).update(status=JobStatus.CANCELLED, finished_at=timezone.now())
+    return bool(cancelled)
+
+
+def job_stopped(job: Job, *, summary: dict[str, Any]) -> None:
+    """Record what a cancelled job did before it stopped; its status stays cancelled."""
+    job.summary = summary
+    fields = ["summary", "log_tail", "metrics", "progress_done", "progress_total"]
+    type(job)._default_manager.filter(pk=job.pk).update(**{f: getattr(job, f) for f in fields})
 
 
 def job_log(job: Job, line: str) -> None:

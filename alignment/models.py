@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from annotate.models import DatasetSnapshot, Policy, Project, Prompt
+from annotate.models import DatasetSnapshot, Policy, Project, Prompt, Response
 
 
 class JobStatus(models.TextChoices):
@@ -154,3 +154,26 @@ class TrainingRun(Job):
 
     def __str__(self) -> str:
         return f"Training run {self.pk}"
+
+
+class RefLogp(models.Model):
+    """A pair's reference log-probabilities (summed over each response's tokens), computed
+    once per reference (alignment.engine.training.reference_key) and reused by later epochs
+    and runs. Keyed by the two responses, which never change, not by the pair, which can."""
+
+    chosen = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    reference_key = models.CharField(max_length=64)
+    chosen_logp = models.FloatField()
+    rejected_logp = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["reference_key", "chosen", "rejected"], name="ref_logp_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Reference log-probs of {self.chosen_id} over {self.rejected_id}"

@@ -276,6 +276,11 @@ POINT_KEYS = (
     "reward_margin",
     "chosen_reward",
     "rejected_reward",
+    "chosen_logp",
+    "rejected_logp",
+    "tokens_per_s",
+    "memory_mb",
+    "eta_s",
     "t",
 )
 

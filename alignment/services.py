@@ -21,19 +21,29 @@ from django.db.models import Count, Max, QuerySet
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.training import PreferenceExample, TrainingConfig, TrainingProgress, train
-from alignment.jobs import job_claim, job_fail, job_heartbeat, job_log, job_succeed
+from alignment.jobs import (
+    job_cancel,
+    job_claim,
+    job_fail,
+    job_heartbeat,
+    job_log,
+    job_stopped,
+    job_succeed,
+)
 from alignment.models import (
     ACTIVE_STATUSES,
     GenerationJob,
     JobStatus,
     ModelVersion,
     PairingStrategy,
+    RefLogp,
     Round,
     TrainingRun,
 )
 from annotate.coverage import prompts_for_coverage
 from annotate.models import (
     Comparison,
+    DatasetSnapshot,
     PairKind,
     PreferencePair,
     Project,
@@ -635,27 +645,79 @@ def _method_pair_kinds(training: TrainingSettings) -> tuple[str, ...]:
     return (PairKind.PREFERENCE,)
 
 
+def training_run_cancel(*, run: TrainingRun) -> bool:
+    """Stop a run: a queued one never starts, a running one stops after its current step and
+    keeps its adapter as it then stands (no model version is registered). Whether it was
+    still queued or running."""
+    return job_cancel(TrainingRun, job_id=run.pk)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _dispatch_training(run_id: int) -> None:
     from alignment.tasks import training_run_run
 
     transaction.on_commit(lambda: training_run_run.delay(run_id))
 
 
-def snapshot_examples(*, pair_ids: Sequence[int]) -> list[PreferenceExample]:
-    pairs = (
-        PreferencePair.objects.filter(pk__in=pair_ids)
-        .select_related("comparison__prompt", "chosen", "rejected")
-        .order_by("id")
-    )
+@dataclass(frozen=True)
+class FrozenPair:
+    example: PreferenceExample
+    chosen_id: int
+    rejected_id: int
+
+
+def snapshot_examples(*, snapshot: DatasetSnapshot, pair_ids: Sequence[int]) -> list[FrozenPair]:
+    """The pairs as the snapshot froze them (its `responses`), in id order; a snapshot made
+    before those were kept reads the pairs as they are now."""
+    frozen = {int(k): v for k, v in (snapshot.responses or {}).items()}
+    ids = sorted(pair_ids)
+    if not all(pair_id in frozen for pair_id in ids):
+        pairs = PreferencePair.objects.filter(pk__in=ids).order_by("id")
+        frozen = {p.pk: [p.chosen_id, p.rejected_id, p.kind] for p in pairs}
+        ids = [pair_id for pair_id in ids if pair_id in frozen]
+    response_ids = {r for pair_id in ids for r in frozen[pair_id][:2]}
+    responses = Response.objects.select_related("prompt").in_bulk(response_ids)
     return [
-        PreferenceExample(
-            prompt=tuple(pair.comparison.prompt.messages),
-            chosen=pair.chosen.text,
-            rejected=pair.rejected.text,
-            kind=pair.kind,
+        FrozenPair(
+            example=PreferenceExample(
+                prompt=tuple(responses[chosen].prompt.messages),
+                chosen=responses[chosen].text,
+                rejected=responses[rejected].text,
+                kind=kind,
+            ),
+            chosen_id=chosen,
+            rejected_id=rejected,
         )
-        for pair in pairs
+        for chosen, rejected, kind in (frozen[pair_id] for pair_id in ids)
     ]
+
+
+class _DatabaseRefLogps:
+    """A RefLogpStore over RefLogp rows, for the pairs of one run (by position)."""
+
+    def __init__(self, pairs: Sequence[FrozenPair]) -> None:
+        self.keys = [(p.chosen_id, p.rejected_id) for p in pairs]
+
+    def get(self, key: str, count: int) -> list[tuple[float, float] | None]:
+        rows = RefLogp.objects.filter(
+            reference_key=key, chosen_id__in={c for c, _ in self.keys}
+        ).values_list("chosen_id", "rejected_id", "chosen_logp", "rejected_logp")
+        found = {(c, r): (cl, rl) for c, r, cl, rl in rows}
+        return [found.get(pair) for pair in self.keys]
+
+    def put(self, key: str, values: Sequence[tuple[float, float]]) -> None:
+        RefLogp.objects.bulk_create(
+            [
+                RefLogp(
+                    chosen_id=c, rejected_id=r, reference_key=key, chosen_logp=cl, rejected_logp=rl
+                )
+                for (c, r), (cl, rl) in zip(self.keys, values, strict=True)
+            ],
+            ignore_conflicts=True,
+        )
 
 
 def training_run_execute(*, run_id: int) -> TrainingRun | None:
@@ -675,8 +737,14 @@ def _training_run(run: TrainingRun) -> None:
     project = run.project
     base_version = run.base_version
     training = TrainingSettings.from_mapping(run.config)
-    examples = snapshot_examples(pair_ids=run.snapshot.pair_ids)
-    validation = snapshot_examples(pair_ids=run.snapshot.validation_pair_ids)
+    frozen = snapshot_examples(snapshot=run.snapshot, pair_ids=run.snapshot.pair_ids)
+    examples = [pair.example for pair in frozen]
+    validation = [
+        pair.example
+        for pair in snapshot_examples(
+            snapshot=run.snapshot, pair_ids=run.snapshot.validation_pair_ids
+        )
+    ]
     config = TrainingConfig(
         model=project.base_model,
         models_dir=str(settings.MODELS_DIR),
@@ -692,7 +760,7 @@ def _training_run(run: TrainingRun) -> None:
         f"({run.snapshot.content_hash[:12]}), starting from {base_version.name}",
     )
 
-    def on_progress(progress: TrainingProgress) -> None:
+    def on_progress(progress: TrainingProgress) -> bool:
         point = {
             "step": progress.step,
             "epoch": round(progress.epoch, 3),
@@ -701,6 +769,11 @@ def _training_run(run: TrainingRun) -> None:
             "reward_margin": progress.reward_margin,
             "chosen_reward": progress.chosen_reward,
             "rejected_reward": progress.rejected_reward,
+            "chosen_logp": progress.chosen_logp,
+            "rejected_logp": progress.rejected_logp,
+            "tokens_per_s": _rounded(progress.tokens_per_s, 1),
+            "memory_mb": _rounded(progress.memory_mb, 1),
+            "eta_s": _rounded(progress.eta_s, 1),
             "t": round(progress.elapsed_s, 2),
         }
         run.metrics.append(point)
@@ -709,7 +782,7 @@ def _training_run(run: TrainingRun) -> None:
             f"step {progress.step}/{progress.total_steps} loss={progress.loss} "
             f"acc={progress.reward_accuracy} margin={progress.reward_margin}",
         )
-        job_heartbeat(
+        alive = job_heartbeat(
             run,
             fields={
                 "progress_done": progress.step,
@@ -718,8 +791,36 @@ def _training_run(run: TrainingRun) -> None:
                 "log_tail": run.log_tail,
             },
         )
+        return not alive  # cancelled: stop after this step
 
-    result = train(config, examples, validation=validation, on_progress=on_progress)
+    result = train(
+        config,
+        examples,
+        validation=validation,
+        ref_store=_DatabaseRefLogps(frozen),
+        on_progress=on_progress,
+    )
+    if result.stopped_at_step is not None:
+        job_log(run, f"cancelled: stopped after step {result.stopped_at_step}")
+        job_stopped(
+            run,
+            summary={
+                "steps": result.steps,
+                "cancelled_at_step": result.stopped_at_step,
+                "adapter_dir": result.adapter_dir,  # the last checkpoint, kept
+                "adapter_sha256": result.adapter_sha256,
+                "pairs": len(examples),
+            },
+        )
+        return
+    if result.reference_key is not None:
+        job_log(
+            run,
+            f"reference log-probabilities: {result.ref_logps_reused} of {len(examples)} pairs "
+            "reused from earlier runs"
+            if result.ref_logps_reused
+            else f"reference log-probabilities: computed for {len(examples)} pairs and stored",
+        )
     figures = asdict(result.validation) if result.validation is not None else None
     if figures is not None:
         job_log(
@@ -747,6 +848,7 @@ def _training_run(run: TrainingRun) -> None:
                 "elapsed_s": round(result.elapsed_s, 2),
                 "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
                 "pairs": len(examples),
+                "ref_logps_reused": result.ref_logps_reused,
                 "model_version": version.name,
                 "validation": figures,
             },

@@ -13,6 +13,11 @@ urlpatterns: list[URLPattern] = [
     path("p/<slug:slug>/runs/new/", views.training_run_new, name="training_run_new"),
     path("p/<slug:slug>/runs/<id:run_id>/", views.training_run_detail, name="training_run_detail"),
     path(
+        "p/<slug:slug>/runs/<id:run_id>/cancel/",
+        views.training_run_cancel_view,
+        name="training_run_cancel",
+    ),
+    path(
         "p/<slug:slug>/runs/<id:run_id>/metrics.json",
         views.training_run_metrics,
         name="training_run_metrics",
@@ -36,6 +41,11 @@ api_urlpatterns: list[URLPattern] = [
         name="training_run",
     ),
     path("projects/<slug:slug>/leaderboard/", api.LeaderboardApi.as_view(), name="leaderboard"),
+    path(
+        "projects/<slug:slug>/training-runs/<id:run_id>/cancel/",
+        api.TrainingRunCancelApi.as_view(),
+        name="training_run_cancel",
+    ),
     path(
         "projects/<slug:slug>/model-versions/",
         api.ModelVersionListApi.as_view(),

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from alignment import selectors
@@ -20,6 +21,7 @@ from alignment.services import (
     TrainingSettings,
     model_version_base_ensure,
     round_next_start,
+    training_run_cancel,
     training_run_start,
 )
 from annotate.access import access_project, project_role
@@ -170,6 +172,24 @@ def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpR
     if request.htmx:
         template += "#progress"
     return render(request, template, _context(request, project, run=run, progress=progress))
+
+
+@login_required
+@require_POST
+def training_run_cancel_view(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    run = selectors.training_run_get(project=project, run_id=run_id)
+    if run is None:
+        raise Http404("No such training run.")
+    if training_run_cancel(run=run):
+        messages.info(
+            request,
+            "Cancelled: a queued run will not start; a running one stops after its current "
+            "step and keeps its adapter.",
+        )
+    else:
+        messages.info(request, "This run had already finished.")
+    return redirect("training_run_detail", slug=project.slug, run_id=run.pk)
 
 
 @login_required

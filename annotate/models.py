@@ -405,6 +405,9 @@ class DatasetSnapshot(models.Model):
     pair_ids = models.JSONField(default=list)  # what the run trains on
     # Held out from training, scored before and after it (preference pairs only).
     validation_pair_ids = models.JSONField(default=list, blank=True)
+    # What each pair was when frozen: {pair id: [chosen response id, rejected id, kind]}. A
+    # pair's outcome can change with later judgments; the run trains on this, not on that.
+    responses = models.JSONField(default=dict, blank=True)
     filters = models.JSONField(default=dict, blank=True)
     content_hash = models.CharField(max_length=64)
     n_pairs = models.PositiveIntegerField()

@@ -862,6 +862,10 @@ def snapshot_create(
         project=project,
         pair_ids=[pair.pk for pair in training],
         validation_pair_ids=[pair.pk for pair in validation],
+        responses={
+            str(pair.pk): [pair.chosen_id, pair.rejected_id, pair.kind]
+            for pair in [*training, *validation]
+        },
         filters=filters.as_json(),
         content_hash=snapshot_content_hash(training, validation),
         n_pairs=len(training),

@@ -189,6 +189,10 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    "training_run_cancel": {
+        "GET":  (LOGIN,       405,         405,         405,         405,         405,         405),
+        "POST": (LOGIN,       404,         404,         404,         302,         404,         302),
+    },
     "training_run_metrics": {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
@@ -275,6 +279,10 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
     "api:leaderboard": {
         "GET":  (401,         404,         404,         404,         200,         404,         200),
         "POST": (401,         405,         405,         405,         405,         405,         405),
+    },
+    "api:training_run_cancel": {
+        "GET":  (401,         405,         405,         405,         405,         405,         405),
+        "POST": (401,         404,         404,         404,         200,         404,         200),
     },
     "api:model_versions": {
         "GET":  (401,         404,         404,         404,         200,         404,         200),

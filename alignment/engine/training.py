@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from alignment.engine.allocator import malloc_tuned_for_tensors
 from alignment.engine.generation import adapter_validate
@@ -106,6 +107,27 @@ class TrainingProgress:
     chosen_reward: float | None
     rejected_reward: float | None
     elapsed_s: float
+    chosen_logp: float | None = None  # mean summed log-probability of the batch's chosen
+    rejected_logp: float | None = None
+    tokens_per_s: float | None = None  # input tokens (padding included) per second so far
+    memory_mb: float | None = None  # peak GPU memory allocated, or the process's peak RSS
+    eta_s: float | None = None  # at the pace so far
+
+
+# What `on_progress` may answer: True stops training after this step (a cancelled run); the
+# adapter as it stands is saved all the same.
+ProgressCallback = Callable[[TrainingProgress], bool | None]
+
+
+class RefLogpStore(Protocol):
+    """Reference log-probabilities kept between runs: per example (by its position in the
+    examples given to `train`), (chosen, rejected) summed log-probabilities under the
+    reference named by `key` (the reference model, its adapter, the chat template and the
+    truncation; see `reference_key`)."""
+
+    def get(self, key: str, count: int) -> list[tuple[float, float] | None]: ...
+
+    def put(self, key: str, values: Sequence[tuple[float, float]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,11 @@ class TrainingResult:
     elapsed_s: float
     history: tuple[TrainingProgress, ...]
     validation: ValidationFigures | None = None
+    # DPO: the reference log-probabilities' key, and how many pairs took them from the store
+    # rather than a forward pass of the reference model.
+    reference_key: str | None = None
+    ref_logps_reused: int = 0
+    stopped_at_step: int | None = None  # when on_progress asked to stop (a cancelled run)
 
 
 @dataclass(frozen=True)
@@ -208,28 +235,51 @@ def train(
     examples: Sequence[PreferenceExample],
     *,
     validation: Sequence[PreferenceExample] = (),
-    on_progress: Callable[[TrainingProgress], None] | None = None,
+    ref_store: RefLogpStore | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on preference pairs and save it to ``output_dir/adapter``.
 
     The reference policy is the model without the trained adapter: the base, or the
     ``init_adapter`` when continuing. ``validation``: held-out preference pairs, scored
-    before and after training (TrainingResult.validation). ``on_progress`` is called after
-    every optimizer step. Raises ValueError for an invalid config or no examples.
+    before and after training (TrainingResult.validation). ``ref_store`` (DPO): reference
+    log-probabilities computed once, then reused by every epoch and by later runs with the
+    same reference. ``on_progress`` is called after every optimizer step. Raises ValueError
+    for an invalid config or no examples.
     """
     training_config_validate(config)
     examples_validate(examples, config.method)
     if validation:
         examples_validate(validation)  # preferences only: a tie has no side to get right
     with malloc_tuned_for_tensors():
-        return _train(config, examples, validation, on_progress)
+        return _train(config, examples, validation, ref_store, on_progress)
+
+
+def reference_key(config: TrainingConfig, model_path: str, chat_template: str) -> str:
+    """What a DPO reference log-probability depends on: the model and the adapter the run
+    starts from (the reference), the precision it is loaded in, the chat template and the
+    truncation length."""
+    adapter = config.init_adapter
+    adapter_hash = file_sha256(Path(adapter) / ADAPTER_WEIGHTS_FILE) if adapter else ""
+    weights = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
+    identity = {
+        "model": model_path,
+        # A local model's weight files by name and size: a replaced checkpoint is another key.
+        "weights": [(w.name, w.stat().st_size) for w in weights],
+        "adapter": adapter_hash,
+        "quantize_4bit": config.quantize_4bit,
+        "template": hashlib.sha256((chat_template or "").encode()).hexdigest(),
+        "max_length": config.max_length,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def _train(
     config: TrainingConfig,
     examples: Sequence[PreferenceExample],
     validation: Sequence[PreferenceExample],
-    on_progress: Callable[[TrainingProgress], None] | None,
+    ref_store: RefLogpStore | None,
+    on_progress: ProgressCallback | None,
 ) -> TrainingResult:
     import torch
     from datasets import Dataset
@@ -272,6 +322,16 @@ def _train(
         if config.method == "kto"
         else [_example_row(example) for example in examples]
     )
+    key = None
+    reused = 0
+    if config.method == "dpo" and ref_store is not None:
+        key = reference_key(config, path, getattr(tokenizer, "chat_template", "") or "")
+        stored = ref_store.get(key, len(examples))
+        if all(value is not None for value in stored):
+            for row, value in zip(rows, stored, strict=True):
+                assert value is not None
+                row["ref_chosen_logps"], row["ref_rejected_logps"] = value
+            reused = len(rows)
     dataset = Dataset.from_list(rows)
     steps_per_epoch = math.ceil(
         math.ceil(len(rows) / config.batch_size) / config.gradient_accumulation_steps
@@ -294,31 +354,47 @@ def _train(
         "gradient_checkpointing": on_cuda,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": "all",
     }
+    if key is not None:
+        common["precompute_ref_log_probs"] = True  # once for every epoch, then kept
     trainer_class, args = _method_trainer(config, common)
     started = time.monotonic()
     history: list[TrainingProgress] = []
 
-    class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+    stopped: list[int] = []
+
+    class StepReporter(TrainerCallback):  # type: ignore[misc]
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
-        ) -> None:
+        ) -> Any:
             if not logs or "loss" not in logs:
-                return  # the end-of-training summary, not a step
+                return None  # the end-of-training summary, not a step
+            elapsed = time.monotonic() - started
+            step = int(state.global_step)
+            total = int(state.max_steps or total_steps)
+            tokens = getattr(state, "num_input_tokens_seen", 0) or 0
             progress = TrainingProgress(
-                step=int(state.global_step),
-                total_steps=int(state.max_steps or total_steps),
+                step=step,
+                total_steps=total,
                 epoch=float(state.epoch or 0.0),
                 loss=_float_or_none(logs.get("loss")),
                 reward_accuracy=_float_or_none(logs.get("rewards/accuracies")),
                 reward_margin=_float_or_none(logs.get("rewards/margins")),
                 chosen_reward=_float_or_none(logs.get("rewards/chosen")),
                 rejected_reward=_float_or_none(logs.get("rewards/rejected")),
-                elapsed_s=time.monotonic() - started,
+                elapsed_s=elapsed,
+                chosen_logp=_float_or_none(logs.get("logps/chosen")),
+                rejected_logp=_float_or_none(logs.get("logps/rejected")),
+                tokens_per_s=tokens / elapsed if tokens and elapsed > 0 else None,
+                memory_mb=_peak_memory_mb(on_cuda),
+                eta_s=elapsed / step * (total - step) if step else None,
             )
             history.append(progress)
-            if on_progress is not None:
-                on_progress(progress)
+            if on_progress is not None and on_progress(progress):
+                stopped.append(step)
+                control.should_training_stop = True
+            return control
 
     trainer = trainer_class(
         model=model,
@@ -326,7 +402,7 @@ def _train(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[ProgressCallback()],
+        callbacks=[StepReporter()],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; on_progress reports
     if not on_cuda:
@@ -337,6 +413,19 @@ def _train(
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
+    if key is not None and not reused:
+        assert ref_store is not None
+        computed = trainer.train_dataset
+        ref_store.put(
+            key,
+            list(
+                zip(
+                    (float(v) for v in computed["ref_chosen_logps"]),
+                    (float(v) for v in computed["ref_rejected_logps"]),
+                    strict=True,
+                )
+            ),
+        )
     before = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
     output = trainer.train()
     after = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
@@ -350,6 +439,9 @@ def _train(
         elapsed_s=time.monotonic() - started,
         history=tuple(history),
         validation=_validation_figures(before, after, config.beta) if validation else None,
+        reference_key=key,
+        ref_logps_reused=reused,
+        stopped_at_step=stopped[0] if stopped else None,
     )
 
 
@@ -440,11 +532,20 @@ def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any
         )
     from trl import DPOConfig, DPOTrainer
 
+    class StoredRefDPOTrainer(DPOTrainer):  # type: ignore[misc]
+        """Takes reference log-probabilities the dataset already carries (from a RefLogpStore)
+        instead of computing them again."""
+
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            if "ref_chosen_logps" in dataset.column_names:
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
     losses, weights = [config.loss_type], [1.0]
     if config.sft_weight > 0:
         losses.append("sft")
         weights.append(config.sft_weight)
-    return DPOTrainer, DPOConfig(
+    return StoredRefDPOTrainer, DPOConfig(
         loss_type=losses,
         loss_weights=weights if len(losses) > 1 else None,
         label_smoothing=config.label_smoothing,
@@ -478,6 +579,16 @@ def _example_row(example: PreferenceExample) -> dict[str, Any]:
         "chosen": [{"role": "assistant", "content": example.chosen}],
         "rejected": [{"role": "assistant", "content": example.rejected}],
     }
+
+
+def _peak_memory_mb(on_cuda: bool) -> float:
+    if on_cuda:
+        import torch
+
+        return float(torch.cuda.max_memory_allocated()) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _float_or_none(value: Any) -> float | None:

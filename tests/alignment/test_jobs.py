@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from alignment.models import GenerationJob, JobStatus, ModelVersion, TrainingRun
+from alignment import services
+from alignment.models import GenerationJob, JobStatus, ModelVersion, RefLogp, TrainingRun
 from alignment.services import (
     SamplingSettings,
     TrainingSettings,
@@ -16,12 +18,15 @@ from alignment.services import (
     model_version_base_ensure,
     round_prompts_choose,
     round_start,
+    snapshot_examples,
+    training_run_cancel,
     training_run_execute,
     training_run_start,
 )
-from annotate.models import Comparison, Project, Response
+from annotate.models import Comparison, PreferencePair, Project, Response
 from annotate.services import (
     SnapshotFilters,
+    comparison_adjudicate,
     judgment_submit,
     snapshot_content_hash,
     snapshot_pairs,
@@ -202,3 +207,95 @@ def test_it_splits_the_same_pairs_the_same_way(project: Project, annotator: User
     assert with_held != snapshot_content_hash(pairs) and with_held == snapshot_content_hash(
         training, held
     )
+
+
+def test_a_second_run_reuses_the_stored_reference_logps(
+    tiny_project: Project, annotator: User
+) -> None:
+    job = _round(tiny_project)
+    generation_job_execute(job_id=job.pk)
+    for comparison in Comparison.objects.filter(project=tiny_project):
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    base = model_version_base_ensure(project=tiny_project)
+    settings_ = TrainingSettings(epochs=1, batch_size=2, max_length=96)
+    summaries = []
+    for _ in range(2):
+        run = training_run_start(
+            project=tiny_project, base_version=base, dispatch=False, training=settings_
+        )
+        training_run_execute(run_id=run.pk)
+        run = TrainingRun.objects.get(pk=run.pk)
+        assert run.status == JobStatus.SUCCEEDED, run.error
+        summaries.append(run.summary)
+    pairs = summaries[0]["pairs"]
+    assert summaries[0]["ref_logps_reused"] == 0 and summaries[1]["ref_logps_reused"] == pairs
+    assert RefLogp.objects.count() == pairs  # one row per pair and reference, not per run
+
+
+def test_a_run_trains_on_the_pairs_as_frozen_not_as_judged_since(
+    project: Project, annotator: User, lead: User
+) -> None:
+    comparison = comparison_make(project.prompts.filter(split="train").first(), ("A", "B"))
+    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    run = training_run_start(
+        project=project,
+        base_version=model_version_base_ensure(project=project),
+        dispatch=False,
+        training=TrainingSettings(),
+    )
+    # A reviewer's decision flips the pair after the snapshot was taken.
+    comparison_adjudicate(comparison=comparison, reviewer=lead, choice="b")
+    pair = PreferencePair.objects.get(comparison=comparison)
+    assert pair.chosen.text == "B"
+    (frozen,) = snapshot_examples(snapshot=run.snapshot, pair_ids=run.snapshot.pair_ids)
+    assert (frozen.example.chosen, frozen.example.rejected) == ("A", "B")
+
+
+def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
+    tiny_project: Project, annotator: User, lead: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _round(tiny_project)
+    generation_job_execute(job_id=job.pk)
+    for comparison in Comparison.objects.filter(project=tiny_project):
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    base = model_version_base_ensure(project=tiny_project)
+    run = training_run_start(
+        project=tiny_project,
+        base_version=base,
+        dispatch=False,
+        training=TrainingSettings(epochs=5, batch_size=1, max_length=96),
+    )
+    client = Client()
+    client.force_login(lead)
+    real_heartbeat = services.job_heartbeat
+
+    def lead_cancels_during_step_two(job: Any, **kwargs: Any) -> bool:
+        if kwargs["fields"]["progress_done"] == 2:  # Cancel pressed as step 2 is reported
+            answer = client.post(f"/p/{tiny_project.slug}/runs/{run.pk}/cancel/")
+            assert answer.status_code == 302
+        return real_heartbeat(job, **kwargs)
+
+    monkeypatch.setattr(services, "job_heartbeat", lead_cancels_during_step_two)
+    training_run_execute(run_id=run.pk)
+    run = TrainingRun.objects.get(pk=run.pk)
+    assert run.status == JobStatus.CANCELLED
+    assert run.summary["cancelled_at_step"] == 2 and run.summary["steps"] == 2
+    assert (Path(run.summary["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert not ModelVersion.objects.filter(produced_by=run).exists()
+    assert [p["step"] for p in run.metrics] == [1, 2]
+    assert run.metrics[0]["tokens_per_s"] > 0 and run.metrics[0]["memory_mb"] > 0
+
+
+def test_a_queued_run_cancelled_never_starts(project: Project, annotator: User) -> None:
+    comparison = comparison_make(project.prompts.filter(split="train").first())
+    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    run = training_run_start(
+        project=project,
+        base_version=model_version_base_ensure(project=project),
+        dispatch=False,
+        training=TrainingSettings(),
+    )
+    assert training_run_cancel(run=run) is True
+    assert training_run_execute(run_id=run.pk) is None
+    assert TrainingRun.objects.get(pk=run.pk).status == JobStatus.CANCELLED
+    assert training_run_cancel(run=run) is False  # already over

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,75 @@ def test_it_scores_held_out_pairs_before_and_after_training(
     assert figures.reward_accuracy == 1.0 and figures.reward_margin > 0
     assert figures.accuracy_after == 1.0 and 0.0 <= figures.accuracy_before <= 1.0
     assert train(_config(tiny_model_dir, tmp_path / "none"), examples[:2]).validation is None
+
+
+class DictStore:
+    """A RefLogpStore in memory that counts what it is asked."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[tuple[float, float]]] = {}
+        self.puts = 0
+
+    def get(self, key: str, count: int) -> list[tuple[float, float] | None]:
+        stored = self.values.get(key, [])
+        return list(stored) if len(stored) == count else [None] * count
+
+    def put(self, key: str, values: Sequence[tuple[float, float]]) -> None:
+        self.values[key] = list(values)
+        self.puts += 1
+
+
+def test_it_computes_reference_logps_once_and_reuses_them(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    store = DictStore()
+    examples = _examples(4)
+    first: list[TrainingProgress] = []
+    one = train(
+        _config(tiny_model_dir, tmp_path / "1", epochs=2),
+        examples,
+        ref_store=store,
+        on_progress=first.append,
+    )
+    assert one.ref_logps_reused == 0 and store.puts == 1 and one.reference_key in store.values
+    stored = store.values[one.reference_key]
+    assert len(stored) == 4 and all(c < 0 and r < 0 for c, r in stored)
+    # Rejected answers are longer here, so less likely in total.
+    assert all(c > r for c, r in stored)
+
+    again: list[TrainingProgress] = []
+    two = train(
+        _config(tiny_model_dir, tmp_path / "2", epochs=2),
+        examples,
+        ref_store=store,
+        on_progress=again.append,
+    )
+    assert two.ref_logps_reused == 4 and store.puts == 1  # nothing computed again
+    assert [p.loss for p in again] == pytest.approx([p.loss for p in first], rel=1e-4)
+    # Another reference (a truncation that changes the sequences) is another key.
+    other = train(
+        _config(tiny_model_dir, tmp_path / "3", epochs=1, max_length=40), examples, ref_store=store
+    )
+    assert other.reference_key != one.reference_key and other.ref_logps_reused == 0
+
+
+def test_it_reports_pace_and_memory_and_stops_when_asked(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    seen: list[TrainingProgress] = []
+
+    def on_progress(progress: TrainingProgress) -> bool:
+        seen.append(progress)
+        return progress.step == 2  # e.g. the lead cancelled the run meanwhile
+
+    result = train(
+        _config(tiny_model_dir, tmp_path, epochs=3), _examples(4), on_progress=on_progress
+    )
+    assert [p.step for p in seen] == [1, 2] and result.stopped_at_step == 2
+    assert result.steps == 2 and seen[0].total_steps == 6
+    assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()  # kept
+    first = seen[0]
+    assert first.tokens_per_s is not None and first.tokens_per_s > 0
+    assert first.memory_mb is not None and first.memory_mb > 10
+    assert first.eta_s is not None and first.eta_s == pytest.approx(first.elapsed_s * 5)
+    assert first.chosen_logp is not None and first.chosen_logp < 0
