@@ -20,7 +20,14 @@ from django.db import transaction
 from django.db.models import Count, Max, QuerySet
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
-from alignment.engine.training import PreferenceExample, TrainingConfig, TrainingProgress, train
+from alignment.engine.memory import MemoryEstimate, memory_estimate, model_shape
+from alignment.engine.training import (
+    PreferenceExample,
+    TrainingConfig,
+    TrainingProgress,
+    sequence_tokens,
+    train,
+)
 from alignment.jobs import (
     job_cancel,
     job_claim,
@@ -645,6 +652,47 @@ def _method_pair_kinds(training: TrainingSettings) -> tuple[str, ...]:
     return (PairKind.PREFERENCE,)
 
 
+def training_run_memory_estimate(
+    *, project: Project, training: TrainingSettings
+) -> MemoryEstimate | None:
+    """The pre-flight estimate of a run's peak memory with these settings, for the page
+    (the worker checks the same against its own memory before it loads anything). None when
+    the model is not a local directory the web process can read."""
+    source = project.base_model
+    path = (
+        Path(settings.MODELS_DIR) / source.split(":", 1)[1]
+        if source.startswith("packaged:")
+        else Path(source)
+    )
+    shape = model_shape(str(path)) if path.is_dir() else None
+    if shape is None:
+        return None
+    pairs = (
+        PreferencePair.objects.filter(project=project)
+        .select_related("comparison__prompt", "chosen", "rejected")
+        .order_by("-id")[:500]
+    )
+    examples = [
+        PreferenceExample(
+            prompt=tuple(p.comparison.prompt.messages),
+            chosen=p.chosen.text,
+            rejected=p.rejected.text,
+        )
+        for p in pairs
+    ]
+    return memory_estimate(
+        shape=shape,
+        method=training.method,
+        batch_size=training.batch_size,
+        tokens_per_sequence=(
+            sequence_tokens(examples, training.max_length) if examples else training.max_length
+        ),
+        lora_r=training.lora_r,
+        quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
+        compute_bytes=2,
+    )
+
+
 def training_run_cancel(*, run: TrainingRun) -> bool:
     """Stop a run: a queued one never starts, a running one stops after its current step and
     keeps its adapter as it then stands (no model version is registered). Whether it was
@@ -849,6 +897,7 @@ def _training_run(run: TrainingRun) -> None:
                 "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
                 "pairs": len(examples),
                 "ref_logps_reused": result.ref_logps_reused,
+                "memory_estimate_mb": result.memory_estimate_mb,
                 "model_version": version.name,
                 "validation": figures,
             },

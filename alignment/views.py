@@ -22,6 +22,7 @@ from alignment.services import (
     model_version_base_ensure,
     round_next_start,
     training_run_cancel,
+    training_run_memory_estimate,
     training_run_start,
 )
 from annotate.access import access_project, project_role
@@ -145,6 +146,17 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
             else:
                 return redirect("training_run_detail", slug=project.slug, run_id=run.pk)
     pairs_available = selectors.preference_pairs_available_count(project=project)
+    try:
+        shown = (
+            TrainingSettings.from_mapping(form.settings_mapping())
+            if form.is_bound and form.is_valid()
+            else TrainingSettings.from_preset(request.GET.get("preset", "dpo"))
+            if request.GET.get("preset") in TRAINING_PRESETS
+            else TrainingSettings()
+        )
+    except ValidationFailed:
+        shown = TrainingSettings()
+    memory = training_run_memory_estimate(project=project, training=shown)
     return render(
         request,
         "alignment/training_run_new.html",
@@ -153,6 +165,8 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
             project,
             form=form,
             pairs_available=pairs_available,
+            memory=memory,
+            memory_settings=shown,
             presets=[(name, label) for name, (label, _) in TRAINING_PRESETS.items()],
         ),
         status=status,

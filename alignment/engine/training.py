@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from alignment.engine.allocator import malloc_tuned_for_tensors
 from alignment.engine.generation import adapter_validate
+from alignment.engine.memory import (
+    MemoryEstimate,
+    memory_available_mb,
+    memory_estimate,
+    model_shape,
+)
 from alignment.engine.sources import (
     cpu_bf16_fast,
     cuda_available,
@@ -144,6 +150,7 @@ class TrainingResult:
     reference_key: str | None = None
     ref_logps_reused: int = 0
     stopped_at_step: int | None = None  # when on_progress asked to stop (a cancelled run)
+    memory_estimate_mb: int | None = None  # the pre-flight estimate (alignment.engine.memory)
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,7 @@ def _train(
     tokenizer = tokenizer_load(path, trust_remote_code=config.trust_remote_code)
     # Training pads on the right; left padding is for generation.
     tokenizer.padding_side = "right"
+    estimate = _memory_preflight(config, path, examples, use_bf16)
     model: Any = model_load(
         path,
         quantize_4bit=config.quantize_4bit,
@@ -427,7 +435,14 @@ def _train(
             ),
         )
     before = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
-    output = trainer.train()
+    try:
+        output = trainer.train()
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        raise MemoryError(_out_of_memory_message(config, estimate)) from error
+    except RuntimeError as error:  # the CPU allocator's "can't allocate memory"
+        if "allocate" not in str(error) and "out of memory" not in str(error).lower():
+            raise
+        raise MemoryError(_out_of_memory_message(config, estimate)) from error
     after = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
     adapter_dir = _adapter_save(cast("PreTrainedModel", trainer.model), Path(config.output_dir))
     weights = adapter_dir / ADAPTER_WEIGHTS_FILE
@@ -442,6 +457,54 @@ def _train(
         reference_key=key,
         ref_logps_reused=reused,
         stopped_at_step=stopped[0] if stopped else None,
+        memory_estimate_mb=round(estimate.total_mb) if estimate else None,
+    )
+
+
+def sequence_tokens(examples: Sequence[PreferenceExample], max_length: int) -> int:
+    """The longest prompt and response of the examples in tokens (what a batch pads to at
+    worst), capped at `max_length`; counted on the characters for speed (about 3.5 a token)."""
+    longest = max(
+        sum(len(m["content"]) for m in e.prompt) + max(len(e.chosen), len(e.rejected))
+        for e in examples
+    )
+    return min(max_length, int(longest / 3.5) + 32)  # 32: the chat template's own tokens
+
+
+def _memory_preflight(
+    config: TrainingConfig, path: str, examples: Sequence[PreferenceExample], use_bf16: bool
+) -> MemoryEstimate | None:
+    """Refuse at once a run that cannot fit this machine, naming what to lower."""
+    shape = model_shape(path)
+    if shape is None:
+        return None
+    estimate = memory_estimate(
+        shape=shape,
+        method=config.method,
+        batch_size=config.batch_size,
+        tokens_per_sequence=sequence_tokens(examples, config.max_length),
+        lora_r=config.lora_r,
+        quantize_4bit=config.quantize_4bit,
+        compute_bytes=2 if use_bf16 else 4,
+    )
+    available = memory_available_mb()
+    if estimate.total_mb > 0.9 * available:
+        raise MemoryError(
+            f"{config.model} with batch_size {config.batch_size} and sequences of about "
+            f"{estimate.tokens_per_sequence} tokens needs about "
+            f"{estimate.total_mb / 1024:.1f} GB; this machine has {available / 1024:.1f} GB. "
+            "Lower batch_size (raise gradient_accumulation_steps to keep the effective batch) "
+            "or max_length."
+        )
+    return estimate
+
+
+def _out_of_memory_message(config: TrainingConfig, estimate: MemoryEstimate | None) -> str:
+    guess = f" (estimated {estimate.total_mb / 1024:.1f} GB)" if estimate else ""
+    return (
+        f"Out of memory training {config.model} at batch_size {config.batch_size}, "
+        f"max_length {config.max_length}{guess}. Lower batch_size (raise "
+        "gradient_accumulation_steps to keep the effective batch) or max_length."
     )
 
 
