@@ -41,11 +41,17 @@
   // After a new pair is swapped in, keep the keyboard on it (the clicked button is gone).
   // Whatever held the focus before belonged to the old pair or to nothing: unless the focus
   // is already inside the new pair, it goes to the pair.
-  document.addEventListener("htmx:afterSettle", function () {
+  function keepFocusOnPair() {
     var pair = document.getElementById("pair");
     if (pair && !pair.contains(document.activeElement)) {
       pair.focus();
     }
+  }
+  document.addEventListener("htmx:afterSettle", function () {
+    keepFocusOnPair();
+    // Once more after the browser has finished with the removed nodes: a focus that was on
+    // them can be dropped to <body> after the settle event.
+    window.requestAnimationFrame(keepFocusOnPair);
   });
   // The session timer: time since this page was opened, so annotators can pace themselves.
   var started = Date.now();

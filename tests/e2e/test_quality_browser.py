@@ -72,7 +72,14 @@ class Session:
         )
         if swapped:
             # Focus lands on the new pair once htmx settles it, so the next key press works.
-            expect(self.page.locator("#pair")).to_be_focused(timeout=WAIT_MS)
+            try:
+                expect(self.page.locator("#pair")).to_be_focused(timeout=WAIT_MS)
+            except AssertionError as error:
+                where = self.page.evaluate(
+                    "() => [document.activeElement && (document.activeElement.id ||"
+                    " document.activeElement.tagName), document.hasFocus()]"
+                )
+                raise AssertionError(f"{error}\nfocus on, page focused: {where}") from None
 
     def left_text(self) -> str:
         return self.page.locator('[data-side="left"] .response-body').inner_text()
