@@ -47,11 +47,20 @@
       pair.focus();
     }
   }
+  // A focus that fell to <body> (the focused node was removed) goes back to the pair; one the
+  // annotator moved elsewhere stays where it is.
+  function recoverLostFocus() {
+    var active = document.activeElement;
+    if (!active || active === document.body) keepFocusOnPair();
+  }
   document.addEventListener("htmx:afterSettle", function () {
     keepFocusOnPair();
-    // Once more after the browser has finished with the removed nodes: a focus that was on
-    // them can be dropped to <body> after the settle event.
-    window.requestAnimationFrame(keepFocusOnPair);
+    // The browser can still drop the focus to <body> after the settle event (CI's browser
+    // tests saw it after a swap that followed an undo or a guidelines acknowledgement), so
+    // look again shortly after.
+    window.requestAnimationFrame(recoverLostFocus);
+    window.setTimeout(recoverLostFocus, 100);
+    window.setTimeout(recoverLostFocus, 500);
   });
   // The session timer: time since this page was opened, so annotators can pace themselves.
   var started = Date.now();
