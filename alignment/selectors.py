@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from alignment.engine.drift import Drift, drift_of
 from alignment.engine.stats import Game, Rating, Verdict, bradley_terry, head_to_head_verdict
 from alignment.models import GenerationJob, ModelVersion, Round, TrainingRun
 from annotate.models import (
@@ -18,6 +19,7 @@ from annotate.models import (
     PreferencePair,
     Project,
     Purpose,
+    Response,
     Split,
 )
 
@@ -429,3 +431,27 @@ def round_head_to_head(*, project: Project, number: int) -> HeadToHead | None:
     """The verdict of one round's head-to-head, when it had one (see leaderboard_get)."""
     board = leaderboard_get(project=project, bootstrap=0)
     return next((h for h in board.head_to_heads if h.round_number == number), None)
+
+
+@dataclass
+class RoundDrift:
+    round_number: int
+    policy: ModelVersion
+    drift: Drift
+
+
+def round_drift(*, project: Project) -> list[RoundDrift]:
+    """Per round, oldest first: how the round's own policy's responses read (length,
+    refusals, repetition, truncation), so a drift across rounds shows early."""
+    rows = []
+    rounds = Round.objects.filter(project=project).select_related("policy").order_by("number")
+    for round_ in rounds:
+        job_ids = list(round_.generation_jobs.values_list("id", flat=True))
+        responses = Response.objects.filter(
+            policy_id=round_.policy.policy_id, generation_params__generation_job__in=job_ids
+        ).values_list("text", "finish_reason")
+        texts = [text for text, _ in responses]
+        drift = drift_of(texts, [reason for _, reason in responses])
+        if drift is not None:
+            rows.append(RoundDrift(round_number=round_.number, policy=round_.policy, drift=drift))
+    return rows

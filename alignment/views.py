@@ -48,7 +48,10 @@ def _context(request: AuthedRequest, project: Project, **extra: Any) -> dict[str
 def round_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     rows = selectors.round_list_for_project(project=project)
-    return render(request, "alignment/round_list.html", _context(request, project, rows=rows))
+    drift = selectors.round_drift(project=project)
+    return render(
+        request, "alignment/round_list.html", _context(request, project, rows=rows, drift=drift)
+    )
 
 
 @login_required

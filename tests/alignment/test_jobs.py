@@ -11,6 +11,7 @@ from django.test import Client
 
 from alignment import services
 from alignment.models import GenerationJob, JobStatus, ModelVersion, RefLogp, TrainingRun
+from alignment.selectors import round_drift
 from alignment.services import (
     SamplingSettings,
     TrainingSettings,
@@ -76,6 +77,20 @@ def test_it_generates_responses_and_pairs_and_records_the_run(tiny_project: Proj
     assert first.completion_tokens is not None and first.finish_reason in ("stop", "length")
     comparisons = Comparison.objects.filter(project=tiny_project, round_number=1)
     assert comparisons.count() + job.summary["identical_skipped"] == 4
+
+
+def test_it_reports_the_drift_of_each_rounds_policy(tiny_project: Project, lead: User) -> None:
+    job = _round(tiny_project)
+    generation_job_execute(job_id=job.pk)
+    (row,) = round_drift(project=tiny_project)
+    assert row.round_number == 1 and row.drift.responses == 8
+    assert row.drift.mean_chars > 0 and 0 <= row.drift.repetition <= 1
+    # At 10 new tokens a random model's responses run into the limit (it almost never says EOS).
+    assert row.drift.truncated_rate > 0.5
+    client = Client()
+    client.force_login(lead)
+    page = client.get(f"/p/{tiny_project.slug}/rounds/")
+    assert b'data-drift-round="1"' in page.content
 
 
 def test_it_ignores_a_second_delivery_of_the_same_job(tiny_project: Project) -> None:

@@ -6,6 +6,7 @@ import types
 
 import pytest
 
+from alignment.engine.drift import drift_of, is_refusal, repetition
 from alignment.engine.rules import BUILTIN_RULES, LENGTH_PROPERTY, rule_load
 from alignment.engine.stats import Game, bradley_terry, head_to_head_verdict, win_rate
 
@@ -157,3 +158,15 @@ def test_head_to_head_verdicts_say_how_many_more_would_settle_it() -> None:
     assert 300 < close.more_needed + 20 < 450
     assert head_to_head_verdict(wins=0, losses=0, ties=0).more_needed is None
     assert head_to_head_verdict(wins=5, losses=5, ties=2).more_needed is None  # dead even
+
+
+def test_drift_measures_refusals_repetition_and_truncation() -> None:
+    assert is_refusal("I'm sorry, but I can't help with that.")
+    assert is_refusal("As an AI language model, I do not have opinions.")
+    assert not is_refusal("Sorry to hear that! Here is a plan: first, ...")
+    assert repetition("one two three four five") == 0.0
+    assert repetition("the cat sat " * 10) > 0.8
+    drift = drift_of(["I cannot help with that.", "A fine answer here."], ["stop", "length"])
+    assert drift is not None
+    assert (drift.responses, drift.refusal_rate, drift.truncated_rate) == (2, 0.5, 0.5)
+    assert drift_of([], []) is None
