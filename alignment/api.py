@@ -379,9 +379,7 @@ class TrainingRunDetailApi(ProjectApi):
     )
     def get(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
-        run = selectors.training_run_get(project=project, run_id=run_id)
-        if run is None:
-            raise Http404("No such training run.")
+        run = selectors.access_training_run(project=project, run_id=run_id)
         return Response(
             {
                 **_run_out(run),
@@ -489,9 +487,7 @@ class TrainingRunCancelApi(ProjectApi):
     )
     def post(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
-        run = selectors.training_run_get(project=project, run_id=run_id)
-        if run is None:
-            raise Http404("No such training run.")
+        run = selectors.access_training_run(project=project, run_id=run_id)
         training_run_cancel(run=run)
         run = selectors.training_run_get(project=project, run_id=run_id) or run
         return Response(_run_out(run))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.http import Http404
 from django.utils import timezone
 
 from alignment.engine.drift import Drift, drift_of
@@ -262,6 +263,14 @@ def training_run_list_for_project(*, project: Project) -> list[TrainingRunRow]:
     ]
 
 
+def access_training_run(*, project: Project, run_id: int) -> TrainingRun:
+    """A run of a project the caller already passed `access_project` for; 404 otherwise."""
+    run = training_run_get(project=project, run_id=run_id)
+    if run is None:
+        raise Http404("No such training run.")
+    return run
+
+
 def training_run_get(*, project: Project, run_id: int) -> TrainingRun | None:
     return (
         TrainingRun.objects.filter(project=project, pk=run_id)
@@ -392,6 +401,15 @@ def leaderboard_get(*, project: Project, bootstrap: int = 200) -> Leaderboard:
         (v.pk for v in sorted(versions.values(), key=lambda v: v.pk) if v.parent_id is None), None
     )
     ratings = bradley_terry([g for _, g in games], anchor=root, bootstrap=bootstrap)
+    return Leaderboard(
+        rows=[LeaderboardRow(version=versions[r.player], rating=r) for r in ratings],
+        head_to_heads=_round_verdicts(project=project, games=games),
+        games=len(games),
+    )
+
+
+def _round_verdicts(*, project: Project, games: list[tuple[int, Game]]) -> list[HeadToHead]:
+    """Each round's verdict on its policy against its parent, newest round first."""
     by_round: dict[int, list[Game]] = {}
     for round_number, game in games:
         by_round.setdefault(round_number, []).append(game)
@@ -420,17 +438,13 @@ def leaderboard_get(*, project: Project, bootstrap: int = 200) -> Leaderboard:
                 verdict=head_to_head_verdict(wins=wins, losses=losses, ties=ties),
             )
         )
-    return Leaderboard(
-        rows=[LeaderboardRow(version=versions[r.player], rating=r) for r in ratings],
-        head_to_heads=head_to_heads,
-        games=len(games),
-    )
+    return head_to_heads
 
 
 def round_head_to_head(*, project: Project, number: int) -> HeadToHead | None:
-    """The verdict of one round's head-to-head, when it had one (see leaderboard_get)."""
-    board = leaderboard_get(project=project, bootstrap=0)
-    return next((h for h in board.head_to_heads if h.round_number == number), None)
+    """The verdict of one round's head-to-head, when it had one (no ratings are fitted)."""
+    games = [(n, g) for n, g in _head_to_head_games(project=project) if n == number]
+    return next(iter(_round_verdicts(project=project, games=games)), None)
 
 
 @dataclass

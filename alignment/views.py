@@ -181,9 +181,7 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    run = selectors.training_run_get(project=project, run_id=run_id)
-    if run is None:
-        raise Http404("No such training run.")
+    run = selectors.access_training_run(project=project, run_id=run_id)
     progress = selectors.training_run_progress(run=run)
     template = "alignment/training_run_detail.html"
     if request.htmx:
@@ -195,9 +193,7 @@ def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpR
 @require_POST
 def training_run_cancel_view(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    run = selectors.training_run_get(project=project, run_id=run_id)
-    if run is None:
-        raise Http404("No such training run.")
+    run = selectors.access_training_run(project=project, run_id=run_id)
     if training_run_cancel(run=run):
         messages.info(
             request,
@@ -213,9 +209,7 @@ def training_run_cancel_view(request: AuthedRequest, slug: str, run_id: int) -> 
 @require_GET
 def training_run_metrics(request: AuthedRequest, slug: str, run_id: int) -> JsonResponse:
     project = _lead_project(request, slug)
-    run = selectors.training_run_get(project=project, run_id=run_id)
-    if run is None:
-        raise Http404("No such training run.")
+    run = selectors.access_training_run(project=project, run_id=run_id)
     return JsonResponse(
         {
             "status": run.status,
