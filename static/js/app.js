@@ -47,21 +47,11 @@
       pair.focus();
     }
   }
-  // A focus that fell to <body> (the focused node was removed) goes back to the pair; one the
-  // annotator moved elsewhere stays where it is.
-  function recoverLostFocus() {
-    var active = document.activeElement;
-    if (!active || active === document.body) keepFocusOnPair();
-  }
-  document.addEventListener("htmx:afterSettle", function () {
-    keepFocusOnPair();
-    // The browser can still drop the focus to <body> after the settle event (CI's browser
-    // tests saw it after a swap that followed an undo or a guidelines acknowledgement), so
-    // look again shortly after.
-    window.requestAnimationFrame(recoverLostFocus);
-    window.setTimeout(recoverLostFocus, 100);
-    window.setTimeout(recoverLostFocus, 500);
-  });
+  // htmx's settle step makes swapped content live (its forms submit through htmx); the page
+  // sets the settle delay to 0 so it runs in the same task as the swap. With htmx's default
+  // 20 ms, a key pressed in that gap clicked a button of a form htmx had not taken yet: the
+  // browser submitted it natively and reloaded the page, losing the focus.
+  document.addEventListener("htmx:afterSettle", keepFocusOnPair);
   // The session timer: time since this page was opened, so annotators can pace themselves.
   var started = Date.now();
   function tick() {

@@ -101,3 +101,40 @@ def test_it_shows_new_pairs_without_a_reload(
     )  # the worker's doing
     page.wait_for_selector(f'#pair[data-comparison="{comparison.pk}"]', timeout=15_000)
     page.close()
+
+
+def test_a_key_pressed_the_moment_a_pair_appears_judges_it_in_place(
+    live_server, browser, project: Project, annotator: User
+) -> None:
+    """A key that lands right after a swap, before any timer, judges the new pair through htmx.
+
+    With htmx's default settle delay the new pair's forms were not yet htmx's for 20 ms: the
+    key clicked a plain form, the browser posted it natively and reloaded the page.
+    """
+    prompts = list(project.prompts.filter(split="train")[:3])
+    for i, prompt in enumerate(prompts):
+        comparison_make(prompt, texts=(f"Answer A{i}.", f"Answer B{i}."), seed=i)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{live_server.url}/login/?next=/p/{project.slug}/annotate/")
+    page.fill("#id_username", annotator.username)
+    page.fill("#id_password", "pw-" + annotator.username)
+    page.press("#id_password", "Enter")
+    page.wait_for_selector("#pair[data-comparison]")
+    first = page.get_attribute("#pair", "data-comparison")
+
+    # The next task after the first swap presses "2" on whatever pair is then shown.
+    page.evaluate(
+        """() => {
+          window.notReloaded = true;
+          document.addEventListener("htmx:afterSwap", () => setTimeout(() =>
+            document.dispatchEvent(new KeyboardEvent("keydown", {key: "2", bubbles: true}))
+          ), {once: true});
+        }"""
+    )
+    page.keyboard.press("1")
+    expect(page.locator("[data-judged]")).to_have_text("2", timeout=5000)
+    assert page.evaluate("window.notReloaded === true")
+    second = Judgment.objects.exclude(comparison_id=int(first or 0)).get(annotator=annotator)
+    assert second.chose_left is False
+    assert Judgment.objects.get(annotator=annotator, comparison_id=int(first or 0)).chose_left
+    expect(page.locator("#pair")).to_be_focused(timeout=3000)
