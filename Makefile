@@ -41,7 +41,7 @@ demo: models
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
 	@echo "Prefloop on http://$(HOST):$(PORT)/ (worker log: data/worker.log). Ctrl-C stops both."
-	@DEBUG=1 $(VENV)/bin/celery -A config worker -Q default,gpu --concurrency 1 --loglevel INFO > data/worker.log 2>&1 & \
+	@DEBUG=1 $(VENV)/bin/celery -A config worker -Q default,gpu --concurrency 1 -B -s data/celerybeat-schedule --loglevel INFO > data/worker.log 2>&1 & \
 	worker=$$!; trap "kill $$worker 2>/dev/null; wait $$worker 2>/dev/null" EXIT INT TERM; \
 	DEBUG=1 $(PY) manage.py runserver $(HOST):$(PORT) --noreload
 

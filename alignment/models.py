@@ -150,7 +150,14 @@ class TrainingRun(Job):
     )
 
     class Meta(Job.Meta):
-        pass
+        constraints = [
+            # One active run per project, held by the database under any concurrency.
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="training_run_one_active_per_project",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Training run {self.pk}"

@@ -11,13 +11,15 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, QuerySet
+from django.utils import timezone
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.memory import MemoryEstimate, memory_estimate, model_shape
@@ -29,11 +31,14 @@ from alignment.engine.training import (
     train,
 )
 from alignment.jobs import (
+    JobLost,
+    job_alive,
     job_cancel,
     job_claim,
     job_fail,
     job_heartbeat,
     job_log,
+    job_requeue_stale,
     job_stopped,
     job_succeed,
 )
@@ -309,12 +314,16 @@ def _dispatch_generation(job_id: int) -> None:
 
 
 def generation_job_execute(*, job_id: int) -> GenerationJob | None:
-    """Run a queued generation job to its end; None when it was not queued (a redelivery)."""
+    """Run a queued generation job to its end; None when it was not queued (a redelivery).
+    A later attempt (its worker was lost) generates only for the prompts not done yet."""
     job = job_claim(GenerationJob, job_id=job_id)
     if job is None:
         return None
     try:
-        _generation_run(job)
+        with job_alive(job, every=settings.JOB_HEARTBEAT_SECONDS):
+            _generation_run(job)
+    except JobLost:
+        return job  # cancelled, or another worker has it now: stop and write nothing
     except Exception as error:
         job_fail(job, error=error)
         raise
@@ -325,12 +334,21 @@ def _generation_run(job: GenerationJob) -> None:
     version = job.model_version
     project = job.project
     round_ = job.round
-    prompts = list(job.prompts.order_by("id"))
+    every_prompt = list(job.prompts.order_by("id"))
+    # Each batch's responses and comparisons are committed together: what an earlier attempt
+    # committed is done.
+    done = set(
+        Response.objects.filter(
+            policy=version.policy, generation_params__generation_job=job.pk
+        ).values_list("prompt_id", flat=True)
+    )
+    prompts = [p for p in every_prompt if p.pk not in done]
     cfg = job.config
     engine_config = GenerationConfig(
         model=project.base_model,
         models_dir=str(settings.MODELS_DIR),
         adapter=version.adapter_path or None,
+        adapter_sha256=version.adapter_sha256 or None,
         samples_per_prompt=int(cfg.get("samples_per_prompt", 2)),
         max_new_tokens=int(cfg.get("max_new_tokens", 200)),
         temperature=float(cfg.get("temperature", 0.9)),
@@ -352,7 +370,8 @@ def _generation_run(job: GenerationJob) -> None:
     job_log(
         job,
         f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
-        f"with {version.name}",
+        f"with {version.name}"
+        + (f" (attempt {job.attempts}: {len(done)} prompts done before)" if done else ""),
     )
 
     def on_progress(progress: GenerationProgress) -> None:
@@ -384,23 +403,29 @@ def _generation_run(job: GenerationJob) -> None:
         )
         job_log(
             job,
-            f"{progress.done_prompts}/{progress.total_prompts} prompts, "
+            f"{len(done) + progress.done_prompts}/{len(every_prompt)} prompts, "
             f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s",
         )
-        job_heartbeat(
+        alive = job_heartbeat(
             job,
             fields={
-                "progress_done": progress.done_prompts,
+                "progress_done": len(done) + progress.done_prompts,
                 "metrics": job.metrics,
                 "log_tail": job.log_tail,
             },
         )
+        if not alive:
+            raise JobLost(f"{job} was cancelled or handed to another worker")
 
     started = time.monotonic()
-    samples = generate(engine_config, [p.messages for p in prompts], on_progress=on_progress)
+    samples = (
+        generate(engine_config, [p.messages for p in prompts], on_progress=on_progress)
+        if prompts
+        else []
+    )
     elapsed = time.monotonic() - started
     tokens = sum(s.completion_tokens for s in samples)
-    job.progress_done = len(prompts)
+    job.progress_done = len(every_prompt)
     job_succeed(
         job,
         summary={
@@ -613,6 +638,9 @@ class TrainingSettings:
         return self
 
 
+ONE_ACTIVE_RUN = "This project already has a training run queued or running."
+
+
 def training_run_start(
     *,
     project: Project,
@@ -628,16 +656,20 @@ def training_run_start(
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
         if TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists():
-            raise ValidationFailed("This project already has a training run queued or running.")
+            raise ValidationFailed(ONE_ACTIVE_RUN)
         filters = replace(filters or SnapshotFilters(), kinds=_method_pair_kinds(training))
         snapshot = snapshot_create(project=project, filters=filters, created_by=created_by)
-        run = TrainingRun.objects.create(
-            project=project,
-            base_version=base_version,
-            snapshot=snapshot,
-            config=asdict(training),
-            created_by=created_by,
-        )
+        try:
+            with transaction.atomic():
+                run = TrainingRun.objects.create(
+                    project=project,
+                    base_version=base_version,
+                    snapshot=snapshot,
+                    config=asdict(training),
+                    created_by=created_by,
+                )
+        except IntegrityError:  # the constraint behind the check above
+            raise ValidationFailed(ONE_ACTIVE_RUN) from None
         run.output_dir = str(Path(settings.ARTIFACTS_DIR) / "runs" / str(run.pk))
         run.save(update_fields=["output_dir"])
         if dispatch:
@@ -710,6 +742,29 @@ def _dispatch_training(run_id: int) -> None:
     transaction.on_commit(lambda: training_run_run.delay(run_id))
 
 
+def jobs_recover() -> list[tuple[GenerationJob | TrainingRun, str]]:
+    """Find jobs whose worker died (no heartbeat for JOB_HEARTBEAT_STALE_SECONDS) and hand
+    them to the next worker, or fail them after JOB_MAX_ATTEMPTS attempts. A requeued
+    training run resumes from its newest complete checkpoint; a generation job does the
+    prompts it had not done. Runs every minute (Celery beat); returns what it changed."""
+    heartbeat_before = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_SECONDS)
+    changed: list[tuple[GenerationJob | TrainingRun, str]] = []
+    with transaction.atomic():
+        for job, outcome in job_requeue_stale(
+            GenerationJob, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
+        ):
+            if outcome == "requeued":
+                _dispatch_generation(job.pk)
+            changed.append((job, outcome))
+        for run, outcome in job_requeue_stale(
+            TrainingRun, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
+        ):
+            if outcome == "requeued":
+                _dispatch_training(run.pk)
+            changed.append((run, outcome))
+    return changed
+
+
 @dataclass(frozen=True)
 class FrozenPair:
     example: PreferenceExample
@@ -769,12 +824,16 @@ class _DatabaseRefLogps:
 
 
 def training_run_execute(*, run_id: int) -> TrainingRun | None:
-    """Run a queued training run to its end and register the new model version."""
+    """Run a queued training run to its end and register the new model version. A later
+    attempt (its worker was lost) resumes from the run's newest complete checkpoint."""
     run = job_claim(TrainingRun, job_id=run_id)
     if run is None:
         return None
     try:
-        _training_run(run)
+        with job_alive(run, every=settings.JOB_HEARTBEAT_SECONDS):
+            _training_run(run)
+    except JobLost:
+        return run  # handed to another worker meanwhile: its results are that worker's
     except Exception as error:
         job_fail(run, error=error)
         raise
@@ -798,6 +857,8 @@ def _training_run(run: TrainingRun) -> None:
         models_dir=str(settings.MODELS_DIR),
         output_dir=run.output_dir,
         init_adapter=base_version.adapter_path or None,
+        init_adapter_sha256=base_version.adapter_sha256 or None,
+        checkpoint_steps=settings.TRAINING_CHECKPOINT_STEPS,
         trust_remote_code=project.trust_remote_code,
         quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
         **asdict(training),
@@ -808,7 +869,20 @@ def _training_run(run: TrainingRun) -> None:
         f"({run.snapshot.content_hash[:12]}), starting from {base_version.name}",
     )
 
+    first_report = [True]
+
     def on_progress(progress: TrainingProgress) -> bool:
+        if first_report:
+            # This attempt's first step: one after the checkpoint it resumed from (after none,
+            # step 1). The points of steps done again after that checkpoint go.
+            first_report.clear()
+            run.metrics = [p for p in run.metrics if p["step"] < progress.step]
+            if progress.step > 1:
+                job_log(
+                    run,
+                    f"attempt {run.attempts}: resumed from the checkpoint at step "
+                    f"{progress.step - 1}",
+                )
         point = {
             "step": progress.step,
             "epoch": round(progress.epoch, 3),
@@ -823,6 +897,7 @@ def _training_run(run: TrainingRun) -> None:
             "memory_mb": _rounded(progress.memory_mb, 1),
             "eta_s": _rounded(progress.eta_s, 1),
             "t": round(progress.elapsed_s, 2),
+            "checkpoint": progress.checkpoint_step,
         }
         run.metrics.append(point)
         job_log(
@@ -848,6 +923,8 @@ def _training_run(run: TrainingRun) -> None:
         ref_store=_DatabaseRefLogps(frozen),
         on_progress=on_progress,
     )
+    for skipped in result.checkpoints_skipped:
+        job_log(run, f"checkpoint passed over: {skipped}")
     if result.stopped_at_step is not None:
         job_log(run, f"cancelled: stopped after step {result.stopped_at_step}")
         job_stopped(
@@ -898,6 +975,8 @@ def _training_run(run: TrainingRun) -> None:
                 "pairs": len(examples),
                 "ref_logps_reused": result.ref_logps_reused,
                 "memory_estimate_mb": result.memory_estimate_mb,
+                "attempts": run.attempts,
+                "resumed_from_step": result.resumed_from_step,
                 "model_version": version.name,
                 "validation": figures,
             },

@@ -15,3 +15,8 @@ def generation_job_run(job_id: int) -> None:
 @shared_task(name="alignment.tasks.training_run_run")
 def training_run_run(run_id: int) -> None:
     services.training_run_execute(run_id=run_id)
+
+
+@shared_task(name="alignment.tasks.jobs_recover")
+def jobs_recover() -> None:
+    services.jobs_recover()

@@ -231,8 +231,16 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A job's outcome lives in its database row; a lost worker is found by its stale heartbeat.
+# A job's outcome lives in its database row; a lost worker is found by its stale heartbeat:
+# a worker beats every JOB_HEARTBEAT_SECONDS while it runs a job, and a job silent for
+# JOB_HEARTBEAT_STALE_SECONDS goes back to the queue (training resumes from its newest
+# checkpoint), until it has had JOB_MAX_ATTEMPTS attempts; then it fails.
+JOB_HEARTBEAT_SECONDS = float(os.environ.get("JOB_HEARTBEAT_SECONDS", "30"))
 JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("JOB_HEARTBEAT_STALE_SECONDS", "300"))
+JOB_MAX_ATTEMPTS = int(os.environ.get("JOB_MAX_ATTEMPTS", "3"))
+CELERY_BEAT_SCHEDULE = {
+    "jobs-recover": {"task": "alignment.tasks.jobs_recover", "schedule": 60.0},
+}
 
 LOGGING = {
     "version": 1,
@@ -245,3 +253,5 @@ LOGGING = {
 
 # QLoRA (bitsandbytes NF4) for training; off only for tiny test models.
 TRAINING_QUANTIZE_4BIT = env_bool("PREFLOOP_QUANTIZE_4BIT", default=True)
+# Steps between a training run's checkpoints (0: none, so a lost worker's run starts over).
+TRAINING_CHECKPOINT_STEPS = int(os.environ.get("PREFLOOP_CHECKPOINT_STEPS", "50"))

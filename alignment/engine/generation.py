@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignment.engine.allocator import malloc_tuned_for_tensors
+from alignment.engine.checkpoints import file_sha256
 from alignment.engine.sources import (
     cpu_bf16_fast,
     cuda_available,
@@ -33,6 +34,7 @@ class GenerationConfig:
     model: str  # model source (see sources.py)
     models_dir: str
     adapter: str | None = None  # PEFT LoRA adapter dir (safetensors), or None for the base alone
+    adapter_sha256: str | None = None  # the adapter weights must hash to this (when given)
     samples_per_prompt: int = 2
     max_new_tokens: int = 200
     temperature: float = 0.9
@@ -78,14 +80,22 @@ def generation_config_validate(config: GenerationConfig) -> None:
         adapter_validate(config.adapter)
 
 
-def adapter_validate(adapter: str) -> None:
-    """Raise ValueError unless ``adapter`` is a directory with a safetensors LoRA adapter."""
+def adapter_validate(adapter: str, *, sha256: str | None = None) -> None:
+    """Raise ValueError unless ``adapter`` is a directory with a safetensors LoRA adapter
+    (and, given ``sha256``, one whose weights hash to it: the adapter that was registered)."""
     path = Path(adapter)
     if not (path / ADAPTER_CONFIG_FILE).is_file():
         raise ValueError(f"adapter {adapter!r} has no {ADAPTER_CONFIG_FILE}")
     # Only safetensors: peft would fall back to a pickled adapter_model.bin.
     if not (path / ADAPTER_WEIGHTS_FILE).is_file():
         raise ValueError(f"adapter {adapter!r} has no {ADAPTER_WEIGHTS_FILE}")
+    if sha256 is not None:
+        found = file_sha256(path / ADAPTER_WEIGHTS_FILE)
+        if found != sha256:
+            raise ValueError(
+                f"adapter {adapter!r}: {ADAPTER_WEIGHTS_FILE} has SHA-256 {found[:12]}..., "
+                f"not the {sha256[:12]}... it was registered with (changed or corrupted)"
+            )
 
 
 def prompts_validate(prompts: Sequence[Sequence[Message]]) -> None:
@@ -129,7 +139,12 @@ def _generate(
     torch_threads_fit()
     path = model_path_resolve(source=config.model, models_dir=config.models_dir)
     tokenizer = tokenizer_load(path, trust_remote_code=config.trust_remote_code)
-    model = policy_load(path, adapter=config.adapter, trust_remote_code=config.trust_remote_code)
+    model = policy_load(
+        path,
+        adapter=config.adapter,
+        adapter_sha256=config.adapter_sha256,
+        trust_remote_code=config.trust_remote_code,
+    )
     stop_ids = stop_token_ids(model, tokenizer)
     started = time.monotonic()
     samples: list[GeneratedSample] = []
@@ -165,9 +180,14 @@ def generation_dtype() -> torch.dtype:
 
 
 def policy_load(
-    path: str, *, adapter: str | None, trust_remote_code: bool = False
+    path: str,
+    *,
+    adapter: str | None,
+    adapter_sha256: str | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
-    """The base model unquantized, with ``adapter`` merged in when given."""
+    """The base model unquantized, with ``adapter`` merged in when given (hash-checked
+    against ``adapter_sha256`` just before it is read)."""
     model = model_load(
         path,
         quantize_4bit=False,
@@ -177,7 +197,7 @@ def policy_load(
     if adapter is not None:
         from peft import PeftModel
 
-        adapter_validate(adapter)
+        adapter_validate(adapter, sha256=adapter_sha256)
         # Merged weights generate as fast as the base; an unmerged adapter adds matmuls.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()

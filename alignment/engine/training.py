@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,6 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from alignment.engine.allocator import malloc_tuned_for_tensors
+from alignment.engine.checkpoints import (
+    CHECKPOINTS_DIR,
+    checkpoint_commit,
+    checkpoint_latest,
+    file_sha256,
+    fingerprint_of,
+    staging_clear,
+    staging_dir,
+)
 from alignment.engine.generation import adapter_validate
 from alignment.engine.memory import (
     MemoryEstimate,
@@ -99,7 +109,15 @@ class TrainingConfig:
     seed: int = 0
     quantize_4bit: bool = True  # QLoRA (bitsandbytes NF4); False = plain LoRA in full precision
     init_adapter: str | None = None  # continue training an existing adapter
+    init_adapter_sha256: str | None = None  # its adapter_model.safetensors must hash to this
     trust_remote_code: bool = False
+    # Steps between checkpoints (0: none). A run restarted with the same output_dir, settings
+    # and examples resumes from its newest complete checkpoint.
+    checkpoint_steps: int = 50
+
+
+# What a checkpoint does not depend on: where things are, and how often it is written.
+_NOT_FINGERPRINTED = ("output_dir", "models_dir", "checkpoint_steps")
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,7 @@ class TrainingProgress:
     tokens_per_s: float | None = None  # input tokens (padding included) per second so far
     memory_mb: float | None = None  # peak GPU memory allocated, or the process's peak RSS
     eta_s: float | None = None  # at the pace so far
+    checkpoint_step: int | None = None  # the newest complete checkpoint's step
 
 
 # What `on_progress` may answer: True stops training after this step (a cancelled run); the
@@ -151,6 +170,9 @@ class TrainingResult:
     ref_logps_reused: int = 0
     stopped_at_step: int | None = None  # when on_progress asked to stop (a cancelled run)
     memory_estimate_mb: int | None = None  # the pre-flight estimate (alignment.engine.memory)
+    resumed_from_step: int | None = None  # the checkpoint this training continued from
+    # Newer checkpoints passed over on resume, each with the reason (incomplete, bad hash).
+    checkpoints_skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,10 +227,16 @@ def training_config_validate(config: TrainingConfig) -> None:
         raise ValueError(f"learning_rate must be in (0, 1), got {config.learning_rate!r}")
     if not (isinstance(config.lora_dropout, int | float) and 0 <= config.lora_dropout < 1):
         raise ValueError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
+    if isinstance(config.checkpoint_steps, bool) or not (
+        isinstance(config.checkpoint_steps, int) and config.checkpoint_steps >= 0
+    ):
+        raise ValueError(
+            f"checkpoint_steps must be a whole number >= 0, got {config.checkpoint_steps!r}"
+        )
     if not config.output_dir:
         raise ValueError("output_dir must not be empty")
     if config.init_adapter is not None:
-        adapter_validate(config.init_adapter)
+        adapter_validate(config.init_adapter, sha256=config.init_adapter_sha256)
 
 
 def examples_validate(examples: Sequence[PreferenceExample], method: str = "dpo") -> None:
@@ -246,6 +274,11 @@ def train(
     on_progress: ProgressCallback | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on preference pairs and save it to ``output_dir/adapter``.
+
+    Every ``checkpoint_steps`` steps a checkpoint (adapter, optimizer, scheduler, RNG and
+    step) is written atomically under ``output_dir/checkpoints`` (alignment.engine.
+    checkpoints); called again with the same output_dir, settings and examples, training
+    resumes from the newest complete one, its step count and loss curve continuing.
 
     The reference policy is the model without the trained adapter: the base, or the
     ``init_adapter`` when continuing. ``validation``: held-out preference pairs, scored
@@ -345,8 +378,19 @@ def _train(
         math.ceil(len(rows) / config.batch_size) / config.gradient_accumulation_steps
     )
     total_steps = steps_per_epoch * config.epochs
+    fingerprint = fingerprint_of(
+        {
+            "config": {
+                k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED
+            },
+            "examples": [dataclasses.asdict(e) for e in examples],
+        }
+    )
+    staging_clear(config.output_dir)  # what a killed worker left half written
+    scan = checkpoint_latest(config.output_dir, fingerprint=fingerprint)
     common: dict[str, Any] = {
-        "output_dir": config.output_dir,
+        # The Trainer writes checkpoints here; checkpoint_commit moves each one into place.
+        "output_dir": str(staging_dir(config.output_dir)),
         "beta": config.beta,
         "learning_rate": config.learning_rate,
         "num_train_epochs": config.epochs,
@@ -355,7 +399,8 @@ def _train(
         "max_length": config.max_length,
         "seed": config.seed,
         "logging_steps": 1,
-        "save_strategy": "no",
+        "save_strategy": "steps" if config.checkpoint_steps else "no",
+        "save_steps": config.checkpoint_steps or 500,
         "report_to": "none",
         "use_cpu": not on_cuda,
         "bf16": use_bf16,
@@ -371,8 +416,25 @@ def _train(
     history: list[TrainingProgress] = []
 
     stopped: list[int] = []
+    checkpointed: list[int] = [scan.latest.step] if scan.latest else []
+    # Where this attempt began (a resumed one starts at its checkpoint): the pace and the
+    # ETA count from there.
+    begun = {"step": 0, "tokens": 0}
 
     class StepReporter(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            begun["step"] = int(state.global_step)
+            begun["tokens"] = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            step = int(state.global_step)
+            staged = Path(args.output_dir) / f"checkpoint-{step}"
+            if staged.is_dir():
+                # The pickled TrainingArguments: informational, never loaded; not kept.
+                (staged / "training_args.bin").unlink(missing_ok=True)
+                checkpoint_commit(staged, config.output_dir, step=step, fingerprint=fingerprint)
+                checkpointed.append(step)
+
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
         ) -> Any:
@@ -381,7 +443,8 @@ def _train(
             elapsed = time.monotonic() - started
             step = int(state.global_step)
             total = int(state.max_steps or total_steps)
-            tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+            tokens = (getattr(state, "num_input_tokens_seen", 0) or 0) - begun["tokens"]
+            done = step - begun["step"]
             progress = TrainingProgress(
                 step=step,
                 total_steps=total,
@@ -396,7 +459,8 @@ def _train(
                 rejected_logp=_float_or_none(logs.get("logps/rejected")),
                 tokens_per_s=tokens / elapsed if tokens and elapsed > 0 else None,
                 memory_mb=_peak_memory_mb(on_cuda),
-                eta_s=elapsed / step * (total - step) if step else None,
+                eta_s=elapsed / done * (total - step) if done > 0 else None,
+                checkpoint_step=checkpointed[-1] if checkpointed else None,
             )
             history.append(progress)
             if on_progress is not None and on_progress(progress):
@@ -435,8 +499,9 @@ def _train(
             ),
         )
     before = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
+    resume = str(scan.latest.path) if scan.latest else None
     try:
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=resume)
     except (torch.OutOfMemoryError, MemoryError) as error:
         raise MemoryError(_out_of_memory_message(config, estimate)) from error
     except RuntimeError as error:  # the CPU allocator's "can't allocate memory"
@@ -445,6 +510,9 @@ def _train(
         raise MemoryError(_out_of_memory_message(config, estimate)) from error
     after = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
     adapter_dir = _adapter_save(cast("PreTrainedModel", trainer.model), Path(config.output_dir))
+    staging_clear(config.output_dir)
+    if not stopped:  # finished: nothing left to resume; a cancelled run keeps its checkpoints
+        shutil.rmtree(Path(config.output_dir) / CHECKPOINTS_DIR, ignore_errors=True)
     weights = adapter_dir / ADAPTER_WEIGHTS_FILE
     return TrainingResult(
         adapter_dir=str(adapter_dir),
@@ -458,6 +526,8 @@ def _train(
         ref_logps_reused=reused,
         stopped_at_step=stopped[0] if stopped else None,
         memory_estimate_mb=round(estimate.total_mb) if estimate else None,
+        resumed_from_step=scan.latest.step if scan.latest else None,
+        checkpoints_skipped=scan.skipped,
     )
 
 
@@ -681,11 +751,3 @@ def _adapter_save(model: PreTrainedModel, output_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -40,15 +40,6 @@ pytestmark = pytest.mark.django_db
 SAMPLING = SamplingSettings(max_new_tokens=10, temperature=1.0, batch_size=4)
 
 
-@pytest.fixture
-def tiny_project(project: Project, tiny_model_dir: str, settings, tmp_path: Path) -> Project:
-    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
-    settings.TRAINING_QUANTIZE_4BIT = False
-    project.base_model = str(tiny_model_dir)
-    project.save(update_fields=["base_model"])
-    return project
-
-
 def _round(project: Project, **kwargs) -> GenerationJob:
     base = model_version_base_ensure(project=project)
     round_ = round_start(

@@ -324,3 +324,102 @@ def test_it_reports_pace_and_memory_and_stops_when_asked(
     assert first.memory_mb is not None and first.memory_mb > 10
     assert first.eta_s is not None and first.eta_s == pytest.approx(first.elapsed_s * 5)
     assert first.chosen_logp is not None and first.chosen_logp < 0
+
+
+def _resumable(model_dir: str, output_dir: Path, **overrides: object) -> TrainingConfig:
+    # 8 pairs, batch 2, 3 epochs: 12 steps, a checkpoint every 3.
+    return _config(model_dir, output_dir, **{"checkpoint_steps": 3, **overrides})
+
+
+def test_it_resumes_from_its_newest_complete_checkpoint_on_the_same_course(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    examples = _examples(8)
+    straight = train(_resumable(tiny_model_dir, tmp_path / "straight"), examples)
+    assert straight.steps == 12 and straight.resumed_from_step is None
+    assert not (tmp_path / "straight" / "checkpoints").exists()  # finished: nothing to resume
+
+    # A first attempt stops after step 5 (as a killed worker would, minus the kill).
+    output = tmp_path / "interrupted"
+    first = train(_resumable(tiny_model_dir, output), examples, on_progress=lambda p: p.step >= 5)
+    assert first.stopped_at_step == 5 and [p.checkpoint_step for p in first.history] == [
+        None,
+        None,
+        None,
+        3,
+        3,
+    ]
+    checkpoint = output / "checkpoints" / "checkpoint-3"
+    marker = json.loads((checkpoint / "complete.json").read_text())
+    assert marker["step"] == 3
+    files = {p.name for p in checkpoint.iterdir()} - {"complete.json"}
+    assert set(marker["files"]) == files and "adapter_model.safetensors" in files
+    assert (
+        marker["files"]["optimizer.pt"]
+        == hashlib.sha256((checkpoint / "optimizer.pt").read_bytes()).hexdigest()
+    )
+    assert "training_args.bin" not in files  # a pickle nothing reads is not kept
+    assert not (output / ".staging").exists()
+
+    second = train(_resumable(tiny_model_dir, output), examples)
+    assert second.resumed_from_step == 3 and second.steps == 12
+    assert [p.step for p in second.history] == list(range(4, 13))
+    # Optimizer, scheduler, data order and RNG came back: the same losses, the same adapter.
+    expected = {p.step: p.loss for p in straight.history}
+    for point in second.history:
+        assert point.loss == pytest.approx(expected[point.step], abs=1e-5), point.step
+    assert second.adapter_sha256 == straight.adapter_sha256
+    assert second.history[0].eta_s is not None
+
+
+def test_it_passes_over_checkpoints_that_are_incomplete_or_corrupt(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    examples = _examples(8)
+    config = _resumable(tiny_model_dir, tmp_path, checkpoint_steps=2)
+    train(config, examples, on_progress=lambda p: p.step >= 5)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    weights = root / "checkpoint-4" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit on disk
+    weights.write_bytes(bytes(data))
+    # A checkpoint a kill interrupted after its rename, before its marker; and staging debris.
+    (root / "checkpoint-6").mkdir()
+    (root / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"half")
+    (tmp_path / ".staging" / "checkpoint-8").mkdir(parents=True)
+
+    resumed = train(config, examples)
+    assert resumed.resumed_from_step == 2
+    assert resumed.checkpoints_skipped == (
+        "checkpoint-6: no completion marker (interrupted while saving)",
+        "checkpoint-4: adapter_model.safetensors does not match its recorded SHA-256",
+    )
+    assert resumed.history[0].step == 3 and resumed.steps == 12
+
+
+def test_it_refuses_the_checkpoints_of_another_training(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    train(_resumable(tiny_model_dir, tmp_path), _examples(8), on_progress=lambda p: p.step >= 4)
+    with pytest.raises(ValueError, match="checkpoint of another training"):
+        train(_resumable(tiny_model_dir, tmp_path, learning_rate=5e-3), _examples(8))
+    with pytest.raises(ValueError, match="checkpoint of another training"):
+        train(_resumable(tiny_model_dir, tmp_path), _examples(7))
+
+
+def test_it_loads_an_adapter_only_when_its_hash_matches(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    first = train(_config(tiny_model_dir, tmp_path / "one", epochs=1), _examples(2))
+    config = _config(
+        tiny_model_dir,
+        tmp_path / "two",
+        epochs=1,
+        init_adapter=first.adapter_dir,
+        init_adapter_sha256="0" * 64,
+    )
+    with pytest.raises(ValueError, match=r"not the 0{12}\.\.\. it was registered with"):
+        train(config, _examples(2))
+    matching = dataclasses.replace(config, init_adapter_sha256=first.adapter_sha256)
+    assert train(matching, _examples(2)).steps == 1

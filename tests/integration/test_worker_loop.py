@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 
+from alignment import services
 from alignment.models import (
     GenerationJob,
     JobStatus,
@@ -35,15 +37,12 @@ from alignment.services import (
 from annotate.models import Comparison, Project, Response
 from annotate.services import judgment_submit
 from tests.conftest import MODELS_DIR, REPO
+from tests.factories import comparison_make
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def worker(
-    real_services: None, tiny_model_dir: str, tmp_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+def _worker_start(tmp_path: Path, name: str, **env_overrides: str) -> subprocess.Popen[bytes]:
     db = connection.settings_dict
     env = {
         **os.environ,
@@ -53,9 +52,10 @@ def worker(
         "PREFLOOP_DATA_DIR": str(tmp_path / "worker-data"),
         "PREFLOOP_MODELS_DIR": str(MODELS_DIR),
         "PREFLOOP_QUANTIZE_4BIT": "0",
+        **env_overrides,
     }
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen(
+    log = (tmp_path / f"{name}.log").open("wb")
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -79,14 +79,26 @@ def worker(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def _worker_stop(process: subprocess.Popen[bytes], tmp_path: Path, name: str) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    print(f"== {name}\n" + (tmp_path / f"{name}.log").read_text()[-4000:])
+
+
+@pytest.fixture
+def worker(
+    real_services: None, tiny_model_dir: str, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    process = _worker_start(tmp_path, "worker")
     yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print((tmp_path / "worker.log").read_text()[-4000:])
+    _worker_stop(process, tmp_path, "worker")
 
 
 def _wait_for(
@@ -167,3 +179,70 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
         c.response_a.policy_id == child.policy_id and c.response_b.policy_id == base.policy_id
         for c in head_to_head
     )
+
+
+def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
+    real_services: None,
+    project: Project,
+    annotator: User,
+    tiny_model_dir: str,
+    settings,
+    tmp_path: Path,
+) -> None:
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.JOB_HEARTBEAT_STALE_SECONDS = 3
+    project.base_model = str(tiny_model_dir)
+    project.save(update_fields=["base_model"])
+    for i, prompt in enumerate(project.prompts.filter(split="train")[:6]):
+        comparison = comparison_make(prompt, texts=(f"Short {i}.", f"A much longer answer {i}."))
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    worker_env = {"PREFLOOP_CHECKPOINT_STEPS": "3", "JOB_HEARTBEAT_SECONDS": "0.5"}
+    first = _worker_start(tmp_path, "first", **worker_env)
+    try:
+        run = training_run_start(
+            project=project,
+            base_version=model_version_base_ensure(project=project),
+            training=TrainingSettings(epochs=12, batch_size=1, max_length=64),
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until a checkpoint is complete, and then some
+            run.refresh_from_db()
+            assert run.status == JobStatus.RUNNING or run.status == JobStatus.QUEUED, run.error
+            if run.metrics and (run.metrics[-1]["checkpoint"] or 0) >= 3:
+                break
+            assert first.poll() is None, "the first worker died on its own"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no checkpoint within 180 s")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=20)
+    finally:
+        _worker_stop(first, tmp_path, "first")
+    run.refresh_from_db()
+    killed_at = run.progress_done
+    assert run.status == JobStatus.RUNNING and run.attempts == 1
+    assert 0 < killed_at < run.progress_total, "the run was not mid-way when killed"
+
+    assert services.jobs_recover() == []  # heartbeat still fresh
+    time.sleep(settings.JOB_HEARTBEAT_STALE_SECONDS + 1)
+    (changed,) = services.jobs_recover()  # what beat runs every minute
+    assert changed[0].pk == run.pk and changed[1] == "requeued"
+
+    second = _worker_start(tmp_path, "second", **worker_env)
+    try:
+        run = _wait_for(TrainingRun, run.pk, second)
+    finally:
+        _worker_stop(second, tmp_path, "second")
+    assert isinstance(run, TrainingRun)
+    resumed_from = run.summary["resumed_from_step"]
+    assert run.attempts == 2 and 3 <= resumed_from <= killed_at
+    assert f"attempt 2: resumed from the checkpoint at step {resumed_from}" in run.log_tail
+    # The step count and the loss curve go on: one point per step, none missing or repeated.
+    total = run.summary["steps"]
+    assert total == run.progress_total and [p["step"] for p in run.metrics] == list(
+        range(1, total + 1)
+    )
+    assert all(p["loss"] is not None for p in run.metrics)
+    child = ModelVersion.objects.get(produced_by=run)
+    assert (Path(child.adapter_path) / "adapter_model.safetensors").is_file()
