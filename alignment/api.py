@@ -13,7 +13,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alignment import selectors
-from alignment.models import GenerationJob, JobStatus, ModelVersion, PairingStrategy, Round
+from alignment.models import (
+    DataScope,
+    GenerationJob,
+    JobStatus,
+    ModelVersion,
+    PairingStrategy,
+    Reference,
+    Round,
+    StartFrom,
+)
 from alignment.models import TrainingRun as TrainingRunModel
 from alignment.services import (
     LOSS_TYPES,
@@ -21,6 +30,7 @@ from alignment.services import (
     PROMPT_CHOICES,
     TRAINING_PRESETS,
     SamplingSettings,
+    TrainingPlan,
     TrainingSettings,
     model_version_base_ensure,
     round_next_start,
@@ -216,6 +226,9 @@ class TrainingRunOut(serializers.Serializer):
     status = serializers.ChoiceField(choices=JobStatus.choices)
     base_version_id = serializers.IntegerField()
     output_version_id = serializers.IntegerField(allow_null=True)
+    start_from = serializers.ChoiceField(choices=StartFrom.choices)
+    reference = serializers.ChoiceField(choices=Reference.choices)
+    data_scope = serializers.ChoiceField(choices=DataScope.choices)
     snapshot = inline_serializer(
         "SnapshotOut",
         {
@@ -257,6 +270,9 @@ def _run_out(run: TrainingRunModel) -> dict[str, Any]:
         "status": run.status,
         "base_version_id": run.base_version_id,
         "output_version_id": run.output_version_id,
+        "start_from": run.start_from,
+        "reference": run.reference,
+        "data_scope": run.data_scope,
         "snapshot": {
             "id": snapshot.pk,
             "n_pairs": snapshot.n_pairs,
@@ -310,11 +326,27 @@ class TrainingRunIn(serializers.Serializer):
     settings = TrainingSettingsIn(
         required=False, help_text="Ranges are checked by the service (422 names the field)."
     )
+    start_from = serializers.ChoiceField(
+        choices=StartFrom.choices,
+        default=StartFrom.PARENT,
+        help_text="parent: continue the parent's adapter; base: a fresh adapter on the base.",
+    )
+    reference = serializers.ChoiceField(
+        choices=[Reference.PARENT, Reference.BASE],
+        default=Reference.PARENT,
+        help_text="The reference policy of DPO and KTO (ORPO and SimPO use none).",
+    )
+    data_scope = serializers.ChoiceField(
+        choices=DataScope.choices,
+        required=False,
+        help_text="cumulative: every round's pairs; round: the parent's round only; rounds: "
+        "the `rounds` listed. Default: rounds when `rounds` is given, else cumulative.",
+    )
     rounds = serializers.ListField(
         child=serializers.IntegerField(min_value=0, max_value=MAX_ID),
         required=False,
         max_length=1000,
-        help_text="Rounds whose pairs to train on; none: every round.",
+        help_text="With data_scope `rounds`: the rounds whose pairs to train on.",
     )
     min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
 
@@ -346,6 +378,7 @@ class TrainingRunListApi(ProjectApi):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         overrides = dict(data.get("settings") or {})
+        rounds = tuple(sorted(set(data.get("rounds", []))))
         model_version_base_ensure(project=project)
         base = _version(
             ModelVersion.objects.filter(project=project), data["base_version_id"], "base_version_id"
@@ -358,10 +391,14 @@ class TrainingRunListApi(ProjectApi):
                 if "preset" in data
                 else TrainingSettings.from_mapping(overrides)
             ),
-            filters=SnapshotFilters(
-                rounds=tuple(sorted(set(data.get("rounds", [])))),
-                min_agreement=data["min_agreement"],
+            plan=TrainingPlan(
+                start_from=data["start_from"],
+                reference=data["reference"],
+                data_scope=data.get("data_scope")
+                or (DataScope.ROUNDS if rounds else DataScope.CUMULATIVE),
+                rounds=rounds,
             ),
+            filters=SnapshotFilters(min_agreement=data["min_agreement"]),
             created_by=request.user,  # type: ignore[arg-type]
         )
         run = selectors.training_run_get(project=project, run_id=run.pk) or run

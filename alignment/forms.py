@@ -9,13 +9,14 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 
-from alignment.models import ModelVersion, PairingStrategy
+from alignment.models import DataScope, ModelVersion, PairingStrategy, Reference, StartFrom
 from alignment.services import (
     LOSS_TYPES,
     METHODS,
     PROMPT_CHOICES,
     TRAINING_PRESETS,
     SamplingSettings,
+    TrainingPlan,
     TrainingSettings,
 )
 
@@ -101,6 +102,31 @@ class TrainingRunStartForm(forms.Form):
     """Train a new model version on the current preference pairs."""
 
     base_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none())
+    start_from = forms.ChoiceField(
+        label="Training starts from",
+        choices=StartFrom.choices,
+        initial=StartFrom.PARENT,
+        required=False,
+        widget=forms.RadioSelect,
+    )
+    reference = forms.ChoiceField(
+        label="Reference policy",
+        choices=[
+            (Reference.PARENT, Reference.PARENT.label),
+            (Reference.BASE, Reference.BASE.label),
+        ],
+        initial=Reference.PARENT,
+        required=False,
+        widget=forms.RadioSelect,
+        help_text="DPO and KTO; ORPO and SimPO use none.",
+    )
+    data_scope = forms.ChoiceField(
+        label="Data",
+        choices=DataScope.choices,
+        initial=DataScope.CUMULATIVE,
+        required=False,
+        widget=forms.RadioSelect,
+    )
     method = forms.ChoiceField(
         choices=list(METHODS.items()), initial=_TRAINING.method, required=False
     )
@@ -146,9 +172,9 @@ class TrainingRunStartForm(forms.Form):
     max_length = forms.IntegerField(initial=_TRAINING.max_length)
     seed = forms.IntegerField(initial=_TRAINING.seed)
     rounds = forms.CharField(
-        label="Rounds to include",
+        label="Rounds listed",
         required=False,
-        help_text="Comma-separated round numbers, e.g. 1, 2. Empty: every round.",
+        help_text="With “the rounds listed”: comma-separated round numbers, e.g. 1, 2.",
     )
     min_agreement = forms.FloatField(
         initial=0.0,
@@ -175,6 +201,16 @@ class TrainingRunStartForm(forms.Form):
         "seed",
     )
 
+    field_order = (
+        "base_version",
+        "start_from",
+        "reference",
+        *SETTINGS_FIELDS,
+        "data_scope",
+        "rounds",
+        "min_agreement",
+    )
+
     def __init__(
         self,
         *args: Any,
@@ -185,7 +221,9 @@ class TrainingRunStartForm(forms.Form):
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
         self.fields["base_version"] = _version_field(
-            versions, "Start from model version", "The new version's parent."
+            versions,
+            "Parent version",
+            "The policy whose round is being trained on; the new version's parent.",
         )
         if preset in TRAINING_PRESETS:  # the page's preset links start the form from one
             for name, value in asdict(TrainingSettings.from_preset(preset)).items():
@@ -199,6 +237,19 @@ class TrainingRunStartForm(forms.Form):
         if not _ROUNDS_RE.match(value):
             raise forms.ValidationError("Rounds must be comma-separated round numbers, e.g. 1, 2.")
         return tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
+
+    def plan(self) -> TrainingPlan:
+        """The round's choices; a post without them (an older form) takes the defaults, and
+        listed rounds mean "the rounds listed"."""
+        data = self.cleaned_data
+        rounds = data.get("rounds") or ()
+        return TrainingPlan(
+            start_from=data.get("start_from") or StartFrom.PARENT,
+            reference=data.get("reference") or Reference.PARENT,
+            data_scope=data.get("data_scope")
+            or (DataScope.ROUNDS if rounds else DataScope.CUMULATIVE),
+            rounds=rounds,
+        )
 
     def settings_mapping(self) -> dict[str, Any]:
         """The settings given; a field left empty takes the engine's default."""

@@ -21,9 +21,17 @@ from django.utils import timezone
 
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
-from alignment.models import GenerationJob, JobStatus, ModelVersion, PairingStrategy, TrainingRun
+from alignment.models import (
+    DataScope,
+    GenerationJob,
+    JobStatus,
+    ModelVersion,
+    PairingStrategy,
+    TrainingRun,
+)
 from alignment.services import (
     SamplingSettings,
+    TrainingPlan,
     TrainingSettings,
     generation_job_execute,
     model_version_base_ensure,
@@ -44,7 +52,6 @@ from annotate.models import (
 )
 from annotate.queue import assignment_next, comparison_skip
 from annotate.services import (
-    SnapshotFilters,
     judgment_submit,
     membership_set,
     project_create,
@@ -239,7 +246,7 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         project=project,
         base_version=base,
         training=settings.training,
-        filters=SnapshotFilters(rounds=(round1.number,)),
+        plan=TrainingPlan(data_scope=DataScope.ROUND),
         dispatch=False,
     )
     training_run_execute(run_id=run.pk)

@@ -133,13 +133,35 @@ class GenerationJob(Job):
         return f"Generation {self.pk} for {self.round}"
 
 
+class StartFrom(models.TextChoices):
+    PARENT = "parent", "The parent's adapter (continue training it)"
+    BASE = "base", "The base model (a fresh adapter)"
+
+
+class Reference(models.TextChoices):
+    PARENT = "parent", "The parent's policy"
+    BASE = "base", "The base model"
+    NONE = "none", "None (ORPO and SimPO use no reference)"
+
+
+class DataScope(models.TextChoices):
+    CUMULATIVE = "cumulative", "Cumulative: the pairs of every round"
+    ROUND = "round", "This round only: the pairs of the parent's round"
+    ROUNDS = "rounds", "The rounds listed"
+
+
 class TrainingRun(Job):
     base_version = models.ForeignKey(
         ModelVersion,
         on_delete=models.PROTECT,
         related_name="training_runs",
-        help_text="The policy the run starts from; the new version's parent.",
+        help_text="The parent: the policy whose round the data comes from; the new version's "
+        "parent.",
     )
+    # The lead's choices for this round (alignment.services.TrainingPlan).
+    start_from = models.CharField(max_length=10, choices=StartFrom, default=StartFrom.PARENT)
+    reference = models.CharField(max_length=10, choices=Reference, default=Reference.PARENT)
+    data_scope = models.CharField(max_length=10, choices=DataScope, default=DataScope.CUMULATIVE)
     snapshot = models.ForeignKey(
         DatasetSnapshot, on_delete=models.PROTECT, related_name="training_runs"
     )

@@ -24,6 +24,7 @@ from django.utils import timezone
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.memory import MemoryEstimate, memory_estimate, model_shape
 from alignment.engine.training import (
+    REFERENCE_FREE,
     PreferenceExample,
     TrainingConfig,
     TrainingProgress,
@@ -44,12 +45,15 @@ from alignment.jobs import (
 )
 from alignment.models import (
     ACTIVE_STATUSES,
+    DataScope,
     GenerationJob,
     JobStatus,
     ModelVersion,
     PairingStrategy,
+    Reference,
     RefLogp,
     Round,
+    StartFrom,
     TrainingRun,
 )
 from annotate.coverage import prompts_for_coverage
@@ -641,29 +645,97 @@ class TrainingSettings:
 ONE_ACTIVE_RUN = "This project already has a training run queued or running."
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A round's choices, made by the lead and recorded on the run: where training starts
+    (the parent's adapter, or a fresh one on the base model), the reference policy (the
+    parent's, or the base model's) and the data (every round's pairs, the parent's round's
+    only, or the rounds listed)."""
+
+    start_from: str = StartFrom.PARENT
+    reference: str = Reference.PARENT
+    data_scope: str = DataScope.CUMULATIVE
+    rounds: tuple[int, ...] = ()  # with data_scope "rounds"
+
+    def validate(self) -> TrainingPlan:
+        if self.start_from not in StartFrom.values:
+            raise ValidationFailed(f"start_from must be one of {', '.join(StartFrom.values)}.")
+        if self.reference not in (Reference.PARENT, Reference.BASE):
+            raise ValidationFailed("reference must be parent or base.")
+        if self.data_scope not in DataScope.values:
+            raise ValidationFailed(f"data_scope must be one of {', '.join(DataScope.values)}.")
+        if (self.data_scope == DataScope.ROUNDS) != bool(self.rounds):
+            raise ValidationFailed(
+                "List the rounds to train on when data_scope is 'rounds' (the rounds listed), "
+                "and only then."
+            )
+        return self
+
+    def rounds_for(self, *, project: Project, parent: ModelVersion) -> tuple[int, ...]:
+        """The rounds whose pairs the run takes (empty: every round)."""
+        if self.data_scope == DataScope.CUMULATIVE:
+            return ()
+        if self.data_scope == DataScope.ROUND:
+            numbers = tuple(
+                Round.objects.filter(project=project, policy=parent)
+                .order_by("number")
+                .values_list("number", flat=True)
+            )
+            if not numbers:
+                raise ValidationFailed(
+                    f"No round was generated with {parent.name}, so it has no round of its own "
+                    "to train on; take every round's pairs or list the rounds."
+                )
+            return numbers
+        # Rounds as the comparisons carry them (imported ones too, made without a Round).
+        known = set(
+            Comparison.objects.filter(project=project, round_number__in=self.rounds).values_list(
+                "round_number", flat=True
+            )
+        )
+        missing = sorted(set(self.rounds) - known)
+        if missing:
+            raise ValidationFailed(
+                f"This project has no comparisons in round {', '.join(str(n) for n in missing)}."
+            )
+        return tuple(sorted(set(self.rounds)))
+
+
 def training_run_start(
     *,
     project: Project,
     base_version: ModelVersion,
     training: TrainingSettings,
+    plan: TrainingPlan | None = None,
     filters: SnapshotFilters | None = None,
     created_by: User | None = None,
     dispatch: bool = True,
 ) -> TrainingRun:
+    """Queue a run on a frozen snapshot. `plan` picks the start, the reference and the
+    rounds (any rounds in `filters` give way to it); `filters` the agreement and the
+    validation share."""
     training.validate()
+    plan = (plan or TrainingPlan()).validate()
     if base_version.project_id != project.pk:
         raise ValidationFailed("That model version belongs to another project.")
+    rounds = plan.rounds_for(project=project, parent=base_version)
+    reference = Reference.NONE if training.method in REFERENCE_FREE else plan.reference
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
         if TrainingRun.objects.filter(project=project, status__in=ACTIVE_STATUSES).exists():
             raise ValidationFailed(ONE_ACTIVE_RUN)
-        filters = replace(filters or SnapshotFilters(), kinds=_method_pair_kinds(training))
+        filters = replace(
+            filters or SnapshotFilters(), rounds=rounds, kinds=_method_pair_kinds(training)
+        )
         snapshot = snapshot_create(project=project, filters=filters, created_by=created_by)
         try:
             with transaction.atomic():
                 run = TrainingRun.objects.create(
                     project=project,
                     base_version=base_version,
+                    start_from=plan.start_from,
+                    reference=reference,
+                    data_scope=plan.data_scope,
                     snapshot=snapshot,
                     config=asdict(training),
                     created_by=created_by,
@@ -852,12 +924,22 @@ def _training_run(run: TrainingRun) -> None:
             snapshot=run.snapshot, pair_ids=run.snapshot.validation_pair_ids
         )
     ]
+    continues = run.start_from == StartFrom.PARENT and not base_version.is_base
+    if run.reference == Reference.BASE:
+        reference, reference_sha256 = "base", None
+    elif run.reference == Reference.PARENT and not continues and not base_version.is_base:
+        # A fresh adapter trained against the parent's policy.
+        reference, reference_sha256 = base_version.adapter_path, base_version.adapter_sha256
+    else:  # the parent's policy when training continues it; no reference for ORPO, SimPO
+        reference, reference_sha256 = "start", None
     config = TrainingConfig(
         model=project.base_model,
         models_dir=str(settings.MODELS_DIR),
         output_dir=run.output_dir,
-        init_adapter=base_version.adapter_path or None,
-        init_adapter_sha256=base_version.adapter_sha256 or None,
+        init_adapter=base_version.adapter_path if continues else None,
+        init_adapter_sha256=(base_version.adapter_sha256 or None) if continues else None,
+        reference=reference,
+        reference_sha256=reference_sha256 or None,
         checkpoint_steps=settings.TRAINING_CHECKPOINT_STEPS,
         trust_remote_code=project.trust_remote_code,
         quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
@@ -866,7 +948,8 @@ def _training_run(run: TrainingRun) -> None:
     job_log(
         run,
         f"training on {len(examples)} pairs from snapshot {run.snapshot.pk} "
-        f"({run.snapshot.content_hash[:12]}), starting from {base_version.name}",
+        f"({run.snapshot.content_hash[:12]}); parent {base_version.name}, starting from "
+        f"{run.get_start_from_display().lower()}, reference: {run.get_reference_display().lower()}",
     )
 
     first_report = [True]

@@ -139,9 +139,8 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
                     project=project,
                     base_version=data["base_version"],
                     training=TrainingSettings.from_mapping(form.settings_mapping()),
-                    filters=SnapshotFilters(
-                        rounds=data["rounds"], min_agreement=data["min_agreement"]
-                    ),
+                    plan=form.plan(),
+                    filters=SnapshotFilters(min_agreement=data["min_agreement"]),
                     created_by=request.user,
                 )
             except ValidationFailed as error:

@@ -34,8 +34,11 @@ CONFIG.json:
 method (dpo, kto, orpo, simpo), loss_type (dpo: sigmoid, ipo, hinge, robust, ...), beta,
 sft_weight, label_smoothing, simpo_gamma, desirable_weight, undesirable_weight,
 learning_rate, epochs, batch_size, gradient_accumulation_steps, lora_r, lora_alpha,
-lora_dropout, max_length, seed, quantize_4bit, init_adapter, trust_remote_code are
-optional). "examples" is a JSONL file in TRL's conversational preference format, one
+lora_dropout, max_length, seed, quantize_4bit, init_adapter, init_adapter_sha256,
+reference ("start": the policy training starts from, "base": the base model alone, or an
+adapter directory), reference_sha256, checkpoint_steps, trust_remote_code are optional).
+Run again with the same output_dir, settings and examples, training resumes from the newest
+complete checkpoint under output_dir/checkpoints. "examples" is a JSONL file in TRL's conversational preference format, one
 pair per line:
   {"prompt": [{"role": "user", "content": "..."}],
    "chosen": [{"role": "assistant", "content": "..."}],
@@ -91,9 +94,9 @@ def config_read(path: Path) -> tuple[TrainingConfig, Path]:
 
 
 def _field_type_check(name: str, value: Any, default: Any) -> None:
-    if name in {"model", "models_dir", "output_dir", "loss_type"}:
+    if name in {"model", "models_dir", "output_dir", "loss_type", "method", "reference"}:
         expected: tuple[type, ...] = (str,)
-    elif name in {"init_adapter"}:
+    elif name in {"init_adapter", "init_adapter_sha256", "reference_sha256"}:
         expected = (str, type(None))
     elif isinstance(default, bool):
         expected = (bool,)

@@ -72,6 +72,8 @@ LOSS_TYPES = (
 # rows (ties and both-bad included); orpo and simpo need no reference model (ORPO and CPO
 # with loss "simpo", from trl.experimental).
 METHODS = ("dpo", "kto", "orpo", "simpo")
+REFERENCE_FREE = ("orpo", "simpo")
+REFERENCES = ("start", "base")  # or the path of an adapter directory
 PAIR_KINDS = ("preference", "tie", "both_bad")
 
 
@@ -110,6 +112,11 @@ class TrainingConfig:
     quantize_4bit: bool = True  # QLoRA (bitsandbytes NF4); False = plain LoRA in full precision
     init_adapter: str | None = None  # continue training an existing adapter
     init_adapter_sha256: str | None = None  # its adapter_model.safetensors must hash to this
+    # The reference policy of dpo and kto: "start" (the policy training starts from: the base,
+    # or base + init_adapter), "base" (the base model alone), or an adapter directory (base +
+    # that adapter, e.g. the previous round's policy while training a fresh adapter).
+    reference: str = "start"
+    reference_sha256: str | None = None  # an adapter reference's weights must hash to this
     trust_remote_code: bool = False
     # Steps between checkpoints (0: none). A run restarted with the same output_dir, settings
     # and examples resumes from its newest complete checkpoint.
@@ -237,6 +244,10 @@ def training_config_validate(config: TrainingConfig) -> None:
         raise ValueError("output_dir must not be empty")
     if config.init_adapter is not None:
         adapter_validate(config.init_adapter, sha256=config.init_adapter_sha256)
+    if config.reference not in REFERENCES:
+        if config.method in REFERENCE_FREE:
+            raise ValueError(f"{config.method} uses no reference model; leave reference 'start'")
+        adapter_validate(config.reference, sha256=config.reference_sha256)
 
 
 def examples_validate(examples: Sequence[PreferenceExample], method: str = "dpo") -> None:
@@ -296,10 +307,10 @@ def train(
 
 
 def reference_key(config: TrainingConfig, model_path: str, chat_template: str) -> str:
-    """What a DPO reference log-probability depends on: the model and the adapter the run
-    starts from (the reference), the precision it is loaded in, the chat template and the
-    truncation length."""
-    adapter = config.init_adapter
+    """What a DPO reference log-probability depends on: the model and the reference's
+    adapter (see TrainingConfig.reference), the precision it is loaded in, the chat template
+    and the truncation length."""
+    adapter = _reference_adapter(config)
     adapter_hash = file_sha256(Path(adapter) / ADAPTER_WEIGHTS_FILE) if adapter else ""
     weights = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
     identity = {
@@ -476,6 +487,7 @@ def _train(
         peft_config=peft_config,
         callbacks=[StepReporter()],
     )
+    _reference_prepare(trainer.model, config)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; on_progress reports
     if not on_cuda:
         # TRL casts QLoRA adapter weights to bf16 (the paper's GPU recipe). On a CPU the
@@ -672,6 +684,7 @@ def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             if "ref_chosen_logps" in dataset.column_names:
                 return dataset
+            _reference_prepare(self.model, config)  # runs inside __init__, so set it up now
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
     losses, weights = [config.loss_type], [1.0]
@@ -684,6 +697,34 @@ def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any
         label_smoothing=config.label_smoothing,
         **common,
     )
+
+
+def _reference_adapter(config: TrainingConfig) -> str | None:
+    """The adapter of the reference policy; None for the base model alone."""
+    if config.reference == "start":
+        return config.init_adapter
+    if config.reference == "base":
+        return None
+    return config.reference
+
+
+def _reference_prepare(model: Any, config: TrainingConfig) -> None:
+    """Make the PEFT model's "ref" adapter the reference asked for. TRL computes reference
+    log-probabilities with the "ref" adapter when there is one (a copy of the adapter
+    training continues from), else with every adapter disabled (the base). Idempotent."""
+    if config.reference == "start" or not hasattr(model, "peft_config"):
+        return
+    if config.reference == "base":
+        if "ref" in model.peft_config:
+            model.delete_adapter("ref")
+        return
+    if getattr(model, "prefloop_reference", None) == config.reference:
+        return
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    adapter_validate(config.reference, sha256=config.reference_sha256)  # just before loading
+    model.load_adapter(config.reference, adapter_name="ref", is_trainable=False)
+    model.prefloop_reference = config.reference
 
 
 def _unpaired_rows(example: PreferenceExample) -> list[dict[str, Any]]:

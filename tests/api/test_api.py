@@ -252,3 +252,24 @@ def test_it_starts_a_run_from_a_preset_with_overrides(
     assert made.json()["snapshot"]["n_pairs"] == 2  # KTO takes the tie as well
     unknown = Api(lead).post(url, {"base_version_id": base.pk, "preset": "ppo"})
     assert "preset" in _error(unknown, 400)["fields"]
+
+
+def test_it_starts_a_run_with_the_rounds_plan(
+    project: Project, lead: User, comparisons: list[Comparison]
+) -> None:
+    judgment_submit(comparison_id=comparisons[0].pk, annotator=lead, choice="a")
+    base = model_version_base_ensure(project=project)
+    url = f"/projects/{project.slug}/training-runs/"
+    wrong = Api(lead).post(url, {"base_version_id": base.pk, "start_from": "middle"})
+    assert "start_from" in _error(wrong, 400)["fields"]
+    unlisted = Api(lead).post(url, {"base_version_id": base.pk, "data_scope": "rounds"})
+    assert "List the rounds" in _error(unlisted, 422)["message"]
+    body = {"base_version_id": base.pk, "start_from": "base", "reference": "base"}
+    made = Api(lead).post(url, body)
+    assert made.status_code == 201, made.content
+    run = made.json()
+    assert (run["start_from"], run["reference"], run["data_scope"]) == (
+        "base",
+        "base",
+        "cumulative",
+    )

@@ -423,3 +423,52 @@ def test_it_loads_an_adapter_only_when_its_hash_matches(
         train(config, _examples(2))
     matching = dataclasses.replace(config, init_adapter_sha256=first.adapter_sha256)
     assert train(matching, _examples(2)).steps == 1
+
+
+def test_it_takes_the_reference_policy_asked_for(tiny_model_dir: str, tmp_path: Path) -> None:
+    # An adapter that already prefers the chosen responses of these pairs.
+    examples = _examples(4)
+    previous = train(_config(tiny_model_dir, tmp_path / "previous"), examples)
+
+    store = DictStore()
+
+    def first_loss(stored: bool = False, **overrides: object) -> float:
+        # With a store, TRL precomputes the reference log-probabilities while it is built.
+        seen: list[TrainingProgress] = []
+        name = f"{stored}-" + "-".join(f"{k}" for k in overrides)
+        train(
+            _config(tiny_model_dir, tmp_path / name, epochs=1, **overrides),
+            examples,
+            ref_store=store if stored else None,
+            on_progress=seen.append,
+        )
+        assert seen[0].loss is not None
+        return seen[0].loss
+
+    log2 = math.log(2)
+    for stored in (False, True):
+        # Continuing the adapter against itself: no margin yet, loss log 2.
+        continued = first_loss(stored, init_adapter=previous.adapter_dir)
+        assert continued == pytest.approx(log2, abs=1e-3)
+        # Continuing it against the base: the adapter's margin over the base shows at once.
+        assert first_loss(stored, init_adapter=previous.adapter_dir, reference="base") < log2 - 0.02
+        # A fresh adapter against the previous policy: the base is behind that reference.
+        assert first_loss(stored, reference=previous.adapter_dir) > log2 + 0.02
+    # One key per reference: the previous policy's (twice, as the start and as a path, the
+    # same reference: its log-probabilities were reused) and the base's.
+    assert len(store.values) == 2
+    with pytest.raises(ValueError, match="orpo uses no reference model"):
+        train(
+            _config(tiny_model_dir, tmp_path / "o", method="orpo", reference=previous.adapter_dir),
+            examples,
+        )
+    with pytest.raises(ValueError, match="registered with"):
+        train(
+            _config(
+                tiny_model_dir,
+                tmp_path / "h",
+                reference=previous.adapter_dir,
+                reference_sha256="f" * 64,
+            ),
+            examples,
+        )
