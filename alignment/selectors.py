@@ -332,6 +332,46 @@ def training_run_progress(
     )
 
 
+@dataclass(frozen=True)
+class ContradictionRow:
+    comparison_id: int | None
+    margin: float
+    prompt: str
+    chosen: str  # as the run was trained on it
+    rejected: str
+    open_again: bool  # sent back since: no preference pair from it now
+
+
+def training_run_contradictions(*, run: TrainingRun) -> list[ContradictionRow]:
+    """The training pairs the run's policy ranks against their human label, most
+    disagreeing first, with the texts the run was trained on."""
+    listed = (run.summary or {}).get("contradictions") or []
+    frozen = {int(k): v for k, v in (run.snapshot.responses or {}).items()}
+    response_ids = {r for c in listed for r in frozen.get(c["pair"], [])[:2]}
+    responses = Response.objects.select_related("prompt").in_bulk(response_ids)
+    paired_now = set(
+        PreferencePair.objects.filter(
+            comparison_id__in=[c["comparison"] for c in listed if c["comparison"]]
+        ).values_list("comparison_id", flat=True)
+    )
+    rows = []
+    for c in listed:
+        chosen_id, rejected_id = (frozen.get(c["pair"]) or [None, None])[:2]
+        chosen, rejected = responses.get(chosen_id), responses.get(rejected_id)
+        prompt = chosen.prompt.messages[-1]["content"] if chosen is not None else ""
+        rows.append(
+            ContradictionRow(
+                comparison_id=c["comparison"],
+                margin=float(c["margin"]),
+                prompt=prompt,
+                chosen=chosen.text if chosen is not None else "",
+                rejected=rejected.text if rejected is not None else "",
+                open_again=c["comparison"] is not None and c["comparison"] not in paired_now,
+            )
+        )
+    return rows
+
+
 def _final_loss(run: TrainingRun) -> float | None:
     value = (run.summary or {}).get("train_loss")
     if value is not None:

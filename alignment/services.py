@@ -25,6 +25,7 @@ from alignment.engine.generation import GenerationConfig, GenerationProgress, ge
 from alignment.engine.memory import MemoryEstimate, memory_estimate, model_shape
 from alignment.engine.training import (
     REFERENCE_FREE,
+    Contradiction,
     PreferenceExample,
     TrainingConfig,
     TrainingProgress,
@@ -73,6 +74,7 @@ from annotate.services import (
     SnapshotFilters,
     ValidationFailed,
     comparison_create,
+    comparison_send_back,
     policy_create,
     responses_create,
     snapshot_create,
@@ -814,6 +816,45 @@ def _dispatch_training(run_id: int) -> None:
     transaction.on_commit(lambda: training_run_run.delay(run_id))
 
 
+CONTRADICTIONS_KEPT = 500
+
+
+def _contradictions_record(
+    frozen: Sequence[FrozenPair], found: Sequence[Contradiction]
+) -> list[dict[str, Any]]:
+    """The run summary's list: pairs by id with their comparison, most disagreeing first."""
+    pair_ids = [frozen[c.index].pair_id for c in found[:CONTRADICTIONS_KEPT]]
+    comparisons = dict(
+        PreferencePair.objects.filter(pk__in=pair_ids).values_list("pk", "comparison_id")
+    )
+    return [
+        {"pair": pair_id, "comparison": comparisons.get(pair_id), "margin": round(c.margin, 4)}
+        for pair_id, c in zip(pair_ids, found, strict=False)
+    ]
+
+
+def contradictions_send_back(
+    *, run: TrainingRun, comparison_ids: Sequence[int], reviewer: User
+) -> tuple[int, list[str]]:
+    """Send the chosen contradicted pairs back for fresh judgments. Only comparisons the run
+    listed; returns how many went back and a message per one that could not."""
+    listed = {c["comparison"] for c in run.summary.get("contradictions", []) if c["comparison"]}
+    unknown = sorted(set(comparison_ids) - listed)
+    if unknown:
+        raise ValidationFailed(
+            f"Comparison {', '.join(map(str, unknown))} is not among this run's contradictions."
+        )
+    sent, problems = 0, []
+    for comparison in Comparison.objects.filter(pk__in=comparison_ids).order_by("id"):
+        try:
+            comparison_send_back(comparison=comparison, reviewer=reviewer)
+        except ValidationFailed as error:
+            problems.append(f"Comparison {comparison.pk}: {error}")
+        else:
+            sent += 1
+    return sent, problems
+
+
 def jobs_recover() -> list[tuple[GenerationJob | TrainingRun, str]]:
     """Find jobs whose worker died (no heartbeat for JOB_HEARTBEAT_STALE_SECONDS) and hand
     them to the next worker, or fail them after JOB_MAX_ATTEMPTS attempts. A requeued
@@ -842,6 +883,7 @@ class FrozenPair:
     example: PreferenceExample
     chosen_id: int
     rejected_id: int
+    pair_id: int
 
 
 def snapshot_examples(*, snapshot: DatasetSnapshot, pair_ids: Sequence[int]) -> list[FrozenPair]:
@@ -865,8 +907,10 @@ def snapshot_examples(*, snapshot: DatasetSnapshot, pair_ids: Sequence[int]) -> 
             ),
             chosen_id=chosen,
             rejected_id=rejected,
+            pair_id=pair_id,
         )
-        for chosen, rejected, kind in (frozen[pair_id] for pair_id in ids)
+        for pair_id in ids
+        for chosen, rejected, kind in [frozen[pair_id]]
     ]
 
 
@@ -945,11 +989,22 @@ def _training_run(run: TrainingRun) -> None:
         quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
         **asdict(training),
     )
+    if run.reference == Reference.NONE:
+        reference_text = "none (the method uses no reference model)"
+    elif reference == "base" or (reference == "start" and not continues):
+        reference_text = "the base model"
+    else:
+        reference_text = f"{base_version.name} (its adapter, frozen)"
     job_log(
         run,
         f"training on {len(examples)} pairs from snapshot {run.snapshot.pk} "
-        f"({run.snapshot.content_hash[:12]}); parent {base_version.name}, starting from "
-        f"{run.get_start_from_display().lower()}, reference: {run.get_reference_display().lower()}",
+        f"({run.snapshot.content_hash[:12]}); parent {base_version.name}; "
+        + (
+            f"continuing {base_version.name}'s adapter"
+            if continues
+            else "a fresh adapter on the base model"
+        )
+        + f"; reference: {reference_text}",
     )
 
     first_report = [True]
@@ -1030,6 +1085,12 @@ def _training_run(run: TrainingRun) -> None:
             else f"reference log-probabilities: computed for {len(examples)} pairs and stored",
         )
     figures = asdict(result.validation) if result.validation is not None else None
+    contradictions = _contradictions_record(frozen, result.contradictions)
+    job_log(
+        run,
+        f"{len(contradictions)} of {len(examples)} training pairs contradicted by the trained "
+        "policy (listed on the run page)",
+    )
     if figures is not None:
         job_log(
             run,
@@ -1062,5 +1123,6 @@ def _training_run(run: TrainingRun) -> None:
                 "resumed_from_step": result.resumed_from_step,
                 "model_version": version.name,
                 "validation": figures,
+                "contradictions": contradictions,
             },
         )

@@ -13,6 +13,11 @@ urlpatterns: list[URLPattern] = [
     path("p/<slug:slug>/runs/new/", views.training_run_new, name="training_run_new"),
     path("p/<slug:slug>/runs/<id:run_id>/", views.training_run_detail, name="training_run_detail"),
     path(
+        "p/<slug:slug>/runs/<id:run_id>/contradictions/send-back/",
+        views.training_run_contradictions_send_back,
+        name="training_run_contradictions_send_back",
+    ),
+    path(
         "p/<slug:slug>/runs/<id:run_id>/cancel/",
         views.training_run_cancel_view,
         name="training_run_cancel",

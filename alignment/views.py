@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
@@ -19,6 +20,7 @@ from alignment.forms import RoundStartForm, TrainingRunStartForm
 from alignment.services import (
     TRAINING_PRESETS,
     TrainingSettings,
+    contradictions_send_back,
     model_version_base_ensure,
     round_next_start,
     training_run_cancel,
@@ -185,7 +187,40 @@ def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpR
     template = "alignment/training_run_detail.html"
     if request.htmx:
         template += "#progress"
-    return render(request, template, _context(request, project, run=run, progress=progress))
+    contradictions = selectors.training_run_contradictions(run=run)
+    return render(
+        request,
+        template,
+        _context(request, project, run=run, progress=progress, contradictions=contradictions),
+    )
+
+
+@login_required
+@require_POST
+def training_run_contradictions_send_back(
+    request: AuthedRequest, slug: str, run_id: int
+) -> HttpResponse:
+    """Send the contradicted pairs the lead ticked back for fresh judgments."""
+    project = _lead_project(request, slug)
+    run = selectors.access_training_run(project=project, run_id=run_id)
+    chosen = request.POST.getlist("comparison")
+    if not chosen or not all(value.isdigit() and len(value) <= 9 for value in chosen):
+        messages.error(request, "Tick the pairs to send back first.")
+    else:
+        try:
+            sent, problems = contradictions_send_back(
+                run=run, comparison_ids=[int(v) for v in chosen], reviewer=request.user
+            )
+        except ValidationFailed as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(
+                request,
+                f"Sent {sent} pair{'s' if sent != 1 else ''} back for fresh judgments.",
+            )
+            for problem in problems:
+                messages.error(request, problem)
+    return redirect(reverse("training_run_detail", args=[project.slug, run.pk]) + "#contradictions")
 
 
 @login_required

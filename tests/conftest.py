@@ -30,8 +30,7 @@ def smollm2_path(models_dir: Path) -> str:
     return model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=models_dir)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> str:
+def _tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str, hidden: int) -> str:
     """A random 2-layer Llama with SmolLM2's tokenizer: seconds to train, nonsense to read."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -39,8 +38,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
@@ -51,10 +50,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) 
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
+    path = tmp_path_factory.mktemp(f"tiny-llama-{hidden}")
     LlamaForCausalLM(config).save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> str:
+    return _tiny_llama(tmp_path_factory, smollm2_path, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_4bit(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> str:
+    """The tiny Llama at hidden size 64: bitsandbytes' 4-bit CPU kernel for inference (eval
+    mode, no grad: how pairs are scored) needs layers at least one 64-weight block wide."""
+    return _tiny_llama(tmp_path_factory, smollm2_path, hidden=64)
 
 
 @pytest.fixture

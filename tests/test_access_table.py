@@ -193,6 +193,11 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       405,         405,         405,         405,         405,         405),
         "POST": (LOGIN,       404,         404,         404,         302,         404,         302),
     },
+    # An empty body names the problem and changes nothing (a redirect with the message).
+    "training_run_contradictions_send_back": {
+        "GET":  (LOGIN,       405,         405,         405,         405,         405,         405),
+        "POST": (LOGIN,       404,         404,         404,         302,         404,         302),
+    },
     "training_run_metrics": {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),

@@ -177,9 +177,23 @@ class TrainingResult:
     ref_logps_reused: int = 0
     stopped_at_step: int | None = None  # when on_progress asked to stop (a cancelled run)
     memory_estimate_mb: int | None = None  # the pre-flight estimate (alignment.engine.memory)
+    # The training pairs the trained policy disagrees with, most disagreeing first (none when
+    # training stopped early).
+    contradictions: tuple[Contradiction, ...] = ()
     resumed_from_step: int | None = None  # the checkpoint this training continued from
     # Newer checkpoints passed over on resume, each with the reason (incomplete, bad hash).
     checkpoints_skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Contradiction:
+    """A training pair whose human label the trained policy contradicts: its implicit reward
+    (beta times the log-probability gained over the reference) is higher for the rejected
+    response than for the chosen one; for ORPO and SimPO (no reference), its per-token
+    log-probability is."""
+
+    index: int  # in the examples given to `train`
+    margin: float  # chosen minus rejected; below 0
 
 
 @dataclass(frozen=True)
@@ -521,6 +535,7 @@ def _train(
             raise
         raise MemoryError(_out_of_memory_message(config, estimate)) from error
     after = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
+    contradictions = () if stopped else _contradictions(trainer.model, tokenizer, examples, config)
     adapter_dir = _adapter_save(cast("PreTrainedModel", trainer.model), Path(config.output_dir))
     staging_clear(config.output_dir)
     if not stopped:  # finished: nothing left to resume; a cancelled run keeps its checkpoints
@@ -538,6 +553,7 @@ def _train(
         ref_logps_reused=reused,
         stopped_at_step=stopped[0] if stopped else None,
         memory_estimate_mb=round(estimate.total_mb) if estimate else None,
+        contradictions=contradictions,
         resumed_from_step=scan.latest.step if scan.latest else None,
         checkpoints_skipped=scan.skipped,
     )
@@ -592,50 +608,93 @@ def _out_of_memory_message(config: TrainingConfig, estimate: MemoryEstimate | No
 
 # Per pair: (chosen log-prob, chosen tokens, rejected log-prob, rejected tokens).
 PairLogps = list[tuple[float, int, float, int]]
+SCORE_BATCH = 8  # sequences per forward pass when scoring pairs
 
 
 def _pair_logps(
-    model: Any, tokenizer: Any, examples: Sequence[PreferenceExample], max_length: int
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[PreferenceExample],
+    max_length: int,
+    batch_size: int = SCORE_BATCH,
 ) -> PairLogps:
-    """Each pair's summed completion log-probabilities under `model` (in eval mode)."""
+    """Each pair's summed completion log-probabilities under `model` (in eval mode), with
+    the completion's token counts: (chosen, n_chosen, rejected, n_rejected) per pair. The
+    sequences are scored in right-padded batches of similar length."""
     if not examples:
         return []
     import torch
 
+    sequences: list[tuple[list[int], int]] = []  # token ids, index of the first completion token
+    for example in examples:
+        prompt = [{"role": m["role"], "content": m["content"]} for m in example.prompt]
+        for completion in (example.chosen, example.rejected):
+            sequences.append(_completion_tokens(tokenizer, prompt, completion, max_length))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    sums: list[tuple[float, int]] = [(0.0, 1)] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
     was_training = model.training
     model.eval()
-    scored: PairLogps = []
     try:
         with torch.no_grad():
-            for example in examples:
-                prompt = [{"role": m["role"], "content": m["content"]} for m in example.prompt]
-                chosen = _completion_logp(model, tokenizer, prompt, example.chosen, max_length)
-                rejected = _completion_logp(model, tokenizer, prompt, example.rejected, max_length)
-                scored.append((*chosen, *rejected))
+            for offset in range(0, len(order), batch_size):
+                batch = order[offset : offset + batch_size]
+                width = max(len(sequences[i][0]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
+                mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+                for row, i in enumerate(batch):
+                    tokens = sequences[i][0]
+                    ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+                    mask[row, : len(tokens)] = 1
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                logps = torch.log_softmax(logits, dim=-1).gather(2, ids[:, 1:, None])[..., 0]
+                for row, i in enumerate(batch):
+                    tokens, start = sequences[i]
+                    # logps[t] is the log-probability of token t + 1.
+                    taken = logps[row, max(start - 1, 0) : len(tokens) - 1]
+                    sums[i] = (float(taken.sum()), max(int(taken.numel()), 1))
     finally:
         model.train(was_training)
-    return scored
+    return [(*sums[2 * k], *sums[2 * k + 1]) for k in range(len(examples))]
 
 
-def _completion_logp(
-    model: Any, tokenizer: Any, prompt: list[dict[str, str]], completion: str, max_length: int
-) -> tuple[float, int]:
-    import torch
+def _contradictions(
+    model: Any, tokenizer: Any, examples: Sequence[PreferenceExample], config: TrainingConfig
+) -> tuple[Contradiction, ...]:
+    """The preference pairs the trained `model` ranks the other way round (see Contradiction)."""
+    indices = [i for i, example in enumerate(examples) if example.kind == "preference"]
+    pairs = [examples[i] for i in indices]
+    policy = _pair_logps(model, tokenizer, pairs, config.max_length)
+    if config.method in REFERENCE_FREE:
+        margins = [c / nc - r / nr for c, nc, r, nr in policy]
+    else:
+        from trl.trainer.utils import use_adapter
 
+        # TRL's reference: the "ref" adapter when there is one, else no adapter (the base).
+        name = "ref" if "ref" in getattr(model, "peft_config", {}) else None
+        with use_adapter(model, adapter_name=name):
+            reference = _pair_logps(model, tokenizer, pairs, config.max_length)
+        margins = [
+            config.beta * ((pc - rc) - (pr - rr))
+            for (pc, _, pr, _), (rc, _, rr, _) in zip(policy, reference, strict=True)
+        ]
+    found = [
+        Contradiction(index=i, margin=m) for i, m in zip(indices, margins, strict=True) if m < 0
+    ]
+    return tuple(sorted(found, key=lambda c: c.margin))
+
+
+def _completion_tokens(
+    tokenizer: Any, prompt: list[dict[str, str]], completion: str, max_length: int
+) -> tuple[list[int], int]:
     head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     whole = tokenizer.apply_chat_template(
         [*prompt, {"role": "assistant", "content": completion}], tokenize=False
     )
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     ids = tokenizer(whole, add_special_tokens=False)["input_ids"][:max_length]
-    start = min(len(head_ids), len(ids) - 1)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    logits = model(input_ids=input_ids).logits[0, :-1].float()
-    targets = input_ids[0, 1:]
-    logps = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-    completion_logps = logps[start - 1 :] if start > 0 else logps
-    return float(completion_logps.sum()), max(int(completion_logps.numel()), 1)
+    return ids, min(len(head_ids), len(ids) - 1)
 
 
 def _validation_figures(before: PairLogps, after: PairLogps, beta: float) -> ValidationFigures:

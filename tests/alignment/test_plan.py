@@ -92,7 +92,7 @@ def test_the_plan_decides_the_start_the_reference_and_the_data(
     fresh = _train(tiny_project, child, TrainingPlan(start_from=StartFrom.BASE))
     assert first_loss(fresh) > LOG2 + 0.01
     assert (fresh.start_from, fresh.reference) == ("base", "parent")
-    assert "starting from the base model (a fresh adapter), reference: the parent's policy" in (
+    assert "a fresh adapter on the base model; reference: v1 (its adapter, frozen)" in (
         fresh.log_tail
     )
     # ORPO has no reference: recorded as such.

@@ -105,10 +105,10 @@ def test_it_replaces_a_previous_adapter(tiny_model_dir: str, tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
-def test_it_trains_with_a_4bit_base(tiny_model_dir: str, tmp_path: Path) -> None:
+def test_it_trains_with_a_4bit_base(tiny_model_dir_4bit: str, tmp_path: Path) -> None:
     progress: list[TrainingProgress] = []
     result = train(
-        _config(tiny_model_dir, tmp_path, quantize_4bit=True, epochs=2),
+        _config(tiny_model_dir_4bit, tmp_path, quantize_4bit=True, epochs=2),
         _examples(2),
         on_progress=progress.append,
     )
@@ -472,3 +472,18 @@ def test_it_takes_the_reference_policy_asked_for(tiny_model_dir: str, tmp_path: 
             ),
             examples,
         )
+
+
+def test_it_lists_the_training_pairs_the_trained_policy_contradicts(
+    tiny_model_dir: str, tmp_path: Path
+) -> None:
+    examples = _examples(8)
+    flipped = {2, 5}  # labels against the rest: the long answer "won" these
+    examples = [
+        dataclasses.replace(e, chosen=e.rejected, rejected=e.chosen) if i in flipped else e
+        for i, e in enumerate(examples)
+    ]
+    result = train(_config(tiny_model_dir, tmp_path, epochs=4), examples)
+    assert {c.index for c in result.contradictions} == flipped
+    margins = [c.margin for c in result.contradictions]
+    assert all(m < 0 for m in margins) and margins == sorted(margins)

@@ -1,0 +1,225 @@
+"""Our training run against a plain TRL DPOTrainer script: same model, data and settings.
+
+python bench/train_vs_trl.py [--pairs 32] [--epochs 1] [--batch-size 4] [--response-tokens 200]
+
+Each side runs in its own fresh Python process, one after the other, so peak RSS is the
+process's own: "prefloop" calls alignment.engine.training.train() (what a worker runs: memory
+pre-flight, step reports, checkpoints every --checkpoint-steps); "trl" is the script a user
+would write from TRL's documentation: the model loaded in NF4 with bf16 compute, a LoRA
+config, DPOConfig with the same hyperparameters, DPOTrainer(...).train(). Both use the same
+synthetic pairs (the ones bench/engine_training.py uses) and compute the reference
+log-probabilities on the fly (no store). Prints wall time (process start to exit, model load
+included), the time of the training loop itself, peak RSS, and the ratios prefloop / trl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+SENTENCES = [
+    "Getting enough sleep is one of the simplest ways to feel better during the day.",
+    "Try to go to bed and wake up at the same time, even at weekends.",
+    "Keep the bedroom cool, dark and quiet, and avoid screens for an hour before bed.",
+    "Caffeine late in the afternoon can keep you awake long after you stop noticing it.",
+    "Regular exercise helps, although a hard workout right before bed may not.",
+    "If you cannot fall asleep after twenty minutes, get up and do something calm.",
+]
+
+
+def _text(tokenizer: Any, tokens: int, offset: int) -> str:
+    words: list[str] = []
+    i = offset
+    while len(tokenizer(" ".join(words))["input_ids"]) < tokens:
+        words.extend(SENTENCES[i % len(SENTENCES)].split())
+        i += 1
+    return " ".join(words)
+
+
+def _pairs(args: argparse.Namespace, path: str) -> list[dict[str, str]]:
+    from alignment.engine.sources import tokenizer_load
+
+    tokenizer = tokenizer_load(path)
+    return [
+        {
+            "prompt": f"Give me advice on sleeping better ({i}).",
+            "chosen": _text(tokenizer, int(args.response_tokens * 0.8), i),
+            "rejected": _text(tokenizer, args.response_tokens, i + 1),
+        }
+        for i in range(args.pairs)
+    ]
+
+
+def run_prefloop(args: argparse.Namespace, path: str, pairs: list[dict[str, str]]) -> float:
+    from alignment.engine.training import PreferenceExample, TrainingConfig, train
+
+    examples = [
+        PreferenceExample(
+            prompt=({"role": "user", "content": p["prompt"]},),
+            chosen=p["chosen"],
+            rejected=p["rejected"],
+        )
+        for p in pairs
+    ]
+    with tempfile.TemporaryDirectory() as out:
+        started = time.monotonic()
+        result = train(
+            TrainingConfig(
+                model=path,
+                models_dir=args.models_dir,
+                output_dir=out,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                beta=args.beta,
+                lora_r=args.lora_r,
+                lora_alpha=2 * args.lora_r,
+                lora_dropout=0.05,
+                max_length=args.max_length,
+                checkpoint_steps=args.checkpoint_steps,
+            ),
+            examples,
+        )
+        elapsed = time.monotonic() - started
+    print(f"prefloop: {result.steps} steps, loss {result.train_loss:.4f}", file=sys.stderr)
+    return elapsed
+
+
+def run_trl(args: argparse.Namespace, path: str, pairs: list[dict[str, str]]) -> float:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=torch.bfloat16,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+    )
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": p["prompt"]}],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+    )
+    with tempfile.TemporaryDirectory() as out:
+        started = time.monotonic()
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(
+                output_dir=out,
+                num_train_epochs=args.epochs,
+                per_device_train_batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                beta=args.beta,
+                max_length=args.max_length,
+                bf16=True,
+                use_cpu=True,
+                logging_steps=1,
+                save_strategy="no",
+                report_to="none",
+                seed=0,
+            ),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(
+                r=args.lora_r,
+                lora_alpha=2 * args.lora_r,
+                lora_dropout=0.05,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
+        output = trainer.train()
+        trainer.save_model(out)
+        elapsed = time.monotonic() - started
+    print(f"trl: {output.global_step} steps, loss {output.training_loss:.4f}", file=sys.stderr)
+    return elapsed
+
+
+def child(side: str, args: argparse.Namespace) -> None:
+    from alignment.engine.sources import PACKAGED_SMOLLM2, model_path_resolve
+
+    path = model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=args.models_dir)
+    pairs = _pairs(args, path)
+    train_s = (run_prefloop if side == "prefloop" else run_trl)(args, path, pairs)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"train_s": train_s, "rss_mb": rss_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--response-tokens", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--checkpoint-steps", type=int, default=50)
+    parser.add_argument("--models-dir", default=str(REPO_ROOT / "data" / "models"))
+    parser.add_argument("--child", choices=["prefloop", "trl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args)
+        return
+    figures: dict[str, dict[str, float]] = {}
+    for side in ("trl", "prefloop"):
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", side, *sys.argv[1:]],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.monotonic() - started
+        print(done.stderr.strip().splitlines()[-1])
+        figures[side] = {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_s": wall}
+    steps = -(-args.pairs // args.batch_size) * args.epochs
+    print(
+        f"{args.pairs} pairs, {args.epochs} epoch(s), batch {args.batch_size}, ~{args.response_tokens}"
+        f"-token responses, max_length {args.max_length}, LoRA r {args.lora_r}, NF4, bf16: "
+        f"{steps} steps"
+    )
+    print(f"{'':10}{'wall s':>10}{'train s':>10}{'s/step':>10}{'peak RSS MB':>14}")
+    for side, f in figures.items():
+        print(
+            f"{side:10}{f['wall_s']:>10.1f}{f['train_s']:>10.1f}{f['train_s'] / steps:>10.2f}"
+            f"{f['rss_mb']:>14.0f}"
+        )
+    ours, theirs = figures["prefloop"], figures["trl"]
+    print(
+        f"ratio prefloop/trl: wall {ours['wall_s'] / theirs['wall_s']:.2f}, "
+        f"train {ours['train_s'] / theirs['train_s']:.2f}, "
+        f"peak RSS {ours['rss_mb'] / theirs['rss_mb']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
