@@ -84,6 +84,24 @@ class Round(models.Model):
         return f"{self.project} round {self.number}"
 
 
+class RoundSignOff(models.Model):
+    """A lead's sign-off of a round after reviewing it: what the data looked like then."""
+
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="sign_offs")
+    signed_off_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    signed_off_at = models.DateTimeField(auto_now_add=True)
+    note = models.TextField(blank=True)
+    figures = models.JSONField(default=dict, help_text="The review's headline figures then.")
+
+    class Meta:
+        ordering = ["-signed_off_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Sign-off of {self.round}"
+
+
 class Job(models.Model):
     """What generation jobs and training runs share: status, progress, heartbeat, outcome."""
 
@@ -162,6 +180,14 @@ class TrainingRun(Job):
     start_from = models.CharField(max_length=10, choices=StartFrom, default=StartFrom.PARENT)
     reference = models.CharField(max_length=10, choices=Reference, default=Reference.PARENT)
     data_scope = models.CharField(max_length=10, choices=DataScope, default=DataScope.CUMULATIVE)
+    sign_off = models.ForeignKey(
+        RoundSignOff,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="training_runs",
+        help_text="The latest sign-off of the parent's round when the run was started.",
+    )
     snapshot = models.ForeignKey(
         DatasetSnapshot, on_delete=models.PROTECT, related_name="training_runs"
     )

@@ -54,6 +54,7 @@ from alignment.models import (
     Reference,
     RefLogp,
     Round,
+    RoundSignOff,
     StartFrom,
     TrainingRun,
 )
@@ -644,6 +645,18 @@ class TrainingSettings:
         return self
 
 
+def round_sign_off(
+    *, round_: Round, figures: dict[str, Any], signed_off_by: User, note: str = ""
+) -> RoundSignOff:
+    """Record that the lead reviewed the round (its review's headline `figures` then); the
+    next run trained on the round's policy's data carries the latest sign-off."""
+    if len(note) > 4000:
+        raise ValidationFailed("The note must be at most 4000 characters.")
+    return RoundSignOff.objects.create(
+        round=round_, signed_off_by=signed_off_by, note=note.strip(), figures=figures
+    )
+
+
 ONE_ACTIVE_RUN = "This project already has a training run queued or running."
 
 
@@ -735,6 +748,9 @@ def training_run_start(
                 run = TrainingRun.objects.create(
                     project=project,
                     base_version=base_version,
+                    sign_off=RoundSignOff.objects.filter(
+                        round__project=project, round__policy=base_version
+                    ).first(),
                     start_from=plan.start_from,
                     reference=reference,
                     data_scope=plan.data_scope,

@@ -9,6 +9,7 @@ urlpatterns: list[URLPattern] = [
     path("p/<slug:slug>/rounds/", views.round_list, name="round_list"),
     path("p/<slug:slug>/rounds/new/", views.round_new, name="round_new"),
     path("p/<slug:slug>/rounds/<id:number>/", views.round_detail, name="round_detail"),
+    path("p/<slug:slug>/rounds/<id:number>/review/", views.round_review, name="round_review"),
     path("p/<slug:slug>/runs/", views.training_run_list, name="training_run_list"),
     path("p/<slug:slug>/runs/new/", views.training_run_new, name="training_run_new"),
     path("p/<slug:slug>/runs/<id:run_id>/", views.training_run_detail, name="training_run_detail"),

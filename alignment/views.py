@@ -23,6 +23,7 @@ from alignment.services import (
     contradictions_send_back,
     model_version_base_ensure,
     round_next_start,
+    round_sign_off,
     training_run_cancel,
     training_run_memory_estimate,
     training_run_start,
@@ -106,6 +107,35 @@ def round_detail(request: AuthedRequest, slug: str, number: int) -> HttpResponse
     return render(
         request, template, _context(request, project, detail=detail, head_to_head=head_to_head)
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def round_review(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
+    """Before training: the round's coverage, agreement, bias and what changed since the last
+    snapshot; POST signs the round off."""
+    project = _lead_project(request, slug)
+    review = selectors.round_review_get(project=project, number=number)
+    if review is None:
+        raise Http404("No such round.")
+    if request.method == "POST":
+        try:
+            round_sign_off(
+                round_=review.round,
+                figures=review.headline(),
+                signed_off_by=request.user,
+                note=request.POST.get("note", ""),
+            )
+        except ValidationFailed as error:
+            messages.error(request, str(error))
+        else:
+            messages.success(
+                request,
+                f"Round {number} signed off; the next run on {review.round.policy.name}'s data "
+                "records it.",
+            )
+        return redirect("round_review", slug=project.slug, number=number)
+    return render(request, "alignment/round_review.html", _context(request, project, review=review))
 
 
 # Training runs ------------------------------------------------------------------------------

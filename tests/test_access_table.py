@@ -180,6 +180,11 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    # A POST signs the round off (a record, no job).
+    "round_review": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       404,         404,         404,         302,         404,         302),
+    },
     # An empty body is a form error: no snapshot, no run, no training job.
     "training_run_new": {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
