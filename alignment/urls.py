@@ -29,6 +29,17 @@ urlpatterns: list[URLPattern] = [
         name="training_run_metrics",
     ),
     path("p/<slug:slug>/models/", views.model_version_list, name="model_version_list"),
+    path(
+        "p/<slug:slug>/lineage/comparison/<id:comparison_id>/",
+        views.lineage_comparison,
+        name="lineage_comparison",
+    ),
+    path("p/<slug:slug>/lineage/run/<id:run_id>/", views.lineage_run, name="lineage_run"),
+    path(
+        "p/<slug:slug>/lineage/version/<id:version_id>/",
+        views.lineage_version,
+        name="lineage_version",
+    ),
     path("p/<slug:slug>/leaderboard/", views.leaderboard, name="leaderboard"),
 ]
 

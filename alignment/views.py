@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from alignment import selectors
+from alignment import lineage, selectors
 from alignment.forms import RoundStartForm, TrainingRunStartForm
 from alignment.services import (
     TRAINING_PRESETS,
@@ -28,7 +28,7 @@ from alignment.services import (
     training_run_memory_estimate,
     training_run_start,
 )
-from annotate.access import access_project, project_role
+from annotate.access import access_comparison, access_project, project_role
 from annotate.http import AuthedRequest
 from annotate.models import Project, Role
 from annotate.services import SnapshotFilters, ValidationFailed
@@ -136,6 +136,52 @@ def round_review(request: AuthedRequest, slug: str, number: int) -> HttpResponse
             )
         return redirect("round_review", slug=project.slug, number=number)
     return render(request, "alignment/round_review.html", _context(request, project, review=review))
+
+
+# Lineage ------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def lineage_comparison(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    steps = lineage.lineage_of_comparison(project=project, comparison=comparison)
+    return _lineage_page(request, project, f"Comparison {comparison.pk}", steps)
+
+
+@login_required
+@require_GET
+def lineage_run(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    run = selectors.access_training_run(project=project, run_id=run_id)
+    return _lineage_page(
+        request,
+        project,
+        f"Training run #{run.pk}",
+        lineage.lineage_of_run(project=project, run=run),
+    )
+
+
+@login_required
+@require_GET
+def lineage_version(request: AuthedRequest, slug: str, version_id: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    version = selectors.model_versions_for_project(project=project).filter(pk=version_id).first()
+    if version is None:
+        raise Http404("No such model version.")
+    steps = lineage.lineage_of_version(project=project, version=version)
+    return _lineage_page(request, project, f"Model version {version.name}", steps)
+
+
+def _lineage_page(
+    request: AuthedRequest, project: Project, subject: str, steps: list[lineage.Step]
+) -> HttpResponse:
+    return render(
+        request,
+        "alignment/lineage.html",
+        _context(request, project, subject=subject, steps=steps),
+    )
 
 
 # Training runs ------------------------------------------------------------------------------

@@ -180,6 +180,18 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    "lineage_comparison": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
+    "lineage_run": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
+    "lineage_version": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
     # A POST signs the round off (a record, no job).
     "round_review": {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
@@ -432,6 +444,7 @@ def _world_build() -> World:
             "number": round_.number,
             "run_id": run.pk,
             "judgment_id": judged_by_lead.pk,
+            "version_id": base.pk,
         },
     )
 
