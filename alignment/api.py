@@ -19,6 +19,7 @@ from alignment.models import (
     JobStatus,
     ModelVersion,
     PairingStrategy,
+    PairSelection,
     Reference,
     Round,
     StartFrom,
@@ -100,6 +101,7 @@ class RoundOut(serializers.Serializer):
     policy_id = serializers.IntegerField(help_text="The model version that generates it.")
     samples_per_prompt = serializers.IntegerField()
     pairing_strategy = serializers.ChoiceField(choices=PairingStrategy.choices)
+    pair_selection = serializers.ChoiceField(choices=PairSelection.choices)
     sampling = serializers.JSONField()
     created_at = serializers.DateTimeField()
     prompt_count = serializers.IntegerField()
@@ -113,6 +115,7 @@ def _round_out(round_: Round, prompt_count: int, created: int, jobs: list[Genera
         "policy_id": round_.policy_id,
         "samples_per_prompt": round_.samples_per_prompt,
         "pairing_strategy": round_.pairing_strategy,
+        "pair_selection": round_.pair_selection,
         "sampling": round_.sampling,
         "created_at": serializers.DateTimeField().to_representation(round_.created_at),
         "prompt_count": prompt_count,
@@ -141,6 +144,12 @@ class RoundIn(serializers.Serializer):
     prompt_choice = serializers.ChoiceField(choices=list(PROMPT_CHOICES), default="least_used")
     eval_prompts = serializers.IntegerField(default=20, min_value=0, max_value=100_000)
     samples_per_prompt = serializers.IntegerField(default=2, min_value=1, max_value=64)
+    pair_selection = serializers.ChoiceField(
+        choices=PairSelection.choices,
+        default=PairSelection.ADJACENT,
+        help_text="Which of a prompt's samples make its on-policy pair (K > 2 for all but "
+        "adjacent); recorded on each comparison.",
+    )
     sampling = SamplingIn(required=False)
 
 
@@ -185,6 +194,7 @@ class RoundListApi(ProjectApi):
             samples_per_prompt=data["samples_per_prompt"],
             sampling=SamplingSettings(**sampling),
             strategy=data["pairing_strategy"],
+            pair_selection=data["pair_selection"],
             created_by=request.user,  # type: ignore[arg-type]
             prompt_choice=data["prompt_choice"],
         )

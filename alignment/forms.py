@@ -9,7 +9,14 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 
-from alignment.models import DataScope, ModelVersion, PairingStrategy, Reference, StartFrom
+from alignment.models import (
+    DataScope,
+    ModelVersion,
+    PairingStrategy,
+    PairSelection,
+    Reference,
+    StartFrom,
+)
 from alignment.services import (
     LOSS_TYPES,
     METHODS,
@@ -73,6 +80,13 @@ class RoundStartForm(forms.Form):
         help_text="The project's held-out (eval split) prompts, in id order.",
     )
     samples_per_prompt = forms.IntegerField(initial=2, min_value=1, max_value=64)
+    pair_selection = forms.ChoiceField(
+        label="Pair shown per prompt",
+        choices=PairSelection.choices,
+        initial=PairSelection.ADJACENT,
+        required=False,
+        help_text="With more than 2 samples per prompt, which two the annotators compare.",
+    )
     max_new_tokens = forms.IntegerField(initial=_SAMPLING.max_new_tokens)
     temperature = forms.FloatField(initial=_SAMPLING.temperature)
     top_p = forms.FloatField(label="Top-p", initial=_SAMPLING.top_p)

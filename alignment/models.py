@@ -59,6 +59,13 @@ class PairingStrategy(models.TextChoices):
     BOTH = "both", "Both"
 
 
+class PairSelection(models.TextChoices):
+    ADJACENT = "adjacent", "Every two samples in turn (K/2 pairs per prompt)"
+    RANDOM = "random", "Two of the K at random"
+    MOST_DIFFERENT = "most_different", "The two most different texts"
+    REWARD_GAP = "reward_gap", "The two the policy's implicit reward tells furthest apart"
+
+
 class Round(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rounds")
     number = models.PositiveIntegerField()
@@ -67,6 +74,10 @@ class Round(models.Model):
     samples_per_prompt = models.PositiveSmallIntegerField(default=2)
     pairing_strategy = models.CharField(
         max_length=20, choices=PairingStrategy, default=PairingStrategy.ON_POLICY
+    )
+    # Which of a prompt's samples_per_prompt (K) samples make its on-policy pair.
+    pair_selection = models.CharField(
+        max_length=20, choices=PairSelection, default=PairSelection.ADJACENT
     )
     sampling = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p, seed")
     created_by = models.ForeignKey(

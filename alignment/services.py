@@ -23,6 +23,8 @@ from django.utils import timezone
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.memory import MemoryEstimate, memory_estimate, model_shape
+from alignment.engine.selection import implicit_rewards, pair_select
+from alignment.engine.sources import model_path_resolve
 from alignment.engine.training import (
     REFERENCE_FREE,
     Contradiction,
@@ -51,6 +53,7 @@ from alignment.models import (
     JobStatus,
     ModelVersion,
     PairingStrategy,
+    PairSelection,
     Reference,
     RefLogp,
     Round,
@@ -185,6 +188,7 @@ def round_next_start(
     samples_per_prompt: int = 2,
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
+    pair_selection: str = PairSelection.ADJACENT,
     created_by: User | None = None,
     prompt_choice: str = "least_used",
 ) -> Round:
@@ -203,6 +207,7 @@ def round_next_start(
         samples_per_prompt=samples_per_prompt,
         sampling=sampling,
         strategy=strategy,
+        pair_selection=pair_selection,
         created_by=created_by,
     )
 
@@ -216,6 +221,7 @@ def round_start(
     samples_per_prompt: int = 2,
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
+    pair_selection: str = PairSelection.ADJACENT,
     created_by: User | None = None,
     dispatch: bool = True,
 ) -> Round:
@@ -224,7 +230,9 @@ def round_start(
     on_policy: `samples_per_prompt` samples of `policy` per training prompt, paired with each
     other as they are generated. head_to_head: `samples_per_prompt` samples of `policy` and
     of its parent per held-out prompt, paired sample by sample when both jobs are done
-    (evaluation, never trained on). `dispatch=False` leaves the jobs queued for the caller
+    (evaluation, never trained on). `pair_selection` other than adjacent makes one on-policy
+    pair per prompt out of its K samples (alignment.engine.selection), recorded on the
+    comparison. `dispatch=False` leaves the jobs queued for the caller
     to execute in-process (the headless loop check).
     """
     sampling = (sampling or SamplingSettings()).validate()
@@ -238,6 +246,12 @@ def round_start(
         raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
     if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
         raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
+    if pair_selection not in PairSelection.values:
+        raise ValidationFailed(f"pair_selection must be one of {', '.join(PairSelection.values)}.")
+    if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
+        raise ValidationFailed(
+            "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."
+        )
     if head_to_head and policy.parent is None:
         raise ValidationFailed(
             "Head-to-head needs a model version with a parent; the base has none."
@@ -261,6 +275,7 @@ def round_start(
             policy=policy,
             samples_per_prompt=samples_per_prompt,
             pairing_strategy=strategy,
+            pair_selection=pair_selection,
             sampling=config,
             created_by=created_by,
         )
@@ -374,6 +389,8 @@ def _generation_run(job: GenerationJob) -> None:
     )
     rng = random.Random(engine_config.seed)
     counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
+    # The implicit reward needs every sample scored first: pairs are formed once all are in.
+    pairs_at_the_end = round_.pair_selection == PairSelection.REWARD_GAP
     job_log(
         job,
         f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
@@ -397,7 +414,7 @@ def _generation_run(job: GenerationJob) -> None:
         with transaction.atomic():
             created = responses_create(policy=version.policy, rows=rows)
             counts["responses"] += len(created)
-            if job.purpose == Purpose.TRAIN:
+            if job.purpose == Purpose.TRAIN and not pairs_at_the_end:
                 _on_policy_pairs_create(created, round_, rng, counts)
         tokens_per_s = progress.tokens_generated / progress.elapsed_s if progress.elapsed_s else 0.0
         job.metrics.append(
@@ -432,6 +449,12 @@ def _generation_run(job: GenerationJob) -> None:
     )
     elapsed = time.monotonic() - started
     tokens = sum(s.completion_tokens for s in samples)
+    if job.purpose == Purpose.TRAIN and pairs_at_the_end:
+        ours = Response.objects.filter(
+            policy=version.policy, generation_params__generation_job=job.pk
+        ).select_related("prompt")
+        with transaction.atomic():
+            _on_policy_pairs_create(list(ours.order_by("id")), round_, rng, counts, job=job)
     job.progress_done = len(every_prompt)
     job_succeed(
         job,
@@ -447,11 +470,18 @@ def _generation_run(job: GenerationJob) -> None:
 
 
 def _on_policy_pairs_create(
-    responses: Sequence[Response], round_: Round, rng: random.Random, counts: dict[str, int]
+    responses: Sequence[Response],
+    round_: Round,
+    rng: random.Random,
+    counts: dict[str, int],
+    job: GenerationJob | None = None,
 ) -> None:
     by_prompt: dict[int, list[Response]] = defaultdict(list)
     for response in responses:
         by_prompt[response.prompt_id].append(response)
+    if round_.pair_selection != PairSelection.ADJACENT:
+        _selected_pairs_create(by_prompt, round_, rng, counts, job)
+        return
     for group in by_prompt.values():
         for first, second in zip(group[0::2], group[1::2], strict=False):
             if first.text.strip() == second.text.strip():
@@ -466,6 +496,70 @@ def _on_policy_pairs_create(
                 rng=rng,
             )
             counts["comparisons"] += 1
+
+
+def _selected_pairs_create(
+    by_prompt: dict[int, list[Response]],
+    round_: Round,
+    rng: random.Random,
+    counts: dict[str, int],
+    job: GenerationJob | None,
+) -> None:
+    """One pair per prompt out of its K samples, by the round's pair selection."""
+    strategy = str(round_.pair_selection)
+    rewards: dict[int, float] = {}
+    note = ""
+    if strategy == PairSelection.REWARD_GAP:
+        version = round_.policy
+        if version.is_base:
+            # The base is its own reference: every implicit reward is 0.
+            strategy, note = PairSelection.MOST_DIFFERENT, "the base model has no implicit reward"
+        else:
+            assert job is not None
+            flat = [r for group in by_prompt.values() for r in group]
+            scores = implicit_rewards(
+                model_path=model_path_resolve(
+                    source=round_.project.base_model, models_dir=str(settings.MODELS_DIR)
+                ),
+                adapter=version.adapter_path,
+                adapter_sha256=version.adapter_sha256 or None,
+                items=[(r.prompt.messages, r.text) for r in flat],
+                trust_remote_code=round_.project.trust_remote_code,
+            )
+            rewards = {r.pk: score for r, score in zip(flat, scores, strict=True)}
+    for group in by_prompt.values():
+        if len(group) < 2:
+            continue
+        chosen = pair_select(
+            strategy,
+            [r.text for r in group],
+            rng=rng,
+            rewards=[rewards[r.pk] for r in group] if rewards else None,
+        )
+        first, second = group[chosen.first], group[chosen.second]
+        if first.text.strip() == second.text.strip():
+            counts["identical_skipped"] += 1
+            continue
+        selection: dict[str, Any] = {
+            "strategy": strategy,
+            "k": len(group),
+            "picked": [chosen.first, chosen.second],
+            "score": chosen.score,
+        }
+        if rewards:
+            selection["rewards"] = [round(rewards[r.pk], 4) for r in group]
+        if note:
+            selection["fallback"] = {"asked": PairSelection.REWARD_GAP, "why": note}
+        comparison_create(
+            response_a=first,
+            response_b=second,
+            round_number=round_.number,
+            purpose=Purpose.TRAIN,
+            pairing_strategy=PairingStrategy.ON_POLICY,
+            rng=rng,
+            selection=selection,
+        )
+        counts["comparisons"] += 1
 
 
 def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:

@@ -17,6 +17,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from alignment import lineage, selectors
 from alignment.forms import RoundStartForm, TrainingRunStartForm
+from alignment.models import PairSelection
 from alignment.services import (
     TRAINING_PRESETS,
     TrainingSettings,
@@ -80,6 +81,7 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
                 samples_per_prompt=data["samples_per_prompt"],
                 sampling=form.sampling(),
                 strategy=data["pairing_strategy"],
+                pair_selection=data["pair_selection"] or PairSelection.ADJACENT,
                 created_by=request.user,
                 prompt_choice=data["prompt_choice"] or "least_used",
             )

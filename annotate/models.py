@@ -231,6 +231,8 @@ class Comparison(models.Model):
     round_number = models.PositiveIntegerField(default=0, db_index=True)
     purpose = models.CharField(max_length=5, choices=Purpose, default=Purpose.TRAIN)
     pairing_strategy = models.CharField(max_length=40, blank=True)
+    # How the two responses were picked from more samples: strategy, K, picked, score.
+    selection = models.JSONField(default=dict, blank=True)
     gold_choice = models.CharField(max_length=10, choices=Choice, blank=True)
     status = models.CharField(
         max_length=10, choices=ComparisonStatus, default=ComparisonStatus.OPEN

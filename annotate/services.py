@@ -264,6 +264,7 @@ def comparison_create(
     pairing_strategy: str = "",
     rng: random.Random | None = None,
     gold_choice: str = "",
+    selection: dict[str, Any] | None = None,
 ) -> Comparison:
     if response_a.pk == response_b.pk:
         raise ValidationFailed("A comparison needs two different responses.")
@@ -280,6 +281,7 @@ def comparison_create(
         purpose=purpose,
         pairing_strategy=pairing_strategy,
         gold_choice=gold_choice,
+        selection=selection or {},
     )
 
 

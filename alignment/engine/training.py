@@ -618,18 +618,40 @@ def _pair_logps(
     max_length: int,
     batch_size: int = SCORE_BATCH,
 ) -> PairLogps:
-    """Each pair's summed completion log-probabilities under `model` (in eval mode), with
-    the completion's token counts: (chosen, n_chosen, rejected, n_rejected) per pair. The
-    sequences are scored in right-padded batches of similar length."""
-    if not examples:
+    """Each pair's summed completion log-probabilities under `model`, with the completions'
+    token counts: (chosen, n_chosen, rejected, n_rejected) per pair."""
+    items = [
+        (example.prompt, completion)
+        for example in examples
+        for completion in (example.chosen, example.rejected)
+    ]
+    sums = completion_logps(model, tokenizer, items, max_length, batch_size)
+    return [(*sums[2 * k], *sums[2 * k + 1]) for k in range(len(examples))]
+
+
+def completion_logps(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[tuple[Sequence[Mapping[str, str]], str]],
+    max_length: int,
+    batch_size: int = SCORE_BATCH,
+) -> list[tuple[float, int]]:
+    """Per (prompt messages, completion): the completion's summed log-probability under
+    `model` (in eval mode) and its token count, as the chat template lays them out. Scored
+    in right-padded batches of similar length."""
+    if not items:
         return []
     import torch
 
-    sequences: list[tuple[list[int], int]] = []  # token ids, index of the first completion token
-    for example in examples:
-        prompt = [{"role": m["role"], "content": m["content"]} for m in example.prompt]
-        for completion in (example.chosen, example.rejected):
-            sequences.append(_completion_tokens(tokenizer, prompt, completion, max_length))
+    sequences = [
+        _completion_tokens(
+            tokenizer,
+            [{"role": m["role"], "content": m["content"]} for m in prompt],
+            text,
+            max_length,
+        )
+        for prompt, text in items
+    ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     sums: list[tuple[float, int]] = [(0.0, 1)] * len(sequences)
@@ -656,7 +678,7 @@ def _pair_logps(
                     sums[i] = (float(taken.sum()), max(int(taken.numel()), 1))
     finally:
         model.train(was_training)
-    return [(*sums[2 * k], *sums[2 * k + 1]) for k in range(len(examples))]
+    return sums
 
 
 def _contradictions(
