@@ -34,6 +34,7 @@ from alignment.engine.training import (
     sequence_tokens,
     train,
 )
+from alignment.engine.vllm_backend import generate_vllm
 from alignment.jobs import (
     JobLost,
     job_alive,
@@ -309,6 +310,10 @@ def round_start(
     return round_
 
 
+# The generation backends a worker can be configured with (settings.GENERATION_BACKEND).
+GENERATORS = {"transformers": generate, "vllm": generate_vllm}
+
+
 def _generation_job_create(
     round_: Round,
     version: ModelVersion,
@@ -443,7 +448,9 @@ def _generation_run(job: GenerationJob) -> None:
 
     started = time.monotonic()
     samples = (
-        generate(engine_config, [p.messages for p in prompts], on_progress=on_progress)
+        GENERATORS[settings.GENERATION_BACKEND](
+            engine_config, [p.messages for p in prompts], on_progress=on_progress
+        )
         if prompts
         else []
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -253,5 +254,12 @@ LOGGING = {
 
 # QLoRA (bitsandbytes NF4) for training; off only for tiny test models.
 TRAINING_QUANTIZE_4BIT = env_bool("PREFLOOP_QUANTIZE_4BIT", default=True)
+# How GPU workers generate: "transformers" (the default, any machine) or "vllm" (a GPU
+# worker with vLLM installed; LoRA adapters are served unmerged).
+GENERATION_BACKEND = os.environ.get("PREFLOOP_GENERATION_BACKEND", "transformers")
+if GENERATION_BACKEND not in ("transformers", "vllm"):
+    raise ImproperlyConfigured(
+        f"PREFLOOP_GENERATION_BACKEND must be transformers or vllm, not {GENERATION_BACKEND!r}"
+    )
 # Steps between a training run's checkpoints (0: none, so a lost worker's run starts over).
 TRAINING_CHECKPOINT_STEPS = int(os.environ.get("PREFLOOP_CHECKPOINT_STEPS", "50"))

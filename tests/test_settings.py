@@ -77,3 +77,15 @@ def test_it_runs_the_default_sqlite_in_wal_mode_with_immediate_transactions(tmp_
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["wal", "IMMEDIATE"]
+
+
+def test_it_refuses_an_unknown_generation_backend() -> None:
+    result = _settings_probe(
+        {"DEBUG": "1", "PREFLOOP_GENERATION_BACKEND": "tgi"}, "s.GENERATION_BACKEND"
+    )
+    assert result.returncode != 0
+    assert "PREFLOOP_GENERATION_BACKEND must be transformers or vllm, not 'tgi'" in result.stderr
+    chosen = _settings_probe(
+        {"DEBUG": "1", "PREFLOOP_GENERATION_BACKEND": "vllm"}, "s.GENERATION_BACKEND"
+    )
+    assert chosen.stdout.strip() == "vllm"

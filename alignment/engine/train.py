@@ -182,7 +182,9 @@ def progress_line(progress: TrainingProgress) -> str:
     return (
         f"step {progress.step}/{progress.total_steps} epoch {progress.epoch:.2f} "
         f"loss {number(progress.loss, 4)} reward_accuracy {number(progress.reward_accuracy, 2)} "
-        f"reward_margin {number(progress.reward_margin, 3)} elapsed {progress.elapsed_s:.1f}s"
+        f"reward_margin {number(progress.reward_margin, 3)} elapsed {progress.elapsed_s:.1f}s "
+        f"tokens/s {number(progress.tokens_per_s, 0)} memory_mb {number(progress.memory_mb, 0)} "
+        f"checkpoint {progress.checkpoint_step if progress.checkpoint_step is not None else '-'}"
     )
 
 

@@ -305,3 +305,25 @@ def test_a_queued_run_cancelled_never_starts(project: Project, annotator: User) 
     assert training_run_execute(run_id=run.pk) is None
     assert TrainingRun.objects.get(pk=run.pk).status == JobStatus.CANCELLED
     assert training_run_cancel(run=run) is False  # already over
+
+
+def test_a_worker_set_to_vllm_without_it_fails_the_job_saying_so(
+    tiny_project: Project, settings
+) -> None:
+    import sys
+
+    settings.GENERATION_BACKEND = "vllm"
+    job = _round(tiny_project)
+    saved = sys.modules.get("vllm")
+    sys.modules["vllm"] = None  # type: ignore[assignment]  # not installed on this worker
+    try:
+        with pytest.raises(RuntimeError, match="vLLM is not installed on this worker"):
+            generation_job_execute(job_id=job.pk)
+    finally:
+        if saved is None:
+            del sys.modules["vllm"]
+        else:
+            sys.modules["vllm"] = saved
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "pip install vllm" in job.error
+    assert not Response.objects.filter(prompt__project=tiny_project).exists()
