@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -1044,13 +1044,17 @@ class _DatabaseRefLogps:
         found = {(c, r): (cl, rl) for c, r, cl, rl in rows}
         return [found.get(pair) for pair in self.keys]
 
-    def put(self, key: str, values: Sequence[tuple[float, float]]) -> None:
+    def put(self, key: str, values: Mapping[int, tuple[float, float]]) -> None:
         RefLogp.objects.bulk_create(
             [
                 RefLogp(
-                    chosen_id=c, rejected_id=r, reference_key=key, chosen_logp=cl, rejected_logp=rl
+                    chosen_id=self.keys[i][0],
+                    rejected_id=self.keys[i][1],
+                    reference_key=key,
+                    chosen_logp=cl,
+                    rejected_logp=rl,
                 )
-                for (c, r), (cl, rl) in zip(self.keys, values, strict=True)
+                for i, (cl, rl) in sorted(values.items())
             ],
             ignore_conflicts=True,
         )

@@ -34,7 +34,8 @@ SENTENCES = [
 ]
 
 
-def _text(tokenizer: object, tokens: int, offset: int) -> str:
+def prose(tokenizer: object, tokens: int, offset: int) -> str:
+    """Advice prose of about `tokens` tokens, starting at sentence `offset` (the benches' pairs)."""
     words: list[str] = []
     i = offset
     while len(tokenizer(" ".join(words))["input_ids"]) < tokens:  # type: ignore[operator]
@@ -59,8 +60,8 @@ def main() -> None:
     examples = [
         PreferenceExample(
             prompt=({"role": "user", "content": f"Give me advice on sleeping better ({i})."},),
-            chosen=_text(tokenizer, int(args.response_tokens * 0.8), i),
-            rejected=_text(tokenizer, args.response_tokens, i + 1),
+            chosen=prose(tokenizer, int(args.response_tokens * 0.8), i),
+            rejected=prose(tokenizer, args.response_tokens, i + 1),
         )
         for i in range(args.steps * args.batch_size)
     ]

@@ -7,8 +7,7 @@ process's own: "prefloop" calls alignment.engine.training.train() (what a worker
 pre-flight, step reports, checkpoints every --checkpoint-steps); "trl" is the script a user
 would write from TRL's documentation: the model loaded in NF4 with bf16 compute, a LoRA
 config, DPOConfig with the same hyperparameters, DPOTrainer(...).train(). Both use the same
-synthetic pairs (the ones bench/engine_training.py uses) and compute the reference
-log-probabilities on the fly (no store). Prints wall time (process start to exit, model load
+synthetic pairs (the ones bench/engine_training.py uses). Prints wall time (process start to exit, model load
 included), the time of the training loop itself, peak RSS, and the ratios prefloop / trl.
 """
 
@@ -23,29 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-SENTENCES = [
-    "Getting enough sleep is one of the simplest ways to feel better during the day.",
-    "Try to go to bed and wake up at the same time, even at weekends.",
-    "Keep the bedroom cool, dark and quiet, and avoid screens for an hour before bed.",
-    "Caffeine late in the afternoon can keep you awake long after you stop noticing it.",
-    "Regular exercise helps, although a hard workout right before bed may not.",
-    "If you cannot fall asleep after twenty minutes, get up and do something calm.",
-]
-
-
-def _text(tokenizer: Any, tokens: int, offset: int) -> str:
-    words: list[str] = []
-    i = offset
-    while len(tokenizer(" ".join(words))["input_ids"]) < tokens:
-        words.extend(SENTENCES[i % len(SENTENCES)].split())
-        i += 1
-    return " ".join(words)
+from engine_training import prose  # noqa: E402  (the same pairs as that bench)
 
 
 def _pairs(args: argparse.Namespace, path: str) -> list[dict[str, str]]:
@@ -55,8 +38,8 @@ def _pairs(args: argparse.Namespace, path: str) -> list[dict[str, str]]:
     return [
         {
             "prompt": f"Give me advice on sleeping better ({i}).",
-            "chosen": _text(tokenizer, int(args.response_tokens * 0.8), i),
-            "rejected": _text(tokenizer, args.response_tokens, i + 1),
+            "chosen": prose(tokenizer, int(args.response_tokens * 0.8), i),
+            "rejected": prose(tokenizer, args.response_tokens, i + 1),
         }
         for i in range(args.pairs)
     ]
@@ -73,6 +56,18 @@ def run_prefloop(args: argparse.Namespace, path: str, pairs: list[dict[str, str]
         )
         for p in pairs
     ]
+
+    class Store:  # the worker keeps these in the database; a fresh store computes them all
+        def __init__(self) -> None:
+            self.values: dict[str, dict[int, tuple[float, float]]] = {}
+
+        def get(self, key: str, count: int) -> list[tuple[float, float] | None]:
+            found = self.values.get(key, {})
+            return [found.get(i) for i in range(count)]
+
+        def put(self, key: str, values: dict[int, tuple[float, float]]) -> None:
+            self.values[key] = dict(values)
+
     with tempfile.TemporaryDirectory() as out:
         started = time.monotonic()
         result = train(
@@ -91,6 +86,7 @@ def run_prefloop(args: argparse.Namespace, path: str, pairs: list[dict[str, str]
                 checkpoint_steps=args.checkpoint_steps,
             ),
             examples,
+            ref_store=Store(),
         )
         elapsed = time.monotonic() - started
     print(f"prefloop: {result.steps} steps, loss {result.train_loss:.4f}", file=sys.stderr)

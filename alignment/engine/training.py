@@ -155,11 +155,12 @@ class RefLogpStore(Protocol):
     """Reference log-probabilities kept between runs: per example (by its position in the
     examples given to `train`), (chosen, rejected) summed log-probabilities under the
     reference named by `key` (the reference model, its adapter, the chat template and the
-    truncation; see `reference_key`)."""
+    truncation; see `reference_key`). `put` gets the positions TRL kept (it drops a pair
+    whose prompt alone fills max_length)."""
 
     def get(self, key: str, count: int) -> list[tuple[float, float] | None]: ...
 
-    def put(self, key: str, values: Sequence[tuple[float, float]]) -> None: ...
+    def put(self, key: str, values: Mapping[int, tuple[float, float]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,9 @@ def _train(
         if config.method == "kto"
         else [_example_row(example) for example in examples]
     )
+    if config.method == "dpo":
+        for index, row in enumerate(rows):
+            row[INDEX_COLUMN] = index  # which example a row of TRL's tokenized dataset is
     key = None
     reused = 0
     if config.method == "dpo" and ref_store is not None:
@@ -516,14 +520,18 @@ def _train(
         computed = trainer.train_dataset
         ref_store.put(
             key,
-            list(
-                zip(
-                    (float(v) for v in computed["ref_chosen_logps"]),
-                    (float(v) for v in computed["ref_rejected_logps"]),
+            {
+                int(i): (float(c), float(r))
+                for i, c, r in zip(
+                    computed[INDEX_COLUMN],
+                    computed["ref_chosen_logps"],
+                    computed["ref_rejected_logps"],
                     strict=True,
                 )
-            ),
+            },
         )
+    assert trainer.model is not None
+    trainer.model.train()  # score as the steps compute (see completion_logps)
     before = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
     resume = str(scan.latest.path) if scan.latest else None
     try:
@@ -534,8 +542,14 @@ def _train(
         if "allocate" not in str(error) and "out of memory" not in str(error).lower():
             raise
         raise MemoryError(_out_of_memory_message(config, estimate)) from error
+    trainer.model.train()
     after = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
-    contradictions = () if stopped else _contradictions(trainer.model, tokenizer, examples, config)
+    if stopped:
+        contradictions: tuple[Contradiction, ...] = ()
+    elif key is not None:  # DPO with its reference log-probabilities at hand: one pass
+        contradictions = _dpo_contradictions(trainer, config.beta)
+    else:
+        contradictions = _contradictions(trainer.model, tokenizer, examples, config)
     adapter_dir = _adapter_save(cast("PreTrainedModel", trainer.model), Path(config.output_dir))
     staging_clear(config.output_dir)
     if not stopped:  # finished: nothing left to resume; a cancelled run keeps its checkpoints
@@ -608,6 +622,7 @@ def _out_of_memory_message(config: TrainingConfig, estimate: MemoryEstimate | No
 
 # Per pair: (chosen log-prob, chosen tokens, rejected log-prob, rejected tokens).
 PairLogps = list[tuple[float, int, float, int]]
+INDEX_COLUMN = "prefloop_index"  # a DPO row's example index, kept through TRL's tokenization
 SCORE_BATCH = 8  # sequences per forward pass when scoring pairs
 
 
@@ -637,8 +652,9 @@ def completion_logps(
     batch_size: int = SCORE_BATCH,
 ) -> list[tuple[float, int]]:
     """Per (prompt messages, completion): the completion's summed log-probability under
-    `model` (in eval mode) and its token count, as the chat template lays them out. Scored
-    in right-padded batches of similar length."""
+    `model`, in the mode it is in, and its token count, as the chat template lays them out.
+    Scored in right-padded batches of similar length. A trainer's model scores in train mode
+    (its dropout is off): bitsandbytes' 4-bit CPU layers compute differently in eval mode."""
     if not items:
         return []
     import torch
@@ -656,29 +672,47 @@ def completion_logps(
     device = next(model.parameters()).device
     sums: list[tuple[float, int]] = [(0.0, 1)] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for offset in range(0, len(order), batch_size):
-                batch = order[offset : offset + batch_size]
-                width = max(len(sequences[i][0]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
-                mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-                for row, i in enumerate(batch):
-                    tokens = sequences[i][0]
-                    ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
-                    mask[row, : len(tokens)] = 1
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-                logps = torch.log_softmax(logits, dim=-1).gather(2, ids[:, 1:, None])[..., 0]
-                for row, i in enumerate(batch):
-                    tokens, start = sequences[i]
-                    # logps[t] is the log-probability of token t + 1.
-                    taken = logps[row, max(start - 1, 0) : len(tokens) - 1]
-                    sums[i] = (float(taken.sum()), max(int(taken.numel()), 1))
-    finally:
-        model.train(was_training)
+    with torch.no_grad():
+        for offset in range(0, len(order), batch_size):
+            batch = order[offset : offset + batch_size]
+            width = max(len(sequences[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)
+            mask = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+            for row, i in enumerate(batch):
+                tokens = sequences[i][0]
+                ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+                mask[row, : len(tokens)] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logps = torch.log_softmax(logits, dim=-1).gather(2, ids[:, 1:, None])[..., 0]
+            for row, i in enumerate(batch):
+                tokens, start = sequences[i]
+                # logps[t] is the log-probability of token t + 1.
+                taken = logps[row, max(start - 1, 0) : len(tokens) - 1]
+                sums[i] = (float(taken.sum()), max(int(taken.numel()), 1))
     return sums
+
+
+def _dpo_contradictions(trainer: Any, beta: float) -> tuple[Contradiction, ...]:
+    """DPO's contradictions from the reference log-probabilities TRL used and one pass of
+    the trained policy over the same tokens."""
+    dataset = trainer.train_dataset
+    reference = {
+        int(i): (float(c), float(r))
+        for i, c, r in zip(
+            dataset[INDEX_COLUMN],
+            dataset["ref_chosen_logps"],
+            dataset["ref_rejected_logps"],
+            strict=True,
+        )
+    }
+    policy = trainer.policy_logps()
+    found = []
+    for index, (pc, pr) in sorted(policy.items()):
+        rc, rr = reference[index]
+        margin = beta * ((pc - rc) - (pr - rr))
+        if margin < 0:
+            found.append(Contradiction(index=index, margin=margin))
+    return tuple(sorted(found, key=lambda c: c.margin))
 
 
 def _contradictions(
@@ -766,7 +800,48 @@ def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any
             if "ref_chosen_logps" in dataset.column_names:
                 return dataset
             _reference_prepare(self.model, config)  # runs inside __init__, so set it up now
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+            # In train mode, as the steps will run: from_pretrained leaves the model in eval
+            # mode, where bitsandbytes' 4-bit CPU layers take another kernel with other
+            # numbers, and the reference would not match the policy it starts from.
+            model: Any = self.model
+            was_training = model.training
+            model.train()
+            try:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            finally:
+                model.train(was_training)
+
+        def policy_logps(self) -> dict[int, tuple[float, float]]:
+            """The trained policy's summed log-probabilities of every training pair, by
+            example index, computed as TRL computed the reference's (same tokens, same
+            truncation): with `ref_model` set, `compute_ref_log_probs` leaves the adapters
+            as they are."""
+            import torch
+            from torch.utils.data import DataLoader
+
+            dataset: Any = self.train_dataset
+            model: Any = self.model
+            indices = [int(i) for i in dataset[INDEX_COLUMN]]
+            loader = DataLoader(
+                self._remove_unused_columns(dataset, description="scoring"),
+                batch_size=self.args.per_device_train_batch_size,
+                collate_fn=self.data_collator,
+                shuffle=False,
+            )
+            saved, self.ref_model = self.ref_model, model
+            was_training = model.training
+            model.train()  # the numbers of the steps (TRL disabled dropout)
+            found: list[tuple[float, float]] = []
+            try:
+                with torch.no_grad():
+                    for batch in loader:
+                        batch = self._prepare_inputs(batch)
+                        chosen, rejected = self.compute_ref_log_probs(model, batch)
+                        found.extend(zip(chosen.tolist(), rejected.tolist(), strict=True))
+            finally:
+                self.ref_model = saved
+                model.train(was_training)
+            return dict(zip(indices, found, strict=True))
 
     losses, weights = [config.loss_type], [1.0]
     if config.sft_weight > 0:

@@ -4,7 +4,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -265,8 +265,8 @@ class DictStore:
         stored = self.values.get(key, [])
         return list(stored) if len(stored) == count else [None] * count
 
-    def put(self, key: str, values: Sequence[tuple[float, float]]) -> None:
-        self.values[key] = list(values)
+    def put(self, key: str, values: Mapping[int, tuple[float, float]]) -> None:
+        self.values[key] = [values[i] for i in sorted(values)]
         self.puts += 1
 
 
@@ -487,3 +487,29 @@ def test_it_lists_the_training_pairs_the_trained_policy_contradicts(
     assert {c.index for c in result.contradictions} == flipped
     margins = [c.margin for c in result.contradictions]
     assert all(m < 0 for m in margins) and margins == sorted(margins)
+    # With stored reference log-probabilities, one pass of the policy over TRL's own tokens
+    # finds the same pairs, with the same margins to rounding.
+    stored = train(
+        _config(tiny_model_dir, tmp_path / "s", epochs=4), examples, ref_store=DictStore()
+    )
+    assert [c.index for c in stored.contradictions] == [c.index for c in result.contradictions]
+    assert [c.margin for c in stored.contradictions] == pytest.approx(margins, abs=1e-3)
+
+
+def test_stored_reference_logps_train_as_computing_them_each_step_does_on_a_4bit_base(
+    tiny_model_dir_4bit: str, tmp_path: Path
+) -> None:
+    """The precomputed reference must be computed as the steps compute the policy: in eval
+    mode bitsandbytes' 4-bit CPU layers take another kernel, and a reference computed there
+    (the model's mode when TRL precomputes) trained a run that learned far less."""
+    examples = _examples(8)
+    runs = [
+        train(
+            _config(tiny_model_dir_4bit, tmp_path / str(i), quantize_4bit=True),
+            examples,
+            ref_store=store,
+        )
+        for i, store in enumerate([None, DictStore()])
+    ]
+    on_the_fly, stored = ([p.loss for p in run.history] for run in runs)
+    assert stored == pytest.approx(on_the_fly, abs=1e-4)
