@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -461,7 +461,7 @@ def _generation_run(job: GenerationJob) -> None:
             policy=version.policy, generation_params__generation_job=job.pk
         ).select_related("prompt")
         with transaction.atomic():
-            _on_policy_pairs_create(list(ours.order_by("id")), round_, rng, counts, job=job)
+            _on_policy_pairs_create(list(ours.order_by("id")), round_, rng, counts)
     job.progress_done = len(every_prompt)
     job_succeed(
         job,
@@ -481,28 +481,40 @@ def _on_policy_pairs_create(
     round_: Round,
     rng: random.Random,
     counts: dict[str, int],
-    job: GenerationJob | None = None,
 ) -> None:
     by_prompt: dict[int, list[Response]] = defaultdict(list)
     for response in responses:
         by_prompt[response.prompt_id].append(response)
     if round_.pair_selection != PairSelection.ADJACENT:
-        _selected_pairs_create(by_prompt, round_, rng, counts, job)
+        _selected_pairs_create(by_prompt, round_, rng, counts)
         return
     for group in by_prompt.values():
         for first, second in zip(group[0::2], group[1::2], strict=False):
-            if first.text.strip() == second.text.strip():
-                counts["identical_skipped"] += 1
-                continue
-            comparison_create(
-                response_a=first,
-                response_b=second,
-                round_number=round_.number,
-                purpose=Purpose.TRAIN,
-                pairing_strategy=PairingStrategy.ON_POLICY,
-                rng=rng,
-            )
-            counts["comparisons"] += 1
+            _on_policy_pair_create(first, second, round_, rng, counts)
+
+
+def _on_policy_pair_create(
+    first: Response,
+    second: Response,
+    round_: Round,
+    rng: random.Random,
+    counts: dict[str, int],
+    selection: dict[str, Any] | None = None,
+) -> None:
+    """A training comparison of two samples, unless they say the same thing."""
+    if first.text.strip() == second.text.strip():
+        counts["identical_skipped"] += 1
+        return
+    comparison_create(
+        response_a=first,
+        response_b=second,
+        round_number=round_.number,
+        purpose=Purpose.TRAIN,
+        pairing_strategy=PairingStrategy.ON_POLICY,
+        rng=rng,
+        selection=selection,
+    )
+    counts["comparisons"] += 1
 
 
 def _selected_pairs_create(
@@ -510,7 +522,6 @@ def _selected_pairs_create(
     round_: Round,
     rng: random.Random,
     counts: dict[str, int],
-    job: GenerationJob | None,
 ) -> None:
     """One pair per prompt out of its K samples, by the round's pair selection."""
     strategy = str(round_.pair_selection)
@@ -522,7 +533,6 @@ def _selected_pairs_create(
             # The base is its own reference: every implicit reward is 0.
             strategy, note = PairSelection.MOST_DIFFERENT, "the base model has no implicit reward"
         else:
-            assert job is not None
             flat = [r for group in by_prompt.values() for r in group]
             scores = implicit_rewards(
                 model_path=model_path_resolve(
@@ -543,10 +553,6 @@ def _selected_pairs_create(
             rng=rng,
             rewards=[rewards[r.pk] for r in group] if rewards else None,
         )
-        first, second = group[chosen.first], group[chosen.second]
-        if first.text.strip() == second.text.strip():
-            counts["identical_skipped"] += 1
-            continue
         selection: dict[str, Any] = {
             "strategy": strategy,
             "k": len(group),
@@ -557,16 +563,8 @@ def _selected_pairs_create(
             selection["rewards"] = [round(rewards[r.pk], 4) for r in group]
         if note:
             selection["fallback"] = {"asked": PairSelection.REWARD_GAP, "why": note}
-        comparison_create(
-            response_a=first,
-            response_b=second,
-            round_number=round_.number,
-            purpose=Purpose.TRAIN,
-            pairing_strategy=PairingStrategy.ON_POLICY,
-            rng=rng,
-            selection=selection,
-        )
-        counts["comparisons"] += 1
+        first, second = group[chosen.first], group[chosen.second]
+        _on_policy_pair_create(first, second, round_, rng, counts, selection)
 
 
 def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
@@ -979,19 +977,18 @@ def jobs_recover() -> list[tuple[GenerationJob | TrainingRun, str]]:
     prompts it had not done. Runs every minute (Celery beat); returns what it changed."""
     heartbeat_before = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_SECONDS)
     changed: list[tuple[GenerationJob | TrainingRun, str]] = []
+    kinds: list[tuple[type[GenerationJob] | type[TrainingRun], Callable[[int], None]]] = [
+        (GenerationJob, _dispatch_generation),
+        (TrainingRun, _dispatch_training),
+    ]
     with transaction.atomic():
-        for job, outcome in job_requeue_stale(
-            GenerationJob, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
-        ):
-            if outcome == "requeued":
-                _dispatch_generation(job.pk)
-            changed.append((job, outcome))
-        for run, outcome in job_requeue_stale(
-            TrainingRun, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
-        ):
-            if outcome == "requeued":
-                _dispatch_training(run.pk)
-            changed.append((run, outcome))
+        for model, dispatch in kinds:
+            for job, outcome in job_requeue_stale(
+                model, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
+            ):
+                if outcome == "requeued":
+                    dispatch(job.pk)
+                changed.append((job, outcome))
     return changed
 
 
