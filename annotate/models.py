@@ -124,6 +124,10 @@ class Prompt(models.Model):
     messages = models.JSONField(
         help_text='Chat messages: [{"role": "user", "content": "..."}, ...]'
     )
+    # `messages` as a sanitised chat transcript, rendered once when stored, as a response's
+    # `html` is (annotate.rendering): rendered again on display while outdated.
+    html = models.TextField(blank=True, editable=False)
+    html_version = models.PositiveSmallIntegerField(default=0, editable=False)
     tags = models.JSONField(default=list, blank=True)
     source = models.CharField(max_length=200, blank=True)
     external_id = models.CharField(max_length=200, blank=True)
@@ -222,13 +226,17 @@ class ComparisonStatus(models.TextChoices):
 
 
 class Comparison(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="comparisons")
+    # Indexed by the indexes below, which lead with it (each index costs every vote's update
+    # of the row an entry: the count and status it changes are in the queue's index).
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="comparisons", db_index=False
+    )
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
     response_a = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
     response_b = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
     left_is_a = models.BooleanField(default=True)
     # The round is alignment's concept; annotate only knows its number (alignment → annotate).
-    round_number = models.PositiveIntegerField(default=0, db_index=True)
+    round_number = models.PositiveIntegerField(default=0)
     purpose = models.CharField(max_length=5, choices=Purpose, default=Purpose.TRAIN)
     pairing_strategy = models.CharField(max_length=40, blank=True)
     # How the two responses were picked from more samples: strategy, K, picked, score.
@@ -249,7 +257,8 @@ class Comparison(models.Model):
             models.Index(
                 fields=["project", "status", "-round_number", "-judgment_count", "id"],
                 name="comparison_queue_order",
-            )
+            ),
+            models.Index(fields=["project", "round_number"], name="comparison_project_round"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -280,9 +289,13 @@ class Lease(models.Model):
     swapped one when the lease re-shows a judged pair to check the annotator's consistency.
     """
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
+    # Both indexed by the indexes below that lead with them: a lease changes state a few
+    # times per judgment, and each index on the table costs each change an entry.
+    comparison = models.ForeignKey(
+        Comparison, on_delete=models.CASCADE, related_name="leases", db_index=False
+    )
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases", db_index=False
     )
     state = models.CharField(max_length=10, choices=LeaseState, default=LeaseState.HELD)
     left_is_a = models.BooleanField(default=True)
@@ -299,7 +312,7 @@ class Lease(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["comparison", "state", "expires_at"]),
+            # (A comparison's leases, few, are found through the unique constraint's index.)
             # The lease an annotator holds, the pairs they skipped: found without reading
             # their whole history.
             models.Index(fields=["annotator", "state", "comparison"], name="lease_annotator_state"),
@@ -324,8 +337,9 @@ class Judgment(models.Model):
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="judgments", editable=False
     )
+    # Indexed by (annotator, created_at) below.
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judgments", db_index=False
     )
     kind = models.CharField(max_length=12, choices=JudgmentKind, default=JudgmentKind.VOTE)
     choice = models.CharField(max_length=10, choices=Choice)
@@ -336,7 +350,10 @@ class Judgment(models.Model):
     reason_tags = models.JSONField(default=list, blank=True)
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     guideline = models.ForeignKey(Guideline, null=True, blank=True, on_delete=models.PROTECT)
-    idempotency_key = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    # Unique through a constraint, not `unique=True`: on PostgreSQL that adds a second index
+    # for LIKE queries, which nobody runs, and every submit would pay for. NULL (no key) stays
+    # outside the constraint, as many judgments have no key.
+    idempotency_key = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     superseded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -349,6 +366,7 @@ class Judgment(models.Model):
                 condition=Q(superseded_at__isnull=True),
                 name="judgment_one_live_per_annotator_and_kind",
             ),
+            models.UniqueConstraint(fields=["idempotency_key"], name="judgment_idempotency_key"),
         ]
         indexes = [
             models.Index(fields=["annotator", "created_at"]),

@@ -108,7 +108,7 @@ LIVE_OTHERS_SQL = (
 _PAIR_COLUMNS = (
     "c.id, c.project_id, c.prompt_id, c.response_a_id, c.response_b_id, c.left_is_a,"
     " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count,"
-    " p.messages, ra.text, ra.html, ra.html_version, rb.text, rb.html, rb.html_version"
+    " p.messages, p.html, p.html_version, ra.text, ra.html, ra.html_version, rb.text, rb.html, rb.html_version"
 )
 _PAIR_JOINS = (
     f" JOIN {sql.PROMPT} p ON p.id = c.prompt_id JOIN {sql.RESPONSE} ra ON ra.id = c.response_a_id"
@@ -132,11 +132,14 @@ _COMPARISON_FIELDS = (
 def _comparison_from_row(row: Sequence[Any]) -> Comparison:
     """A comparison with its prompt and responses, as `_PAIR_COLUMNS` reads them."""
     comparison = sql.instance(Comparison, dict(zip(_COMPARISON_FIELDS, row, strict=False)))
-    messages, *a, text_b, html_b, version_b = row[len(_COMPARISON_FIELDS) :]
-    text_a, html_a, version_a = a
+    messages, html_p, version_p, text_a, html_a, version_a, text_b, html_b, version_b = row[
+        len(_COMPARISON_FIELDS) :
+    ]
     prompt_id, project_id = comparison.prompt_id, comparison.project_id
     comparison.prompt = sql.instance(
-        Prompt, {"id": prompt_id, "project_id": project_id, "messages": messages}
+        Prompt,
+        {"id": prompt_id, "project_id": project_id, "messages": messages}
+        | {"html": html_p, "html_version": version_p},
     )
     comparison.response_a = sql.instance(
         Response,

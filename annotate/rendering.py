@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import nh3
 from django.utils.html import format_html
@@ -74,7 +75,8 @@ def markdown_to_safe_html(text: str) -> SafeString:
 
 
 # Bump when the rendering or the allowlist changes: stored HTML of an older version is then
-# rendered again on display (and `manage.py responses_render` refreshes it in the database).
+# rendered again on display (and `manage.py responses_render` refreshes it in the database,
+# responses and prompts).
 RENDERER_VERSION = 1
 
 
@@ -94,6 +96,39 @@ def rendered_html(item: RenderedText) -> SafeString:
     if item.html_version == RENDERER_VERSION and item.html:
         return mark_safe(item.html)  # stored from markdown_to_safe_html
     return markdown_to_safe_html(item.text)
+
+
+def transcript_to_safe_html(messages: Sequence[Mapping[str, Any]]) -> SafeString:
+    """A prompt's chat messages as turns, each labelled with its role, content sanitised."""
+    return mark_safe(
+        "".join(
+            format_html(
+                '<div class="chat-turn {}"><span class="role">{}</span>{}</div>',
+                message.get("role", ""),
+                message.get("role", ""),
+                markdown_to_safe_html(str(message.get("content", ""))),
+            )
+            for message in messages
+        )
+    )
+
+
+class RenderedPrompt(Protocol):
+    messages: Any
+    html: str
+    html_version: int
+
+
+def stored_transcript(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
+    """What to store beside a prompt: its transcript's sanitised HTML and the renderer version."""
+    return str(transcript_to_safe_html(messages)), RENDERER_VERSION
+
+
+def rendered_transcript(prompt: RenderedPrompt) -> SafeString:
+    """A prompt's stored transcript HTML while it is current, else rendered now."""
+    if prompt.html_version == RENDERER_VERSION and prompt.html:
+        return mark_safe(prompt.html)  # stored from transcript_to_safe_html
+    return transcript_to_safe_html(prompt.messages)
 
 
 # Guidelines may embed worked examples as fenced blocks:

@@ -42,7 +42,7 @@ from annotate.models import (
     Split,
 )
 from annotate.queue import JUDGED_BY_SQL, LIVE_OTHERS_SQL, lease_take
-from annotate.rendering import stored_html
+from annotate.rendering import stored_html, stored_transcript
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -201,6 +201,7 @@ def prompts_create(*, project: Project, rows: Iterable[PromptInput]) -> list[Pro
             raise ValidationFailed(
                 f"Prompt {line}: split {row.split!r} is not one of {Split.values}."
             )
+        html, version = stored_transcript(messages)
         prompts.append(
             Prompt(
                 project=project,
@@ -210,6 +211,8 @@ def prompts_create(*, project: Project, rows: Iterable[PromptInput]) -> list[Pro
                 external_id=row.external_id,
                 split=row.split,
                 content_hash=prompt_content_hash(messages),
+                html=html,
+                html_version=version,
             )
         )
     with transaction.atomic():

@@ -475,11 +475,16 @@ async def annotator_cycle(
             continue
         key = page.fields.get("idempotency_key", "")
         form = {**page.fields, "choice": rng.choice(CHOICES)}
-        headers = {**htmx, "X-CSRFToken": page.fields["csrfmiddlewaretoken"]}
+        headers = {
+            **(htmx if flow != "form" else {}),
+            "X-CSRFToken": page.fields["csrfmiddlewaretoken"],
+        }
         response, sample = await _timed(
             run, "submit", session, "POST", page.action, headers=headers, form=form
         )
         new_pair = False
+        if flow == "form" and response is not None and response.status in (302, 303):
+            new_pair = True
         if response is not None and response.status == 200:
             with contextlib.suppress(ValueError):
                 answer = pair_parse(response.body)
@@ -802,7 +807,7 @@ def invariants_check(
     """Judgment rows against what the clients saw, and the counters against the rows."""
     rows = database_query(database_url, data_dir, ROWS_SQL.format(p=int(project_id)))
     by_key = {key: (user, comparison) for key, user, comparison in rows}
-    ok = {s.key: s for s in run.submits if s.outcome == "200"}
+    ok = {s.key: s for s in run.submits if s.outcome in ("200", "302")}
     # A submit without an answer (timeout, reset) may or may not have been written.
     unanswered = {s.key for s in run.submits if not s.outcome.isdigit()}
     result: dict[str, Any] = {
@@ -852,9 +857,11 @@ def figures(run: RunLog, window_start: float, window_end: float) -> dict[str, An
             "p99_ms": percentile(values, 99),
             "max_ms": values[-1] if values else float("nan"),
         }
-    judged = sum(1 for s in inside if s.kind == "submit" and s.outcome == "200")
-    ok_submits = [s for s in run.submits if s.outcome == "200"]
-    errors = Counter(f"{s.kind} {s.outcome}" for s in run.samples if s.outcome != "200")
+    judged = sum(1 for s in inside if s.kind == "submit" and s.outcome in ("200", "302"))
+    ok_submits = [s for s in run.submits if s.outcome in ("200", "302")]
+    errors = Counter(
+        f"{s.kind} {s.outcome}" for s in run.samples if s.outcome not in ("200", "302")
+    )
     connects = sum(s.connects for s in run.sessions)
     return {
         "judgments_per_s": judged / duration,
@@ -1083,7 +1090,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     parser.add_argument(
         "--flow",
-        choices=["browser", "separate"],
+        choices=["browser", "separate", "form"],
         default="browser",
         help="browser: judge the pair each submit's answer carries (as the page does); "
         "separate: GET the pair before every submit",

@@ -4,10 +4,12 @@ from django import template
 from django.utils.safestring import SafeString
 
 from annotate.rendering import (
+    RenderedPrompt,
     RenderedText,
     guideline_to_safe_html,
     markdown_to_safe_html,
     rendered_html,
+    rendered_transcript,
 )
 
 register = template.Library()
@@ -29,3 +31,9 @@ def guidelines_filter(text: str) -> SafeString:
 def rendered_filter(item: RenderedText) -> SafeString:
     """A response as sanitised HTML: the HTML stored with it, or rendered now if outdated."""
     return rendered_html(item)
+
+
+@register.filter(name="transcript")
+def transcript_filter(prompt: RenderedPrompt) -> SafeString:
+    """A prompt's chat turns as sanitised HTML: stored with it, or rendered now if outdated."""
+    return rendered_transcript(prompt)

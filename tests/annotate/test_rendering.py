@@ -8,8 +8,9 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 
-from annotate.models import Project, Response
+from annotate.models import Comparison, Project, Prompt, Response
 from annotate.rendering import RENDERER_VERSION, markdown_to_safe_html
+from annotate.services import PromptInput, prompts_create
 from tests.factories import comparison_make
 
 
@@ -116,3 +117,49 @@ def test_it_stores_each_response_rendered_and_renders_an_outdated_one_again(
         RENDERER_VERSION,
     )
     assert "1 responses rendered" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_a_multi_turn_prompt_shows_as_a_stored_transcript_rendered_again_when_outdated(
+    project: Project, annotator: User
+) -> None:
+    (prompt,) = prompts_create(
+        project=project,
+        rows=[
+            PromptInput(
+                messages=[
+                    {"role": "system", "content": "Answer *briefly*."},
+                    {"role": "user", "content": "Hi <img src=x onerror=alert(1)>"},
+                    {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "And **now**?"},
+                ]
+            )
+        ],
+    )
+    assert prompt.html_version == RENDERER_VERSION
+    turns = [attrs["class"] for tag, attrs in elements(prompt.html) if tag == "div"]
+    assert turns[::2] == [
+        "chat-turn system",
+        "chat-turn user",
+        "chat-turn assistant",
+        "chat-turn user",
+    ]
+    assert "<em>briefly</em>" in prompt.html and "<strong>now</strong>" in prompt.html
+    assert_inert(prompt.html)
+    Comparison.objects.filter(project=project).delete()
+    comparison_make(prompt, ("One.", "Two."))
+    client = Client()
+    client.force_login(annotator)
+    Prompt.objects.filter(pk=prompt.pk).update(html='<div class="chat-turn user">stored</div>')
+    page = client.get(f"/p/{project.slug}/annotate/").content.decode()
+    assert "stored" in page
+    Prompt.objects.filter(pk=prompt.pk).update(html_version=RENDERER_VERSION - 1)
+    page = client.get(f"/p/{project.slug}/annotate/").content.decode()
+    assert "stored" not in page and page.count('class="chat-turn ') == 4
+    assert "<strong>now</strong>" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<img" not in page
+    out = StringIO()
+    call_command("responses_render", stdout=out)
+    prompt.refresh_from_db()
+    assert prompt.html_version == RENDERER_VERSION and "<strong>now</strong>" in prompt.html
+    assert "1 prompts rendered" in out.getvalue()
