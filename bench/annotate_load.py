@@ -966,11 +966,6 @@ def report_print(result: dict[str, Any]) -> None:
     scope = (
         "" if tgt["applies"] else f"; stated for 32 annotators, this run has {cfg['annotators']}"
     )
-    reference = result["cpu_reference_ms"]
-    print(
-        f"machine speed    reference loop {reference['before']:.1f} ms before the load, "
-        f"{reference['after']:.1f} ms after (lower is faster; see cpu_reference_ms)"
-    )
     print(
         f"target           {'PASS' if tgt['pass'] else 'FAIL'} "
         f"(>= {tgt['min_judgments_per_s']:g} judgments/s{limit}, invariants{scope}): "
@@ -1004,21 +999,6 @@ def setup_run(env: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(marker[len(SETUP_MARKER) :]))
 
 
-def cpu_reference_ms() -> float:
-    """CPU time of a fixed piece of interpreter work like a web request's (objects made,
-    sorted, serialised), best of five: how fast this machine runs now. Its VM's speed drifts
-    (throughput halved within minutes here, as neighbours load the host), so a run's
-    figures compare with another's only at a similar reference."""
-    best = math.inf
-    for _ in range(5):
-        started = time.process_time()
-        rows = [{"id": i, "key": f"k{(i * 7919) % 20011}", "n": i % 97} for i in range(20_000)]
-        rows.sort(key=lambda row: row["key"])
-        json.dumps(rows)
-        best = min(best, time.process_time() - started)
-    return 1000 * best
-
-
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="prefloop-bench-"))
     try:
@@ -1043,7 +1023,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             log("gunicorn: " + " ".join(command[1:]))
             with gunicorn_running(command, port, env, data_dir / "gunicorn.log") as gunicorn_pid:
                 log(f"load: {args.annotators} annotators, {args.warmup:g}+{args.duration:g} s")
-                reference_before = cpu_reference_ms()
                 run, window_start, window_end, cpu = asyncio.run(
                     load_run(
                         port=port,
@@ -1060,9 +1039,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                         ),
                     )
                 )
-                reference_after = cpu_reference_ms()
             result = figures(run, window_start, window_end)
-            result["cpu_reference_ms"] = {"before": reference_before, "after": reference_after}
             if any(outcome.split()[-1].startswith("5") for outcome in result["errors"]):
                 tail = (data_dir / "gunicorn.log").read_text(errors="replace")[-4000:]
                 log(f"server errors; the end of gunicorn's log:\n{tail}")
