@@ -231,21 +231,26 @@ def lease_take(
     is_recheck: bool = False,
 ) -> Assignment:
     """Hold `comparison` for this annotator in the given side layout until `expires_at`."""
-    at = sql.timestamp(now)
-    # One held lease per annotator and project: taking this one releases any other.
-    sql.execute(
-        f"UPDATE {sql.LEASE} SET state = 'released', updated_at = %s"
-        " WHERE annotator_id = %s AND state = 'held' AND comparison_id <> %s"
-        f" AND comparison_id IN (SELECT id FROM {sql.COMPARISON} WHERE project_id = %s)",
-        [at, annotator.pk, comparison.pk, comparison.project_id],
-    )
-    sql.execute(
-        f"INSERT INTO {sql.LEASE} (comparison_id, annotator_id, state, expires_at, skip_reason,"
-        " left_is_a, is_recheck, created_at, updated_at) VALUES (%s, %s, 'held', %s, '', %s, %s,"
-        " %s, %s) ON CONFLICT (comparison_id, annotator_id) DO UPDATE SET state = 'held',"
-        " expires_at = excluded.expires_at, skip_reason = '', left_is_a = excluded.left_is_a,"
-        " is_recheck = excluded.is_recheck, updated_at = excluded.updated_at",
-        [comparison.pk, annotator.pk, sql.timestamp(expires_at), left_is_a, is_recheck, at, at],
+    at, until = sql.timestamp(now), sql.timestamp(expires_at)
+    sql.batch(
+        [
+            # One held lease per annotator and project: taking this one releases any other.
+            (
+                f"UPDATE {sql.LEASE} SET state = 'released', updated_at = %s"
+                " WHERE annotator_id = %s AND state = 'held' AND comparison_id <> %s"
+                f" AND comparison_id IN (SELECT id FROM {sql.COMPARISON} WHERE project_id = %s)",
+                [at, annotator.pk, comparison.pk, comparison.project_id],
+            ),
+            (
+                f"INSERT INTO {sql.LEASE} (comparison_id, annotator_id, state, expires_at,"
+                " skip_reason, left_is_a, is_recheck, created_at, updated_at) VALUES (%s, %s,"
+                " 'held', %s, '', %s, %s, %s, %s) ON CONFLICT (comparison_id, annotator_id) DO"
+                " UPDATE SET state = 'held', expires_at = excluded.expires_at, skip_reason = '',"
+                " left_is_a = excluded.left_is_a, is_recheck = excluded.is_recheck,"
+                " updated_at = excluded.updated_at",
+                [comparison.pk, annotator.pk, until, left_is_a, is_recheck, at, at],
+            ),
+        ]
     )
     return Assignment(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck)
 

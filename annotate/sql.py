@@ -7,7 +7,8 @@ prepared once per connection (psycopg's server-side binding), which also spares 
 planning them again. Everything else in the app stays on the ORM.
 
 SQL here is written once for both databases: `%s` placeholders, `ON CONFLICT` upserts,
-booleans compared as values, timestamps passed through `timestamp()`.
+booleans compared as values, timestamps passed through `timestamp()`. Consecutive writes go
+through `batch()`: one round trip for all of them on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -107,6 +108,37 @@ def execute(sql: str, params: Sequence[Any] = ()) -> int:
         return int(cursor.rowcount)
     finally:
         cursor.close()
+
+
+def batch(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[Any, ...] | None:
+    """Run writes in order, as one round trip on PostgreSQL (psycopg's pipeline mode: each
+    is sent without waiting for the one before to answer). For statements whose answers
+    nothing between them depends on; an error in one skips the rest and is raised at the end.
+    Returns the first row of the last statement's result (its RETURNING), or None."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if not is_postgres():
+        row = None
+        for sql, params in statements:
+            cursor = db.cursor()
+            try:
+                cursor.execute(sql, params)
+                row = cursor.fetchone() if cursor.description else None
+            finally:
+                cursor.close()
+        return row
+    if db.connection is None:
+        db.ensure_connection()
+    cursors = [psycopg.Cursor(db.connection) for _ in statements]
+    try:
+        with db.wrap_database_errors:
+            with db.connection.pipeline():
+                for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                    cursor.execute(sql, params, prepare=True)
+            last = cursors[-1]
+            return last.fetchone() if last.description else None
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
 M = TypeVar("M", bound=models.Model)

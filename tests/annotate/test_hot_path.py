@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
 from django.test import Client
 from django.utils import timezone
 
+from annotate import sql
 from annotate.access import access_project
-from annotate.models import Comparison, Judgment, Project, Role
+from annotate.models import Comparison, Judgment, Lease, Project, Role
 from annotate.queue import AVAILABLE_CAP, assignment_next, available_ids
 from annotate.selectors import annotator_progress
 from annotate.services import (
@@ -122,3 +124,41 @@ def test_it_stores_timestamps_as_the_orm_would(project: Project, annotator: User
     # The lease the claim wrote is found again by a later claim (a refresh keeps the pair).
     again = assignment_next(project=project, annotator=annotator)
     assert again is not None and again.comparison.pk == pair.pk
+
+
+def test_a_batch_of_writes_runs_in_order_returns_the_last_row_and_fails_whole(
+    project: Project, annotator: User
+) -> None:
+    (comparison,) = _many(project, 1)
+    now = sql.timestamp(timezone.now())
+    lease = (
+        f"INSERT INTO {sql.LEASE} (comparison_id, annotator_id, state, expires_at, skip_reason,"
+        " left_is_a, is_recheck, created_at, updated_at)"
+        " VALUES (%s, %s, 'held', %s, '', %s, %s, %s, %s) RETURNING id",
+        [comparison.pk, annotator.pk, now, True, False, now, now],
+    )
+    skip = (
+        f"UPDATE {sql.LEASE} SET skip_reason = %s WHERE comparison_id = %s",
+        ["later", comparison.pk],
+    )
+    count = (
+        f"UPDATE {sql.COMPARISON} SET judgment_count = judgment_count + 1 WHERE id = %s",
+        [comparison.pk],
+    )
+    # The UPDATE after the INSERT sees its row; the row returned is the last statement's.
+    assert sql.batch([lease, skip, count]) is None
+    assert Lease.objects.get(comparison=comparison).skip_reason == "later"
+    lease_id = Lease.objects.get(comparison=comparison).pk
+    again = (lease[0].replace("RETURNING id", "ON CONFLICT DO NOTHING RETURNING id"), lease[1])
+    assert sql.batch([count, again]) is None  # nothing inserted: no row
+    Lease.objects.all().delete()
+    (returned,) = sql.batch([count, lease]) or (None,)
+    assert returned == Lease.objects.get(comparison=comparison).pk != lease_id
+    comparison.refresh_from_db()
+    assert comparison.judgment_count == 3
+    # A failing statement fails the batch; in a transaction nothing of it stays.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        sql.batch([count, lease, count])
+    comparison.refresh_from_db()
+    assert comparison.judgment_count == 3
+    assert Lease.objects.filter(comparison=comparison).count() == 1
