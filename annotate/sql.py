@@ -119,12 +119,12 @@ def batch(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[Any, ...] | 
     if not is_postgres():
         row = None
         for sql, params in statements:
-            cursor = db.cursor()
+            plain = db.cursor()
             try:
-                cursor.execute(sql, params)
-                row = cursor.fetchone() if cursor.description else None
+                plain.execute(sql, params)
+                row = plain.fetchone() if plain.description else None
             finally:
-                cursor.close()
+                plain.close()
         return row
     if db.connection is None:
         db.ensure_connection()
