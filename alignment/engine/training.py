@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -10,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -517,19 +518,7 @@ def _train(
                 param.data = param.data.to(torch.float32)
     if key is not None and not reused:
         assert ref_store is not None
-        computed = trainer.train_dataset
-        ref_store.put(
-            key,
-            {
-                int(i): (float(c), float(r))
-                for i, c, r in zip(
-                    computed[INDEX_COLUMN],
-                    computed["ref_chosen_logps"],
-                    computed["ref_rejected_logps"],
-                    strict=True,
-                )
-            },
-        )
+        ref_store.put(key, _reference_logps(trainer.train_dataset))
     assert trainer.model is not None
     trainer.model.train()  # score as the steps compute (see completion_logps)
     before = _pair_logps(trainer.model, tokenizer, validation, config.max_length)
@@ -692,11 +681,10 @@ def completion_logps(
     return sums
 
 
-def _dpo_contradictions(trainer: Any, beta: float) -> tuple[Contradiction, ...]:
-    """DPO's contradictions from the reference log-probabilities TRL used and one pass of
-    the trained policy over the same tokens."""
-    dataset = trainer.train_dataset
-    reference = {
+def _reference_logps(dataset: Any) -> dict[int, tuple[float, float]]:
+    """The reference log-probabilities TRL put on its tokenized DPO dataset, by example index
+    (TRL drops a pair whose prompt alone fills max_length)."""
+    return {
         int(i): (float(c), float(r))
         for i, c, r in zip(
             dataset[INDEX_COLUMN],
@@ -705,6 +693,24 @@ def _dpo_contradictions(trainer: Any, beta: float) -> tuple[Contradiction, ...]:
             strict=True,
         )
     }
+
+
+@contextlib.contextmanager
+def _train_mode(model: Any) -> Iterator[None]:
+    """`model` in train mode for the block, as the training steps run it (TRL turns dropout
+    off), then back in the mode it was in."""
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _dpo_contradictions(trainer: Any, beta: float) -> tuple[Contradiction, ...]:
+    """DPO's contradictions from the reference log-probabilities TRL used and one pass of
+    the trained policy over the same tokens."""
+    reference = _reference_logps(trainer.train_dataset)
     policy = trainer.policy_logps()
     found = []
     for index, (pc, pr) in sorted(policy.items()):
@@ -803,13 +809,8 @@ def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any
             # In train mode, as the steps will run: from_pretrained leaves the model in eval
             # mode, where bitsandbytes' 4-bit CPU layers take another kernel with other
             # numbers, and the reference would not match the policy it starts from.
-            model: Any = self.model
-            was_training = model.training
-            model.train()
-            try:
+            with _train_mode(self.model):
                 return super()._precompute_ref_logps(dataset, name, batch_size)
-            finally:
-                model.train(was_training)
 
         def policy_logps(self) -> dict[int, tuple[float, float]]:
             """The trained policy's summed log-probabilities of every training pair, by
@@ -829,18 +830,15 @@ def _method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any
                 shuffle=False,
             )
             saved, self.ref_model = self.ref_model, model
-            was_training = model.training
-            model.train()  # the numbers of the steps (TRL disabled dropout)
             found: list[tuple[float, float]] = []
             try:
-                with torch.no_grad():
+                with _train_mode(model), torch.no_grad():
                     for batch in loader:
                         batch = self._prepare_inputs(batch)
                         chosen, rejected = self.compute_ref_log_probs(model, batch)
                         found.extend(zip(chosen.tolist(), rejected.tolist(), strict=True))
             finally:
                 self.ref_model = saved
-                model.train(was_training)
             return dict(zip(indices, found, strict=True))
 
     losses, weights = [config.loss_type], [1.0]
