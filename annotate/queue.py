@@ -108,7 +108,8 @@ LIVE_OTHERS_SQL = (
 _PAIR_COLUMNS = (
     "c.id, c.project_id, c.prompt_id, c.response_a_id, c.response_b_id, c.left_is_a,"
     " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count,"
-    " p.messages, p.html, p.html_version, ra.text, ra.html, ra.html_version, rb.text, rb.html, rb.html_version"
+    " p.messages, p.html, p.html_version, ra.text, ra.html, ra.html_version,"
+    " rb.text, rb.html, rb.html_version"
 )
 _PAIR_JOINS = (
     f" JOIN {sql.PROMPT} p ON p.id = c.prompt_id JOIN {sql.RESPONSE} ra ON ra.id = c.response_a_id"

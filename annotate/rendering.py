@@ -86,14 +86,25 @@ class RenderedText(Protocol):
     html_version: int
 
 
+class RenderedPrompt(Protocol):
+    messages: Any
+    html: str
+    html_version: int
+
+
 def stored_html(text: str) -> tuple[str, int]:
     """What to store beside a text: its sanitised HTML and the renderer version."""
     return str(markdown_to_safe_html(text)), RENDERER_VERSION
 
 
+def _stored_current(item: RenderedText | RenderedPrompt) -> bool:
+    """Whether the HTML stored with an item is there and from the current renderer."""
+    return item.html_version == RENDERER_VERSION and bool(item.html)
+
+
 def rendered_html(item: RenderedText) -> SafeString:
     """An item's stored HTML while it is current, else the text rendered now."""
-    if item.html_version == RENDERER_VERSION and item.html:
+    if _stored_current(item):
         return mark_safe(item.html)  # stored from markdown_to_safe_html
     return markdown_to_safe_html(item.text)
 
@@ -113,12 +124,6 @@ def transcript_to_safe_html(messages: Sequence[Mapping[str, Any]]) -> SafeString
     )
 
 
-class RenderedPrompt(Protocol):
-    messages: Any
-    html: str
-    html_version: int
-
-
 def stored_transcript(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
     """What to store beside a prompt: its transcript's sanitised HTML and the renderer version."""
     return str(transcript_to_safe_html(messages)), RENDERER_VERSION
@@ -126,7 +131,7 @@ def stored_transcript(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
 
 def rendered_transcript(prompt: RenderedPrompt) -> SafeString:
     """A prompt's stored transcript HTML while it is current, else rendered now."""
-    if prompt.html_version == RENDERER_VERSION and prompt.html:
+    if _stored_current(prompt):
         return mark_safe(prompt.html)  # stored from transcript_to_safe_html
     return transcript_to_safe_html(prompt.messages)
 

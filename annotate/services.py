@@ -457,7 +457,7 @@ def judgment_submit(
                     " WHERE comparison_id = %s AND annotator_id = %s",
                     [at, comparison_id, annotator.pk],
                 ),
-                _judgment_insert(judgment),
+                _judgment_insert_statement(judgment),
             ]
             if counts:
                 inserted = _votes_changed(comparison=comparison, delta=1, writes=writes)
@@ -490,7 +490,7 @@ _LOCKED_FIELDS = (
 )
 
 
-def _judgment_insert(judgment: Judgment) -> tuple[str, list[Any]]:
+def _judgment_insert_statement(judgment: Judgment) -> tuple[str, list[Any]]:
     """The INSERT of a judgment built in memory (every field set), returning its id."""
     return (
         f"INSERT INTO {sql.JUDGMENT} (comparison_id, project_id, annotator_id, kind, choice,"

@@ -13,6 +13,7 @@ through `batch()`: one round trip for all of them on PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -116,26 +117,19 @@ def batch(statements: Sequence[tuple[str, Sequence[Any]]]) -> tuple[Any, ...] | 
     nothing between them depends on; an error in one skips the rest and is raised at the end.
     Returns the first row of the last statement's result (its RETURNING), or None."""
     db = connections[DEFAULT_DB_ALIAS]
-    if not is_postgres():
-        row = None
-        for sql, params in statements:
-            plain = db.cursor()
-            try:
-                plain.execute(sql, params)
-                row = plain.fetchone() if plain.description else None
-            finally:
-                plain.close()
-        return row
-    if db.connection is None:
-        db.ensure_connection()
-    cursors = [psycopg.Cursor(db.connection) for _ in statements]
+    pipelined: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if is_postgres():
+        if db.connection is None:
+            db.ensure_connection()
+        pipelined = db.connection.pipeline()
+    cursors: list[Any] = []
     try:
-        with db.wrap_database_errors:
-            with db.connection.pipeline():
-                for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                    cursor.execute(sql, params, prepare=True)
-            last = cursors[-1]
-            return last.fetchone() if last.description else None
+        # The pipeline raises a statement's error when it ends, outside _execute's wrapping.
+        with db.wrap_database_errors, pipelined:
+            for sql, params in statements:
+                cursors.append(_execute(sql, params))
+        last = cursors[-1]
+        return last.fetchone() if last.description else None
     finally:
         for cursor in cursors:
             cursor.close()
