@@ -668,7 +668,8 @@ def app_env(database_url: str, data_dir: Path) -> dict[str, str]:
 
 
 def gunicorn_command(args: argparse.Namespace, port: int) -> list[str]:
-    gunicorn = REPO_ROOT / ".venv" / "bin" / "gunicorn"
+    # The gunicorn of the environment this script runs in (so the same interpreter serves).
+    gunicorn = Path(sys.executable).parent / "gunicorn"
     executable = str(gunicorn) if gunicorn.exists() else (shutil.which("gunicorn") or "gunicorn")
     worker_class = args.worker_class or ("gthread" if args.threads > 1 else "sync")
     return [
