@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import annotate_load as load  # noqa: E402  (the load bench's setup and fragment parser)
+import annotate_load as load  # the load bench: its setup and fragment parser
 
 MEASURE_MARKER = "JUDGE_CPU_RESULT "
 
