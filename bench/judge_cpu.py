@@ -196,8 +196,11 @@ def main() -> None:
             }
             load.log(f"setup: {args.db}, {args.comparisons} comparisons")
             made = load.setup_run(env, spec)
-            spec |= {"usernames": made["usernames"], "judgments": args.judgments}
-            spec["repeat"] = args.repeat
+            spec |= {
+                "usernames": made["usernames"],
+                "judgments": args.judgments,
+                "repeat": args.repeat,
+            }
             measured = subprocess.run(
                 [sys.executable, __file__, "--internal-measure", json.dumps(spec)],
                 cwd=load.REPO_ROOT,
