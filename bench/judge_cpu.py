@@ -10,7 +10,7 @@ the process CPU time per judgment and, on a local PostgreSQL, the database backe
 per judgment (from /proc). The database is filled as the load bench fills it.
 
 python bench/judge_cpu.py [--db postgres|sqlite] [--judgments 600] [--repeat 3]
-    [--annotators 32] [--comparisons 3000]
+    [--annotators 32] [--comparisons 3000] [--keep]
 """
 
 from __future__ import annotations
@@ -172,6 +172,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432")
     parser.add_argument("--pg-database", default="prefloop_bench_cpu")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the PostgreSQL database, to inspect it after"
+    )
     parser.add_argument("--internal-measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.internal_measure is not None:
@@ -181,7 +184,6 @@ def main() -> None:
     needed = (args.repeat * args.judgments + 2 * args.annotators) / 2
     if args.comparisons < needed * 1.2:
         raise SystemExit(f"--comparisons {args.comparisons}: give at least {int(needed * 1.2)}")
-    args.keep = False
     data_dir = Path(tempfile.mkdtemp(prefix="prefloop-judge-cpu-"))
     try:
         with load.database_fresh(args) as database_url:
