@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432")
     parser.add_argument("--pg-database", default="prefloop_bench_cpu")
     parser.add_argument(
-        "--keep", action="store_true", help="keep the PostgreSQL database, to inspect it after"
+        "--keep", action="store_true", help="keep the temp dir and the PostgreSQL database"
     )
     parser.add_argument("--internal-measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,7 +218,10 @@ def main() -> None:
             )
             result = json.loads(line[len(MEASURE_MARKER) :])
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if args.keep:
+            load.log(f"kept {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
     print(
         f"judge CPU: {args.db}, Python {result['python']} ({sys.executable}), "
         f"{args.annotators} annotators round-robin, {args.repeat} x {args.judgments} judgments"
