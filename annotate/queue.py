@@ -370,6 +370,7 @@ def _claim(
     optimistic = optimistic and skip_locked
     with transaction.atomic():
         if project.gold_rate and rng.random() < project.gold_rate:
+            sql.index_plans()  # the picks are the ORM's
             gold = _gold_pick(project=project, annotator=annotator, rng=rng)
             if gold is not None:
                 return lease_take(
@@ -380,6 +381,7 @@ def _claim(
                     left_is_a=gold.left_is_a,
                 )
         if project.swap_recheck_rate and rng.random() < project.swap_recheck_rate:
+            sql.index_plans()
             vote = _recheck_pick(project=project, annotator=annotator, rng=rng)
             if vote is not None:
                 return lease_take(

@@ -627,6 +627,7 @@ def judgment_undo(*, project: Project, annotator: User, judgment_id: int) -> Jud
     """Take back the last judgment: it stays on record as superseded, and the pair is held
     for the annotator again with the sides they saw, to judge afresh."""
     with transaction.atomic():
+        sql.index_plans()  # the ORM's statements come first
         last = judgment_undoable(project=project, annotator=annotator)
         if last is None or last.pk != judgment_id:
             raise JudgmentRejected(
@@ -660,6 +661,7 @@ def comparison_adjudicate(
 ) -> Judgment:
     """A reviewer's decision: it wins aggregation; the annotators' judgments stay as they are."""
     with transaction.atomic():
+        sql.index_plans()  # the ORM's statements come first
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
         )
@@ -714,6 +716,7 @@ def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparis
             f"Unknown gold answer {gold_choice!r}; expected one of {Choice.values}."
         )
     with transaction.atomic():
+        sql.index_plans()  # the ORM's statements come first
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
         )

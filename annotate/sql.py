@@ -4,7 +4,8 @@ The ORM costs about 0.9 ms of CPU to build and compile one query on this project
 a plain statement about 0.1 ms; an annotator's submit-and-next runs some fifteen statements,
 so the path the load target is measured on speaks SQL. On PostgreSQL the statements are
 prepared once per connection (psycopg's server-side binding), which also spares the server
-planning them again. Everything else in the app stays on the ORM.
+planning them again, and planned with sequential scans off (see `_execute_index_planned`).
+Everything else in the app stays on the ORM.
 
 SQL here is written once for both databases: `%s` placeholders, `ON CONFLICT` upserts,
 booleans compared as values, timestamps passed through `timestamp()`. Consecutive writes go
@@ -69,6 +70,10 @@ def timestamp(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
+# Sequential scans off until the transaction ends: see _execute_index_planned.
+_INDEX_PLANS = "SET LOCAL enable_seqscan = off"
+
+
 def _execute(sql: str, params: Sequence[Any]) -> Any:
     # The connection once: each use of the `connection` proxy is a thread-local lookup.
     db = connections[DEFAULT_DB_ALIAS]
@@ -79,11 +84,61 @@ def _execute(sql: str, params: Sequence[Any]) -> Any:
         # prepare=True keeps the parsed and planned statement for the connection's lifetime.
         prepared = psycopg.Cursor(db.connection)
         with db.wrap_database_errors:
-            prepared.execute(sql, params, prepare=True)
+            _execute_index_planned(db.connection, prepared, sql, params)
         return prepared
     cursor = db.cursor()
     cursor.execute(sql, params)
     return cursor
+
+
+def _execute_index_planned(
+    pg: psycopg.Connection[Any], prepared: psycopg.Cursor[Any], sql: str, params: Sequence[Any]
+) -> None:
+    """Run a statement of this module planned with sequential scans off.
+
+    A prepared statement keeps the generic plan PostgreSQL makes at about its sixth
+    execution on the connection, until the connection closes or an ANALYZE of its tables
+    invalidates it. Made while the lease and judgment tables held a few dozen rows (a new
+    project, a server without autovacuum, as CI's), that plan reads them whole, and keeps
+    doing so as they grow: each walk of the queue then scans every lease (measured: 1.6 ms
+    a walk after 600 judgments, 6.3 ms after 1800; docs/benchmarks.md). Every statement
+    here is shaped for its indexes, so the planner is told to take them whatever the
+    tables' size, in the transactions that run this module's statements (SET LOCAL ends
+    with the transaction): the ORM's own (lead pages, exports, statistics) keep their plans.
+
+    The setting rides in the round trip of the transaction's first statement; outside
+    Django's transactions the statement runs in a BEGIN ... COMMIT of its own, in one round
+    trip too. A transaction that starts with the ORM's statements calls `index_plans()`
+    before the first of this module's.
+    """
+    if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        prepared.execute(sql, params, prepare=True)
+        return
+    if not pg.autocommit:
+        with pg.pipeline():
+            pg.execute(_INDEX_PLANS)  # psycopg sends the BEGIN before it
+            prepared.execute(sql, params, prepare=True)
+        return
+    try:
+        with pg.pipeline():
+            pg.execute("BEGIN")
+            pg.execute(_INDEX_PLANS)
+            prepared.execute(sql, params, prepare=True)
+            pg.execute("COMMIT")
+    except psycopg.Error:
+        # The failed statement left the explicit transaction open (aborted): end it.
+        if pg.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            pg.execute("ROLLBACK")
+        raise
+
+
+def index_plans() -> None:
+    """Plan this module's statements in the current transaction with sequential scans off
+    (see _execute_index_planned), for a transaction whose first statement is the ORM's."""
+    if is_postgres():
+        db = connections[DEFAULT_DB_ALIAS]
+        with db.cursor() as cursor:
+            cursor.execute(_INDEX_PLANS)
 
 
 def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
