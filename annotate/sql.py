@@ -70,8 +70,10 @@ def timestamp(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
 
-# Sequential scans off until the transaction ends: see _execute_index_planned.
-_INDEX_PLANS = "SET LOCAL enable_seqscan = off"
+# Sequential scans off until the transaction ends (see _execute_index_planned); JIT too: a
+# plan left with a sequential scan carries its 1e10 penalty cost, far past jit_above_cost,
+# and would be compiled at each execution.
+_INDEX_PLANS = "SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
 
 
 def _execute(sql: str, params: Sequence[Any]) -> Any:
