@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.db import connection
+from django.db import DataError, connection
 from django.utils import timezone
 
+from annotate import sql
 from annotate.models import Comparison, Lease, LeaseState, Project, Role
 from annotate.queue import assignment_next
 from annotate.selectors import annotator_progress
@@ -101,3 +103,18 @@ def test_queue_statements_use_indexes_after_the_lease_table_grows(real_services:
     assert idx_after - idx_before >= 5
     assert seq_after - seq_before == 0
     assert Comparison.objects.filter(project=project, judgment_count=1).count() == 15
+
+
+def test_a_failed_statement_outside_a_transaction_leaves_the_connection_usable(
+    real_services: None,
+) -> None:
+    # Outside Django's transactions a statement runs in a BEGIN ... COMMIT of its own (the
+    # setting needs a transaction): its failure must not leave that transaction open.
+    with pytest.raises(DataError, match="division by zero"):
+        sql.one("SELECT 1 / %s", [0])
+    assert connection.connection is not None
+    assert connection.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert sql.one("SELECT current_setting('enable_seqscan'), 1 / %s", [1]) == ("off", 1)
+    with connection.cursor() as cursor:  # the ORM's statements keep the server's settings
+        cursor.execute("SHOW enable_seqscan")
+        assert cursor.fetchone() == ("on",)
