@@ -19,16 +19,10 @@ from django.db import DataError, connection
 from django.utils import timezone
 
 from annotate import sql
-from annotate.models import Comparison, Lease, LeaseState, Project, Role
+from annotate.models import Comparison, Lease, LeaseState, Project, Prompt
 from annotate.queue import assignment_next
 from annotate.selectors import annotator_progress
-from annotate.services import (
-    PromptInput,
-    judgment_submit,
-    membership_set,
-    project_create,
-    prompts_create,
-)
+from annotate.services import judgment_submit
 from tests.factories import comparison_make
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -59,14 +53,11 @@ def _lease_scans() -> tuple[int, int]:
     return int(seq), int(idx)
 
 
-def test_queue_statements_use_indexes_after_the_lease_table_grows(real_services: None) -> None:
-    project = project_create(name="Plans", slug="plans", guidelines="Prefer correct.", overlap=1)
-    prompts = prompts_create(
-        project=project, rows=[PromptInput(messages=f"Question {i}?") for i in range(5)]
-    )
-    comparisons = [comparison_make(prompts[i % 5], seed=i) for i in range(COMPARISONS)]
-    annotator = User.objects.create_user(username="judge", password=None)
-    membership_set(project=project, user=annotator, role=Role.ANNOTATOR)
+def test_queue_statements_use_indexes_after_the_lease_table_grows(
+    real_services: None, project: Project, annotator: User
+) -> None:
+    prompts = list(Prompt.objects.filter(project=project, split="train"))
+    comparisons = [comparison_make(prompts[i % len(prompts)], seed=i) for i in range(COMPARISONS)]
 
     # Statistics of a young project, as autovacuum gathers them after its first changes (and
     # the load bench after its bulk load): the lease table empty. A table never analysed is
