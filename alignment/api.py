@@ -25,18 +25,14 @@ from alignment.models import (
     StartFrom,
 )
 from alignment.models import TrainingRun as TrainingRunModel
-from alignment.services import (
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import PROMPT_CHOICES, SamplingSettings, round_next_start
+from alignment.services.training import TrainingPlan, training_run_cancel, training_run_start
+from alignment.services.training_settings import (
     LOSS_TYPES,
     METHODS,
-    PROMPT_CHOICES,
     TRAINING_PRESETS,
-    SamplingSettings,
-    TrainingPlan,
     TrainingSettings,
-    model_version_base_ensure,
-    round_next_start,
-    training_run_cancel,
-    training_run_start,
 )
 from annotate.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED, ProjectApi
 from annotate.models import Role

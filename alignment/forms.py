@@ -17,13 +17,12 @@ from alignment.models import (
     Reference,
     StartFrom,
 )
-from alignment.services import (
+from alignment.services.rounds import PROMPT_CHOICES, SamplingSettings
+from alignment.services.training import TrainingPlan
+from alignment.services.training_settings import (
     LOSS_TYPES,
     METHODS,
-    PROMPT_CHOICES,
     TRAINING_PRESETS,
-    SamplingSettings,
-    TrainingPlan,
     TrainingSettings,
 )
 

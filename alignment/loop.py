@@ -29,16 +29,12 @@ from alignment.models import (
     PairingStrategy,
     TrainingRun,
 )
-from alignment.services import (
-    SamplingSettings,
-    TrainingPlan,
-    TrainingSettings,
-    generation_job_execute,
-    model_version_base_ensure,
-    round_start,
-    training_run_execute,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import SamplingSettings, round_start
+from alignment.services.training import TrainingPlan, training_run_start
+from alignment.services.training_settings import TrainingSettings
+from alignment.workers.generation import generation_job_execute
+from alignment.workers.training import training_run_execute
 from annotate.demo_data import demo_guidelines, demo_prompts
 from annotate.models import (
     Comparison,

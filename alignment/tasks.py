@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from alignment import services
+from alignment.services.recovery import jobs_recover as recover
+from alignment.workers.generation import generation_job_execute
+from alignment.workers.training import training_run_execute
 
 
 @shared_task(name="alignment.tasks.generation_job_run")
 def generation_job_run(job_id: int) -> None:
-    services.generation_job_execute(job_id=job_id)
+    generation_job_execute(job_id=job_id)
 
 
 @shared_task(name="alignment.tasks.training_run_run")
 def training_run_run(run_id: int) -> None:
-    services.training_run_execute(run_id=run_id)
+    training_run_execute(run_id=run_id)
 
 
 @shared_task(name="alignment.tasks.jobs_recover")
 def jobs_recover() -> None:
-    services.jobs_recover()
+    recover()

@@ -18,17 +18,15 @@ from django.views.decorators.vary import vary_on_headers
 from alignment import lineage, selectors
 from alignment.forms import RoundStartForm, TrainingRunStartForm
 from alignment.models import PairSelection
-from alignment.services import (
-    TRAINING_PRESETS,
-    TrainingSettings,
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import round_next_start, round_sign_off
+from alignment.services.training import (
     contradictions_send_back,
-    model_version_base_ensure,
-    round_next_start,
-    round_sign_off,
     training_run_cancel,
     training_run_memory_estimate,
     training_run_start,
 )
+from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
 from annotate.access import access_comparison, access_project, project_role
 from annotate.http import AuthedRequest
 from annotate.models import Project, Role

@@ -19,12 +19,10 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from alignment.models import GenerationJob, Round, TrainingRun
-from alignment.services import (
-    TrainingSettings,
-    model_version_base_ensure,
-    round_start,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import round_start
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
 from annotate.coverage import coverage_refresh
 from annotate.models import Role
 from annotate.services import (

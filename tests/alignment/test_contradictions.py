@@ -8,12 +8,10 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from alignment.models import TrainingRun
-from alignment.services import (
-    TrainingSettings,
-    model_version_base_ensure,
-    training_run_execute,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
+from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, ComparisonStatus, PreferencePair, Project
 from annotate.services import judgment_submit
 from tests.factories import comparison_make

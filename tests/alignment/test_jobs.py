@@ -9,21 +9,15 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from alignment import services
 from alignment.models import GenerationJob, JobStatus, ModelVersion, RefLogp, TrainingRun
 from alignment.selectors import round_drift
-from alignment.services import (
-    SamplingSettings,
-    TrainingSettings,
-    generation_job_execute,
-    model_version_base_ensure,
-    round_prompts_choose,
-    round_start,
-    snapshot_examples,
-    training_run_cancel,
-    training_run_execute,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
+from alignment.services.training import training_run_cancel, training_run_start
+from alignment.services.training_settings import TrainingSettings
+from alignment.workers import training as training_worker
+from alignment.workers.generation import generation_job_execute
+from alignment.workers.training import snapshot_examples, training_run_execute
 from annotate.models import Comparison, PreferencePair, Project, Response
 from annotate.services import (
     SnapshotFilters,
@@ -273,7 +267,7 @@ def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
     )
     client = Client()
     client.force_login(lead)
-    real_heartbeat = services.job_heartbeat
+    real_heartbeat = training_worker.job_heartbeat
 
     def lead_cancels_during_step_two(job: Any, **kwargs: Any) -> bool:
         if kwargs["fields"]["progress_done"] == 2:  # Cancel pressed as step 2 is reported
@@ -281,7 +275,7 @@ def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
             assert answer.status_code == 302
         return real_heartbeat(job, **kwargs)
 
-    monkeypatch.setattr(services, "job_heartbeat", lead_cancels_during_step_two)
+    monkeypatch.setattr(training_worker, "job_heartbeat", lead_cancels_during_step_two)
     training_run_execute(run_id=run.pk)
     run = TrainingRun.objects.get(pk=run.pk)
     assert run.status == JobStatus.CANCELLED

@@ -8,7 +8,8 @@ from django.test import Client
 
 from alignment.models import ModelVersion, PairingStrategy, Round
 from alignment.selectors import leaderboard_get
-from alignment.services import model_version_base_ensure, model_version_register, round_start
+from alignment.services.model_versions import model_version_base_ensure, model_version_register
+from alignment.services.rounds import round_start
 from annotate.models import Project, Purpose
 from annotate.services import ResponseInput, comparison_create, judgment_submit, responses_create
 

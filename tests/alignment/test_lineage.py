@@ -9,13 +9,11 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from alignment.models import TrainingRun
-from alignment.services import (
-    TrainingSettings,
-    generation_job_execute,
-    model_version_base_ensure,
-    training_run_execute,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
+from alignment.workers.generation import generation_job_execute
+from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project
 from annotate.services import judgment_submit
 from tests.alignment.test_jobs import _round

@@ -10,16 +10,12 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from alignment.models import DataScope, Reference, StartFrom, TrainingRun
-from alignment.services import (
-    TrainingPlan,
-    TrainingSettings,
-    generation_job_execute,
-    model_version_base_ensure,
-    round_prompts_choose,
-    round_start,
-    training_run_execute,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import round_prompts_choose, round_start
+from alignment.services.training import TrainingPlan, training_run_start
+from alignment.services.training_settings import TrainingSettings
+from alignment.workers.generation import generation_job_execute
+from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project
 from annotate.services import ValidationFailed, judgment_submit
 from tests.alignment.test_jobs import SAMPLING, _round

@@ -13,17 +13,16 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from alignment import services
 from alignment.jobs import JobLost, job_claim, job_heartbeat, job_succeed
 from alignment.models import GenerationJob, JobStatus, ModelVersion, TrainingRun
-from alignment.services import (
-    TrainingSettings,
-    generation_job_execute,
-    jobs_recover,
-    model_version_base_ensure,
-    training_run_execute,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.recovery import jobs_recover
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
+from alignment.workers import generation as generation_worker
+from alignment.workers import training as training_worker
+from alignment.workers.generation import generation_job_execute
+from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project, Response
 from annotate.services import ValidationFailed, judgment_submit
 from tests.alignment.test_jobs import _round
@@ -43,7 +42,7 @@ def _silence(job: GenerationJob | TrainingRun, seconds: float = 3600) -> None:
 
 
 def _die_at(monkeypatch: pytest.MonkeyPatch, *, progress_done: int) -> None:
-    real = services.job_heartbeat
+    real = training_worker.job_heartbeat  # one function, imported by both workers
 
     def heartbeat(job: Any, **kwargs: Any) -> bool:
         alive = real(job, **kwargs)
@@ -51,7 +50,8 @@ def _die_at(monkeypatch: pytest.MonkeyPatch, *, progress_done: int) -> None:
             raise WorkerDied
         return alive
 
-    monkeypatch.setattr(services, "job_heartbeat", heartbeat)
+    for worker in (generation_worker, training_worker):
+        monkeypatch.setattr(worker, "job_heartbeat", heartbeat)
 
 
 def _judged_run(project: Project, annotator: User, **training: Any) -> TrainingRun:

@@ -9,12 +9,10 @@ from django.test import Client
 
 from alignment.models import RoundSignOff, TrainingRun
 from alignment.selectors import snapshot_changes
-from alignment.services import (
-    TrainingSettings,
-    model_version_base_ensure,
-    round_start,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import round_start
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
 from annotate.models import Comparison, Project, Role
 from annotate.services import comparison_send_back, judgment_submit, membership_set
 from tests.factories import comparison_make

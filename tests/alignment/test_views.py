@@ -12,13 +12,10 @@ from django.urls import reverse
 
 from alignment.jobs import job_claim, job_heartbeat, job_succeed
 from alignment.models import GenerationJob, ModelVersion, Round, TrainingRun
-from alignment.services import (
-    TrainingSettings,
-    model_version_base_ensure,
-    model_version_register,
-    round_start,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure, model_version_register
+from alignment.services.rounds import round_start
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
 from annotate.models import DatasetSnapshot, PreferencePair, Project, Prompt
 from annotate.services import judgment_submit
 from tests.factories import comparison_make

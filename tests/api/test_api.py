@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from alignment.services import model_version_base_ensure
+from alignment.services.model_versions import model_version_base_ensure
 from annotate.models import Comparison, Judgment, Lease, Project, Prompt, Role
 from annotate.services import judgment_submit, membership_set
 from tests.factories import comparison_make

@@ -26,12 +26,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from alignment.services import (
-    TrainingSettings,
-    model_version_base_ensure,
-    round_start,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import round_start
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
 from annotate.coverage import coverage_refresh
 from annotate.models import Project
 from annotate.services import judgment_submit

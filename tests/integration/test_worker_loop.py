@@ -17,7 +17,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 
-from alignment import services
 from alignment.models import (
     GenerationJob,
     JobStatus,
@@ -26,14 +25,11 @@ from alignment.models import (
     Round,
     TrainingRun,
 )
-from alignment.services import (
-    SamplingSettings,
-    TrainingSettings,
-    model_version_base_ensure,
-    round_prompts_choose,
-    round_start,
-    training_run_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.recovery import jobs_recover
+from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
+from alignment.services.training import training_run_start
+from alignment.services.training_settings import TrainingSettings
 from annotate.models import Comparison, Project, Response
 from annotate.services import judgment_submit
 from tests.conftest import MODELS_DIR, REPO
@@ -224,9 +220,9 @@ def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
     assert run.status == JobStatus.RUNNING and run.attempts == 1
     assert 0 < killed_at < run.progress_total, "the run was not mid-way when killed"
 
-    assert services.jobs_recover() == []  # heartbeat still fresh
+    assert jobs_recover() == []  # heartbeat still fresh
     time.sleep(settings.JOB_HEARTBEAT_STALE_SECONDS + 1)
-    (changed,) = services.jobs_recover()  # what beat runs every minute
+    (changed,) = jobs_recover()  # what beat runs every minute
     assert changed[0].pk == run.pk and changed[1] == "requeued"
 
     second = _worker_start(tmp_path, "second", **worker_env)

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from alignment.engine.rules import BUILTIN_RULES, rule_load
 from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
-from alignment.services import TrainingSettings
+from alignment.services.training_settings import TrainingSettings
 from annotate.services import ValidationFailed
 
 

@@ -7,12 +7,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from alignment.models import Round
-from alignment.services import (
-    SamplingSettings,
-    model_version_base_ensure,
-    round_prompts_choose,
-    round_start,
-)
+from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
 from annotate.demo_data import demo_guidelines, demo_prompts
 from annotate.models import Project, Role
 from annotate.services import membership_set, project_create, prompts_create

@@ -1,0 +1,155 @@
+"""Pair forming: a round's samples become comparisons (on-policy, selected from K, head-to-head)."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from alignment.engine.selection import implicit_rewards, pair_select
+from alignment.engine.sources import model_path_resolve
+from alignment.models import JobStatus, PairingStrategy, PairSelection, Round
+from annotate.models import Comparison, Purpose, Response
+from annotate.services import comparison_create
+
+
+def on_policy_pairs_create(
+    responses: Sequence[Response],
+    round_: Round,
+    rng: random.Random,
+    counts: dict[str, int],
+) -> None:
+    by_prompt: dict[int, list[Response]] = defaultdict(list)
+    for response in responses:
+        by_prompt[response.prompt_id].append(response)
+    if round_.pair_selection != PairSelection.ADJACENT:
+        _selected_pairs_create(by_prompt, round_, rng, counts)
+        return
+    for group in by_prompt.values():
+        for first, second in zip(group[0::2], group[1::2], strict=False):
+            _on_policy_pair_create(first, second, round_, rng, counts)
+
+
+def _on_policy_pair_create(
+    first: Response,
+    second: Response,
+    round_: Round,
+    rng: random.Random,
+    counts: dict[str, int],
+    selection: dict[str, Any] | None = None,
+) -> None:
+    """A training comparison of two samples, unless they say the same thing."""
+    if first.text.strip() == second.text.strip():
+        counts["identical_skipped"] += 1
+        return
+    comparison_create(
+        response_a=first,
+        response_b=second,
+        round_number=round_.number,
+        purpose=Purpose.TRAIN,
+        pairing_strategy=PairingStrategy.ON_POLICY,
+        rng=rng,
+        selection=selection,
+    )
+    counts["comparisons"] += 1
+
+
+def _selected_pairs_create(
+    by_prompt: dict[int, list[Response]],
+    round_: Round,
+    rng: random.Random,
+    counts: dict[str, int],
+) -> None:
+    """One pair per prompt out of its K samples, by the round's pair selection."""
+    strategy = str(round_.pair_selection)
+    rewards: dict[int, float] = {}
+    note = ""
+    if strategy == PairSelection.REWARD_GAP:
+        version = round_.policy
+        if version.is_base:
+            # The base is its own reference: every implicit reward is 0.
+            strategy, note = PairSelection.MOST_DIFFERENT, "the base model has no implicit reward"
+        else:
+            flat = [r for group in by_prompt.values() for r in group]
+            scores = implicit_rewards(
+                model_path=model_path_resolve(
+                    source=round_.project.base_model, models_dir=str(settings.MODELS_DIR)
+                ),
+                adapter=version.adapter_path,
+                adapter_sha256=version.adapter_sha256 or None,
+                items=[(r.prompt.messages, r.text) for r in flat],
+                trust_remote_code=round_.project.trust_remote_code,
+            )
+            rewards = {r.pk: score for r, score in zip(flat, scores, strict=True)}
+    for group in by_prompt.values():
+        if len(group) < 2:
+            continue
+        chosen = pair_select(
+            strategy,
+            [r.text for r in group],
+            rng=rng,
+            rewards=[rewards[r.pk] for r in group] if rewards else None,
+        )
+        selection: dict[str, Any] = {
+            "strategy": strategy,
+            "k": len(group),
+            "picked": [chosen.first, chosen.second],
+            "score": chosen.score,
+        }
+        if rewards:
+            selection["rewards"] = [round(rewards[r.pk], 4) for r in group]
+        if note:
+            selection["fallback"] = {"asked": PairSelection.REWARD_GAP, "why": note}
+        first, second = group[chosen.first], group[chosen.second]
+        _on_policy_pair_create(first, second, round_, rng, counts, selection)
+
+
+def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
+    """Pair the policy's and its parent's held-out responses once both jobs have succeeded."""
+    with transaction.atomic():
+        round_ = (
+            Round.objects.select_for_update(of=("self",))
+            .select_related("policy__parent")
+            .get(pk=round_.pk)
+        )
+        jobs = list(round_.generation_jobs.filter(purpose=Purpose.EVAL))
+        if not jobs or any(job.status != JobStatus.SUCCEEDED for job in jobs):
+            return []
+        if Comparison.objects.filter(
+            project=round_.project, round_number=round_.number, purpose=Purpose.EVAL
+        ).exists():
+            return []
+        policy, parent = round_.policy, round_.policy.parent
+        assert parent is not None
+        job_ids = [job.pk for job in jobs]
+        responses = (
+            Response.objects.filter(generation_params__generation_job__in=job_ids)
+            .select_related("prompt")
+            .order_by("id")
+        )
+        new: dict[int, list[Response]] = defaultdict(list)
+        old: dict[int, list[Response]] = defaultdict(list)
+        for response in responses:
+            (new if response.policy_id == policy.policy_id else old)[response.prompt_id].append(
+                response
+            )
+        rng = random.Random(round_.pk)
+        created = []
+        for prompt_id, ours in new.items():
+            for mine, theirs in zip(ours, old.get(prompt_id, []), strict=False):
+                # Response a is always the new policy's; the sides shown are still randomised.
+                created.append(
+                    comparison_create(
+                        response_a=mine,
+                        response_b=theirs,
+                        round_number=round_.number,
+                        purpose=Purpose.EVAL,
+                        pairing_strategy=PairingStrategy.HEAD_TO_HEAD,
+                        rng=rng,
+                    )
+                )
+        return created

@@ -1,0 +1,248 @@
+"""Rounds: the prompts a round takes, its sampling settings, its generation jobs, the lead's sign-off."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Count, Max, QuerySet
+
+from alignment.models import (
+    GenerationJob,
+    ModelVersion,
+    PairingStrategy,
+    PairSelection,
+    Round,
+    RoundSignOff,
+)
+from annotate.coverage import prompts_for_coverage
+from annotate.models import Project, Prompt, Purpose, Split
+from annotate.services import ValidationFailed
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 200
+    temperature: float = 0.9
+    top_p: float = 0.95
+    seed: int = 0
+    # Prompts per forward pass; 16 measured fastest on 2 cores (bench/engine_generation.py).
+    batch_size: int = 16
+
+    def validate(self) -> SamplingSettings:
+        if not 8 <= self.max_new_tokens <= 4096:
+            raise ValidationFailed("Max new tokens must be between 8 and 4096.")
+        if not 0 <= self.temperature <= 5:
+            raise ValidationFailed("Temperature must be between 0 and 5.")
+        if not 0 < self.top_p <= 1:
+            raise ValidationFailed("Top-p must be above 0 and at most 1.")
+        if not 1 <= self.batch_size <= 256:
+            raise ValidationFailed("Batch size must be between 1 and 256.")
+        return self
+
+
+PROMPT_CHOICES = {
+    "least_used": "Least used first",
+    "coverage": "Fill under-covered clusters first (from the last coverage statistics)",
+}
+
+
+def training_prompts_least_used(*, project: Project) -> QuerySet[Prompt]:
+    """The project's training prompts, those in the fewest rounds first: a prompt a round has
+    taken counts as used before its responses are even generated."""
+    return (
+        project.prompts.filter(split=Split.TRAIN)
+        .annotate(uses=Count("rounds"))
+        .order_by("uses", "id")
+    )
+
+
+def round_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
+    """Training prompts for a new round: the least used first (fresh prompts before reused)."""
+    return list(training_prompts_least_used(project=project)[: max(count, 0)])
+
+
+def round_prompts_for_coverage(*, project: Project, count: int) -> list[Prompt]:
+    """Training prompts for a new round that fill the under-covered clusters first, the least
+    used first within a cluster (see annotate.coverage.prompts_for_coverage)."""
+    return prompts_for_coverage(
+        project=project,
+        count=count,
+        least_used_first=training_prompts_least_used(project=project),
+    )
+
+
+def eval_prompts_choose(*, project: Project, count: int) -> list[Prompt]:
+    """The first `count` held-out prompts in id order: the same head-to-head set every round."""
+    return list(project.prompts.filter(split=Split.EVAL).order_by("id")[: max(count, 0)])
+
+
+def round_next_start(
+    *,
+    project: Project,
+    policy: ModelVersion,
+    train_count: int,
+    eval_count: int,
+    samples_per_prompt: int = 2,
+    sampling: SamplingSettings | None = None,
+    strategy: str = PairingStrategy.ON_POLICY,
+    pair_selection: str = PairSelection.ADJACENT,
+    created_by: User | None = None,
+    prompt_choice: str = "least_used",
+) -> Round:
+    """Start the next round with prompts chosen for the strategy: fresh training prompts
+    first, or (`prompt_choice="coverage"`) those that fill the under-covered clusters."""
+    on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
+    head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+    if prompt_choice not in PROMPT_CHOICES:
+        raise ValidationFailed(f"Unknown prompt choice {prompt_choice!r}.")
+    choose = round_prompts_for_coverage if prompt_choice == "coverage" else round_prompts_choose
+    return round_start(
+        project=project,
+        policy=policy,
+        train_prompts=choose(project=project, count=train_count) if on_policy else (),
+        eval_prompts=eval_prompts_choose(project=project, count=eval_count) if head_to_head else (),
+        samples_per_prompt=samples_per_prompt,
+        sampling=sampling,
+        strategy=strategy,
+        pair_selection=pair_selection,
+        created_by=created_by,
+    )
+
+
+def round_start(
+    *,
+    project: Project,
+    policy: ModelVersion,
+    train_prompts: Sequence[Prompt] = (),
+    eval_prompts: Sequence[Prompt] = (),
+    samples_per_prompt: int = 2,
+    sampling: SamplingSettings | None = None,
+    strategy: str = PairingStrategy.ON_POLICY,
+    pair_selection: str = PairSelection.ADJACENT,
+    created_by: User | None = None,
+    dispatch: bool = True,
+) -> Round:
+    """Create the next round and queue its generation jobs.
+
+    on_policy: `samples_per_prompt` samples of `policy` per training prompt, paired with each
+    other as they are generated. head_to_head: `samples_per_prompt` samples of `policy` and
+    of its parent per held-out prompt, paired sample by sample when both jobs are done
+    (evaluation, never trained on). `pair_selection` other than adjacent makes one on-policy
+    pair per prompt out of its K samples (alignment.engine.selection), recorded on the
+    comparison. `dispatch=False` leaves the jobs queued for the caller
+    to execute in-process (the headless loop check).
+    """
+    sampling = (sampling or SamplingSettings()).validate()
+    if policy.project_id != project.pk:
+        raise ValidationFailed("That model version belongs to another project.")
+    if strategy not in PairingStrategy.values:
+        raise ValidationFailed(f"Unknown pairing strategy {strategy!r}.")
+    on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
+    head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+    if on_policy and not train_prompts:
+        raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
+    if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
+        raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
+    if pair_selection not in PairSelection.values:
+        raise ValidationFailed(f"pair_selection must be one of {', '.join(PairSelection.values)}.")
+    if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
+        raise ValidationFailed(
+            "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."
+        )
+    if head_to_head and policy.parent is None:
+        raise ValidationFailed(
+            "Head-to-head needs a model version with a parent; the base has none."
+        )
+    if head_to_head and not eval_prompts:
+        raise ValidationFailed(
+            "Head-to-head needs held-out evaluation prompts; the project has none."
+        )
+    if any(p.split != Split.EVAL for p in eval_prompts) or any(
+        p.split != Split.TRAIN for p in train_prompts
+    ):
+        raise ValidationFailed(
+            "Training prompts must be in the train split and evaluation prompts held out."
+        )
+    config = asdict(sampling)
+    with transaction.atomic():
+        number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+        round_ = Round.objects.create(
+            project=project,
+            number=number,
+            policy=policy,
+            samples_per_prompt=samples_per_prompt,
+            pairing_strategy=strategy,
+            pair_selection=pair_selection,
+            sampling=config,
+            created_by=created_by,
+        )
+        round_.prompts.set([*train_prompts, *eval_prompts])
+        jobs = []
+        if on_policy:
+            jobs.append(
+                _generation_job_create(
+                    round_,
+                    policy,
+                    train_prompts,
+                    Purpose.TRAIN,
+                    {**config, "samples_per_prompt": samples_per_prompt},
+                )
+            )
+        if head_to_head:
+            assert policy.parent is not None
+            for version in (policy, policy.parent):
+                jobs.append(
+                    _generation_job_create(
+                        round_,
+                        version,
+                        eval_prompts,
+                        Purpose.EVAL,
+                        {**config, "samples_per_prompt": samples_per_prompt},
+                    )
+                )
+        if dispatch:
+            for job in jobs:
+                generation_dispatch(job.pk)
+    return round_
+
+
+def _generation_job_create(
+    round_: Round,
+    version: ModelVersion,
+    prompts: Sequence[Prompt],
+    purpose: str,
+    config: dict[str, Any],
+) -> GenerationJob:
+    job = GenerationJob.objects.create(
+        project=round_.project,
+        round=round_,
+        model_version=version,
+        purpose=purpose,
+        config=config,
+        progress_total=len(prompts),
+        created_by=round_.created_by,
+    )
+    job.prompts.set(prompts)
+    return job
+
+
+def generation_dispatch(job_id: int) -> None:
+    from alignment.tasks import generation_job_run
+
+    transaction.on_commit(lambda: generation_job_run.delay(job_id))
+
+
+def round_sign_off(
+    *, round_: Round, figures: dict[str, Any], signed_off_by: User, note: str = ""
+) -> RoundSignOff:
+    """Record that the lead reviewed the round (its review's headline `figures` then); the
+    next run trained on the round's policy's data carries the latest sign-off."""
+    if len(note) > 4000:
+        raise ValidationFailed("The note must be at most 4000 characters.")
+    return RoundSignOff.objects.create(
+        round=round_, signed_off_by=signed_off_by, note=note.strip(), figures=figures
+    )

@@ -1,0 +1,165 @@
+"""The generation worker's body: claim the job, sample with the engine, store the responses and
+form the pairs batch by batch, record the outcome."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from django.conf import settings
+from django.db import transaction
+
+from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
+from alignment.engine.vllm_backend import generate_vllm
+from alignment.jobs import (
+    JobLost,
+    job_alive,
+    job_claim,
+    job_fail,
+    job_heartbeat,
+    job_log,
+    job_succeed,
+)
+from alignment.models import GenerationJob, PairSelection
+from alignment.services.pairs import head_to_head_pairs_form, on_policy_pairs_create
+from annotate.models import Purpose, Response
+from annotate.services import ResponseInput, responses_create
+
+# The generation backends a worker can be configured with (settings.GENERATION_BACKEND).
+GENERATORS = {"transformers": generate, "vllm": generate_vllm}
+
+
+def generation_job_execute(*, job_id: int) -> GenerationJob | None:
+    """Run a queued generation job to its end; None when it was not queued (a redelivery).
+    A later attempt (its worker was lost) generates only for the prompts not done yet."""
+    job = job_claim(GenerationJob, job_id=job_id)
+    if job is None:
+        return None
+    try:
+        with job_alive(job, every=settings.JOB_HEARTBEAT_SECONDS):
+            _generation_run(job)
+    except JobLost:
+        return job  # cancelled, or another worker has it now: stop and write nothing
+    except Exception as error:
+        job_fail(job, error=error)
+        raise
+    return job
+
+
+def _generation_run(job: GenerationJob) -> None:
+    version = job.model_version
+    project = job.project
+    round_ = job.round
+    every_prompt = list(job.prompts.order_by("id"))
+    # Each batch's responses and comparisons are committed together: what an earlier attempt
+    # committed is done.
+    done = set(
+        Response.objects.filter(
+            policy=version.policy, generation_params__generation_job=job.pk
+        ).values_list("prompt_id", flat=True)
+    )
+    prompts = [p for p in every_prompt if p.pk not in done]
+    cfg = job.config
+    engine_config = GenerationConfig(
+        model=project.base_model,
+        models_dir=str(settings.MODELS_DIR),
+        adapter=version.adapter_path or None,
+        adapter_sha256=version.adapter_sha256 or None,
+        samples_per_prompt=int(cfg.get("samples_per_prompt", 2)),
+        max_new_tokens=int(cfg.get("max_new_tokens", 200)),
+        temperature=float(cfg.get("temperature", 0.9)),
+        top_p=float(cfg.get("top_p", 0.95)),
+        seed=int(cfg.get("seed", 0)) + job.pk,
+        batch_size=int(cfg.get("batch_size", 8)),
+        trust_remote_code=project.trust_remote_code,
+    )
+    params = {k: cfg[k] for k in ("max_new_tokens", "temperature", "top_p") if k in cfg}
+    params.update(
+        model=project.base_model,
+        adapter=version.adapter_path,
+        model_version=version.name,
+        generation_job=job.pk,
+        round=round_.number,
+    )
+    rng = random.Random(engine_config.seed)
+    counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
+    # The implicit reward needs every sample scored first: pairs are formed once all are in.
+    pairs_at_the_end = round_.pair_selection == PairSelection.REWARD_GAP
+    job_log(
+        job,
+        f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
+        f"with {version.name}"
+        + (f" (attempt {job.attempts}: {len(done)} prompts done before)" if done else ""),
+    )
+
+    def on_progress(progress: GenerationProgress) -> None:
+        rows = [
+            ResponseInput(
+                prompt_id=prompts[s.prompt_index].pk,
+                text=s.text,
+                generation_params={**params, "sample_index": s.sample_index},
+                seed=s.seed,
+                prompt_tokens=s.prompt_tokens,
+                completion_tokens=s.completion_tokens,
+                finish_reason=s.finish_reason,
+            )
+            for s in progress.samples
+        ]
+        with transaction.atomic():
+            created = responses_create(policy=version.policy, rows=rows)
+            counts["responses"] += len(created)
+            if job.purpose == Purpose.TRAIN and not pairs_at_the_end:
+                on_policy_pairs_create(created, round_, rng, counts)
+        tokens_per_s = progress.tokens_generated / progress.elapsed_s if progress.elapsed_s else 0.0
+        job.metrics.append(
+            {
+                "t": round(progress.elapsed_s, 2),
+                "done": progress.done_prompts,
+                "tokens": progress.tokens_generated,
+                "tokens_per_s": round(tokens_per_s, 2),
+            }
+        )
+        job_log(
+            job,
+            f"{len(done) + progress.done_prompts}/{len(every_prompt)} prompts, "
+            f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s",
+        )
+        alive = job_heartbeat(
+            job,
+            fields={
+                "progress_done": len(done) + progress.done_prompts,
+                "metrics": job.metrics,
+                "log_tail": job.log_tail,
+            },
+        )
+        if not alive:
+            raise JobLost(f"{job} was cancelled or handed to another worker")
+
+    started = time.monotonic()
+    samples = (
+        GENERATORS[settings.GENERATION_BACKEND](
+            engine_config, [p.messages for p in prompts], on_progress=on_progress
+        )
+        if prompts
+        else []
+    )
+    elapsed = time.monotonic() - started
+    tokens = sum(s.completion_tokens for s in samples)
+    if job.purpose == Purpose.TRAIN and pairs_at_the_end:
+        ours = Response.objects.filter(
+            policy=version.policy, generation_params__generation_job=job.pk
+        ).select_related("prompt")
+        with transaction.atomic():
+            on_policy_pairs_create(list(ours.order_by("id")), round_, rng, counts)
+    job.progress_done = len(every_prompt)
+    job_succeed(
+        job,
+        summary={
+            **counts,
+            "tokens_generated": tokens,
+            "elapsed_s": round(elapsed, 2),
+            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
+        },
+    )
+    if job.purpose == Purpose.EVAL:
+        head_to_head_pairs_form(round_=round_)
