@@ -52,7 +52,7 @@ lint: install
 	DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 typecheck: install
-	DEBUG=1 $(VENV)/bin/mypy config annotate alignment
+	DEBUG=1 $(VENV)/bin/mypy config core annotate alignment
 
 # With DATABASE_URL set (CI: PostgreSQL + Redis) the suite runs on the production shape, then
 # the database-facing tests run once more on the embedded default (SQLite, no broker).

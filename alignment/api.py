@@ -16,7 +16,6 @@ from alignment import selectors
 from alignment.models import (
     DataScope,
     GenerationJob,
-    JobStatus,
     ModelVersion,
     PairingStrategy,
     PairSelection,
@@ -34,9 +33,11 @@ from alignment.services.training_settings import (
     TRAINING_PRESETS,
     TrainingSettings,
 )
-from annotate.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED, ProjectApi
+from annotate.api import ProjectApi
 from annotate.models import Role
 from annotate.services import SnapshotFilters
+from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED
+from core.models import JobStatus
 
 _SAMPLING = SamplingSettings()
 

@@ -21,14 +21,7 @@ from django.utils import timezone
 
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
-from alignment.models import (
-    DataScope,
-    GenerationJob,
-    JobStatus,
-    ModelVersion,
-    PairingStrategy,
-    TrainingRun,
-)
+from alignment.models import DataScope, GenerationJob, ModelVersion, PairingStrategy, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_start
 from alignment.services.training import TrainingPlan, training_run_start
@@ -53,6 +46,7 @@ from annotate.services import (
     project_create,
     prompts_create,
 )
+from core.models import JobStatus
 
 Log = Callable[[str], None]
 

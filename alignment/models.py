@@ -6,17 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from annotate.models import DatasetSnapshot, Policy, Project, Prompt, Response
-
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+from core.models import Job
 
 
 class ModelVersion(models.Model):
@@ -113,42 +103,8 @@ class RoundSignOff(models.Model):
         return f"Sign-off of {self.round}"
 
 
-class Job(models.Model):
-    """What generation jobs and training runs share: status, progress, heartbeat, outcome."""
-
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
-    status = models.CharField(max_length=10, choices=JobStatus, default=JobStatus.QUEUED)
-    progress_done = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
-    metrics = models.JSONField(default=list, blank=True, help_text="Series of metric points.")
-    summary = models.JSONField(default=dict, blank=True)
-    log_tail = models.TextField(blank=True)
-    error = models.TextField(blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        abstract = True
-        ordering = ["-id"]
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-    @property
-    def progress_percent(self) -> int:
-        if not self.progress_total:
-            return 0
-        return min(100, round(100 * self.progress_done / self.progress_total))
-
-
 class GenerationJob(Job):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="generation_jobs")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
     prompts = models.ManyToManyField(Prompt, related_name="+", blank=True)
@@ -180,6 +136,7 @@ class DataScope(models.TextChoices):
 
 
 class TrainingRun(Job):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     base_version = models.ForeignKey(
         ModelVersion,
         on_delete=models.PROTECT,
@@ -187,7 +144,7 @@ class TrainingRun(Job):
         help_text="The parent: the policy whose round the data comes from; the new version's "
         "parent.",
     )
-    # The lead's choices for this round (alignment.services.TrainingPlan).
+    # The lead's choices for this round (alignment.services.training.TrainingPlan).
     start_from = models.CharField(max_length=10, choices=StartFrom, default=StartFrom.PARENT)
     reference = models.CharField(max_length=10, choices=Reference, default=Reference.PARENT)
     data_scope = models.CharField(max_length=10, choices=DataScope, default=DataScope.CUMULATIVE)

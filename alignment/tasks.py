@@ -1,10 +1,9 @@
-"""Celery tasks: ids in, a service does the work. The job row holds the outcome."""
+"""Celery tasks: ids in, a worker body does the work. The job row holds the outcome."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from alignment.services.recovery import jobs_recover as recover
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
 
@@ -17,8 +16,3 @@ def generation_job_run(job_id: int) -> None:
 @shared_task(name="alignment.tasks.training_run_run")
 def training_run_run(run_id: int) -> None:
     training_run_execute(run_id=run_id)
-
-
-@shared_task(name="alignment.tasks.jobs_recover")
-def jobs_recover() -> None:
-    recover()

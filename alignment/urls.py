@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import URLPattern, path
 
 from alignment import api, views
-from annotate import http as _http  # noqa: F401  (registers the <id:...> converter)
+from core import http as _http  # noqa: F401  (registers the <id:...> converter)
 
 urlpatterns: list[URLPattern] = [
     path("p/<slug:slug>/rounds/", views.round_list, name="round_list"),

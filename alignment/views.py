@@ -28,9 +28,9 @@ from alignment.services.training import (
 )
 from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
 from annotate.access import access_comparison, access_project, project_role
-from annotate.http import AuthedRequest
 from annotate.models import Project, Role
 from annotate.services import SnapshotFilters, ValidationFailed
+from core.http import AuthedRequest
 
 
 def _lead_project(request: AuthedRequest, slug: str) -> Project:

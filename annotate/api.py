@@ -3,7 +3,7 @@
 Token or session authentication. Every view gates through annotate.access, as the pages do:
 outside a user's projects everything is a 404, and a role too low for a view is a 404 as
 well. Each view parses its input with its own serializer and calls one service or selector.
-Errors share one JSON shape (annotate/api_errors.py).
+Errors share one JSON shape, and paging one query (core/api.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from rest_framework.views import APIView
 
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role, projects_for_user
-from annotate.api_errors import ErrorSerializer
 from annotate.coverage import coverage_is_stale
 from annotate.exports import (
     FORMATS,
@@ -63,22 +62,16 @@ from annotate.services import (
     judgment_submit,
     judgment_undo,
 )
-
-# Ids in paths and filters: larger numbers name nothing (and would overflow the database).
-MAX_ID = 2**31 - 1
-
-
-ERRORS = {
-    400: OpenApiResponse(ErrorSerializer, description="The request is malformed."),
-    401: OpenApiResponse(ErrorSerializer, description="No or an invalid token."),
-    404: OpenApiResponse(ErrorSerializer, description="No such object, or not yours to see."),
-}
-REJECTED = {422: OpenApiResponse(ErrorSerializer, description="Refused by the project's rules.")}
-# What a view that reads a body may answer besides.
-BODY_ERRORS = {
-    **ERRORS,
-    415: OpenApiResponse(ErrorSerializer, description="The body is not JSON."),
-}
+from core.api import (
+    BODY_ERRORS,
+    ERRORS,
+    MAX_ID,
+    REJECTED,
+    ErrorSerializer,
+    PageQuery,
+    paged,
+    paged_serializer,
+)
 
 
 class ProjectApi(APIView):
@@ -88,26 +81,6 @@ class ProjectApi(APIView):
 
     def project(self, request: Request, slug: str) -> Project:
         return access_project(user=request.user, slug=slug, min_role=self.min_role)
-
-
-class PageQuery(serializers.Serializer):
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
-    offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, default=0)
-
-
-def _paged(items: list[Any], *, count: int, offset: int) -> dict[str, Any]:
-    return {"count": count, "offset": offset, "results": items}
-
-
-def paged_serializer(name: str, item: type[serializers.Serializer]) -> Any:
-    return inline_serializer(
-        name,
-        {
-            "count": serializers.IntegerField(),
-            "offset": serializers.IntegerField(),
-            "results": item(many=True),
-        },
-    )
 
 
 # Projects -----------------------------------------------------------------------------------
@@ -236,7 +209,7 @@ class PromptListApi(ProjectApi):
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
         page = prompts.defer("embedding")[offset : offset + limit]
         return Response(
-            _paged(PromptOut(page, many=True).data, count=prompts.count(), offset=offset)
+            paged(PromptOut(page, many=True).data, count=prompts.count(), offset=offset)
         )
 
     @extend_schema(
@@ -312,7 +285,7 @@ class ComparisonListApi(ProjectApi):
             comparisons = comparisons.filter(round_number=data["round"])
         page = comparisons[data["offset"] : data["offset"] + data["limit"]]
         return Response(
-            _paged(
+            paged(
                 ComparisonOut(page, many=True).data,
                 count=comparisons.count(),
                 offset=data["offset"],
@@ -621,9 +594,7 @@ class JudgmentListApi(ProjectApi):
         judgments = judgments.order_by("-id")
         page = judgments[data["offset"] : data["offset"] + data["limit"]]
         return Response(
-            _paged(
-                JudgmentOut(page, many=True).data, count=judgments.count(), offset=data["offset"]
-            )
+            paged(JudgmentOut(page, many=True).data, count=judgments.count(), offset=data["offset"])
         )
 
 

@@ -40,6 +40,7 @@ from annotate.models import (
     Project,
     Split,
 )
+from core.errors import ValidationFailed
 
 FORMATS = {
     "dpo": "TRL DPO, conversational (prompt / chosen / rejected)",
@@ -51,7 +52,7 @@ SPLITS = ("train", "eval", "all")
 CHUNK = 2000
 
 
-class ExportError(ValueError):
+class ExportError(ValidationFailed):
     """The export cannot be made as asked; the message says why."""
 
 

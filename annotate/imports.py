@@ -23,6 +23,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,14 +34,12 @@ from typing import IO, Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.utils import timezone
 
 from annotate.coverage import coverage_refresh_request
 from annotate.models import (
     Comparison,
     ComparisonStatus,
     ImportJob,
-    ImportStatus,
     PairKind,
     PolicyKind,
     PreferencePair,
@@ -58,6 +57,7 @@ from annotate.services import (
     prompts_create,
     responses_create,
 )
+from core.jobs import JobLost, job_execute, job_fail, job_heartbeat, job_succeed
 
 KINDS = ("prompts", "pairs")
 FILE_TYPES = ("jsonl", "csv", "parquet", "dataset")
@@ -67,6 +67,8 @@ MAX_ROWS = 2_000_000
 MAX_TAGS, MAX_TAG_CHARS, MAX_ID_CHARS = 32, 64, 200
 MAX_ERRORS_SHOWN = 100
 IMPORTED_POLICY = "imported"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,19 @@ class RowError:
 class ImportRefused(ValidationFailed):
     """The import was refused and nothing was written; `errors` says why, row by row."""
 
+    code = "import_refused"
+
     def __init__(self, errors: Sequence[RowError], message: str = "") -> None:
         self.errors = list(errors)
         shown = "; ".join(str(e) for e in self.errors[:5])
         more = f" (and {len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
         super().__init__(message or f"{len(self.errors)} bad rows, nothing imported: {shown}{more}")
+
+    def details(self) -> dict[str, Any]:
+        """The rows refused, with their line (1-based position in the file or list)."""
+        return {
+            "rows": [{"line": e.line, "message": e.message} for e in self.errors[:MAX_ERRORS_SHOWN]]
+        }
 
 
 class _Bad(ValueError):
@@ -410,9 +420,11 @@ def import_records(
     valid_only: bool = False,
     round_number: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    on_written: Callable[[ImportResult], None] | None = None,
 ) -> ImportResult:
     """Validate everything, then write the rows in one transaction. With any bad row the
-    import is refused (ImportRefused, nothing written) unless `valid_only`."""
+    import is refused (ImportRefused, nothing written) unless `valid_only`. `on_written` runs
+    in that transaction after the writes (a job records its success there)."""
     validated = import_validate(
         project=project, kind=kind, records=records, on_progress=on_progress
     )
@@ -427,7 +439,10 @@ def import_records(
         else:
             _pairs_write(project=project, rows=rows, round_number=round_number)
         coverage_refresh_request(project=project)  # embed and count the new prompts
-    return ImportResult(kind=kind, created=len(rows), skipped=validated.errors)
+        result = ImportResult(kind=kind, created=len(rows), skipped=validated.errors)
+        if on_written is not None:
+            on_written(result)
+    return result
 
 
 def import_file(
@@ -438,6 +453,7 @@ def import_file(
     file_type: str,
     valid_only: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    on_written: Callable[[ImportResult], None] | None = None,
 ) -> ImportResult:
     return import_records(
         project=project,
@@ -445,6 +461,7 @@ def import_file(
         records=records_read(source, file_type),
         valid_only=valid_only,
         on_progress=on_progress,
+        on_written=on_written,
     )
 
 
@@ -553,59 +570,65 @@ def import_job_start(
             valid_only=valid_only,
             created_by=created_by,
         )
-        from annotate.tasks import import_job_run as task
-
-        job_id = job.pk
-        transaction.on_commit(lambda: task.delay(job_id))
+        import_job_dispatch(job.pk)
     return job
 
 
-def import_job_run(*, job_id: int) -> ImportJob | None:
-    """Claim the job (queued → running, so a redelivered message does nothing), import its file
-    with progress, record the outcome, delete the file."""
-    claimed = ImportJob.objects.filter(pk=job_id, status=ImportStatus.QUEUED).update(
-        status=ImportStatus.RUNNING, started_at=timezone.now()
-    )
-    if not claimed:
-        return None
-    job = ImportJob.objects.select_related("project").get(pk=job_id)
+def import_job_dispatch(job_id: int) -> None:
+    from annotate.tasks import import_job_run
 
+    transaction.on_commit(lambda: import_job_run.delay(job_id))
+
+
+def import_job_execute(*, job_id: int) -> ImportJob | None:
+    """Claim the job (queued → running, so a redelivered message does nothing) and import its
+    file, beating the heartbeat while it reads; None when it was not queued. A worker lost
+    mid-file leaves nothing written (the rows are written in one transaction, with the job's
+    success) and its file in place: the next attempt imports the whole file again."""
+    return job_execute(ImportJob, job_id=job_id, body=_import_run)
+
+
+# What an import records besides the job's own fields.
+_OUTCOME = ("created_count", "error_count", "errors", "message")
+
+
+def _import_run(job: ImportJob) -> None:
     def progress(rows: int) -> None:
-        ImportJob.objects.filter(pk=job_id).update(rows_checked=rows)
+        if not job_heartbeat(job, fields={"progress_done": rows}):
+            raise JobLost(f"{job} was cancelled or handed to another worker")
 
-    outcome: dict[str, Any] = {}
+    def succeed(result: ImportResult) -> None:  # in the transaction that writes the rows
+        job.progress_done = result.created + len(result.skipped)
+        job.created_count = result.created
+        job.message = f"Imported {result.created} {result.kind}."
+        _job_errors_note(job, result.skipped)
+        job_succeed(
+            job, summary={"created": result.created, "skipped": len(result.skipped)}, also=_OUTCOME
+        )
+
     try:
-        result = import_file(
+        import_file(
             project=job.project,
             kind=job.kind,
             source=Path(job.path),
             file_type=job.file_type,
             valid_only=job.valid_only,
             on_progress=progress,
+            on_written=succeed,
         )
     except ImportRefused as refused:
-        outcome = _job_errors(refused.errors) | {
-            "status": ImportStatus.FAILED,
-            "message": str(refused),
-        }
+        _job_errors_note(job, refused.errors)
+        job.message = str(refused)
+        job_fail(job, error=refused, also=_OUTCOME)
+    except JobLost:
+        raise  # another worker has the job, and needs its file
     except Exception as error:  # the job records why; the worker goes on
-        outcome = {"status": ImportStatus.FAILED, "message": f"The import failed: {error}"}
-    else:
-        outcome = _job_errors(result.skipped) | {
-            "status": ImportStatus.SUCCEEDED,
-            "rows_checked": result.created + len(result.skipped),
-            "created_count": result.created,
-            "message": f"Imported {result.created} {result.kind}.",
-        }
-    finally:
-        Path(job.path).unlink(missing_ok=True)
-    ImportJob.objects.filter(pk=job_id).update(finished_at=timezone.now(), **outcome)
-    job.refresh_from_db()
-    return job
+        logger.exception("import %s failed", job.pk)
+        job.message = f"The import failed: {error}"
+        job_fail(job, error=error, also=_OUTCOME)
+    Path(job.path).unlink(missing_ok=True)
 
 
-def _job_errors(errors: Sequence[RowError]) -> dict[str, Any]:
-    return {
-        "error_count": len(errors),
-        "errors": [[e.line, e.message] for e in errors[:MAX_ERRORS_SHOWN]],
-    }
+def _job_errors_note(job: ImportJob, errors: Sequence[RowError]) -> None:
+    job.error_count = len(errors)
+    job.errors = [[e.line, e.message] for e in errors[:MAX_ERRORS_SHOWN]]

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.models import Job
+
 
 class Role(models.TextChoices):
     ANNOTATOR = "annotator", "Annotator"
@@ -464,16 +466,11 @@ class CoverageStats(models.Model):
         return f"{self.project} {self.scope} at {self.computed_at:%Y-%m-%d %H:%M}"
 
 
-class ImportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Imported"
-    FAILED = "failed", "Refused or failed"
-
-
-class ImportJob(models.Model):
-    """A large import a worker checks and writes (annotate.imports.import_job_run); the page
-    shows its progress. The uploaded file waits under DATA_DIR/imports/ until then."""
+class ImportJob(Job):
+    """A large import a worker checks and writes (annotate.imports.import_job_execute), under
+    the job machinery every background job shares (core.jobs): a worker lost mid-file is found
+    by its stale heartbeat and the next one imports the file again. progress_done counts the
+    rows checked. The uploaded file waits under DATA_DIR/imports/ until it is imported."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
     kind = models.CharField(max_length=10)  # annotate.imports.KINDS
@@ -482,25 +479,13 @@ class ImportJob(models.Model):
     file_bytes = models.PositiveBigIntegerField(default=0)
     path = models.CharField(max_length=500, help_text="Where the upload waits for the worker.")
     valid_only = models.BooleanField(default=False)
-    status = models.CharField(max_length=10, choices=ImportStatus, default=ImportStatus.QUEUED)
-    rows_checked = models.PositiveIntegerField(default=0)
     created_count = models.PositiveIntegerField(default=0)
     error_count = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="[[line, message], ...]")
     message = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-id"]
+    class Meta(Job.Meta):
+        pass
 
     def __str__(self) -> str:
         return f"Import {self.pk} of {self.file_name} ({self.status})"
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in (ImportStatus.QUEUED, ImportStatus.RUNNING)

@@ -43,14 +43,11 @@ from annotate.models import (
 )
 from annotate.queue import JUDGED_BY_SQL, LIVE_OTHERS_SQL, lease_take
 from annotate.rendering import stored_html, stored_transcript
+from core.errors import ValidationFailed
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 CHAT_ROLES = {"system", "user", "assistant"}
-
-
-class ValidationFailed(Exception):
-    """Bad input: the message names what is wrong; nothing was written."""
 
 
 # Projects, members, guidelines ---------------------------------------------------------------

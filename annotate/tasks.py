@@ -18,4 +18,4 @@ def coverage_refresh(project_id: int) -> None:
 
 @shared_task(name="annotate.tasks.import_job_run")
 def import_job_run(job_id: int) -> None:
-    imports.import_job_run(job_id=job_id)
+    imports.import_job_execute(job_id=job_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import URLPattern, path
 
 from annotate import api, views
-from annotate import http as _http  # noqa: F401  (registers the <id:...> converter)
+from core import http as _http  # noqa: F401  (registers the <id:...> converter)
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -26,7 +26,6 @@ from annotate.forms import (
     MemberForm,
     ProjectSettingsForm,
 )
-from annotate.http import AuthedRequest
 from annotate.imports import (
     INLINE_MAX_BYTES,
     MAX_ERRORS_SHOWN,
@@ -57,6 +56,7 @@ from annotate.services import (
     membership_set,
     project_settings_update,
 )
+from core.http import AuthedRequest
 
 
 def _page_context(

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "core",
     "annotate",
     "alignment",
 ]
@@ -170,8 +171,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["annotate.api_errors.StrictJSONParser"],
-    "EXCEPTION_HANDLER": "annotate.api_errors.exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["core.api.StrictJSONParser"],
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # ?format= is the export's (dpo / kto), not a renderer choice.
@@ -191,14 +192,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # Ids in paths (annotate.http.IdConverter): what the URL pattern accepts.
+    # Ids in paths (core.http.IdConverter): what the URL pattern accepts.
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 0, "maximum": 999_999_999},
         "slug": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
     },
     "ENUM_NAME_OVERRIDES": {
         "ComparisonStatusEnum": "annotate.models.ComparisonStatus",
-        "JobStatusEnum": "alignment.models.JobStatus",
+        "JobStatusEnum": "core.models.JobStatus",
     },
 }
 
@@ -240,7 +241,7 @@ JOB_HEARTBEAT_SECONDS = float(os.environ.get("JOB_HEARTBEAT_SECONDS", "30"))
 JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("JOB_HEARTBEAT_STALE_SECONDS", "300"))
 JOB_MAX_ATTEMPTS = int(os.environ.get("JOB_MAX_ATTEMPTS", "3"))
 CELERY_BEAT_SCHEDULE = {
-    "jobs-recover": {"task": "alignment.tasks.jobs_recover", "schedule": 60.0},
+    "jobs-recover": {"task": "core.tasks.jobs_recover", "schedule": 60.0},
 }
 
 LOGGING = {

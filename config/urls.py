@@ -10,8 +10,8 @@ from alignment.urls import api_urlpatterns as alignment_api
 from annotate.api import TokenApi
 from annotate.urls import api_urlpatterns as annotate_api
 
-handler404 = "annotate.api_errors.page_not_found"
-handler500 = "annotate.api_errors.server_error"
+handler404 = "core.api.page_not_found"
+handler500 = "core.api.server_error"
 
 api_urlpatterns = [
     path("auth/token/", TokenApi.as_view(), name="token"),

@@ -12,9 +12,10 @@ from django.db import transaction
 
 from alignment.engine.selection import implicit_rewards, pair_select
 from alignment.engine.sources import model_path_resolve
-from alignment.models import JobStatus, PairingStrategy, PairSelection, Round
+from alignment.models import PairingStrategy, PairSelection, Round
 from annotate.models import Comparison, Purpose, Response
 from annotate.services import comparison_create
+from core.models import JobStatus
 
 
 def on_policy_pairs_create(

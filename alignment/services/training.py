@@ -13,9 +13,7 @@ from django.db import IntegrityError, transaction
 
 from alignment.engine.memory import MemoryEstimate, memory_estimate, model_shape
 from alignment.engine.training import REFERENCE_FREE, PreferenceExample, sequence_tokens
-from alignment.jobs import job_cancel
 from alignment.models import (
-    ACTIVE_STATUSES,
     DataScope,
     ModelVersion,
     Reference,
@@ -32,6 +30,8 @@ from annotate.services import (
     comparison_send_back,
     snapshot_create,
 )
+from core.jobs import job_cancel
+from core.models import ACTIVE_STATUSES
 
 ONE_ACTIVE_RUN = "This project already has a training run queued or running."
 

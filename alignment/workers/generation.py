@@ -11,19 +11,11 @@ from django.db import transaction
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.vllm_backend import generate_vllm
-from alignment.jobs import (
-    JobLost,
-    job_alive,
-    job_claim,
-    job_fail,
-    job_heartbeat,
-    job_log,
-    job_succeed,
-)
 from alignment.models import GenerationJob, PairSelection
 from alignment.services.pairs import head_to_head_pairs_form, on_policy_pairs_create
 from annotate.models import Purpose, Response
 from annotate.services import ResponseInput, responses_create
+from core.jobs import JobLost, job_execute, job_heartbeat, job_log, job_succeed
 
 # The generation backends a worker can be configured with (settings.GENERATION_BACKEND).
 GENERATORS = {"transformers": generate, "vllm": generate_vllm}
@@ -32,18 +24,7 @@ GENERATORS = {"transformers": generate, "vllm": generate_vllm}
 def generation_job_execute(*, job_id: int) -> GenerationJob | None:
     """Run a queued generation job to its end; None when it was not queued (a redelivery).
     A later attempt (its worker was lost) generates only for the prompts not done yet."""
-    job = job_claim(GenerationJob, job_id=job_id)
-    if job is None:
-        return None
-    try:
-        with job_alive(job, every=settings.JOB_HEARTBEAT_SECONDS):
-            _generation_run(job)
-    except JobLost:
-        return job  # cancelled, or another worker has it now: stop and write nothing
-    except Exception as error:
-        job_fail(job, error=error)
-        raise
-    return job
+    return job_execute(GenerationJob, job_id=job_id, body=_generation_run)
 
 
 def _generation_run(job: GenerationJob) -> None:

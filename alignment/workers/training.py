@@ -17,20 +17,11 @@ from alignment.engine.training import (
     TrainingProgress,
     train,
 )
-from alignment.jobs import (
-    JobLost,
-    job_alive,
-    job_claim,
-    job_fail,
-    job_heartbeat,
-    job_log,
-    job_stopped,
-    job_succeed,
-)
 from alignment.models import Reference, RefLogp, StartFrom, TrainingRun
 from alignment.services.model_versions import model_version_register
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import DatasetSnapshot, PreferencePair, Response
+from core.jobs import job_execute, job_heartbeat, job_log, job_stopped, job_succeed
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -122,18 +113,7 @@ class _DatabaseRefLogps:
 def training_run_execute(*, run_id: int) -> TrainingRun | None:
     """Run a queued training run to its end and register the new model version. A later
     attempt (its worker was lost) resumes from the run's newest complete checkpoint."""
-    run = job_claim(TrainingRun, job_id=run_id)
-    if run is None:
-        return None
-    try:
-        with job_alive(run, every=settings.JOB_HEARTBEAT_SECONDS):
-            _training_run(run)
-    except JobLost:
-        return run  # handed to another worker meanwhile: its results are that worker's
-    except Exception as error:
-        job_fail(run, error=error)
-        raise
-    return run
+    return job_execute(TrainingRun, job_id=run_id, body=_training_run)
 
 
 def _training_run(run: TrainingRun) -> None:

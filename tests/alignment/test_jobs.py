@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from alignment.models import GenerationJob, JobStatus, ModelVersion, RefLogp, TrainingRun
+from alignment.models import GenerationJob, ModelVersion, RefLogp, TrainingRun
 from alignment.selectors import round_drift
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
@@ -27,6 +27,7 @@ from annotate.services import (
     snapshot_pairs,
     snapshot_validation_split,
 )
+from core.models import JobStatus
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

@@ -13,10 +13,8 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from alignment.jobs import JobLost, job_claim, job_heartbeat, job_succeed
-from alignment.models import GenerationJob, JobStatus, ModelVersion, TrainingRun
+from alignment.models import GenerationJob, ModelVersion, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.recovery import jobs_recover
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from alignment.workers import generation as generation_worker
@@ -25,6 +23,8 @@ from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project, Response
 from annotate.services import ValidationFailed, judgment_submit
+from core.jobs import JobLost, job_claim, job_heartbeat, job_succeed, jobs_recover
+from core.models import JobStatus
 from tests.alignment.test_jobs import _round
 from tests.factories import comparison_make
 

@@ -10,7 +10,6 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from alignment.jobs import job_claim, job_heartbeat, job_succeed
 from alignment.models import GenerationJob, ModelVersion, Round, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure, model_version_register
 from alignment.services.rounds import round_start
@@ -18,6 +17,7 @@ from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import DatasetSnapshot, PreferencePair, Project, Prompt
 from annotate.services import judgment_submit
+from core.jobs import job_claim, job_heartbeat, job_succeed
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

@@ -23,12 +23,13 @@ from annotate.imports import (
     ImportRefused,
     Validated,
     import_file,
-    import_job_run,
+    import_job_execute,
     import_job_start,
     import_validate,
     records_read,
 )
-from annotate.models import ImportJob, ImportStatus, PreferencePair, Project, Prompt
+from annotate.models import ImportJob, PreferencePair, Project, Prompt
+from core.models import JobStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -332,19 +333,19 @@ def test_a_large_file_goes_to_a_worker_that_reports_its_outcome(
         )
     assert answer.status_code == 302 and len(dispatched) == 1
     job = ImportJob.objects.get(project=project)
-    assert job.status == ImportStatus.QUEUED and Path(job.path).stat().st_size == len(data)
+    assert job.status == JobStatus.QUEUED and Path(job.path).stat().st_size == len(data)
     assert project.prompts.count() == before  # nothing yet: the worker does it
     page = client.get(f"/p/{project.slug}/import/", HTTP_HX_REQUEST="true")
     assert b'data-status="queued"' in page.content and b'hx-trigger="every 2s"' in page.content
 
     with django_capture_on_commit_callbacks(execute=False):
-        done = import_job_run(job_id=job.pk)
-    assert done is not None and done.status == ImportStatus.SUCCEEDED
-    assert (done.created_count, done.error_count, done.rows_checked) == (80_000, 1, 80_001)
+        done = import_job_execute(job_id=job.pk)
+    assert done is not None and done.status == JobStatus.SUCCEEDED
+    assert (done.created_count, done.error_count, done.progress_done) == (80_000, 1, 80_001)
     assert [line for line, _ in done.errors] == [80_001]
     assert project.prompts.count() == before + 80_000
     assert not Path(job.path).exists()
-    assert import_job_run(job_id=job.pk) is None  # a redelivered message does nothing
+    assert import_job_execute(job_id=job.pk) is None  # a redelivered message does nothing
     page = client.get(f"/p/{project.slug}/import/")
     assert b'data-status="succeeded"' in page.content and b"every 2s" not in page.content
 
@@ -363,7 +364,7 @@ def test_a_worker_refuses_a_large_file_with_bad_rows_and_writes_nothing(
         file_type="jsonl",
         created_by=lead,
     )
-    done = import_job_run(job_id=job.pk)
-    assert done is not None and done.status == ImportStatus.FAILED
+    done = import_job_execute(job_id=job.pk)
+    assert done is not None and done.status == JobStatus.FAILED
     assert [line for line, _ in done.errors] == [2, 3] and done.error_count == 2
     assert project.prompts.count() == before and not Path(job.path).exists()

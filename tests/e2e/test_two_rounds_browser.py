@@ -17,8 +17,9 @@ from django.core.management import call_command
 from playwright.sync_api import Browser, Page, expect
 from pytest_django.live_server_helper import LiveServer
 
-from alignment.models import JobStatus, ModelVersion, Round, TrainingRun
+from alignment.models import ModelVersion, Round, TrainingRun
 from annotate.models import Comparison, ComparisonStatus, Project
+from core.models import JobStatus
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -17,23 +20,20 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection
 
-from alignment.models import (
-    GenerationJob,
-    JobStatus,
-    ModelVersion,
-    PairingStrategy,
-    Round,
-    TrainingRun,
-)
+from alignment.models import GenerationJob, ModelVersion, PairingStrategy, Round, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.recovery import jobs_recover
 from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
-from annotate.models import Comparison, Project, Response
+from annotate.imports import import_job_start
+from annotate.models import Comparison, ImportJob, Project, Response
 from annotate.services import judgment_submit
+from core.jobs import jobs_recover
+from core.models import Job, JobStatus
 from tests.conftest import MODELS_DIR, REPO
 from tests.factories import comparison_make
+
+J = TypeVar("J", bound=Job)
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -97,12 +97,7 @@ def worker(
     _worker_stop(process, tmp_path, "worker")
 
 
-def _wait_for(
-    model: type[GenerationJob] | type[TrainingRun],
-    pk: int,
-    worker: subprocess.Popen[bytes],
-    timeout: float = 180,
-) -> GenerationJob | TrainingRun:
+def _wait_for(model: type[J], pk: int, worker: subprocess.Popen[bytes], timeout: float = 180) -> J:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = model.objects.get(pk=pk)
@@ -242,3 +237,62 @@ def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
     assert all(p["loss"] is not None for p in run.metrics)
     child = ModelVersion.objects.get(produced_by=run)
     assert (Path(child.adapter_path) / "adapter_model.safetensors").is_file()
+
+
+def test_it_hands_an_import_whose_worker_was_killed_mid_file_to_the_next_worker(
+    real_services: None, project: Project, lead: User, settings: Any, tmp_path: Path
+) -> None:
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    settings.DATA_DIR = tmp_path
+    settings.JOB_HEARTBEAT_STALE_SECONDS = 3
+    rows = 150_000
+    data = b"".join(
+        json.dumps({"prompt": f"Imported question number {i}, padded out a little?"}).encode()
+        + b"\n"
+        for i in range(rows)
+    )
+    before = project.prompts.count()
+    worker_env = {"JOB_HEARTBEAT_SECONDS": "0.5"}
+    first = _worker_start(tmp_path, "first", **worker_env)
+    try:
+        job = import_job_start(
+            project=project,
+            kind="prompts",
+            upload=io.BytesIO(data),
+            file_name="big.jsonl",
+            file_type="jsonl",
+            created_by=lead,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the worker is part way through the file
+            job.refresh_from_db()
+            assert job.status in (JobStatus.QUEUED, JobStatus.RUNNING), job.error
+            if job.progress_done >= 10_000:
+                break
+            assert first.poll() is None, "the first worker died on its own"
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the worker checked no rows within 120 s")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=20)
+    finally:
+        _worker_stop(first, tmp_path, "first")
+    job.refresh_from_db()
+    assert job.status == JobStatus.RUNNING and job.attempts == 1
+    assert 0 < job.progress_done < rows, "the import was not mid-file when killed"
+    assert project.prompts.count() == before  # the killed worker wrote nothing
+    assert Path(job.path).is_file()  # and left the file for the next one
+
+    time.sleep(settings.JOB_HEARTBEAT_STALE_SECONDS + 1)
+    (changed,) = jobs_recover()
+    assert changed[0].pk == job.pk and changed[1] == "requeued"
+
+    second = _worker_start(tmp_path, "second", **worker_env)
+    try:
+        job = _wait_for(ImportJob, job.pk, second)
+    finally:
+        second.kill()  # before it embeds the new prompts (the coverage refresh the import asks)
+        _worker_stop(second, tmp_path, "second")
+    assert job.attempts == 2 and job.created_count == rows and job.progress_done == rows
+    assert project.prompts.count() == before + rows  # every row once
+    assert not Path(job.path).exists()

@@ -1,9 +1,13 @@
-"""What every background job shares: the claim, the heartbeat, and the recorded outcome.
+"""What every background job shares: the claim, the heartbeat, the recorded outcome, recovery.
 
 A job is claimed with a conditional UPDATE (queued → running) that counts the attempt: a
 second delivery of the same message finds nothing to claim and does nothing. Every later
 write is fenced by that attempt number, so a worker that lost its job (cancelled, or handed
 to another worker when its heartbeat went stale) can no longer change it.
+
+Each kind of job registers itself (`job_kind_register`, in its app's `ready`) with the function
+that sends a job id to a worker; `jobs_recover` then hands every kind's lost jobs to the next
+worker, and `job_execute` is the one way a worker runs a job of any kind.
 """
 
 from __future__ import annotations
@@ -11,16 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, connection
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from alignment.models import Job, JobStatus
+from core.models import Job, JobStatus
 
 J = TypeVar("J", bound=Job)
 
@@ -157,39 +162,85 @@ def job_log(job: Job, line: str) -> None:
     job.log_tail = (job.log_tail + line.rstrip() + "\n")[-LOG_TAIL_CHARS:]
 
 
-def job_succeed(job: Job, *, summary: dict[str, Any]) -> None:
-    """Record the job's success; JobLost when it is not this attempt's any more (call it in
-    the transaction that saves the job's results, so they are not kept either)."""
+def job_succeed(job: Job, *, summary: dict[str, Any], also: Sequence[str] = ()) -> None:
+    """Record the job's success, with the kind's own outcome fields named in `also` (saved from
+    the job object); JobLost when it is not this attempt's any more (call it in the transaction
+    that saves the job's results, so they are not kept either)."""
     job.summary = summary
     job.finished_at = timezone.now()
     fields = ["summary", "finished_at", "log_tail", "metrics", "progress_done", "progress_total"]
     done = (
         _owned(job)
         .filter(status=JobStatus.RUNNING)
-        .update(status=JobStatus.SUCCEEDED, **{f: getattr(job, f) for f in fields})
+        .update(status=JobStatus.SUCCEEDED, **{f: getattr(job, f) for f in [*fields, *also]})
     )
     if not done:
         raise JobLost(f"{job} was cancelled or handed to another worker")
     job.status = JobStatus.SUCCEEDED
 
 
-def job_fail(job: Job, *, error: BaseException) -> None:
-    """Record the error, unless the job is not this attempt's any more."""
+def job_fail(job: Job, *, error: BaseException, also: Sequence[str] = ()) -> None:
+    """Record the error, with the kind's own outcome fields named in `also`, unless the job is
+    not this attempt's any more."""
     job.error = (
         f"{type(error).__name__}: {error}\n\n"
         + "".join(traceback.format_exception(error))[-LOG_TAIL_CHARS:]
     )
     job.finished_at = timezone.now()
+    fields = ["error", "finished_at", "log_tail", "metrics", *also]
     failed = (
         _owned(job)
         .filter(status=JobStatus.RUNNING)
-        .update(
-            status=JobStatus.FAILED,
-            error=job.error,
-            finished_at=job.finished_at,
-            log_tail=job.log_tail,
-            metrics=job.metrics,
-        )
+        .update(status=JobStatus.FAILED, **{f: getattr(job, f) for f in fields})
     )
     if failed:
         job.status = JobStatus.FAILED
+
+
+def job_execute(model: type[J], *, job_id: int, body: Callable[[J], None]) -> J | None:
+    """Claim the job and run `body` on it while a thread beats its heartbeat; None when it was
+    not queued (a redelivered message). The body records success itself (`job_succeed`, in the
+    transaction that saves its results); an error it raises is recorded (`job_fail`) and raised
+    again; JobLost (cancelled, or another worker has it now) ends the attempt quietly."""
+    job = job_claim(model, job_id=job_id)
+    if job is None:
+        return None
+    try:
+        with job_alive(job, every=settings.JOB_HEARTBEAT_SECONDS):
+            body(job)
+    except JobLost:
+        return job
+    except Exception as error:
+        job_fail(job, error=error)
+        raise
+    return job
+
+
+# Recovery --------------------------------------------------------------------------------------
+
+_KINDS: dict[type[Job], Callable[[int], None]] = {}
+
+
+def job_kind_register(model: type[Job], *, dispatch: Callable[[int], None]) -> None:
+    """Make `jobs_recover` look after `model`'s jobs; `dispatch(job_id)` queues one for a worker
+    (after the transaction commits)."""
+    _KINDS[model] = dispatch
+
+
+def jobs_recover() -> list[tuple[Job, str]]:
+    """Find jobs of every registered kind whose worker died (no heartbeat for
+    JOB_HEARTBEAT_STALE_SECONDS) and hand them to the next worker, or fail them after
+    JOB_MAX_ATTEMPTS attempts. What a requeued job does again is the kind's own business (a
+    training run resumes from its newest checkpoint, a generation job does the prompts not done,
+    an import starts its file over). Runs every minute (Celery beat); returns what it changed."""
+    heartbeat_before = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_SECONDS)
+    changed: list[tuple[Job, str]] = []
+    with transaction.atomic():
+        for model, dispatch in _KINDS.items():
+            for job, outcome in job_requeue_stale(
+                model, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
+            ):
+                if outcome == "requeued":
+                    dispatch(job.pk)
+                changed.append((job, outcome))
+    return changed

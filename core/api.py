@@ -1,6 +1,7 @@
-"""The API's one error shape, and the body parser that refuses what cannot be stored.
+"""The API's plumbing that every app's views share: the one error shape and its handler, the
+body parser that refuses what cannot be stored, paging, and the 404/500 answers under /api/.
 
-Kept apart from the views: DRF imports the parser and the handler while it builds APIView.
+No views here: DRF imports the parser and the handler while it builds APIView.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
-from annotate.exports import ExportError
-from annotate.imports import MAX_ERRORS_SHOWN, ImportRefused
-from annotate.services import ValidationFailed
+from core.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +45,20 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorBodySerializer()
 
 
+# What the views declare they may answer besides their own success, for the schema.
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="The request is malformed."),
+    401: OpenApiResponse(ErrorSerializer, description="No or an invalid token."),
+    404: OpenApiResponse(ErrorSerializer, description="No such object, or not yours to see."),
+}
+REJECTED = {422: OpenApiResponse(ErrorSerializer, description="Refused by the project's rules.")}
+# What a view that reads a body may answer besides.
+BODY_ERRORS = {
+    **ERRORS,
+    415: OpenApiResponse(ErrorSerializer, description="The body is not JSON."),
+}
+
+
 def error_response(status_code: int, code: str, message: str, **extra: Any) -> Response:
     return Response(
         {"error": {"status": status_code, "code": code, "message": message, **extra}},
@@ -65,11 +78,8 @@ def _first_message(detail: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every error as {"error": {status, code, message, fields?, rows?}}."""
-    if isinstance(exc, ImportRefused):
-        rows = [{"line": e.line, "message": e.message} for e in exc.errors[:MAX_ERRORS_SHOWN]]
-        return error_response(422, "import_refused", str(exc), rows=rows)
-    if isinstance(exc, ValidationFailed | ExportError):
-        return error_response(422, "rejected", str(exc))
+    if isinstance(exc, ValidationFailed):
+        return error_response(422, exc.code, str(exc), **exc.details())
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):
@@ -99,6 +109,35 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     for name, value in response.items():  # WWW-Authenticate, Retry-After, Allow
         body[name] = value
     return body
+
+
+# Paging ----------------------------------------------------------------------------------------
+
+# Ids in paths and filters: larger numbers name nothing (and would overflow the database).
+MAX_ID = 2**31 - 1
+
+
+class PageQuery(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
+    offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, default=0)
+
+
+def paged(items: list[Any], *, count: int, offset: int) -> dict[str, Any]:
+    return {"count": count, "offset": offset, "results": items}
+
+
+def paged_serializer(name: str, item: type[serializers.Serializer]) -> Any:
+    return inline_serializer(
+        name,
+        {
+            "count": serializers.IntegerField(),
+            "offset": serializers.IntegerField(),
+            "results": item(many=True),
+        },
+    )
+
+
+# Parsing ---------------------------------------------------------------------------------------
 
 
 class StrictJSONParser(JSONParser):
