@@ -35,7 +35,7 @@ from alignment.services.training_settings import (
 )
 from annotate.api import ProjectApi
 from annotate.models import Role
-from annotate.services import SnapshotFilters
+from annotate.services.snapshots import SnapshotFilters
 from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED
 from core.models import JobStatus
 

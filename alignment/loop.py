@@ -40,12 +40,9 @@ from annotate.models import (
     Role,
 )
 from annotate.queue import assignment_next, comparison_skip
-from annotate.services import (
-    judgment_submit,
-    membership_set,
-    project_create,
-    prompts_create,
-)
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import membership_set, project_create
+from annotate.services.prompts import prompts_create
 from core.models import JobStatus
 
 Log = Callable[[str], None]

@@ -26,7 +26,7 @@ from annotate.models import (
     Split,
 )
 from annotate.quality import QualityFilters, QualityReport, project_quality
-from annotate.services import SnapshotFilters, snapshot_pairs
+from annotate.services.snapshots import SnapshotFilters, snapshot_pairs
 
 # Model versions -----------------------------------------------------------------------------
 
@@ -232,7 +232,7 @@ def _float_or_none(value: Any) -> float | None:
 def preference_pairs_available_count(*, project: Project) -> int:
     """Pairs a snapshot with the default filters would take now.
 
-    Mirrors `annotate.services.snapshot_pairs` (preference kind, training purpose, train split).
+    Mirrors `annotate.services.snapshots.snapshot_pairs` (preference kind, training purpose, train split).
     """
     return PreferencePair.objects.filter(
         project=project,

@@ -29,7 +29,8 @@ from alignment.services.training import (
 from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
 from annotate.access import access_comparison, access_project, project_role
 from annotate.models import Project, Role
-from annotate.services import SnapshotFilters, ValidationFailed
+from annotate.services.snapshots import SnapshotFilters
+from core.errors import ValidationFailed
 from core.http import AuthedRequest
 
 

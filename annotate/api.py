@@ -53,15 +53,14 @@ from annotate.models import (
 )
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
 from annotate.rendering import rendered_html
-from annotate.services import (
+from annotate.services.judgments import (
     MAX_TIME_SPENT_MS,
     STRENGTHS,
     ComparisonMissing,
-    guideline_acknowledge,
-    guideline_current,
     judgment_submit,
     judgment_undo,
 )
+from annotate.services.projects import guideline_acknowledge, guideline_current
 from core.api import (
     BODY_ERRORS,
     ERRORS,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from annotate.models import Split
-from annotate.services import PromptInput
+from annotate.services.prompts import PromptInput
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 # Every n-th prompt of the bank is held out for evaluation and never trained on.

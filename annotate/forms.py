@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from annotate.exports import FORMATS, ExportFilters
 from annotate.imports import INLINE_MAX_BYTES, MAX_FILE_BYTES, file_type_guess
 from annotate.models import Choice, Project, Role
-from annotate.services import PROJECT_SETTINGS
+from annotate.services.projects import PROJECT_SETTINGS
 
 MAX_LIST_ITEMS = 12
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # what an import reads at most, from any source

@@ -47,16 +47,16 @@ from annotate.models import (
     Prompt,
     Split,
 )
-from annotate.services import (
+from annotate.services.prompts import (
     MAX_MESSAGE_CHARS,
     PromptInput,
     ResponseInput,
-    ValidationFailed,
     policy_create,
     prompt_messages_normalise,
     prompts_create,
     responses_create,
 )
+from core.errors import ValidationFailed
 from core.jobs import JobLost, job_execute, job_fail, job_heartbeat, job_succeed
 
 KINDS = ("prompts", "pairs")

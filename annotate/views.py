@@ -37,25 +37,29 @@ from annotate.imports import (
 from annotate.models import Judgment, Project, Role
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
-from annotate.services import (
+from annotate.services.comparisons import (
+    comparison_adjudicate,
+    comparison_gold_set,
+    comparison_send_back,
+)
+from annotate.services.judgments import (
     MAX_TIME_SPENT_MS,
     STRENGTHS,
     ComparisonMissing,
     JudgmentRejected,
-    ValidationFailed,
-    comparison_adjudicate,
-    comparison_gold_set,
-    comparison_send_back,
-    guideline_acknowledge,
-    guideline_current,
-    guideline_publish,
     judgment_submit,
     judgment_undo,
     judgment_undoable,
+)
+from annotate.services.projects import (
+    guideline_acknowledge,
+    guideline_current,
+    guideline_publish,
     membership_remove,
     membership_set,
     project_settings_update,
 )
+from core.errors import ValidationFailed
 from core.http import AuthedRequest
 
 

@@ -136,13 +136,12 @@ def setup_database(spec: dict[str, Any]) -> dict[str, Any]:
     from django.db import connection, transaction
 
     from annotate.models import Role
-    from annotate.services import (
+    from annotate.services.comparisons import comparison_create
+    from annotate.services.projects import membership_set, project_create
+    from annotate.services.prompts import (
         PromptInput,
         ResponseInput,
-        comparison_create,
-        membership_set,
         policy_create,
-        project_create,
         prompts_create,
         responses_create,
     )

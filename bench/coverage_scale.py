@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         Prompt,
         Response,
     )
-    from annotate.services import membership_set, policy_create, prompt_content_hash
+    from annotate.services.projects import membership_set
+    from annotate.services.prompts import policy_create, prompt_content_hash
 
     call_command("migrate", interactive=False, verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)

@@ -8,7 +8,8 @@ import pytest
 from django.contrib.auth.models import User
 
 from annotate.models import Project, Role
-from annotate.services import PromptInput, membership_set, project_create, prompts_create
+from annotate.services.projects import membership_set, project_create
+from annotate.services.prompts import PromptInput, prompts_create
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

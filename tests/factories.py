@@ -10,7 +10,8 @@ import numpy as np
 
 from annotate.diversity import words
 from annotate.models import Comparison, Policy, Project, Prompt
-from annotate.services import ResponseInput, comparison_create, policy_create, responses_create
+from annotate.services.comparisons import comparison_create
+from annotate.services.prompts import ResponseInput, policy_create, responses_create
 
 
 def policy_for(project: Project, name: str = "imported") -> Policy:

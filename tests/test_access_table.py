@@ -25,13 +25,9 @@ from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.coverage import coverage_refresh
 from annotate.models import Role
-from annotate.services import (
-    PromptInput,
-    judgment_submit,
-    membership_set,
-    project_create,
-    prompts_create,
-)
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import membership_set, project_create
+from annotate.services.prompts import PromptInput, prompts_create
 from tests.factories import comparison_make, embed_bag_of_words
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ from django.db import transaction
 
 from alignment.models import ModelVersion
 from annotate.models import Project
-from annotate.services import policy_create
+from annotate.services.prompts import policy_create
 
 
 def model_version_base_ensure(*, project: Project) -> ModelVersion:

@@ -14,7 +14,7 @@ from alignment.engine.selection import implicit_rewards, pair_select
 from alignment.engine.sources import model_path_resolve
 from alignment.models import PairingStrategy, PairSelection, Round
 from annotate.models import Comparison, Purpose, Response
-from annotate.services import comparison_create
+from annotate.services.comparisons import comparison_create
 from core.models import JobStatus
 
 

@@ -20,7 +20,7 @@ from alignment.models import (
 )
 from annotate.coverage import prompts_for_coverage
 from annotate.models import Project, Prompt, Purpose, Split
-from annotate.services import ValidationFailed
+from core.errors import ValidationFailed
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,9 @@ from alignment.models import (
 )
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import Comparison, PairKind, PreferencePair, Project
-from annotate.services import (
-    SnapshotFilters,
-    ValidationFailed,
-    comparison_send_back,
-    snapshot_create,
-)
+from annotate.services.comparisons import comparison_send_back
+from annotate.services.snapshots import SnapshotFilters, snapshot_create
+from core.errors import ValidationFailed
 from core.jobs import job_cancel
 from core.models import ACTIVE_STATUSES
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from alignment.engine.training import TrainingConfig
-from annotate.services import ValidationFailed
+from core.errors import ValidationFailed
 
 METHODS = {
     "dpo": "DPO (and its sibling losses)",

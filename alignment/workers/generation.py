@@ -14,7 +14,7 @@ from alignment.engine.vllm_backend import generate_vllm
 from alignment.models import GenerationJob, PairSelection
 from alignment.services.pairs import head_to_head_pairs_form, on_policy_pairs_create
 from annotate.models import Purpose, Response
-from annotate.services import ResponseInput, responses_create
+from annotate.services.prompts import ResponseInput, responses_create
 from core.jobs import JobLost, job_execute, job_heartbeat, job_log, job_succeed
 
 # The generation backends a worker can be configured with (settings.GENERATION_BACKEND).

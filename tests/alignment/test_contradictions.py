@@ -13,7 +13,7 @@ from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, ComparisonStatus, PreferencePair, Project
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

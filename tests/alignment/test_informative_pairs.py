@@ -15,7 +15,8 @@ from alignment.services.training_settings import TrainingSettings
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project, Response
-from annotate.services import ValidationFailed, judgment_submit
+from annotate.services.judgments import judgment_submit
+from core.errors import ValidationFailed
 from tests.alignment.test_jobs import SAMPLING
 
 pytestmark = pytest.mark.django_db

@@ -19,10 +19,10 @@ from alignment.workers import training as training_worker
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import snapshot_examples, training_run_execute
 from annotate.models import Comparison, PreferencePair, Project, Response
-from annotate.services import (
+from annotate.services.comparisons import comparison_adjudicate
+from annotate.services.judgments import judgment_submit
+from annotate.services.snapshots import (
     SnapshotFilters,
-    comparison_adjudicate,
-    judgment_submit,
     snapshot_content_hash,
     snapshot_pairs,
     snapshot_validation_split,

@@ -11,7 +11,9 @@ from alignment.selectors import leaderboard_get
 from alignment.services.model_versions import model_version_base_ensure, model_version_register
 from alignment.services.rounds import round_start
 from annotate.models import Project, Purpose
-from annotate.services import ResponseInput, comparison_create, judgment_submit, responses_create
+from annotate.services.comparisons import comparison_create
+from annotate.services.judgments import judgment_submit
+from annotate.services.prompts import ResponseInput, responses_create
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from alignment.services.training_settings import TrainingSettings
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from tests.alignment.test_jobs import _round
 
 pytestmark = pytest.mark.django_db

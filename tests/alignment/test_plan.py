@@ -17,7 +17,8 @@ from alignment.services.training_settings import TrainingSettings
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project
-from annotate.services import ValidationFailed, judgment_submit
+from annotate.services.judgments import judgment_submit
+from core.errors import ValidationFailed
 from tests.alignment.test_jobs import SAMPLING, _round
 from tests.alignment.test_views import RUN_FORM
 

@@ -22,7 +22,8 @@ from alignment.workers import training as training_worker
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project, Response
-from annotate.services import ValidationFailed, judgment_submit
+from annotate.services.judgments import judgment_submit
+from core.errors import ValidationFailed
 from core.jobs import JobLost, job_claim, job_heartbeat, job_succeed, jobs_recover
 from core.models import JobStatus
 from tests.alignment.test_jobs import _round

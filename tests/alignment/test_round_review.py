@@ -14,7 +14,9 @@ from alignment.services.rounds import round_start
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import Comparison, Project, Role
-from annotate.services import comparison_send_back, judgment_submit, membership_set
+from annotate.services.comparisons import comparison_send_back
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import membership_set
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from alignment.services.rounds import round_start
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import DatasetSnapshot, PreferencePair, Project, Prompt
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from core.jobs import job_claim, job_heartbeat, job_succeed
 from tests.factories import comparison_make
 
@@ -252,7 +252,7 @@ def test_it_rejects_head_to_head_on_the_base_version(
 def test_it_rejects_a_version_of_another_project(
     project: Project, base: ModelVersion, lead: User, outsider: User
 ) -> None:
-    from annotate.services import project_create
+    from annotate.services.projects import project_create
 
     other = project_create(name="Other", slug="other", guidelines="Other.", created_by=outsider)
     foreign = model_version_base_ensure(project=other)

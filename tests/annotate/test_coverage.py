@@ -13,14 +13,10 @@ from django.test import Client
 
 from annotate.coverage import coverage_is_stale, coverage_refresh, prompt_embeddings_ensure
 from annotate.models import CoverageStats, Project, Prompt
-from annotate.services import (
-    PromptInput,
-    SnapshotFilters,
-    judgment_submit,
-    project_create,
-    prompts_create,
-    snapshot_create,
-)
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import project_create
+from annotate.services.prompts import PromptInput, prompts_create
+from annotate.services.snapshots import SnapshotFilters, snapshot_create
 from tests.factories import comparison_make
 from tests.factories import embed_bag_of_words as bag_of_words
 
@@ -34,7 +30,7 @@ TOPICS = {
 
 
 def _topic_project(lead: User, annotator: User) -> Project:
-    from annotate.services import membership_set
+    from annotate.services.projects import membership_set
 
     project = project_create(name="Topics", slug="topics", guidelines="Judge.", created_by=lead)
     membership_set(project=project, user=annotator, role="annotator")

@@ -13,14 +13,9 @@ from django.test import Client
 
 from annotate.exports import ExportError, ExportFilters, export_rows, export_write
 from annotate.models import Comparison, Project, Role
-from annotate.services import (
-    PromptInput,
-    guideline_publish,
-    judgment_submit,
-    membership_set,
-    project_settings_update,
-    prompts_create,
-)
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import guideline_publish, membership_set, project_settings_update
+from annotate.services.prompts import PromptInput, prompts_create
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

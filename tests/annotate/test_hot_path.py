@@ -13,16 +13,10 @@ from annotate.access import access_project
 from annotate.models import Comparison, Judgment, Lease, Project, Role
 from annotate.queue import AVAILABLE_CAP, assignment_next, available_ids
 from annotate.selectors import annotator_progress
-from annotate.services import (
-    ComparisonMissing,
-    PromptInput,
-    comparison_adjudicate,
-    judgment_submit,
-    membership_set,
-    project_create,
-    project_settings_update,
-    prompts_create,
-)
+from annotate.services.comparisons import comparison_adjudicate
+from annotate.services.judgments import ComparisonMissing, judgment_submit
+from annotate.services.projects import membership_set, project_create, project_settings_update
+from annotate.services.prompts import PromptInput, prompts_create
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

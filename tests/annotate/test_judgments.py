@@ -4,14 +4,10 @@ import pytest
 from django.contrib.auth.models import User
 
 from annotate.models import Choice, Comparison, Judgment, PairKind, PreferencePair, Project, Role
-from annotate.services import (
-    JudgmentRejected,
-    SnapshotFilters,
-    ValidationFailed,
-    judgment_submit,
-    membership_set,
-    snapshot_create,
-)
+from annotate.services.judgments import JudgmentRejected, judgment_submit
+from annotate.services.projects import membership_set
+from annotate.services.snapshots import SnapshotFilters, snapshot_create
+from core.errors import ValidationFailed
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

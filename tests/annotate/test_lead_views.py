@@ -10,7 +10,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from annotate.models import Comparison, Judgment, Membership, PairKind, Project, Role
-from annotate.services import judgment_submit, membership_set, project_settings_update
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import membership_set, project_settings_update
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

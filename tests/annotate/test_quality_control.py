@@ -23,19 +23,19 @@ from annotate.models import (
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import assignment_next, comparison_next_for_annotator
 from annotate.selectors import review_queue
-from annotate.services import (
-    JudgmentRejected,
-    ValidationFailed,
+from annotate.services.comparisons import (
     comparison_adjudicate,
     comparison_gold_set,
     comparison_send_back,
-    guideline_publish,
+)
+from annotate.services.judgments import (
+    JudgmentRejected,
     judgment_submit,
     judgment_undo,
     judgment_undoable,
-    membership_set,
-    project_settings_update,
 )
+from annotate.services.projects import guideline_publish, membership_set, project_settings_update
+from core.errors import ValidationFailed
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

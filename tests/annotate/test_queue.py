@@ -8,7 +8,8 @@ from django.utils import timezone
 
 from annotate.models import Comparison, LeaseState, Project, Role
 from annotate.queue import comparison_next_for_annotator, comparison_skip
-from annotate.services import judgment_submit, membership_set
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import membership_set
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ from django.test import Client
 
 from annotate.models import Comparison, Project, Prompt, Response
 from annotate.rendering import RENDERER_VERSION, markdown_to_safe_html
-from annotate.services import PromptInput, prompts_create
+from annotate.services.prompts import PromptInput, prompts_create
 from tests.factories import comparison_make
 
 

@@ -12,7 +12,8 @@ from rest_framework.authtoken.models import Token
 
 from alignment.services.model_versions import model_version_base_ensure
 from annotate.models import Comparison, Judgment, Lease, Project, Prompt, Role
-from annotate.services import judgment_submit, membership_set
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import membership_set
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

@@ -32,7 +32,7 @@ from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.coverage import coverage_refresh
 from annotate.models import Project
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from tests.factories import comparison_make, embed_bag_of_words
 
 pytestmark = pytest.mark.django_db(transaction=False)

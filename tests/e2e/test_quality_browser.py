@@ -23,13 +23,9 @@ from annotate.models import (
     Project,
     Role,
 )
-from annotate.services import (
-    comparison_gold_set,
-    guideline_publish,
-    judgment_submit,
-    membership_set,
-    project_settings_update,
-)
+from annotate.services.comparisons import comparison_gold_set
+from annotate.services.judgments import judgment_submit
+from annotate.services.projects import guideline_publish, membership_set, project_settings_update
 from tests.factories import comparison_make, embed_bag_of_words
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

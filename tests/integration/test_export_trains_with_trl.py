@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 
 from annotate.exports import export_write
 from annotate.models import Project
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from tests.factories import comparison_make
 
 pytestmark = pytest.mark.django_db

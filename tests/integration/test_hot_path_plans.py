@@ -22,7 +22,7 @@ from annotate import sql
 from annotate.models import Comparison, Lease, LeaseState, Project, Prompt
 from annotate.queue import assignment_next
 from annotate.selectors import annotator_progress
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from tests.factories import comparison_make
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]

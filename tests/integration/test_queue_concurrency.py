@@ -34,14 +34,9 @@ from annotate.models import (
     Role,
 )
 from annotate.queue import available_ids, comparison_next_for_annotator, comparison_skip
-from annotate.services import (
-    JudgmentRejected,
-    PromptInput,
-    judgment_submit,
-    membership_set,
-    project_create,
-    prompts_create,
-)
+from annotate.services.judgments import JudgmentRejected, judgment_submit
+from annotate.services.projects import membership_set, project_create
+from annotate.services.prompts import PromptInput, prompts_create
 from tests.factories import comparison_make
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]

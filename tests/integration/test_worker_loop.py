@@ -27,7 +27,7 @@ from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.imports import import_job_start
 from annotate.models import Comparison, ImportJob, Project, Response
-from annotate.services import judgment_submit
+from annotate.services.judgments import judgment_submit
 from core.jobs import jobs_recover
 from core.models import Job, JobStatus
 from tests.conftest import MODELS_DIR, REPO

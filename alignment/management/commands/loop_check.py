@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from alignment.engine.rules import BUILTIN_RULES, rule_load
 from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
 from alignment.services.training_settings import TrainingSettings
-from annotate.services import ValidationFailed
+from core.errors import ValidationFailed
 
 
 class Command(BaseCommand):

@@ -11,7 +11,8 @@ from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
 from annotate.demo_data import demo_guidelines, demo_prompts
 from annotate.models import Project, Role
-from annotate.services import membership_set, project_create, prompts_create
+from annotate.services.projects import membership_set, project_create
+from annotate.services.prompts import prompts_create
 
 DEMO_SLUG = "demo"
 ACCOUNTS = [

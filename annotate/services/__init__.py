@@ -1,0 +1,1 @@
+"""Writes of the human side, one module per concept."""

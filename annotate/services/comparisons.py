@@ -1,0 +1,134 @@
+"""Comparisons: created from two responses, and reviewed (adjudicated, sent back, made gold)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from annotate import sql
+from annotate.models import (
+    Choice,
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentKind,
+    LeaseState,
+    PreferencePair,
+    Purpose,
+    Response,
+)
+from annotate.services.judgments import (
+    MAX_RATIONALE_CHARS,
+    JudgmentRejected,
+    choice_validate,
+    live_adjudications,
+    votes_changed,
+)
+from annotate.services.projects import guideline_current
+from core.errors import ValidationFailed
+
+
+def comparison_create(
+    *,
+    response_a: Response,
+    response_b: Response,
+    round_number: int,
+    purpose: str = Purpose.TRAIN,
+    pairing_strategy: str = "",
+    rng: random.Random | None = None,
+    gold_choice: str = "",
+    selection: dict[str, Any] | None = None,
+) -> Comparison:
+    if response_a.pk == response_b.pk:
+        raise ValidationFailed("A comparison needs two different responses.")
+    if response_a.prompt_id != response_b.prompt_id:
+        raise ValidationFailed("Both responses of a comparison must answer the same prompt.")
+    prompt = response_a.prompt
+    return Comparison.objects.create(
+        project_id=prompt.project_id,
+        prompt=prompt,
+        response_a=response_a,
+        response_b=response_b,
+        left_is_a=(rng or random.SystemRandom()).random() < 0.5,
+        round_number=round_number,
+        purpose=purpose,
+        pairing_strategy=pairing_strategy,
+        gold_choice=gold_choice,
+        selection=selection or {},
+    )
+
+
+def comparison_adjudicate(
+    *, comparison: Comparison, reviewer: User, choice: str, rationale: str = ""
+) -> Judgment:
+    """A reviewer's decision: it wins aggregation; the annotators' judgments stay as they are."""
+    with transaction.atomic():
+        sql.index_plans()  # the ORM's statements come first
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        choice_value = choice_validate(project=comparison.project, choice=choice)
+        if len(rationale) > MAX_RATIONALE_CHARS:
+            raise JudgmentRejected(f"A note is at most {MAX_RATIONALE_CHARS} characters.")
+        now = timezone.now()
+        live_adjudications(comparison).update(superseded_at=now, updated_at=now)
+        judgment = Judgment.objects.create(
+            comparison=comparison,
+            project_id=comparison.project_id,
+            annotator=reviewer,
+            kind=JudgmentKind.ADJUDICATION,
+            choice=choice_value,
+            left_was_a=comparison.left_is_a,
+            rationale=rationale.strip(),
+            guideline=guideline_current(project=comparison.project),
+        )
+        votes_changed(comparison=comparison, delta=0)
+    return judgment
+
+
+def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Comparison:
+    """Re-open a comparison for fresh judgments; the old ones stay on record, superseded."""
+    with transaction.atomic():
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        if comparison.is_gold:
+            raise ValidationFailed("A gold item is answered by everyone; it cannot be sent back.")
+        now = timezone.now()
+        superseded = comparison.judgments.filter(superseded_at__isnull=True).update(
+            superseded_at=now, updated_at=now
+        )
+        if not superseded:
+            raise ValidationFailed("This comparison has no judgments to send back.")
+        # Released leases let the same annotators be offered the pair again.
+        comparison.leases.update(state=LeaseState.RELEASED, is_recheck=False, updated_at=now)
+        comparison.judgment_count = 0
+        comparison.status = ComparisonStatus.OPEN
+        comparison.sent_back_count = F("sent_back_count") + 1
+        comparison.save(update_fields=["judgment_count", "status", "sent_back_count"])
+        PreferencePair.objects.filter(comparison=comparison).delete()
+    comparison.refresh_from_db()
+    return comparison
+
+
+def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparison:
+    """Make a comparison a gold item with a known answer ("" turns it back into a normal one)."""
+    if gold_choice and gold_choice not in Choice.values:
+        raise ValidationFailed(
+            f"Unknown gold answer {gold_choice!r}; expected one of {Choice.values}."
+        )
+    with transaction.atomic():
+        sql.index_plans()  # the ORM's statements come first
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        comparison.gold_choice = gold_choice
+        comparison.save(update_fields=["gold_choice"])
+        if not gold_choice:
+            votes_changed(comparison=comparison, delta=0)
+    return comparison
