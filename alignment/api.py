@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alignment import selectors
+from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS
 from alignment.models import (
     DataScope,
     GenerationJob,
@@ -25,21 +26,20 @@ from alignment.models import (
 )
 from alignment.models import TrainingRun as TrainingRunModel
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.rounds import PROMPT_CHOICES, SamplingSettings, round_next_start
-from alignment.services.training import TrainingPlan, training_run_cancel, training_run_start
-from alignment.services.training_settings import (
-    LOSS_TYPES,
-    METHODS,
-    TRAINING_PRESETS,
-    TrainingSettings,
+from alignment.services.rounds import (
+    PROMPT_CHOICES,
+    ROUND_SIZE_FIELDS,
+    SamplingSettings,
+    round_next_start,
 )
+from alignment.services.training import TrainingPlan, training_run_cancel, training_run_start
+from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
+from alignment.spec_fields import serializer_fields
 from annotate.api import ProjectApi
 from annotate.models import Role
 from annotate.services.snapshots import SnapshotFilters
 from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED
 from core.models import JobStatus
-
-_SAMPLING = SamplingSettings()
 
 
 def _version(project_versions: Any, version_id: int, what: str) -> ModelVersion:
@@ -122,12 +122,10 @@ def _round_out(round_: Round, prompt_count: int, created: int, jobs: list[Genera
 
 
 class SamplingIn(serializers.Serializer):
-    max_new_tokens = serializers.IntegerField(
-        default=_SAMPLING.max_new_tokens, min_value=8, max_value=4096
-    )
-    temperature = serializers.FloatField(default=_SAMPLING.temperature, min_value=0, max_value=5)
-    top_p = serializers.FloatField(default=_SAMPLING.top_p, min_value=0, max_value=1)
-    seed = serializers.IntegerField(default=_SAMPLING.seed, min_value=0, max_value=MAX_ID)
+    """The sampling settings (SAMPLING_FIELDS); one left out takes its default."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return serializer_fields(SAMPLING_FIELDS, with_default=True)
 
 
 class RoundIn(serializers.Serializer):
@@ -137,10 +135,7 @@ class RoundIn(serializers.Serializer):
     pairing_strategy = serializers.ChoiceField(
         choices=PairingStrategy.choices, default=PairingStrategy.ON_POLICY
     )
-    train_prompts = serializers.IntegerField(default=40, min_value=0, max_value=100_000)
     prompt_choice = serializers.ChoiceField(choices=list(PROMPT_CHOICES), default="least_used")
-    eval_prompts = serializers.IntegerField(default=20, min_value=0, max_value=100_000)
-    samples_per_prompt = serializers.IntegerField(default=2, min_value=1, max_value=64)
     pair_selection = serializers.ChoiceField(
         choices=PairSelection.choices,
         default=PairSelection.ADJACENT,
@@ -148,6 +143,10 @@ class RoundIn(serializers.Serializer):
         "adjacent); recorded on each comparison.",
     )
     sampling = SamplingIn(required=False)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # train_prompts, eval_prompts, samples_per_prompt: the fields of ROUND_SIZE_FIELDS.
+        return {**super().get_fields(), **serializer_fields(ROUND_SIZE_FIELDS, with_default=True)}
 
 
 class RoundListApi(ProjectApi):
@@ -301,24 +300,11 @@ def _run_out(run: TrainingRunModel) -> dict[str, Any]:
 
 
 class TrainingSettingsIn(serializers.Serializer):
-    # No defaults here: what is left out comes from the preset, or the engine's defaults.
-    method = serializers.ChoiceField(choices=list(METHODS), required=False)
-    loss_type = serializers.ChoiceField(choices=list(LOSS_TYPES), required=False)
-    beta = serializers.FloatField(required=False)
-    sft_weight = serializers.FloatField(required=False)
-    label_smoothing = serializers.FloatField(required=False)
-    simpo_gamma = serializers.FloatField(required=False)
-    desirable_weight = serializers.FloatField(required=False)
-    undesirable_weight = serializers.FloatField(required=False)
-    learning_rate = serializers.FloatField(required=False)
-    epochs = serializers.IntegerField(required=False)
-    batch_size = serializers.IntegerField(required=False)
-    gradient_accumulation_steps = serializers.IntegerField(required=False)
-    lora_r = serializers.IntegerField(required=False)
-    lora_alpha = serializers.IntegerField(required=False)
-    lora_dropout = serializers.FloatField(required=False)
-    max_length = serializers.IntegerField(required=False)
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_ID)
+    """The hyperparameters (TRAINING_FIELDS). No defaults here: what is left out comes from
+    the preset, or the engine's defaults."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return serializer_fields(TRAINING_FIELDS)
 
 
 class TrainingRunIn(serializers.Serializer):
@@ -331,16 +317,17 @@ class TrainingRunIn(serializers.Serializer):
         help_text="Start from a preset's settings; `settings` overrides any of them.",
     )
     settings = TrainingSettingsIn(
-        required=False, help_text="Ranges are checked by the service (422 names the field)."
+        required=False,
+        help_text="Any of the preset's settings; each field's range is in its description.",
     )
     start_from = serializers.ChoiceField(
         choices=StartFrom.choices,
-        default=StartFrom.PARENT,
+        default=TrainingPlan.start_from,
         help_text="parent: continue the parent's adapter; base: a fresh adapter on the base.",
     )
     reference = serializers.ChoiceField(
         choices=[Reference.PARENT, Reference.BASE],
-        default=Reference.PARENT,
+        default=TrainingPlan.reference,
         help_text="The reference policy of DPO and KTO (ORPO and SimPO use none).",
     )
     data_scope = serializers.ChoiceField(
@@ -385,7 +372,6 @@ class TrainingRunListApi(ProjectApi):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         overrides = dict(data.get("settings") or {})
-        rounds = tuple(sorted(set(data.get("rounds", []))))
         model_version_base_ensure(project=project)
         base = _version(
             ModelVersion.objects.filter(project=project), data["base_version_id"], "base_version_id"
@@ -398,12 +384,11 @@ class TrainingRunListApi(ProjectApi):
                 if "preset" in data
                 else TrainingSettings.from_mapping(overrides)
             ),
-            plan=TrainingPlan(
+            plan=TrainingPlan.chosen(
                 start_from=data["start_from"],
                 reference=data["reference"],
-                data_scope=data.get("data_scope")
-                or (DataScope.ROUNDS if rounds else DataScope.CUMULATIVE),
-                rounds=rounds,
+                data_scope=data.get("data_scope"),
+                rounds=data.get("rounds", ()),
             ),
             filters=SnapshotFilters(min_agreement=data["min_agreement"]),
             created_by=request.user,  # type: ignore[arg-type]

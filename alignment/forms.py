@@ -9,6 +9,7 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 
+from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS
 from alignment.models import (
     DataScope,
     ModelVersion,
@@ -17,17 +18,10 @@ from alignment.models import (
     Reference,
     StartFrom,
 )
-from alignment.services.rounds import PROMPT_CHOICES, SamplingSettings
+from alignment.services.rounds import PROMPT_CHOICES, ROUND_SIZE_FIELDS, SamplingSettings
 from alignment.services.training import TrainingPlan
-from alignment.services.training_settings import (
-    LOSS_TYPES,
-    METHODS,
-    TRAINING_PRESETS,
-    TrainingSettings,
-)
-
-_SAMPLING = SamplingSettings()
-_TRAINING = TrainingSettings()
+from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
+from alignment.spec_fields import form_fields, form_values
 
 
 class ModelVersionField(forms.ModelChoiceField):
@@ -51,18 +45,11 @@ def _version_field(
 class RoundStartForm(forms.Form):
     """Start the next round from a chosen model version."""
 
-    # Ranges of the sampling values are checked by SamplingSettings.validate, so the page shows
-    # the same messages as the API and the CLI.
+    # The counts and the sampling values: fields of their specs (ROUND_SIZE_FIELDS,
+    # SAMPLING_FIELDS), added in __init__, with the services' bounds and messages.
     policy = forms.ModelChoiceField(queryset=ModelVersion.objects.none())
     pairing_strategy = forms.ChoiceField(
         choices=PairingStrategy.choices, initial=PairingStrategy.ON_POLICY
-    )
-    train_prompts = forms.IntegerField(
-        label="Training prompts",
-        initial=40,
-        min_value=0,
-        max_value=100_000,
-        help_text="Chosen least used first. Used by on-policy pairs.",
     )
     prompt_choice = forms.ChoiceField(
         label="Choose training prompts",
@@ -71,14 +58,6 @@ class RoundStartForm(forms.Form):
         required=False,
         help_text="Held-out prompts are never chosen for training.",
     )
-    eval_prompts = forms.IntegerField(
-        label="Held-out prompts for head-to-head",
-        initial=20,
-        min_value=0,
-        max_value=100_000,
-        help_text="The project's held-out (eval split) prompts, in id order.",
-    )
-    samples_per_prompt = forms.IntegerField(initial=2, min_value=1, max_value=64)
     pair_selection = forms.ChoiceField(
         label="Pair shown per prompt",
         choices=PairSelection.choices,
@@ -86,26 +65,31 @@ class RoundStartForm(forms.Form):
         required=False,
         help_text="With more than 2 samples per prompt, which two the annotators compare.",
     )
-    max_new_tokens = forms.IntegerField(initial=_SAMPLING.max_new_tokens)
-    temperature = forms.FloatField(initial=_SAMPLING.temperature)
-    top_p = forms.FloatField(label="Top-p", initial=_SAMPLING.top_p)
-    seed = forms.IntegerField(initial=_SAMPLING.seed)
+
+    field_order = (
+        "policy",
+        "pairing_strategy",
+        "train_prompts",
+        "prompt_choice",
+        "eval_prompts",
+        "samples_per_prompt",
+        "pair_selection",
+        *SAMPLING_FIELDS,
+    )
 
     def __init__(self, *args: Any, versions: QuerySet[ModelVersion], **kwargs: Any) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+        self.fields.update(form_fields(ROUND_SIZE_FIELDS, required=True))
+        self.fields.update(form_fields(SAMPLING_FIELDS))
+        self.order_fields(self.field_order)
         self.fields["policy"] = _version_field(
             versions, "Model version", "The policy that generates this round's responses."
         )
 
     def sampling(self) -> SamplingSettings:
-        data = self.cleaned_data
-        return SamplingSettings(
-            max_new_tokens=data["max_new_tokens"],
-            temperature=data["temperature"],
-            top_p=data["top_p"],
-            seed=data["seed"],
-        )
+        """The sampling given; a field left empty takes its default."""
+        return SamplingSettings(**form_values(SAMPLING_FIELDS, self.cleaned_data))
 
 
 _ROUNDS_RE = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
@@ -118,7 +102,7 @@ class TrainingRunStartForm(forms.Form):
     start_from = forms.ChoiceField(
         label="Training starts from",
         choices=StartFrom.choices,
-        initial=StartFrom.PARENT,
+        initial=TrainingPlan.start_from,
         required=False,
         widget=forms.RadioSelect,
     )
@@ -128,7 +112,7 @@ class TrainingRunStartForm(forms.Form):
             (Reference.PARENT, Reference.PARENT.label),
             (Reference.BASE, Reference.BASE.label),
         ],
-        initial=Reference.PARENT,
+        initial=TrainingPlan.reference,
         required=False,
         widget=forms.RadioSelect,
         help_text="DPO and KTO; ORPO and SimPO use none.",
@@ -136,54 +120,11 @@ class TrainingRunStartForm(forms.Form):
     data_scope = forms.ChoiceField(
         label="Data",
         choices=DataScope.choices,
-        initial=DataScope.CUMULATIVE,
+        initial=TrainingPlan.data_scope,
         required=False,
         widget=forms.RadioSelect,
     )
-    method = forms.ChoiceField(
-        choices=list(METHODS.items()), initial=_TRAINING.method, required=False
-    )
-    loss_type = forms.ChoiceField(
-        label="DPO loss",
-        choices=list(LOSS_TYPES.items()),
-        initial=_TRAINING.loss_type,
-        help_text="DPO only.",
-    )
-    beta = forms.FloatField(
-        initial=_TRAINING.beta,
-        help_text="DPO, KTO: strength of the pull toward the reference; ORPO: weight of the "
-        "odds-ratio term; SimPO: reward scale.",
-    )
-    sft_weight = forms.FloatField(
-        required=False,
-        label="SFT term weight",
-        initial=_TRAINING.sft_weight,
-        help_text="DPO: adds the chosen responses' negative log-likelihood (0: none).",
-    )
-    label_smoothing = forms.FloatField(
-        required=False,
-        initial=_TRAINING.label_smoothing,
-        help_text="Robust DPO: the share of labels assumed flipped (below 0.5).",
-    )
-    simpo_gamma = forms.FloatField(
-        required=False,
-        label="SimPO margin (gamma)",
-        initial=_TRAINING.simpo_gamma,
-        help_text="SimPO only.",
-    )
-    desirable_weight = forms.FloatField(
-        required=False, initial=_TRAINING.desirable_weight, help_text="KTO only."
-    )
-    undesirable_weight = forms.FloatField(
-        required=False, initial=_TRAINING.undesirable_weight, help_text="KTO only."
-    )
-    learning_rate = forms.FloatField(initial=_TRAINING.learning_rate)
-    epochs = forms.IntegerField(initial=_TRAINING.epochs)
-    batch_size = forms.IntegerField(initial=_TRAINING.batch_size)
-    lora_r = forms.IntegerField(label="LoRA r", initial=_TRAINING.lora_r)
-    lora_alpha = forms.IntegerField(label="LoRA alpha", initial=_TRAINING.lora_alpha)
-    max_length = forms.IntegerField(initial=_TRAINING.max_length)
-    seed = forms.IntegerField(initial=_TRAINING.seed)
+    # The hyperparameters: fields of the spec (TRAINING_FIELDS), added in __init__.
     rounds = forms.CharField(
         label="Rounds listed",
         required=False,
@@ -196,23 +137,7 @@ class TrainingRunStartForm(forms.Form):
         help_text="Only pairs whose judgments agree at least this much (0 to 1).",
     )
 
-    SETTINGS_FIELDS = (
-        "method",
-        "loss_type",
-        "beta",
-        "sft_weight",
-        "label_smoothing",
-        "simpo_gamma",
-        "desirable_weight",
-        "undesirable_weight",
-        "learning_rate",
-        "epochs",
-        "batch_size",
-        "lora_r",
-        "lora_alpha",
-        "max_length",
-        "seed",
-    )
+    SETTINGS_FIELDS = tuple(TRAINING_FIELDS)
 
     field_order = (
         "base_version",
@@ -233,6 +158,8 @@ class TrainingRunStartForm(forms.Form):
     ) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+        self.fields.update(form_fields(TRAINING_FIELDS))
+        self.order_fields(self.field_order)
         self.fields["base_version"] = _version_field(
             versions,
             "Parent version",
@@ -255,19 +182,13 @@ class TrainingRunStartForm(forms.Form):
         """The round's choices; a post without them (an older form) takes the defaults, and
         listed rounds mean "the rounds listed"."""
         data = self.cleaned_data
-        rounds = data.get("rounds") or ()
-        return TrainingPlan(
-            start_from=data.get("start_from") or StartFrom.PARENT,
-            reference=data.get("reference") or Reference.PARENT,
-            data_scope=data.get("data_scope")
-            or (DataScope.ROUNDS if rounds else DataScope.CUMULATIVE),
-            rounds=rounds,
+        return TrainingPlan.chosen(
+            start_from=data.get("start_from"),
+            reference=data.get("reference"),
+            data_scope=data.get("data_scope"),
+            rounds=data.get("rounds") or (),
         )
 
     def settings_mapping(self) -> dict[str, Any]:
         """The settings given; a field left empty takes the engine's default."""
-        return {
-            name: self.cleaned_data[name]
-            for name in self.SETTINGS_FIELDS
-            if self.cleaned_data.get(name) not in (None, "")
-        }
+        return form_values(TRAINING_FIELDS, self.cleaned_data)

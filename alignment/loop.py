@@ -55,15 +55,11 @@ class LoopCheckSettings:
     eval_prompts: int = 16
     samples_per_prompt: int = 2
     eval_samples_per_prompt: int = 4
-    max_new_tokens: int = 200
-    temperature: float = 0.9
-    top_p: float = 0.95
-    batch_size: int = 16
-    seed: int = 0
     annotators: int = 2
     # Annotators skip a training pair whose two responses were both cut off at the token
     # limit: neither answer is complete, and the pair would teach token choice, not length.
     skip_both_truncated: bool = True
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
 
@@ -187,13 +183,7 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     eval_prompts = list(
         project.prompts.filter(split="eval").order_by("id")[: settings.eval_prompts]
     )
-    sampling = SamplingSettings(
-        max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        seed=settings.seed,
-        batch_size=settings.batch_size,
-    )
+    sampling = settings.sampling.validate()
     log(
         f"project {slug}: {len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts"
     )

@@ -18,6 +18,7 @@ from alignment.engine.sources import (
     tokenizer_load,
     torch_threads_fit,
 )
+from alignment.engine.spec import SamplingParameters
 
 if TYPE_CHECKING:
     import torch
@@ -36,11 +37,13 @@ class GenerationConfig:
     adapter: str | None = None  # PEFT LoRA adapter dir (safetensors), or None for the base alone
     adapter_sha256: str | None = None  # the adapter weights must hash to this (when given)
     samples_per_prompt: int = 2
-    max_new_tokens: int = 200
-    temperature: float = 0.9
-    top_p: float = 0.95
-    seed: int = 0
-    batch_size: int = 16  # prompts per batch; 16 x 2 samples was the fastest measured on CPU
+    # The defaults of a round's sampling (alignment.engine.spec); the bounds there are the
+    # lead's, wider here (a test samples 2 tokens).
+    max_new_tokens: int = SamplingParameters.max_new_tokens
+    temperature: float = SamplingParameters.temperature
+    top_p: float = SamplingParameters.top_p
+    seed: int = SamplingParameters.seed
+    batch_size: int = SamplingParameters.batch_size  # prompts per batch
     trust_remote_code: bool = False
 
 

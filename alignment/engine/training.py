@@ -41,6 +41,9 @@ from alignment.engine.sources import (
     tokenizer_load,
     torch_threads_fit,
 )
+from alignment.engine.spec import LOSS_TYPES as LOSS_TYPES
+from alignment.engine.spec import METHODS as METHODS
+from alignment.engine.spec import Hyperparameters, hyperparameters_validate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -48,31 +51,8 @@ if TYPE_CHECKING:
 ADAPTER_DIR_NAME = "adapter"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
-# TRL 1.16 DPOConfig.loss_type values for paired data.
-LOSS_TYPES = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-)
-
-
-# Training methods. dpo: TRL's DPOTrainer with `loss_type` (sigmoid, ipo, hinge, robust, ...)
-# and an optional SFT term on the chosen responses (`sft_weight`); kto: KTOTrainer on unpaired
-# rows (ties and both-bad included); orpo and simpo need no reference model (ORPO and CPO
-# with loss "simpo", from trl.experimental).
-METHODS = ("dpo", "kto", "orpo", "simpo")
+# The methods and their losses are defined with the hyperparameters (alignment.engine.spec);
+# the names stay importable from here.
 REFERENCE_FREE = ("orpo", "simpo")
 REFERENCES = ("start", "base")  # or the path of an adapter directory
 PAIR_KINDS = ("preference", "tie", "both_bad")
@@ -89,27 +69,12 @@ class PreferenceExample:
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Hyperparameters):
+    """The hyperparameters (alignment.engine.spec, keyword-only) and what to train where."""
+
     model: str
     models_dir: str
     output_dir: str
-    method: str = "dpo"  # METHODS
-    loss_type: str = "sigmoid"  # dpo: TRL DPOConfig.loss_type (sigmoid, ipo, hinge, robust, ...)
-    beta: float = 0.1  # dpo, kto: KL strength; orpo: the odds-ratio weight; simpo: reward scale
-    sft_weight: float = 0.0  # dpo: weight of an SFT (NLL) term on the chosen responses
-    label_smoothing: float = 0.0  # dpo (robust, sigmoid): the assumed share of flipped labels
-    simpo_gamma: float = 0.5  # simpo: the target reward margin
-    desirable_weight: float = 1.0  # kto
-    undesirable_weight: float = 1.0  # kto
-    learning_rate: float = 5e-4
-    epochs: int = 2
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    max_length: int = 512
-    seed: int = 0
     quantize_4bit: bool = True  # QLoRA (bitsandbytes NF4); False = plain LoRA in full precision
     init_adapter: str | None = None  # continue training an existing adapter
     init_adapter_sha256: str | None = None  # its adapter_model.safetensors must hash to this
@@ -217,39 +182,7 @@ class ValidationFigures:
 
 def training_config_validate(config: TrainingConfig) -> None:
     """Raise ValueError naming the first invalid field of ``config``."""
-    positive_ints = {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "lora_r": config.lora_r,
-        "lora_alpha": config.lora_alpha,
-        "max_length": config.max_length,
-    }
-    for name, value in positive_ints.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
-    if config.loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {config.loss_type!r}; known: {', '.join(LOSS_TYPES)}")
-    if not (isinstance(config.beta, int | float) and config.beta > 0):
-        raise ValueError(f"beta must be > 0, got {config.beta!r}")
-    ranges: dict[str, tuple[float, float, float]] = {
-        "sft_weight": (config.sft_weight, 0.0, 10.0),
-        "label_smoothing": (config.label_smoothing, 0.0, 0.49),
-        "simpo_gamma": (config.simpo_gamma, 0.0, 10.0),
-        "desirable_weight": (config.desirable_weight, 0.01, 10.0),
-        "undesirable_weight": (config.undesirable_weight, 0.01, 10.0),
-    }
-    for name, (number, low, high) in ranges.items():
-        if not (isinstance(number, int | float) and low <= number <= high):
-            raise ValueError(f"{name} must be between {low} and {high}, got {number!r}")
-    if config.method == "kto" and config.batch_size < 2:
-        raise ValueError("batch_size must be at least 2 for kto (its KL estimate pairs rows)")
-    if not (isinstance(config.learning_rate, int | float) and 0 < config.learning_rate < 1):
-        raise ValueError(f"learning_rate must be in (0, 1), got {config.learning_rate!r}")
-    if not (isinstance(config.lora_dropout, int | float) and 0 <= config.lora_dropout < 1):
-        raise ValueError(f"lora_dropout must be in [0, 1), got {config.lora_dropout!r}")
+    hyperparameters_validate(config)
     if isinstance(config.checkpoint_steps, bool) or not (
         isinstance(config.checkpoint_steps, int) and config.checkpoint_steps >= 0
     ):

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, Max, QuerySet
 
+from alignment.engine.spec import SamplingParameters, field_specs, sampling_problem, setting
 from alignment.models import (
     GenerationJob,
     ModelVersion,
@@ -23,25 +24,41 @@ from annotate.models import Project, Prompt, Purpose, Split
 from core.errors import ValidationFailed
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    max_new_tokens: int = 200
-    temperature: float = 0.9
-    top_p: float = 0.95
-    seed: int = 0
-    # Prompts per forward pass; 16 measured fastest on 2 cores (bench/engine_generation.py).
-    batch_size: int = 16
+@dataclass(frozen=True, kw_only=True)
+class SamplingSettings(SamplingParameters):
+    """A round's sampling (alignment.engine.spec: defaults and bounds); `validate` raises
+    ValidationFailed naming the field."""
 
     def validate(self) -> SamplingSettings:
-        if not 8 <= self.max_new_tokens <= 4096:
-            raise ValidationFailed("Max new tokens must be between 8 and 4096.")
-        if not 0 <= self.temperature <= 5:
-            raise ValidationFailed("Temperature must be between 0 and 5.")
-        if not 0 < self.top_p <= 1:
-            raise ValidationFailed("Top-p must be above 0 and at most 1.")
-        if not 1 <= self.batch_size <= 256:
-            raise ValidationFailed("Batch size must be between 1 and 256.")
+        problem = sampling_problem(self)
+        if problem is not None:
+            raise ValidationFailed(problem)
         return self
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundSize:
+    """How many prompts a round takes and how many samples of each: the defaults and bounds
+    of the lead's page and the API."""
+
+    train_prompts: int = setting(
+        40,
+        label="Training prompts",
+        low=0,
+        high=100_000,
+        help="Chosen least used first. Used by on-policy pairs.",
+    )
+    eval_prompts: int = setting(
+        20,
+        label="Held-out prompts for head-to-head",
+        low=0,
+        high=100_000,
+        help="The project's held-out (eval split) prompts, in id order.",
+    )
+    samples_per_prompt: int = setting(2, label="Samples per prompt", low=1, high=64)
+
+
+ROUND_SIZE_FIELDS = field_specs(RoundSize)
 
 
 PROMPT_CHOICES = {
@@ -86,7 +103,7 @@ def round_next_start(
     policy: ModelVersion,
     train_count: int,
     eval_count: int,
-    samples_per_prompt: int = 2,
+    samples_per_prompt: int = RoundSize.samples_per_prompt,
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
     pair_selection: str = PairSelection.ADJACENT,
@@ -119,7 +136,7 @@ def round_start(
     policy: ModelVersion,
     train_prompts: Sequence[Prompt] = (),
     eval_prompts: Sequence[Prompt] = (),
-    samples_per_prompt: int = 2,
+    samples_per_prompt: int = RoundSize.samples_per_prompt,
     sampling: SamplingSettings | None = None,
     strategy: str = PairingStrategy.ON_POLICY,
     pair_selection: str = PairSelection.ADJACENT,

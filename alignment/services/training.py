@@ -45,6 +45,25 @@ class TrainingPlan:
     data_scope: str = DataScope.CUMULATIVE
     rounds: tuple[int, ...] = ()  # with data_scope "rounds"
 
+    @classmethod
+    def chosen(
+        cls,
+        *,
+        start_from: str | None = None,
+        reference: str | None = None,
+        data_scope: str | None = None,
+        rounds: Sequence[int] = (),
+    ) -> TrainingPlan:
+        """The plan of a lead's choices (from the page or the API): a choice left out takes
+        its default, and rounds listed without a data scope mean "the rounds listed"."""
+        listed = tuple(sorted(set(rounds)))
+        return cls(
+            start_from=start_from or cls.start_from,
+            reference=reference or cls.reference,
+            data_scope=data_scope or (DataScope.ROUNDS if listed else cls.data_scope),
+            rounds=listed,
+        )
+
     def validate(self) -> TrainingPlan:
         if self.start_from not in StartFrom.values:
             raise ValidationFailed(f"start_from must be one of {', '.join(StartFrom.values)}.")

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
+from alignment.engine.spec import SAMPLING_FIELDS, SamplingParameters
 from alignment.engine.vllm_backend import generate_vllm
 from alignment.models import GenerationJob, PairSelection
 from alignment.services.pairs import head_to_head_pairs_form, on_policy_pairs_create
@@ -41,17 +42,21 @@ def _generation_run(job: GenerationJob) -> None:
     )
     prompts = [p for p in every_prompt if p.pk not in done]
     cfg = job.config
+    # The round's sampling as the job recorded it; the spec's defaults for what it did not.
+    sampling = SamplingParameters(
+        **{name: spec.parse(cfg[name]) for name, spec in SAMPLING_FIELDS.items() if name in cfg}
+    )
     engine_config = GenerationConfig(
         model=project.base_model,
         models_dir=str(settings.MODELS_DIR),
         adapter=version.adapter_path or None,
         adapter_sha256=version.adapter_sha256 or None,
         samples_per_prompt=int(cfg.get("samples_per_prompt", 2)),
-        max_new_tokens=int(cfg.get("max_new_tokens", 200)),
-        temperature=float(cfg.get("temperature", 0.9)),
-        top_p=float(cfg.get("top_p", 0.95)),
-        seed=int(cfg.get("seed", 0)) + job.pk,
-        batch_size=int(cfg.get("batch_size", 8)),
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=sampling.seed + job.pk,
+        batch_size=sampling.batch_size,
         trust_remote_code=project.trust_remote_code,
     )
     params = {k: cfg[k] for k in ("max_new_tokens", "temperature", "top_p") if k in cfg}

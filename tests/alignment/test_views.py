@@ -232,7 +232,7 @@ def test_it_rejects_a_negative_temperature(
         {**ROUND_FORM, "policy": base.pk, "temperature": "-1"},
     )
     assert response.status_code == 422
-    assert "Temperature must be between 0 and 5." in response.content.decode()
+    assert "temperature must be between 0 and 5." in response.content.decode()
     assert not Round.objects.exists()
     assert not GenerationJob.objects.exists()
 

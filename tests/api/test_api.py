@@ -225,7 +225,9 @@ def test_it_starts_training_runs_and_refuses_bad_settings(
     assert [(v["id"], v["is_base"]) for v in versions] == [(base.pk, True)]
     url = f"/projects/{project.slug}/training-runs/"
     bad = api.post(url, {"base_version_id": base.pk, "settings": {"beta": -1}})
-    assert "beta" in _error(bad, 422)["message"]
+    assert _error(bad, 400)["fields"]["settings"]["beta"] == [
+        "beta must be above 0 and at most 10."
+    ]
     with django_capture_on_commit_callbacks() as dispatched:
         made = api.post(url, {"base_version_id": base.pk, "settings": {"loss_type": "ipo"}})
     assert made.status_code == 201, made.content

@@ -1,15 +1,51 @@
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from alignment.engine.rules import BUILTIN_RULES, rule_load
+from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, FieldSpec
 from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
+from alignment.services.rounds import SamplingSettings
 from alignment.services.training_settings import TrainingSettings
 from core.errors import ValidationFailed
+
+# The loop check's own counts; the sampling and training options come from their spec.
+_COUNTS = (
+    "train_prompts",
+    "eval_prompts",
+    "samples_per_prompt",
+    "eval_samples_per_prompt",
+    "annotators",
+)
+
+
+def _option(parser: CommandParser, flag: str, dest: str, spec: FieldSpec) -> None:
+    def parse(text: str) -> Any:
+        try:
+            value = spec.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        problem = spec.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    text = f"{spec.label} (default {spec.default}). {spec.help_text()}".strip()
+    if spec.choices:
+        text += f" One of: {', '.join(spec.choices)}."
+    parser.add_argument(
+        flag,
+        dest=dest,
+        type=parse,
+        default=spec.default,
+        metavar=spec.kind.__name__.upper(),
+        help=text.replace("%", "%%"),  # argparse formats help with %
+    )
 
 
 class Command(BaseCommand):
@@ -24,36 +60,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         defaults = LoopCheckSettings()
-        training = TrainingSettings()
         parser.add_argument(
             "--rule", default="shorter", help="Built-in rule name or module:function."
         )
         parser.add_argument("--model", default=defaults.model, help="Base model source.")
-        for name in (
-            "train_prompts",
-            "eval_prompts",
-            "samples_per_prompt",
-            "eval_samples_per_prompt",
-            "max_new_tokens",
-            "batch_size",
-            "seed",
-            "annotators",
-        ):
+        for name in _COUNTS:
             parser.add_argument(
                 "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
             )
-        for name in ("temperature", "top_p"):
-            parser.add_argument(
-                "--" + name.replace("_", "-"), type=float, default=getattr(defaults, name)
-            )
-        for f in fields(TrainingSettings):
-            kind = type(getattr(training, f.name))
-            parser.add_argument(
-                "--train-" + f.name.replace("_", "-"),
-                dest="train_" + f.name,
-                type=kind,
-                default=getattr(training, f.name),
-            )
+        # Sampling (--max-new-tokens, --temperature, ...) and training (--train-epochs, ...):
+        # the settings' spec gives each option its type, default, choices, bounds and help.
+        for spec in SAMPLING_FIELDS.values():
+            _option(parser, "--" + spec.name.replace("_", "-"), spec.name, spec)
+        for spec in TRAINING_FIELDS.values():
+            _option(parser, "--train-" + spec.name.replace("_", "-"), "train_" + spec.name, spec)
         parser.add_argument(
             "--judge-both-truncated",
             action="store_true",
@@ -73,19 +93,18 @@ class Command(BaseCommand):
         try:
             rule = rule_load(options["rule"])
             training = TrainingSettings.from_mapping(
-                {f.name: options["train_" + f.name] for f in fields(TrainingSettings)}
+                {name: options["train_" + name] for name in TRAINING_FIELDS}
             )
+            sampling = SamplingSettings(**{name: options[name] for name in SAMPLING_FIELDS})
+            sampling.validate()
         except (ValueError, ValidationFailed) as error:
             raise CommandError(str(error)) from None
         settings = LoopCheckSettings(
             model=options["model"],
+            sampling=sampling,
             training=training,
             skip_both_truncated=not options["judge_both_truncated"],
-            **{
-                f.name: options[f.name]
-                for f in fields(LoopCheckSettings)
-                if f.name not in ("model", "training", "skip_both_truncated")
-            },
+            **{name: options[name] for name in _COUNTS},
         )
         try:
             report = loop_check_run(
