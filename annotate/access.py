@@ -8,8 +8,8 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 from django.http import Http404
 
-from annotate import sql
 from annotate.models import Comparison, Membership, Project, Role
+from annotate.sql import access as sql_access
 
 AnyUser = User | AnonymousUser
 
@@ -47,15 +47,9 @@ def access_project(*, user: AnyUser, slug: str, min_role: Role = Role.ANNOTATOR)
         role: Role | None = Role.LEAD
     else:
         # The project and the user's role in it, in one statement of plain SQL: every page
-        # and every judgment passes here (see annotate/sql.py).
-        row = sql.one(
-            f"SELECT {sql.columns(Project, 'p')}, m.role FROM {sql.PROJECT} p"
-            f" JOIN {sql.MEMBERSHIP} m ON m.project_id = p.id AND m.user_id = %s"
-            " WHERE p.slug = %s",
-            [user.pk, slug],
-        )
-        project = sql.instance(Project, row[:-1]) if row is not None else None
-        role = Role(row[-1]) if row is not None else None
+        # and every judgment passes here (see annotate/sql).
+        found = sql_access.project_and_role(user_id=user.pk, slug=slug)
+        project, role = (found[0], Role(found[1])) if found is not None else (None, None)
     if project is None or role is None or ROLE_RANK[role] < ROLE_RANK[min_role]:
         raise Http404("No such project.")
     project._access_role = (user.pk, role)  # type: ignore[attr-defined]

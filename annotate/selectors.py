@@ -8,7 +8,6 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, Q
 
-from annotate import sql
 from annotate.access import project_role, projects_for_user
 from annotate.models import (
     Choice,
@@ -26,6 +25,7 @@ from annotate.models import (
 )
 from annotate.quality import QualityReport, project_quality
 from annotate.queue import AVAILABLE_CAP, remaining_for_annotator
+from annotate.sql import access as sql_access
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,9 @@ def annotator_progress(
 ) -> AnnotatorProgress:
     """`remaining`: the count of available pairs when the caller has it already (a claim
     counts them as it looks for one)."""
-    # Plain SQL: this runs with every pair an annotator is shown.
-    row = sql.one(
-        f"SELECT (SELECT count(*) FROM {sql.JUDGMENT} j WHERE j.project_id = %s"
-        " AND j.annotator_id = %s AND j.kind = 'vote' AND j.superseded_at IS NULL),"
-        f" (SELECT max(g.version) FROM {sql.GUIDELINE} g WHERE g.project_id = %s),"
-        f" m.quota, m.guideline_seen_version FROM {sql.USER} u LEFT JOIN {sql.MEMBERSHIP} m"
-        " ON m.project_id = %s AND m.user_id = u.id WHERE u.id = %s",
-        [project.pk, annotator.pk, project.pk, project.pk, annotator.pk],
+    judged, guideline_version, quota, seen = sql_access.annotator_counts(
+        project_id=project.pk, annotator_id=annotator.pk
     )
-    assert row is not None
-    judged, guideline_version, quota, seen = row
     return AnnotatorProgress(
         judged=judged,
         remaining=(

@@ -67,8 +67,7 @@ def comparison_adjudicate(
     *, comparison: Comparison, reviewer: User, choice: str, rationale: str = ""
 ) -> Judgment:
     """A reviewer's decision: it wins aggregation; the annotators' judgments stay as they are."""
-    with transaction.atomic():
-        sql.index_plans()  # the ORM's statements come first
+    with sql.atomic():
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
         )
@@ -122,8 +121,7 @@ def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparis
         raise ValidationFailed(
             f"Unknown gold answer {gold_choice!r}; expected one of {Choice.values}."
         )
-    with transaction.atomic():
-        sql.index_plans()  # the ORM's statements come first
+    with sql.atomic():
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
         )

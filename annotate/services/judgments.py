@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -25,8 +24,9 @@ from annotate.models import (
     Project,
     RationaleMode,
 )
-from annotate.queue import JUDGED_BY_SQL, LIVE_OTHERS_SQL, lease_take
+from annotate.queue import lease_take
 from annotate.services.pairs import pair_aggregate
+from annotate.sql import judgments as sql_judgments
 from core.errors import ValidationFailed
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -86,134 +86,45 @@ def judgment_submit(
     never counts as a vote. A vote from someone without a live lease is taken only while the
     pair has a slot that no live lease of another annotator holds.
 
-    The judging hot path: plain SQL (annotate/sql.py), five statements for a vote in three
+    The judging hot path: plain SQL (annotate/sql), five statements for a vote in three
     round trips (the writes batched).
     """
     if bool(choice) == bool(side):
         raise JudgmentRejected("Give exactly one of a choice (a/b/tie/both_bad) or a side.")
     now = now or timezone.now()
-    at = sql.timestamp(now)
     try:
-        with transaction.atomic():
-            row = sql.one(
-                f"SELECT {', '.join(_LOCKED_FIELDS[1:])} FROM {sql.COMPARISON} WHERE id = %s"
-                + sql.for_update(),
-                [comparison_id],
+        with sql.atomic():
+            comparison = _comparison_locked(
+                comparison_id=comparison_id, project=project, annotator=annotator
             )
-            if row is None or (project is not None and row[0] != project.pk):
-                where = " in this project" if project is not None else ""
-                raise ComparisonMissing(f"There is no comparison {comparison_id}{where}.")
-            comparison = sql.instance(
-                Comparison, dict(zip(_LOCKED_FIELDS, (comparison_id, *row), strict=True))
+            state = sql_judgments.submit_state(
+                comparison_id=comparison_id,
+                annotator_id=annotator.pk,
+                idempotency_key=idempotency_key,
+                now=now,
             )
-            if project is None:
-                project = Project.objects.get(pk=comparison.project_id)
-            comparison.project = project
-            if project_role(user=annotator, project=project) is None:
-                raise JudgmentRejected("You are not a member of this project.")
-            # Read after the lock, so with a snapshot that sees every commit before it: a twin
-            # of this request or another claim may have committed while we waited.
-            state = sql.one(
-                "SELECT l.state, l.left_is_a, l.is_recheck, l.expires_at > %s,"
-                f" (SELECT t.id FROM {sql.JUDGMENT} t WHERE t.idempotency_key = %s),"
-                f" (SELECT g.id FROM {sql.GUIDELINE} g WHERE g.project_id = c.project_id"
-                f" ORDER BY g.version DESC LIMIT 1), {LIVE_OTHERS_SQL}, {JUDGED_BY_SQL}"
-                f" FROM {sql.COMPARISON} c LEFT JOIN {sql.LEASE} l"
-                " ON l.comparison_id = c.id AND l.annotator_id = %s WHERE c.id = %s",
-                [
-                    at,
-                    idempotency_key,
-                    at,
-                    False,
-                    annotator.pk,
-                    annotator.pk,
-                    annotator.pk,
-                    comparison_id,
-                ],
-            )
-            assert state is not None
-            lease_state, lease_left_is_a, lease_recheck, lease_live = state[:4]
-            twin_id, guideline_id, live_others, judged_already = state[4:]
-            if twin_id is not None:
-                twin = Judgment.objects.get(pk=twin_id)
-                if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
-                    raise JudgmentRejected("This idempotency key belongs to another judgment.")
-                return twin
-            held = lease_state == LeaseState.HELD
-            holding = held and bool(lease_live)
-            is_recheck = holding and bool(lease_recheck)
-            left_is_a = bool(lease_left_is_a) if held else comparison.left_is_a
-            if side:
-                choice = choice_from_side(left_is_a=left_is_a, side=side)
-                criteria = {
-                    name: choice_from_side(left_is_a=left_is_a, side=value)
-                    for name, value in (criteria or {}).items()
-                }
-            choice_value = choice_validate(project=project, choice=choice)
-            _details_validate(
-                project=project,
-                choice=choice_value,
-                strength=strength,
-                criteria=criteria or {},
-                rationale=rationale,
-                reason_tags=reason_tags,
-                time_spent_ms=time_spent_ms,
-            )
-            kind = JudgmentKind.RECHECK if is_recheck else JudgmentKind.VOTE
-            counts = kind == JudgmentKind.VOTE
-            if counts and judged_already:
-                raise JudgmentRejected("You have already judged this comparison.")
-            if counts and not comparison.is_gold:
-                if (
-                    comparison.status != ComparisonStatus.OPEN
-                    or comparison.judgment_count >= project.overlap
-                ):
-                    raise JudgmentRejected(
-                        "This comparison already has all the judgments it needs."
-                    )
-                if not holding and comparison.judgment_count + live_others >= project.overlap:
-                    # The remaining slots are leased to others: their work goes first.
-                    raise JudgmentRejected(
-                        "Your hold on this pair expired and it went to another annotator."
-                    )
-            elif comparison.status == ComparisonStatus.RETIRED:
-                raise JudgmentRejected("This comparison has been retired.")
-            judgment = Judgment(
+            if state.twin_id is not None:
+                return _twin(
+                    twin_id=state.twin_id, annotator=annotator, comparison_id=comparison_id
+                )
+            judgment = _judgment_build(
                 comparison=comparison,
-                project=project,
                 annotator=annotator,
-                kind=kind,
-                choice=choice_value,
-                left_was_a=left_is_a,
-                strength=strength if choice_value in (Choice.A, Choice.B) else None,
-                criteria=dict(criteria or {}),
-                rationale=rationale.strip(),
-                reason_tags=list(dict.fromkeys(reason_tags)),
-                time_spent_ms=time_spent_ms,
-                guideline_id=guideline_id,
-                idempotency_key=idempotency_key or None,
-                superseded_at=None,
-                created_at=now,
-                updated_at=now,
+                state=state,
+                side=side,
+                choice=choice,
+                criteria=criteria or {},
+                details={
+                    "strength": strength,
+                    "rationale": rationale,
+                    "reason_tags": reason_tags,
+                    "time_spent_ms": time_spent_ms,
+                },
+                idempotency_key=idempotency_key,
+                now=now,
             )
-            # The writes in one round trip on PostgreSQL (see sql.batch), the INSERT last for
-            # the id it returns.
-            writes = [
-                (
-                    f"UPDATE {sql.LEASE} SET state = 'submitted', updated_at = %s"
-                    " WHERE comparison_id = %s AND annotator_id = %s",
-                    [at, comparison_id, annotator.pk],
-                ),
-                _judgment_insert_statement(judgment),
-            ]
-            if counts:
-                inserted = votes_changed(comparison=comparison, delta=1, writes=writes)
-            else:
-                inserted = sql.batch(writes)
-            assert inserted is not None
-            judgment.pk = inserted[0]
-            judgment._state.adding = False
-            judgment._state.db = "default"
+            _slot_check(comparison=comparison, judgment=judgment, state=state)
+            _judgment_write(judgment=judgment, comparison=comparison, now=now)
     except IntegrityError:
         # A concurrent twin of this submit won the race (same key or same annotator).
         if idempotency_key:
@@ -224,44 +135,113 @@ def judgment_submit(
     return judgment
 
 
-# What judgment_submit reads of the comparison it locks.
-_LOCKED_FIELDS = (
-    "id",
-    "project_id",
-    "status",
-    "judgment_count",
-    "gold_choice",
-    "left_is_a",
-    "response_a_id",
-    "response_b_id",
-)
+def _comparison_locked(
+    *, comparison_id: int, project: Project | None, annotator: User
+) -> Comparison:
+    """The comparison, locked, with its project; refused unless the annotator is a member."""
+    comparison = sql_judgments.comparison_lock(comparison_id=comparison_id)
+    if comparison is None or (project is not None and comparison.project_id != project.pk):
+        where = " in this project" if project is not None else ""
+        raise ComparisonMissing(f"There is no comparison {comparison_id}{where}.")
+    comparison.project = project or Project.objects.get(pk=comparison.project_id)
+    if project_role(user=annotator, project=comparison.project) is None:
+        raise JudgmentRejected("You are not a member of this project.")
+    return comparison
 
 
-def _judgment_insert_statement(judgment: Judgment) -> tuple[str, list[Any]]:
-    """The INSERT of a judgment built in memory (every field set), returning its id."""
-    return (
-        f"INSERT INTO {sql.JUDGMENT} (comparison_id, project_id, annotator_id, kind, choice,"
-        " left_was_a, strength, criteria, rationale, reason_tags, time_spent_ms, guideline_id,"
-        " idempotency_key, superseded_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s,"
-        " %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s) RETURNING id",
-        [
-            judgment.comparison_id,
-            judgment.project_id,
-            judgment.annotator_id,
-            judgment.kind,
-            judgment.choice,
-            judgment.left_was_a,
-            judgment.strength,
-            json.dumps(judgment.criteria),
-            judgment.rationale,
-            json.dumps(judgment.reason_tags),
-            judgment.time_spent_ms,
-            judgment.guideline_id,
-            judgment.idempotency_key,
-            sql.timestamp(judgment.created_at),
-            sql.timestamp(judgment.updated_at),
-        ],
+def _twin(*, twin_id: int, annotator: User, comparison_id: int) -> Judgment:
+    """The judgment a retried submit with the same idempotency key already stored."""
+    twin = Judgment.objects.get(pk=twin_id)
+    if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
+        raise JudgmentRejected("This idempotency key belongs to another judgment.")
+    return twin
+
+
+def _judgment_build(
+    *,
+    comparison: Comparison,
+    annotator: User,
+    state: sql_judgments.SubmitState,
+    side: str,
+    choice: str,
+    criteria: Mapping[str, str],
+    details: dict[str, Any],
+    idempotency_key: str | None,
+    now: datetime,
+) -> Judgment:
+    """The judgment as the annotator meant it, in the sides their lease showed; validated."""
+    project = comparison.project
+    held = state.lease_state == LeaseState.HELD
+    is_recheck = held and state.lease_live and state.lease_is_recheck
+    left_is_a = bool(state.lease_left_is_a) if held else comparison.left_is_a
+    if side:
+        choice = choice_from_side(left_is_a=left_is_a, side=side)
+        criteria = {
+            name: choice_from_side(left_is_a=left_is_a, side=value)
+            for name, value in criteria.items()
+        }
+    choice_value = choice_validate(project=project, choice=choice)
+    _details_validate(project=project, choice=choice_value, criteria=criteria, **details)
+    return Judgment(
+        comparison=comparison,
+        project=project,
+        annotator=annotator,
+        kind=JudgmentKind.RECHECK if is_recheck else JudgmentKind.VOTE,
+        choice=choice_value,
+        left_was_a=left_is_a,
+        strength=details["strength"] if choice_value in (Choice.A, Choice.B) else None,
+        criteria=dict(criteria),
+        rationale=details["rationale"].strip(),
+        reason_tags=list(dict.fromkeys(details["reason_tags"])),
+        time_spent_ms=details["time_spent_ms"],
+        guideline_id=state.guideline_id,
+        idempotency_key=idempotency_key or None,
+        superseded_at=None,
+        created_at=now,
+        updated_at=now,
     )
+
+
+def _slot_check(
+    *, comparison: Comparison, judgment: Judgment, state: sql_judgments.SubmitState
+) -> None:
+    """Refuse a vote the comparison has no room for, or a judgment of a retired one."""
+    project = comparison.project
+    if judgment.kind != JudgmentKind.VOTE:
+        if comparison.status == ComparisonStatus.RETIRED:
+            raise JudgmentRejected("This comparison has been retired.")
+        return
+    if state.judged_already:
+        raise JudgmentRejected("You have already judged this comparison.")
+    if comparison.is_gold:
+        if comparison.status == ComparisonStatus.RETIRED:
+            raise JudgmentRejected("This comparison has been retired.")
+        return
+    if comparison.status != ComparisonStatus.OPEN or comparison.judgment_count >= project.overlap:
+        raise JudgmentRejected("This comparison already has all the judgments it needs.")
+    holding = state.lease_state == LeaseState.HELD and state.lease_live
+    if not holding and comparison.judgment_count + state.live_others >= project.overlap:
+        # The remaining slots are leased to others: their work goes first.
+        raise JudgmentRejected("Your hold on this pair expired and it went to another annotator.")
+
+
+def _judgment_write(*, judgment: Judgment, comparison: Comparison, now: datetime) -> None:
+    """The lease closed and the judgment inserted (a vote also counted on the comparison), in
+    one round trip on PostgreSQL, the INSERT last for the id it returns."""
+    writes = [
+        sql_judgments.lease_submitted(
+            comparison_id=comparison.pk, annotator_id=judgment.annotator_id, now=now
+        ),
+        sql_judgments.judgment_insert(judgment),
+    ]
+    if judgment.kind == JudgmentKind.VOTE:
+        inserted = votes_changed(comparison=comparison, delta=1, writes=writes)
+    else:
+        inserted = sql.batch(writes)
+    assert inserted is not None
+    judgment.pk = inserted[0]
+    judgment._state.adding = False
+    judgment._state.db = "default"
 
 
 def live_adjudications(comparison: Comparison) -> QuerySet[Judgment]:
@@ -287,15 +267,7 @@ def votes_changed(
         if comparison.status != ComparisonStatus.RETIRED:
             comparison.status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
     # One statement for both (the judging hot path runs this for every vote).
-    returned = sql.batch(
-        [
-            (
-                f"UPDATE {sql.COMPARISON} SET judgment_count = %s, status = %s WHERE id = %s",
-                [comparison.judgment_count, comparison.status, comparison.pk],
-            ),
-            *writes,
-        ]
-    )
+    returned = sql.batch([sql_judgments.comparison_counted(comparison=comparison), *writes])
     if comparison.is_gold:
         return returned
     if complete:
@@ -369,8 +341,7 @@ def judgment_undoable(*, project: Project, annotator: User) -> Judgment | None:
 def judgment_undo(*, project: Project, annotator: User, judgment_id: int) -> Judgment:
     """Take back the last judgment: it stays on record as superseded, and the pair is held
     for the annotator again with the sides they saw, to judge afresh."""
-    with transaction.atomic():
-        sql.index_plans()  # the ORM's statements come first
+    with sql.atomic():
         last = judgment_undoable(project=project, annotator=annotator)
         if last is None or last.pk != judgment_id:
             raise JudgmentRejected(

@@ -6,8 +6,8 @@ from collections import Counter
 
 from django.utils import timezone
 
-from annotate import sql
 from annotate.models import Choice, Comparison, JudgmentKind, PairKind, PreferencePair
+from annotate.sql import pairs as sql_pairs
 
 
 def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
@@ -16,12 +16,7 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
     Agreement is the share of votes that agree with the outcome (with an adjudication: the
     share of annotators who agreed with the reviewer).
     """
-    # (kind, choice) of the live judgments, oldest first; plain SQL: it runs for most votes.
-    judgments = sql.rows(
-        f"SELECT kind, choice FROM {sql.JUDGMENT} WHERE comparison_id = %s"
-        " AND superseded_at IS NULL AND kind <> 'recheck' ORDER BY id",
-        [comparison.pk],
-    )
+    judgments = sql_pairs.live_choices(comparison_id=comparison.pk)
     if not judgments:
         PreferencePair.objects.filter(comparison=comparison).delete()
         return None
@@ -57,25 +52,6 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
         n_judgments=len(voters),
         updated_at=timezone.now(),
     )
-    row = sql.one(
-        f"INSERT INTO {sql.PREFERENCE_PAIR} (comparison_id, project_id, kind, chosen_id,"
-        " rejected_id, agreement, n_judgments, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (comparison_id) DO UPDATE SET kind = excluded.kind,"
-        " chosen_id = excluded.chosen_id, rejected_id = excluded.rejected_id,"
-        " agreement = excluded.agreement, n_judgments = excluded.n_judgments,"
-        " updated_at = excluded.updated_at RETURNING id",
-        [
-            comparison.pk,
-            comparison.project_id,
-            kind,
-            chosen,
-            rejected,
-            agreement,
-            pair.n_judgments,
-            sql.timestamp(pair.updated_at),
-        ],
-    )
-    assert row is not None
-    pair.pk = row[0]
+    pair.pk = sql_pairs.pair_upsert(pair)
     pair._state.adding = False
     return pair

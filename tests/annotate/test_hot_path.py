@@ -1,4 +1,4 @@
-"""The judging hot path speaks plain SQL (annotate/sql.py): it must give what the ORM gives."""
+"""The judging hot path speaks plain SQL (annotate/sql): it must give what the ORM gives."""
 
 from __future__ import annotations
 

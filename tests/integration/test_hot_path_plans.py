@@ -4,7 +4,7 @@ Its statements are prepared once per connection, and PostgreSQL keeps the generi
 makes at about the sixth execution. Made while a new project's lease table held a few rows,
 that plan read the whole table, and kept reading it whole as it grew (with autovacuum off,
 as on CI's server, nothing replans it): the queue walk cost 1.6 ms after 600 judgments and
-6.3 ms after 1800. annotate/sql.py plans them with sequential scans off; this test grows the
+6.3 ms after 1800. annotate/sql plans them with sequential scans off; this test grows the
 table under a connection whose plans were made while it was small, and counts the scans.
 """
 
@@ -15,7 +15,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from django.contrib.auth.models import User
-from django.db import DataError, connection
+from django.db import DataError, connection, transaction
 from django.utils import timezone
 
 from annotate import sql
@@ -109,3 +109,17 @@ def test_a_failed_statement_outside_a_transaction_leaves_the_connection_usable(
     with connection.cursor() as cursor:  # the ORM's statements keep the server's settings
         cursor.execute("SHOW enable_seqscan")
         assert cursor.fetchone() == ("on",)
+
+
+def test_a_judging_transaction_plans_its_statements_even_when_the_orm_goes_first(
+    real_services: None, project: Project
+) -> None:
+    # Undo, adjudication and gold changes read with the ORM before the hot path's statements
+    # run: the transaction they open with sql.atomic() still plans those with the indexes.
+    with sql.atomic():
+        assert Project.objects.filter(pk=project.pk).exists()
+        assert sql.one("SELECT current_setting('enable_seqscan'), %s", [1]) == ("off", 1)
+    # Outside it, a transaction the ORM opened keeps the server's settings for everything.
+    with transaction.atomic():
+        assert Project.objects.filter(pk=project.pk).exists()
+        assert sql.one("SELECT current_setting('enable_seqscan'), %s", [1]) == ("on", 1)

@@ -1,4 +1,5 @@
-"""Plain SQL for the judging hot path (claim, submit, progress), on PostgreSQL and SQLite.
+"""Every raw SQL statement of the judging hot path (claim, submit, progress, the per-request
+project and user lookups), on PostgreSQL and SQLite. Nothing outside this package writes SQL.
 
 The ORM costs about 0.9 ms of CPU to build and compile one query on this project's machine,
 a plain statement about 0.1 ms; an annotator's submit-and-next runs some fifteen statements,
@@ -6,6 +7,11 @@ so the path the load target is measured on speaks SQL. On PostgreSQL the stateme
 prepared once per connection (psycopg's server-side binding), which also spares the server
 planning them again, and planned with sequential scans off (see `_execute_index_planned`).
 Everything else in the app stays on the ORM.
+
+How to use it: call the named statements of the modules here (`sql.queue`, `sql.judgments`,
+`sql.pairs`, `sql.access`, `sql.progress`), never SQL text; a transaction that runs them
+opens with `sql.atomic()` (Django's atomic block, and the plans this package needs whatever
+ran first in it). A statement outside a transaction runs in one of its own.
 
 SQL here is written once for both databases: `%s` placeholders, `ON CONFLICT` upserts,
 booleans compared as values, timestamps passed through `timestamp()`. Consecutive writes go
@@ -15,13 +21,13 @@ through `batch()`: one round trip for all of them on PostgreSQL.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
 from django.contrib.auth.models import User as UserModel
-from django.db import DEFAULT_DB_ALIAS, connection, connections, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 
 from annotate.models import (
     Comparison,
@@ -96,7 +102,7 @@ def _execute(sql: str, params: Sequence[Any]) -> Any:
 def _execute_index_planned(
     pg: psycopg.Connection[Any], prepared: psycopg.Cursor[Any], sql: str, params: Sequence[Any]
 ) -> None:
-    """Run a statement of this module planned with sequential scans off.
+    """Run a statement of this package planned with sequential scans off.
 
     A prepared statement keeps the generic plan PostgreSQL makes at about its sixth
     execution on the connection, until the connection closes or an ANALYZE of its tables
@@ -105,17 +111,25 @@ def _execute_index_planned(
     doing so as they grow: each walk of the queue then scans every lease (measured: 1.6 ms
     a walk after 600 judgments, 6.3 ms after 1800; docs/benchmarks.md). Every statement
     here is shaped for its indexes, so the planner is told to take them whatever the
-    tables' size, in the transactions that run this module's statements (SET LOCAL ends
+    tables' size, in the transactions that run this package's statements (SET LOCAL ends
     with the transaction): the ORM's own (lead pages, exports, statistics) keep their plans.
 
-    The setting rides in the round trip of the transaction's first statement; outside
-    Django's transactions the statement runs in a BEGIN ... COMMIT of its own, in one round
-    trip too. A transaction that starts with the ORM's statements calls `index_plans()`
-    before the first of this module's.
+    The setting rides in the round trip of the transaction's first statement of this
+    package: the first statement of the transaction, or the first after `atomic()` opened it
+    (the ORM may have gone first). Outside Django's transactions the statement runs in a
+    BEGIN ... COMMIT of its own, in one round trip too.
     """
+    db = connections[DEFAULT_DB_ALIAS]
     if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        prepared.execute(sql, params, prepare=True)
+        if not getattr(db, _PLANS_PENDING, False):
+            prepared.execute(sql, params, prepare=True)
+            return
+        setattr(db, _PLANS_PENDING, False)
+        with pg.pipeline():
+            pg.execute(_INDEX_PLANS)
+            prepared.execute(sql, params, prepare=True)
         return
+    setattr(db, _PLANS_PENDING, False)
     if not pg.autocommit:
         with pg.pipeline():
             pg.execute(_INDEX_PLANS)  # psycopg sends the BEGIN before it
@@ -134,13 +148,22 @@ def _execute_index_planned(
         raise
 
 
-def index_plans() -> None:
-    """Plan this module's statements in the current transaction with sequential scans off
-    (see _execute_index_planned), for a transaction whose first statement is the ORM's."""
-    if is_postgres():
+# Set on the connection by `atomic()` until the next statement of this package sends the plans.
+_PLANS_PENDING = "_prefloop_index_plans_pending"
+
+
+@contextlib.contextmanager
+def atomic() -> Iterator[None]:
+    """A transaction of the judging path: Django's atomic block, in which this package's
+    statements are planned with sequential scans off even when the ORM's statements run
+    first (see `_execute_index_planned`). Nested in another transaction, a savepoint."""
+    with transaction.atomic():
         db = connections[DEFAULT_DB_ALIAS]
-        with db.cursor() as cursor:
-            cursor.execute(_INDEX_PLANS)
+        setattr(db, _PLANS_PENDING, is_postgres())
+        try:
+            yield
+        finally:
+            setattr(db, _PLANS_PENDING, False)
 
 
 def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
