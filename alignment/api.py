@@ -3,29 +3,26 @@ the pages). Errors, authentication and access as in annotate/api.py."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
+from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from alignment import selectors
-from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS
+from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, TRAINING_PRESETS
 from alignment.models import (
     DataScope,
-    GenerationJob,
     ModelVersion,
     PairingStrategy,
     PairSelection,
     Reference,
-    Round,
     StartFrom,
 )
 from alignment.models import TrainingRun as TrainingRunModel
-from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import (
     PROMPT_CHOICES,
     ROUND_SIZE_FIELDS,
@@ -33,16 +30,16 @@ from alignment.services.rounds import (
     round_next_start,
 )
 from alignment.services.training import TrainingPlan, training_run_cancel, training_run_start
-from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
+from alignment.services.training_settings import TrainingSettings
 from alignment.spec_fields import serializer_fields
 from annotate.api import ProjectApi
-from annotate.models import Role
+from annotate.models import DatasetSnapshot, Project, Role
 from annotate.services.snapshots import SnapshotFilters
 from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED
 from core.models import JobStatus
 
 
-def _version(project_versions: Any, version_id: int, what: str) -> ModelVersion:
+def _version(project_versions: QuerySet[ModelVersion], version_id: int, what: str) -> ModelVersion:
     version = project_versions.filter(pk=version_id).first()
     if version is None:
         raise serializers.ValidationError({what: ["No such model version in this project."]})
@@ -52,7 +49,7 @@ def _version(project_versions: Any, version_id: int, what: str) -> ModelVersion:
 # Model versions ------------------------------------------------------------------------------
 
 
-class ModelVersionOut(serializers.Serializer):
+class ModelVersionOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     name = serializers.CharField()
     parent_id = serializers.IntegerField(allow_null=True)
@@ -81,7 +78,7 @@ class ModelVersionListApi(ProjectApi):
 # Rounds -------------------------------------------------------------------------------------
 
 
-class GenerationJobOut(serializers.Serializer):
+class GenerationJobOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     model_version_id = serializers.IntegerField()
     purpose = serializers.CharField()
@@ -93,42 +90,34 @@ class GenerationJobOut(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
-class RoundOut(serializers.Serializer):
-    number = serializers.IntegerField()
-    policy_id = serializers.IntegerField(help_text="The model version that generates it.")
-    samples_per_prompt = serializers.IntegerField()
-    pairing_strategy = serializers.ChoiceField(choices=PairingStrategy.choices)
-    pair_selection = serializers.ChoiceField(choices=PairSelection.choices)
-    sampling = serializers.JSONField()
-    created_at = serializers.DateTimeField()
+class RoundOut(serializers.Serializer[Any]):
+    # Of a selectors.RoundRow: the round and its counts.
+    number = serializers.IntegerField(source="round.number")
+    policy_id = serializers.IntegerField(
+        source="round.policy_id", help_text="The model version that generates it."
+    )
+    samples_per_prompt = serializers.IntegerField(source="round.samples_per_prompt")
+    pairing_strategy = serializers.ChoiceField(
+        choices=PairingStrategy.choices, source="round.pairing_strategy"
+    )
+    pair_selection = serializers.ChoiceField(
+        choices=PairSelection.choices, source="round.pair_selection"
+    )
+    sampling = serializers.JSONField(source="round.sampling")
+    created_at = serializers.DateTimeField(source="round.created_at")
     prompt_count = serializers.IntegerField()
     comparisons_created = serializers.IntegerField()
     jobs = GenerationJobOut(many=True)
 
 
-def _round_out(round_: Round, prompt_count: int, created: int, jobs: list[GenerationJob]) -> Any:
-    return {
-        "number": round_.number,
-        "policy_id": round_.policy_id,
-        "samples_per_prompt": round_.samples_per_prompt,
-        "pairing_strategy": round_.pairing_strategy,
-        "pair_selection": round_.pair_selection,
-        "sampling": round_.sampling,
-        "created_at": serializers.DateTimeField().to_representation(round_.created_at),
-        "prompt_count": prompt_count,
-        "comparisons_created": created,
-        "jobs": GenerationJobOut(jobs, many=True).data,
-    }
-
-
-class SamplingIn(serializers.Serializer):
+class SamplingIn(serializers.Serializer[Any]):
     """The sampling settings (SAMPLING_FIELDS); one left out takes its default."""
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return serializer_fields(SAMPLING_FIELDS, with_default=True)
 
 
-class RoundIn(serializers.Serializer):
+class RoundIn(serializers.Serializer[Any]):
     policy_id = serializers.IntegerField(
         min_value=1, max_value=MAX_ID, help_text="The model version that generates the round."
     )
@@ -144,7 +133,7 @@ class RoundIn(serializers.Serializer):
     )
     sampling = SamplingIn(required=False)
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         # train_prompts, eval_prompts, samples_per_prompt: the fields of ROUND_SIZE_FIELDS.
         return {**super().get_fields(), **serializer_fields(ROUND_SIZE_FIELDS, with_default=True)}
 
@@ -161,9 +150,7 @@ class RoundListApi(ProjectApi):
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
         rows = selectors.round_list_for_project(project=project)
-        return Response(
-            [_round_out(r.round, r.prompt_count, r.comparisons_created, r.jobs) for r in rows]
-        )
+        return Response(RoundOut(rows, many=True).data)
 
     @extend_schema(
         operation_id="rounds_start",
@@ -177,7 +164,6 @@ class RoundListApi(ProjectApi):
         body = RoundIn(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        model_version_base_ensure(project=project)
         policy = _version(
             ModelVersion.objects.filter(project=project), data["policy_id"], "policy_id"
         )
@@ -197,17 +183,17 @@ class RoundListApi(ProjectApi):
         return Response(_round_detail(project, round_.number), status=status.HTTP_201_CREATED)
 
 
-def _round_detail(project: Any, number: int) -> Any:
+def _round_detail(project: Project, number: int) -> Any:
     detail = selectors.round_detail_get(project=project, number=number)
     if detail is None:
         raise Http404("No such round.")
-    counts = detail.comparisons
-    return _round_out(
-        detail.round,
-        detail.train_prompt_count + detail.eval_prompt_count,
-        counts.created,
-        [row.job for row in detail.jobs],
+    row = selectors.RoundRow(
+        round=detail.round,
+        prompt_count=detail.train_prompt_count + detail.eval_prompt_count,
+        comparisons_created=detail.comparisons.created,
+        jobs=[job_row.job for job_row in detail.jobs],
     )
+    return RoundOut(row).data
 
 
 class RoundDetailApi(ProjectApi):
@@ -227,7 +213,18 @@ class RoundDetailApi(ProjectApi):
 # Training runs ------------------------------------------------------------------------------
 
 
-class TrainingRunOut(serializers.Serializer):
+class SnapshotOut(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    n_pairs = serializers.IntegerField()
+    content_hash = serializers.CharField()
+    filters = serializers.JSONField()
+    validation_pairs = serializers.SerializerMethodField()
+
+    def get_validation_pairs(self, snapshot: DatasetSnapshot) -> int:
+        return len(snapshot.validation_pair_ids)
+
+
+class TrainingRunOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     status = serializers.ChoiceField(choices=JobStatus.choices)
     base_version_id = serializers.IntegerField()
@@ -235,16 +232,7 @@ class TrainingRunOut(serializers.Serializer):
     start_from = serializers.ChoiceField(choices=StartFrom.choices)
     reference = serializers.ChoiceField(choices=Reference.choices)
     data_scope = serializers.ChoiceField(choices=DataScope.choices)
-    snapshot = inline_serializer(
-        "SnapshotOut",
-        {
-            "id": serializers.IntegerField(),
-            "n_pairs": serializers.IntegerField(),
-            "content_hash": serializers.CharField(),
-            "filters": serializers.JSONField(),
-            "validation_pairs": serializers.IntegerField(),
-        },
-    )
+    snapshot = SnapshotOut()
     config = serializers.JSONField(help_text="The training settings.")
     progress_done = serializers.IntegerField()
     progress_total = serializers.IntegerField()
@@ -261,53 +249,30 @@ class TrainingRunOut(serializers.Serializer):
 
 
 class TrainingRunDetailOut(TrainingRunOut):
-    points = serializers.ListField(
-        child=serializers.DictField(child=serializers.FloatField(allow_null=True)),
-        help_text="The metric series: step, epoch, loss, reward accuracy and margins.",
+    points = serializers.SerializerMethodField(
+        help_text="The metric series: step, epoch, loss, reward accuracy and margins."
     )
     log_tail = serializers.CharField(allow_blank=True)
 
-
-def _run_out(run: TrainingRunModel) -> dict[str, Any]:
-    date = serializers.DateTimeField()
-    snapshot = run.snapshot
-    return {
-        "id": run.pk,
-        "status": run.status,
-        "base_version_id": run.base_version_id,
-        "output_version_id": run.output_version_id,
-        "start_from": run.start_from,
-        "reference": run.reference,
-        "data_scope": run.data_scope,
-        "snapshot": {
-            "id": snapshot.pk,
-            "n_pairs": snapshot.n_pairs,
-            "content_hash": snapshot.content_hash,
-            "filters": snapshot.filters,
-            "validation_pairs": len(snapshot.validation_pair_ids),
-        },
-        "config": run.config,
-        "progress_done": run.progress_done,
-        "progress_total": run.progress_total,
-        "summary": run.summary,
-        "error": run.error,
-        "attempts": run.attempts,
-        "created_at": date.to_representation(run.created_at),
-        "started_at": date.to_representation(run.started_at) if run.started_at else None,
-        "finished_at": date.to_representation(run.finished_at) if run.finished_at else None,
-        "heartbeat_at": date.to_representation(run.heartbeat_at) if run.heartbeat_at else None,
-    }
+    # The points as the worker recorded them: a FloatField would turn a step of 1 into 1.0.
+    @extend_schema_field(
+        serializers.ListField(
+            child=serializers.DictField(child=serializers.FloatField(allow_null=True))
+        )
+    )
+    def get_points(self, run: TrainingRunModel) -> list[dict[str, Any]]:
+        return selectors.training_run_points(run=run)
 
 
-class TrainingSettingsIn(serializers.Serializer):
+class TrainingSettingsIn(serializers.Serializer[Any]):
     """The hyperparameters (TRAINING_FIELDS). No defaults here: what is left out comes from
     the preset, or the engine's defaults."""
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return serializer_fields(TRAINING_FIELDS)
 
 
-class TrainingRunIn(serializers.Serializer):
+class TrainingRunIn(serializers.Serializer[Any]):
     base_version_id = serializers.IntegerField(
         min_value=1, max_value=MAX_ID, help_text="The version to start from: the new one's parent."
     )
@@ -357,7 +322,7 @@ class TrainingRunListApi(ProjectApi):
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
         rows = selectors.training_run_list_for_project(project=project)
-        return Response([_run_out(row.run) for row in rows])
+        return Response(TrainingRunOut([row.run for row in rows], many=True).data)
 
     @extend_schema(
         operation_id="training_runs_start",
@@ -372,7 +337,6 @@ class TrainingRunListApi(ProjectApi):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         overrides = dict(data.get("settings") or {})
-        model_version_base_ensure(project=project)
         base = _version(
             ModelVersion.objects.filter(project=project), data["base_version_id"], "base_version_id"
         )
@@ -394,7 +358,7 @@ class TrainingRunListApi(ProjectApi):
             created_by=request.user,  # type: ignore[arg-type]
         )
         run = selectors.training_run_get(project=project, run_id=run.pk) or run
-        return Response(_run_out(run), status=status.HTTP_201_CREATED)
+        return Response(TrainingRunOut(run).data, status=status.HTTP_201_CREATED)
 
 
 class TrainingRunDetailApi(ProjectApi):
@@ -409,19 +373,13 @@ class TrainingRunDetailApi(ProjectApi):
     def get(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
         run = selectors.access_training_run(project=project, run_id=run_id)
-        return Response(
-            {
-                **_run_out(run),
-                "points": selectors.training_run_points(run=run),
-                "log_tail": run.log_tail,
-            }
-        )
+        return Response(TrainingRunDetailOut(run).data)
 
 
 # Leaderboard --------------------------------------------------------------------------------
 
 
-class WinRateOut(serializers.Serializer):
+class WinRateOut(serializers.Serializer[Any]):
     rate = serializers.FloatField()
     low = serializers.FloatField()
     high = serializers.FloatField()
@@ -431,30 +389,36 @@ class WinRateOut(serializers.Serializer):
     ties = serializers.IntegerField()
 
 
-class LeaderboardOut(serializers.Serializer):
+class LeaderboardOut(serializers.Serializer[Any]):
+    # Of a selectors.Leaderboard. (Comments, not docstrings: the schema shows those.)
     games = serializers.IntegerField(help_text="Judged head-to-head comparisons.")
     ratings = inline_serializer(
         "RatingOut",
         {
-            "model_version_id": serializers.IntegerField(),
-            "name": serializers.CharField(),
-            "rating": serializers.FloatField(help_text="Bradley-Terry, base version at 1000."),
-            "low": serializers.FloatField(),
-            "high": serializers.FloatField(),
-            "games": serializers.IntegerField(),
-            "score": serializers.FloatField(),
+            "model_version_id": serializers.IntegerField(source="version.pk"),
+            "name": serializers.CharField(source="version.name"),
+            "rating": serializers.FloatField(
+                source="rating.rating", help_text="Bradley-Terry, base version at 1000."
+            ),
+            "low": serializers.FloatField(source="rating.low"),
+            "high": serializers.FloatField(source="rating.high"),
+            "games": serializers.IntegerField(source="rating.games"),
+            "score": serializers.FloatField(source="rating.score"),
         },
         many=True,
+        source="rows",
     )
     head_to_heads = inline_serializer(
         "HeadToHeadOut",
         {
-            "round": serializers.IntegerField(),
-            "model_version_id": serializers.IntegerField(),
-            "parent_id": serializers.IntegerField(),
-            "outcome": serializers.ChoiceField(choices=["better", "worse", "undecided"]),
-            "win_rate": WinRateOut(),
-            "more_needed": serializers.IntegerField(allow_null=True),
+            "round": serializers.IntegerField(source="round_number"),
+            "model_version_id": serializers.IntegerField(source="new.pk"),
+            "parent_id": serializers.IntegerField(source="parent.pk"),
+            "outcome": serializers.ChoiceField(
+                choices=["better", "worse", "undecided"], source="verdict.outcome"
+            ),
+            "win_rate": WinRateOut(source="verdict.win_rate"),
+            "more_needed": serializers.IntegerField(allow_null=True, source="verdict.more_needed"),
         },
         many=True,
     )
@@ -473,34 +437,7 @@ class LeaderboardApi(ProjectApi):
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
         board = selectors.leaderboard_get(project=project)
-        return Response(
-            {
-                "games": board.games,
-                "ratings": [
-                    {
-                        "model_version_id": row.version.pk,
-                        "name": row.version.name,
-                        "rating": row.rating.rating,
-                        "low": row.rating.low,
-                        "high": row.rating.high,
-                        "games": row.rating.games,
-                        "score": row.rating.score,
-                    }
-                    for row in board.rows
-                ],
-                "head_to_heads": [
-                    {
-                        "round": h.round_number,
-                        "model_version_id": h.new.pk,
-                        "parent_id": h.parent.pk,
-                        "outcome": h.verdict.outcome,
-                        "win_rate": asdict(h.verdict.win_rate),
-                        "more_needed": h.verdict.more_needed,
-                    }
-                    for h in board.head_to_heads
-                ],
-            }
-        )
+        return Response(LeaderboardOut(board).data)
 
 
 class TrainingRunCancelApi(ProjectApi):
@@ -519,4 +456,4 @@ class TrainingRunCancelApi(ProjectApi):
         run = selectors.access_training_run(project=project, run_id=run_id)
         training_run_cancel(run=run)
         run = selectors.training_run_get(project=project, run_id=run_id) or run
-        return Response(_run_out(run))
+        return Response(TrainingRunOut(run).data)

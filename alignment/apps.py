@@ -8,10 +8,19 @@ class AlignmentConfig(AppConfig):
     name = "alignment"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_save
+
         from alignment.models import GenerationJob, TrainingRun
+        from alignment.services.model_versions import base_version_on_project_created
         from alignment.services.rounds import generation_dispatch
         from alignment.services.training import training_run_dispatch
+        from annotate.models import Project
         from core.jobs import job_kind_register
 
         job_kind_register(GenerationJob, dispatch=generation_dispatch)
         job_kind_register(TrainingRun, dispatch=training_run_dispatch)
+        # annotate creates projects and knows nothing of model versions (alignment depends on
+        # it, never the reverse): the base version, the root of the lineage, comes with them.
+        post_save.connect(
+            base_version_on_project_created, sender=Project, dispatch_uid="base-version"
+        )

@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 
-from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS
+from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, TRAINING_PRESETS
 from alignment.models import (
     DataScope,
     ModelVersion,
@@ -20,11 +20,11 @@ from alignment.models import (
 )
 from alignment.services.rounds import PROMPT_CHOICES, ROUND_SIZE_FIELDS, SamplingSettings
 from alignment.services.training import TrainingPlan
-from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
+from alignment.services.training_settings import TrainingSettings
 from alignment.spec_fields import form_fields, form_values
 
 
-class ModelVersionField(forms.ModelChoiceField):
+class ModelVersionField(forms.ModelChoiceField[ModelVersion]):
     def label_from_instance(self, obj: Any) -> str:
         version: ModelVersion = obj
         return f"{version.name} (from {version.parent.name})" if version.parent else version.name

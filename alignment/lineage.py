@@ -194,12 +194,22 @@ def lineage_of_run(*, project: Project, run: TrainingRun) -> list[Step]:
 
 def lineage_of_version(*, project: Project, version: ModelVersion) -> list[Step]:
     """A version's ancestry, oldest first: each version, the run that made it, its data."""
-    steps: list[Step] = []
-    for node in reversed(version.lineage()):
-        run = TrainingRun.objects.filter(output_version=node).select_related("snapshot").first()
-        generated = list(
-            Round.objects.filter(project=project, policy=node).values_list("number", flat=True)
+    chain = version.lineage()[::-1]
+    runs = {
+        run.output_version_id: run
+        for run in TrainingRun.objects.filter(output_version__in=chain).select_related(
+            "snapshot", "base_version"
         )
+    }
+    rounds_of: dict[int, list[int]] = {}
+    for policy_id, number in Round.objects.filter(project=project, policy__in=chain).values_list(
+        "policy_id", "number"
+    ):
+        rounds_of.setdefault(policy_id, []).append(number)
+    steps: list[Step] = []
+    for node in chain:
+        run = runs.get(node.pk)
+        generated = rounds_of.get(node.pk, [])
         if run is not None:
             steps.append(
                 Step(

@@ -22,6 +22,7 @@ from django.utils import timezone
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
 from alignment.models import DataScope, GenerationJob, ModelVersion, PairingStrategy, TrainingRun
+from alignment.selectors import round_head_to_head
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_start
 from alignment.services.training import TrainingPlan, training_run_start
@@ -253,22 +254,9 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     judge_by_rule(project=project, annotators=annotators, rule=rule)
     seconds["head-to-head judging"] = time.monotonic() - t
 
-    h2h = PreferencePair.objects.filter(
-        project=project, comparison__round_number=round2.number, comparison__purpose="eval"
-    ).select_related("comparison")
-    wins = losses = ties = 0
-    for pair in h2h:
-        if pair.kind != PairKind.PREFERENCE:
-            ties += 1
-        elif pair.chosen_id == pair.comparison.response_a_id:  # response a is the new policy's
-            wins += 1
-        else:
-            losses += 1
-    eval_responses = Response.objects.filter(
-        generation_params__generation_job__in=list(
-            round2.generation_jobs.values_list("id", flat=True)
-        )
-    )
+    # Counted as the round's page counts it: the new version against its parent.
+    h2h = round_head_to_head(project=project, number=round2.number)
+    eval_responses = Response.objects.filter(generation__job__round=round2)
     seconds["total"] = time.monotonic() - started
     return LoopCheckReport(
         project_slug=slug,
@@ -288,7 +276,7 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         train_loss=float(run.summary["train_loss"]),
         new_policy=_policy_figures(new, list(eval_responses.filter(policy=new.policy)), rule),
         parent_policy=_policy_figures(base, list(eval_responses.filter(policy=base.policy)), rule),
-        head_to_head=win_rate(wins=wins, losses=losses, ties=ties),
+        head_to_head=h2h.verdict.win_rate if h2h else win_rate(wins=0, losses=0, ties=0),
         seconds={k: round(v, 1) for k, v in seconds.items()},
         generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
         training_seconds_per_step=float(run.summary["seconds_per_step"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.conf import settings
 from django.db import models
 
@@ -33,13 +35,18 @@ class ModelVersion(models.Model):
     def is_base(self) -> bool:
         return not self.adapter_path
 
-    def lineage(self) -> list[ModelVersion]:
-        """This version and its ancestors, newest first."""
+    def lineage(self, versions: Mapping[int, ModelVersion] | None = None) -> list[ModelVersion]:
+        """This version and its ancestors, newest first. `versions`: the project's versions
+        by id, when the caller has them already; else one query reads them."""
+        if versions is None:
+            versions = ModelVersion.objects.filter(project_id=self.project_id).in_bulk()
         chain: list[ModelVersion] = []
+        seen: set[int] = set()
         node: ModelVersion | None = self
-        while node is not None:
+        while node is not None and node.pk not in seen:
+            seen.add(node.pk)
             chain.append(node)
-            node = node.parent
+            node = versions.get(node.parent_id) if node.parent_id else None
         return chain
 
 
@@ -116,6 +123,19 @@ class GenerationJob(Job):
 
     def __str__(self) -> str:
         return f"Generation {self.pk} for {self.round}"
+
+
+class GeneratedResponse(models.Model):
+    """The generation job that produced a response. The link lives here, not on annotate's
+    Response, which knows its policy only: annotate never depends on alignment."""
+
+    response = models.OneToOneField(
+        Response, on_delete=models.CASCADE, primary_key=True, related_name="generation"
+    )
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="outputs")
+
+    def __str__(self) -> str:
+        return f"Response {self.pk} of {self.job}"
 
 
 class StartFrom(models.TextChoices):

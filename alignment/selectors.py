@@ -12,7 +12,14 @@ from django.http import Http404
 from django.utils import timezone
 
 from alignment.engine.drift import Drift, drift_of
-from alignment.engine.stats import Game, Rating, Verdict, bradley_terry, head_to_head_verdict
+from alignment.engine.stats import (
+    Game,
+    Rating,
+    Verdict,
+    bradley_terry,
+    head_to_head_verdict,
+    win_counts,
+)
 from alignment.models import GenerationJob, ModelVersion, Round, RoundSignOff, TrainingRun
 from annotate.models import (
     Comparison,
@@ -68,7 +75,7 @@ def model_version_tree(*, project: Project) -> ModelVersionTree:
     nodes = {
         version.pk: ModelVersionNode(
             version=version,
-            lineage=_lineage(version, by_id),
+            lineage=version.lineage(by_id),
             produced_by=getattr(version, "produced_by", None),
         )
         for version in versions
@@ -89,17 +96,6 @@ def model_version_tree(*, project: Project) -> ModelVersionTree:
         ordered.append(node)
         stack.extend((child, depth + 1) for child in reversed(node.children))
     return ModelVersionTree(roots=roots, nodes=ordered)
-
-
-def _lineage(version: ModelVersion, by_id: dict[int, ModelVersion]) -> list[ModelVersion]:
-    chain: list[ModelVersion] = []
-    seen: set[int] = set()
-    node: ModelVersion | None = version
-    while node is not None and node.pk not in seen:
-        seen.add(node.pk)
-        chain.append(node)
-        node = by_id.get(node.parent_id) if node.parent_id else None
-    return chain
 
 
 # Rounds and generation jobs -----------------------------------------------------------------
@@ -131,7 +127,7 @@ def round_list_for_project(*, project: Project) -> list[RoundRow]:
     return [
         RoundRow(
             round=round_,
-            prompt_count=round_.prompt_count,  # type: ignore[attr-defined]
+            prompt_count=round_.prompt_count,
             comparisons_created=created.get(round_.number, 0),
             jobs=sorted(round_.generation_jobs.all(), key=lambda job: job.pk),
         )
@@ -472,15 +468,7 @@ def _round_verdicts(*, project: Project, games: list[tuple[int, Game]]) -> list[
         new, parent = round_.policy, round_.policy.parent
         if parent is None:
             continue
-        wins = losses = ties = 0
-        for game in by_round[round_.number]:
-            # Response a of a head-to-head is the round's policy (head_to_head_pairs_form).
-            if {game.first, game.second} != {new.pk, parent.pk}:
-                continue
-            new_score = game.score if game.first == new.pk else 1 - game.score
-            wins += new_score == 1.0
-            losses += new_score == 0.0
-            ties += new_score == 0.5
+        wins, losses, ties = win_counts(by_round[round_.number], player=new.pk, opponent=parent.pk)
         head_to_heads.append(
             HeadToHead(
                 round_number=round_.number,
@@ -511,9 +499,8 @@ def round_drift(*, project: Project) -> list[RoundDrift]:
     rows = []
     rounds = Round.objects.filter(project=project).select_related("policy").order_by("number")
     for round_ in rounds:
-        job_ids = list(round_.generation_jobs.values_list("id", flat=True))
         responses = Response.objects.filter(
-            policy_id=round_.policy.policy_id, generation_params__generation_job__in=job_ids
+            policy_id=round_.policy.policy_id, generation__job__round=round_
         ).values_list("text", "finish_reason")
         texts = [text for text, _ in responses]
         drift = drift_of(texts, [reason for _, reason in responses])

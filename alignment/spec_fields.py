@@ -68,7 +68,9 @@ def form_values(specs: Mapping[str, FieldSpec], cleaned_data: Mapping[str, Any])
     return {name: cleaned_data[name] for name in specs if cleaned_data.get(name) not in (None, "")}
 
 
-def serializer_field(spec: FieldSpec, *, with_default: bool = False) -> serializers.Field:
+def serializer_field(
+    spec: FieldSpec, *, with_default: bool = False
+) -> serializers.Field[Any, Any, Any, Any]:
     """An optional serializer field for ``spec``; ``with_default``: one left out takes the
     spec's default (else it is absent from the validated data)."""
     common: dict[str, Any] = {
@@ -77,7 +79,7 @@ def serializer_field(spec: FieldSpec, *, with_default: bool = False) -> serializ
         "validators": [SpecValidator(spec)],
         **({"default": spec.default} if with_default else {"required": False}),
     }
-    field: serializers.Field
+    field: serializers.Field[Any, Any, Any, Any]
     if spec.choices is not None:
         return serializers.ChoiceField(choices=list(spec.choices.items()), **common)
     if spec.kind is int:
@@ -87,13 +89,13 @@ def serializer_field(spec: FieldSpec, *, with_default: bool = False) -> serializ
     # For the schema only (set after __init__, which would add a second validator with
     # another message); an excluded end is in the help text, not the schema.
     if spec.low is not None and spec.low_inclusive:
-        field.min_value = spec.low  # type: ignore[attr-defined]
+        field.min_value = spec.low
     if spec.high is not None and spec.high_inclusive:
-        field.max_value = spec.high  # type: ignore[attr-defined]
+        field.max_value = spec.high
     return field
 
 
 def serializer_fields(
     specs: Mapping[str, FieldSpec], *, with_default: bool = False
-) -> dict[str, serializers.Field]:
+) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
     return {name: serializer_field(spec, with_default=with_default) for name, spec in specs.items()}

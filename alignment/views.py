@@ -5,8 +5,6 @@ Every view gates on `access_project(..., min_role=Role.LEAD)`: outside that, a 4
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, JsonResponse
@@ -16,9 +14,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 
 from alignment import lineage, selectors
+from alignment.engine.spec import TRAINING_PRESETS
 from alignment.forms import RoundStartForm, TrainingRunStartForm
 from alignment.models import PairSelection
-from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import round_next_start, round_sign_off
 from alignment.services.training import (
     contradictions_send_back,
@@ -26,21 +24,17 @@ from alignment.services.training import (
     training_run_memory_estimate,
     training_run_start,
 )
-from alignment.services.training_settings import TRAINING_PRESETS, TrainingSettings
-from annotate.access import access_comparison, access_project, project_role
+from alignment.services.training_settings import TrainingSettings
+from annotate.access import access_comparison, access_project
 from annotate.models import Project, Role
 from annotate.services.snapshots import SnapshotFilters
+from annotate.views import page_context
 from core.errors import ValidationFailed
 from core.http import AuthedRequest
 
 
 def _lead_project(request: AuthedRequest, slug: str) -> Project:
     return access_project(user=request.user, slug=slug, min_role=Role.LEAD)
-
-
-def _context(request: AuthedRequest, project: Project, **extra: Any) -> dict[str, Any]:
-    role = project_role(user=request.user, project=project)
-    return {"project": project, "role": role.value if role else "", **extra}
 
 
 # Rounds -------------------------------------------------------------------------------------
@@ -53,7 +47,7 @@ def round_list(request: AuthedRequest, slug: str) -> HttpResponse:
     rows = selectors.round_list_for_project(project=project)
     drift = selectors.round_drift(project=project)
     return render(
-        request, "alignment/round_list.html", _context(request, project, rows=rows, drift=drift)
+        request, "alignment/round_list.html", page_context(request, project, rows=rows, drift=drift)
     )
 
 
@@ -61,12 +55,12 @@ def round_list(request: AuthedRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    # The base model is the root of every lineage; a fresh project gets it here, once.
-    model_version_base_ensure(project=project)
     versions = selectors.model_versions_for_project(project=project)
     if request.method != "POST":
         form = RoundStartForm(versions=versions)
-        return render(request, "alignment/round_new.html", _context(request, project, form=form))
+        return render(
+            request, "alignment/round_new.html", page_context(request, project, form=form)
+        )
 
     form = RoundStartForm(request.POST, versions=versions)
     if form.is_valid():
@@ -89,7 +83,7 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
         else:
             return redirect("round_detail", slug=project.slug, number=round_.number)
     return render(
-        request, "alignment/round_new.html", _context(request, project, form=form), status=422
+        request, "alignment/round_new.html", page_context(request, project, form=form), status=422
     )
 
 
@@ -106,7 +100,7 @@ def round_detail(request: AuthedRequest, slug: str, number: int) -> HttpResponse
         template += "#jobs"
     head_to_head = selectors.round_head_to_head(project=project, number=number)
     return render(
-        request, template, _context(request, project, detail=detail, head_to_head=head_to_head)
+        request, template, page_context(request, project, detail=detail, head_to_head=head_to_head)
     )
 
 
@@ -136,7 +130,9 @@ def round_review(request: AuthedRequest, slug: str, number: int) -> HttpResponse
                 "records it.",
             )
         return redirect("round_review", slug=project.slug, number=number)
-    return render(request, "alignment/round_review.html", _context(request, project, review=review))
+    return render(
+        request, "alignment/round_review.html", page_context(request, project, review=review)
+    )
 
 
 # Lineage ------------------------------------------------------------------------------------
@@ -181,7 +177,7 @@ def _lineage_page(
     return render(
         request,
         "alignment/lineage.html",
-        _context(request, project, subject=subject, steps=steps),
+        page_context(request, project, subject=subject, steps=steps),
     )
 
 
@@ -194,7 +190,7 @@ def training_run_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     rows = selectors.training_run_list_for_project(project=project)
     return render(
-        request, "alignment/training_run_list.html", _context(request, project, rows=rows)
+        request, "alignment/training_run_list.html", page_context(request, project, rows=rows)
     )
 
 
@@ -202,8 +198,6 @@ def training_run_list(request: AuthedRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    # The base model is the root of every lineage; a fresh project gets it here, once.
-    model_version_base_ensure(project=project)
     versions = selectors.model_versions_for_project(project=project)
     status = 200
     if request.method != "POST":
@@ -241,7 +235,7 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "alignment/training_run_new.html",
-        _context(
+        page_context(
             request,
             project,
             form=form,
@@ -268,7 +262,7 @@ def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpR
     return render(
         request,
         template,
-        _context(request, project, run=run, progress=progress, contradictions=contradictions),
+        page_context(request, project, run=run, progress=progress, contradictions=contradictions),
     )
 
 
@@ -339,7 +333,7 @@ def model_version_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     tree = selectors.model_version_tree(project=project)
     return render(
-        request, "alignment/model_version_list.html", _context(request, project, tree=tree)
+        request, "alignment/model_version_list.html", page_context(request, project, tree=tree)
     )
 
 
@@ -351,4 +345,6 @@ def model_version_list(request: AuthedRequest, slug: str) -> HttpResponse:
 def leaderboard(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
     board = selectors.leaderboard_get(project=project)
-    return render(request, "alignment/leaderboard.html", _context(request, project, board=board))
+    return render(
+        request, "alignment/leaderboard.html", page_context(request, project, board=board)
+    )

@@ -33,7 +33,8 @@ def project_role(*, user: AnyUser, project: Project) -> Role | None:
         return Role.LEAD
     cached = getattr(project, "_access_role", None)
     if cached is not None and cached[0] == user.pk:
-        return cached[1]
+        role: Role = cached[1]
+        return role
     membership = Membership.objects.filter(user=user, project=project).only("role").first()
     return Role(membership.role) if membership else None
 

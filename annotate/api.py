@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.http import Http404, HttpResponse, StreamingHttpResponse
-from django.utils import timezone
+from django.http import Http404, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
     extend_schema_field,
+    extend_schema_serializer,
     inline_serializer,
 )
 from rest_framework import serializers, status
@@ -30,20 +30,13 @@ from rest_framework.views import APIView
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role, projects_for_user
 from annotate.coverage import coverage_is_stale
-from annotate.exports import (
-    FORMATS,
-    SPLITS,
-    CardFigures,
-    ExportFilters,
-    dataset_card,
-    export_rows,
-    jsonl_lines,
-)
+from annotate.exports import FORMATS, SPLITS, ExportFilters, export_download
 from annotate.imports import KINDS, import_records
 from annotate.models import (
     Choice,
     Comparison,
     ComparisonStatus,
+    CoverageStats,
     Judgment,
     JudgmentKind,
     Project,
@@ -68,7 +61,6 @@ from core.api import (
     REJECTED,
     ErrorSerializer,
     PageQuery,
-    paged,
     paged_serializer,
 )
 
@@ -85,7 +77,7 @@ class ProjectApi(APIView):
 # Projects -----------------------------------------------------------------------------------
 
 
-class ProjectOut(serializers.Serializer):
+class ProjectOut(serializers.Serializer[Any]):
     slug = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()
@@ -104,11 +96,8 @@ class ProjectOut(serializers.Serializer):
 
     @extend_schema_field(serializers.ChoiceField(choices=Role.choices))
     def get_role(self, project: Project) -> str:
-        return str(self.context["role"])
-
-
-def _project_out(project: Project, role: Role | None) -> Any:
-    return ProjectOut(project, context={"role": role or Role.LEAD}).data
+        # context["roles"]: project id → the caller's role; site admins act as leads.
+        return str(self.context["roles"].get(project.pk) or Role.LEAD)
 
 
 class ProjectListApi(APIView):
@@ -122,9 +111,7 @@ class ProjectListApi(APIView):
         user = request.user
         projects = list(projects_for_user(user=user).order_by("slug"))
         roles = dict(user.memberships.values_list("project_id", "role"))  # type: ignore[union-attr]
-        return Response(
-            [_project_out(p, Role(roles[p.pk]) if p.pk in roles else Role.LEAD) for p in projects]
-        )
+        return Response(ProjectOut(projects, many=True, context={"roles": roles}).data)
 
 
 class ProjectDetailApi(ProjectApi):
@@ -136,32 +123,38 @@ class ProjectDetailApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        return Response(_project_out(project, project_role(user=request.user, project=project)))
+        roles = {project.pk: project_role(user=request.user, project=project)}
+        return Response(ProjectOut(project, context={"roles": roles}).data)
 
 
 # Prompts -----------------------------------------------------------------------------------
 
 
-class MessageOut(serializers.Serializer):
+class MessageOut(serializers.Serializer[Any]):
     role = serializers.CharField()
     content = serializers.CharField(allow_blank=True)
 
 
-class PromptOut(serializers.Serializer):
+class PromptOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     messages = MessageOut(many=True)
     tags = serializers.ListField(child=serializers.CharField())
-    source = serializers.CharField(allow_blank=True)
+    # The API's key. The metaclass takes declared fields off the class: at run time it clashes
+    # with no `Field.source`; only the stubs see one.
+    source = serializers.CharField(allow_blank=True)  # type: ignore[assignment]
     external_id = serializers.CharField(allow_blank=True)
     split = serializers.ChoiceField(choices=Split.choices)
     created_at = serializers.DateTimeField()
+
+
+PROMPT_PAGE = paged_serializer("PromptPage", PromptOut)
 
 
 class PromptQuery(PageQuery):
     split = serializers.ChoiceField(choices=Split.choices, required=False)
 
 
-class ImportIn(serializers.Serializer):
+class ImportIn(serializers.Serializer[Any]):
     kind = serializers.ChoiceField(choices=KINDS, default="prompts")
     rows = serializers.ListField(
         child=serializers.JSONField(),
@@ -178,7 +171,7 @@ class ImportIn(serializers.Serializer):
     )
 
 
-class ImportOut(serializers.Serializer):
+class ImportOut(serializers.Serializer[Any]):
     kind = serializers.CharField()
     created = serializers.IntegerField()
     skipped = inline_serializer(
@@ -195,7 +188,7 @@ class PromptListApi(ProjectApi):
         operation_id="prompts_list",
         tags=["prompts"],
         parameters=[PromptQuery],
-        responses={200: paged_serializer("PromptPage", PromptOut), **ERRORS},
+        responses={200: PROMPT_PAGE, **ERRORS},
         summary="The project's prompts (reviewers and leads)",
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -208,7 +201,9 @@ class PromptListApi(ProjectApi):
         offset, limit = query.validated_data["offset"], query.validated_data["limit"]
         page = prompts.defer("embedding")[offset : offset + limit]
         return Response(
-            paged(PromptOut(page, many=True).data, count=prompts.count(), offset=offset)
+            PROMPT_PAGE.to_representation(
+                {"count": prompts.count(), "offset": offset, "results": page}
+            )
         )
 
     @extend_schema(
@@ -229,23 +224,19 @@ class PromptListApi(ProjectApi):
             records=enumerate(data["rows"], start=1),
             valid_only=data["valid_only"],
         )
-        skipped = [{"line": e.line, "message": e.message} for e in result.skipped]
-        return Response(
-            {"kind": result.kind, "created": result.created, "skipped": skipped},
-            status=status.HTTP_201_CREATED,
-        )
+        return Response(ImportOut(result).data, status=status.HTTP_201_CREATED)
 
 
 # Comparisons (reviewers and leads) ---------------------------------------------------------
 
 
-class ResponseOut(serializers.Serializer):
+class ResponseOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     text = serializers.CharField(allow_blank=True)
     policy = serializers.CharField(source="policy.name")
 
 
-class ComparisonOut(serializers.Serializer):
+class ComparisonOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     prompt_id = serializers.IntegerField()
     round_number = serializers.IntegerField()
@@ -255,6 +246,9 @@ class ComparisonOut(serializers.Serializer):
     judgment_count = serializers.IntegerField()
     gold_choice = serializers.CharField(allow_blank=True)
     created_at = serializers.DateTimeField()
+
+
+COMPARISON_PAGE = paged_serializer("ComparisonPage", ComparisonOut)
 
 
 class ComparisonQuery(PageQuery):
@@ -269,7 +263,7 @@ class ComparisonListApi(ProjectApi):
         operation_id="comparisons_list",
         tags=["comparisons"],
         parameters=[ComparisonQuery],
-        responses={200: paged_serializer("ComparisonPage", ComparisonOut), **ERRORS},
+        responses={200: COMPARISON_PAGE, **ERRORS},
         summary="The project's comparisons (reviewers and leads)",
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -284,15 +278,13 @@ class ComparisonListApi(ProjectApi):
             comparisons = comparisons.filter(round_number=data["round"])
         page = comparisons[data["offset"] : data["offset"] + data["limit"]]
         return Response(
-            paged(
-                ComparisonOut(page, many=True).data,
-                count=comparisons.count(),
-                offset=data["offset"],
+            COMPARISON_PAGE.to_representation(
+                {"count": comparisons.count(), "offset": data["offset"], "results": page}
             )
         )
 
 
-class JudgmentOut(serializers.Serializer):
+class JudgmentOut(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     comparison_id = serializers.IntegerField()
     annotator = serializers.CharField(source="annotator.username")
@@ -317,22 +309,31 @@ class JudgmentOut(serializers.Serializer):
         return judgment.superseded_at is not None
 
 
+@extend_schema_serializer(component_name="PairSummary")
+class PairSummaryOut(serializers.Serializer[Any]):
+    kind = serializers.CharField()
+    chosen_id = serializers.IntegerField(help_text="The chosen response.")
+    rejected_id = serializers.IntegerField()
+    agreement = serializers.FloatField()
+    n_judgments = serializers.IntegerField()
+
+
 class ComparisonDetailOut(ComparisonOut):
+    # Of the comparison, with context["review"]: its selectors.comparison_review.
     prompt = MessageOut(many=True, source="prompt.messages")
     response_a = ResponseOut()
     response_b = ResponseOut()
-    judgments = JudgmentOut(many=True)
-    pair = inline_serializer(
-        "PairSummary",
-        {
-            "kind": serializers.CharField(),
-            "chosen_id": serializers.IntegerField(help_text="The chosen response."),
-            "rejected_id": serializers.IntegerField(),
-            "agreement": serializers.FloatField(),
-            "n_judgments": serializers.IntegerField(),
-        },
-        allow_null=True,
-    )
+    judgments = serializers.SerializerMethodField()
+    pair = serializers.SerializerMethodField()
+
+    @extend_schema_field(JudgmentOut(many=True))
+    def get_judgments(self, comparison: Comparison) -> Any:
+        return JudgmentOut(self.context["review"].judgments, many=True).data
+
+    @extend_schema_field(PairSummaryOut(allow_null=True))
+    def get_pair(self, comparison: Comparison) -> Any:
+        pair = self.context["review"].pair
+        return PairSummaryOut(pair).data if pair is not None else None
 
 
 class ComparisonDetailApi(ProjectApi):
@@ -350,56 +351,51 @@ class ComparisonDetailApi(ProjectApi):
             user=request.user, project=project, comparison_id=comparison_id
         )
         review = selectors.comparison_review(comparison=comparison)
-        data = dict(ComparisonOut(comparison).data)
-        pair = review.pair
-        data.update(
-            prompt=comparison.prompt.messages,
-            response_a=ResponseOut(comparison.response_a).data,
-            response_b=ResponseOut(comparison.response_b).data,
-            judgments=JudgmentOut(review.judgments, many=True).data,
-            pair=(
-                {
-                    "kind": pair.kind,
-                    "chosen_id": pair.chosen_id,
-                    "rejected_id": pair.rejected_id,
-                    "agreement": pair.agreement,
-                    "n_judgments": pair.n_judgments,
-                }
-                if pair is not None
-                else None
-            ),
-        )
-        return Response(data)
+        return Response(ComparisonDetailOut(comparison, context={"review": review}).data)
 
 
 # The annotation flow ------------------------------------------------------------------------
 
 
-class SideOut(serializers.Serializer):
+class RenderedHtmlField(serializers.CharField):
+    """A response's text as the sanitised HTML the page shows (source="*": the response)."""
+
+    def to_representation(self, value: Any) -> str:
+        return rendered_html(value)
+
+
+class SideOut(serializers.Serializer[Any]):
     text = serializers.CharField(allow_blank=True)
-    html = serializers.CharField(help_text="The text as sanitised HTML, as the page shows it.")
+    html = RenderedHtmlField(
+        source="*", help_text="The text as sanitised HTML, as the page shows it."
+    )
 
 
-class AssignmentOut(serializers.Serializer):
-    comparison_id = serializers.IntegerField()
-    prompt = MessageOut(many=True)
+class AssignmentOut(serializers.Serializer[Any]):
+    # Of an annotate.queue.Assignment. (Comments, not docstrings: the schema shows those.)
+    comparison_id = serializers.IntegerField(source="comparison.pk")
+    prompt = MessageOut(many=True, source="comparison.prompt.messages")
     left = SideOut()
     right = SideOut()
 
 
-class ProgressOut(serializers.Serializer):
+class ProgressOut(serializers.Serializer[Any]):
     judged = serializers.IntegerField()
     remaining = serializers.IntegerField(help_text="Counted up to 51; see remaining_label.")
     remaining_label = serializers.CharField()
     quota = serializers.IntegerField(allow_null=True)
 
 
-class AssignmentPageOut(serializers.Serializer):
+class AssignmentPageOut(serializers.Serializer[Any]):
     assignment = AssignmentOut(allow_null=True, help_text="null: nothing left to judge now.")
     progress = ProgressOut()
-    guideline_version = serializers.IntegerField(allow_null=True)
+    guideline_version = serializers.IntegerField(
+        allow_null=True, source="progress.guideline_version"
+    )
     guideline_seen_version = serializers.IntegerField(
-        allow_null=True, help_text="Below guideline_version: read and acknowledge them."
+        allow_null=True,
+        source="progress.guideline_seen_version",
+        help_text="Below guideline_version: read and acknowledge them.",
     )
     choices = serializers.ListField(child=serializers.CharField())
     strengths = serializers.DictField(child=serializers.CharField())
@@ -440,36 +436,17 @@ class AssignmentApi(ProjectApi):
             annotator=user,
             remaining=assignment.available if assignment is not None else None,
         )
-        out = None
-        if assignment is not None:
-            out = {
-                "comparison_id": assignment.comparison.pk,
-                "prompt": assignment.comparison.prompt.messages,
-                "left": {"text": assignment.left.text, "html": rendered_html(assignment.left)},
-                "right": {
-                    "text": assignment.right.text,
-                    "html": rendered_html(assignment.right),
-                },
-            }
-        return Response(
-            {
-                "assignment": out,
-                "progress": {
-                    "judged": progress.judged,
-                    "remaining": progress.remaining,
-                    "remaining_label": progress.remaining_label,
-                    "quota": progress.quota,
-                },
-                "guideline_version": progress.guideline_version,
-                "guideline_seen_version": progress.guideline_seen_version,
-                "choices": _choices(project),
-                "strengths": {str(k): v for k, v in STRENGTHS.items()},
-                "skip_reasons": list(SKIP_REASONS),
-            }
-        )
+        page = {
+            "assignment": assignment,
+            "progress": progress,
+            "choices": _choices(project),
+            "strengths": {str(k): v for k, v in STRENGTHS.items()},
+            "skip_reasons": list(SKIP_REASONS),
+        }
+        return Response(AssignmentPageOut(page).data)
 
 
-class JudgmentIn(serializers.Serializer):
+class JudgmentIn(serializers.Serializer[Any]):
     choice = serializers.ChoiceField(
         choices=["left", "right", "tie", "both_bad"], help_text="The side, as you were shown it."
     )
@@ -528,8 +505,15 @@ class JudgmentCreateApi(ProjectApi):
         return Response(JudgmentOut(judgment).data, status=status.HTTP_201_CREATED)
 
 
-class SkipIn(serializers.Serializer):
+class SkipIn(serializers.Serializer[Any]):
     reason = serializers.CharField(max_length=200, help_text="Why; see skip_reasons.")
+
+
+@extend_schema_serializer(component_name="Skipped")
+class SkippedOut(serializers.Serializer[Any]):
+    # Of the skip's Lease.
+    comparison_id = serializers.IntegerField()
+    reason = serializers.CharField(source="skip_reason")
 
 
 class SkipApi(ProjectApi):
@@ -537,13 +521,7 @@ class SkipApi(ProjectApi):
         operation_id="comparisons_skip",
         tags=["annotation"],
         request=SkipIn,
-        responses={
-            200: inline_serializer(
-                "Skipped",
-                {"comparison_id": serializers.IntegerField(), "reason": serializers.CharField()},
-            ),
-            **BODY_ERRORS,
-        },
+        responses={200: SkippedOut, **BODY_ERRORS},
         summary="Skip a comparison (you are not offered it again)",
     )
     def post(self, request: Request, slug: str, comparison_id: int) -> Response:
@@ -558,7 +536,10 @@ class SkipApi(ProjectApi):
         lease = comparison_skip(
             comparison=comparison, annotator=user, reason=body.validated_data["reason"]
         )
-        return Response({"comparison_id": comparison.pk, "reason": lease.skip_reason})
+        return Response(SkippedOut(lease).data)
+
+
+JUDGMENT_PAGE = paged_serializer("JudgmentPage", JudgmentOut)
 
 
 class JudgmentQuery(PageQuery):
@@ -572,7 +553,7 @@ class JudgmentListApi(ProjectApi):
         operation_id="judgments_list",
         tags=["annotation"],
         parameters=[JudgmentQuery],
-        responses={200: paged_serializer("JudgmentPage", JudgmentOut), **ERRORS},
+        responses={200: JUDGMENT_PAGE, **ERRORS},
         summary="Judgments, newest first: annotators see their own only",
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -583,17 +564,19 @@ class JudgmentListApi(ProjectApi):
         judgments = Judgment.objects.filter(project=project).select_related(
             "annotator", "guideline"
         )
-        role = project_role(user=request.user, project=project)
+        user = request.user
+        assert isinstance(user, User)
+        role = project_role(user=user, project=project)
         if role == Role.ANNOTATOR:
-            judgments = judgments.filter(annotator=request.user).exclude(
-                kind=JudgmentKind.ADJUDICATION
-            )
+            judgments = judgments.filter(annotator=user).exclude(kind=JudgmentKind.ADJUDICATION)
         elif "annotator" in data:
             judgments = judgments.filter(annotator__username=data["annotator"])
         judgments = judgments.order_by("-id")
         page = judgments[data["offset"] : data["offset"] + data["limit"]]
         return Response(
-            paged(JudgmentOut(page, many=True).data, count=judgments.count(), offset=data["offset"])
+            JUDGMENT_PAGE.to_representation(
+                {"count": judgments.count(), "offset": data["offset"], "results": page}
+            )
         )
 
 
@@ -615,15 +598,20 @@ class JudgmentUndoApi(ProjectApi):
         return Response(JudgmentOut(undone).data)
 
 
-class GuidelineOut(serializers.Serializer):
+class GuidelineOut(serializers.Serializer[Any]):
     version = serializers.IntegerField()
     body = serializers.CharField(help_text="Markdown.")
     changes = serializers.CharField(allow_blank=True)
     created_at = serializers.DateTimeField()
 
 
-class AcknowledgeIn(serializers.Serializer):
+class AcknowledgeIn(serializers.Serializer[Any]):
     version = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+
+
+@extend_schema_serializer(component_name="Acknowledged")
+class AcknowledgedOut(serializers.Serializer[Any]):
+    guideline_seen_version = serializers.IntegerField()
 
 
 class GuidelineApi(ProjectApi):
@@ -644,12 +632,7 @@ class GuidelineApi(ProjectApi):
         operation_id="guidelines_acknowledge",
         tags=["annotation"],
         request=AcknowledgeIn,
-        responses={
-            200: inline_serializer(
-                "Acknowledged", {"guideline_seen_version": serializers.IntegerField()}
-            ),
-            **BODY_ERRORS,
-        },
+        responses={200: AcknowledgedOut, **BODY_ERRORS},
         summary="Say you have read the guidelines up to a version",
     )
     def post(self, request: Request, slug: str) -> Response:
@@ -660,13 +643,14 @@ class GuidelineApi(ProjectApi):
         assert isinstance(user, User)
         guideline_acknowledge(project=project, user=user, version=body.validated_data["version"])
         progress = selectors.annotator_progress(project=project, annotator=user, remaining=0)
-        return Response({"guideline_seen_version": progress.guideline_seen_version or 0})
+        seen = progress.guideline_seen_version or 0
+        return Response(AcknowledgedOut({"guideline_seen_version": seen}).data)
 
 
 # Export and statistics ----------------------------------------------------------------------
 
 
-class ExportQuery(serializers.Serializer):
+class ExportQuery(serializers.Serializer[Any]):
     format = serializers.ChoiceField(choices=list(FORMATS), default="dpo")
     split = serializers.ChoiceField(choices=list(SPLITS), default="train")
     rounds = serializers.RegexField(
@@ -716,14 +700,10 @@ class ExportApi(ProjectApi):
         },
         summary="The preference pairs as TRL JSONL (leads)",
     )
-    def get(self, request: Request, slug: str) -> HttpResponse | StreamingHttpResponse:
+    def get(self, request: Request, slug: str) -> HttpResponseBase:
         project = self.project(request, slug)
         format, filters = _export_query(request)
-        rows = export_rows(project=project, format=format, filters=filters)
-        stream = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
-        name = f"{project.slug}-{format}-{timezone.now():%Y%m%d-%H%M}"
-        stream["Content-Disposition"] = f'attachment; filename="{name}.jsonl"'
-        return stream
+        return export_download(project=project, format=format, filters=filters, part="data")
 
 
 class ExportCardApi(ProjectApi):
@@ -741,19 +721,15 @@ class ExportCardApi(ProjectApi):
         },
         summary="The dataset card of an export (leads)",
     )
-    def get(self, request: Request, slug: str) -> HttpResponse:
+    def get(self, request: Request, slug: str) -> HttpResponseBase:
         project = self.project(request, slug)
         format, filters = _export_query(request)
-        figures = CardFigures()
-        for _ in export_rows(project=project, format=format, filters=filters, figures=figures):
-            pass
-        card = dataset_card(
-            project=project, format=format, file_type="jsonl", filters=filters, figures=figures
+        return export_download(
+            project=project, format=format, filters=filters, part="card", attachment=False
         )
-        return HttpResponse(card, content_type="text/markdown; charset=utf-8")
 
 
-class CoverageQuery(serializers.Serializer):
+class CoverageQuery(serializers.Serializer[Any]):
     scope = serializers.RegexField(
         r"^(project|round:\d{1,9}|snapshot:\d{1,9})$",
         default="project",
@@ -761,11 +737,19 @@ class CoverageQuery(serializers.Serializer):
     )
 
 
-class CoverageOut(serializers.Serializer):
+class CoverageOut(serializers.Serializer[Any]):
+    # Of a CoverageStats, with context["stale"].
     scope = serializers.CharField()
     computed_at = serializers.DateTimeField()
-    stale = serializers.BooleanField(help_text="The prompts or pairs changed since.")
-    data = serializers.JSONField(help_text="The statistics the coverage page draws.")
+    stale = serializers.SerializerMethodField(help_text="The prompts or pairs changed since.")
+    # The API's key. The metaclass takes declared fields off the class: `Serializer.data`
+    # still works; only the stubs see a clash.
+    data = serializers.JSONField(  # type: ignore[assignment]
+        help_text="The statistics the coverage page draws."
+    )
+
+    def get_stale(self, stats: CoverageStats) -> bool:
+        return bool(self.context["stale"])
 
 
 class CoverageApi(ProjectApi):
@@ -786,14 +770,8 @@ class CoverageApi(ProjectApi):
         stats = project.coverage.filter(scope=scope).first()
         if stats is None:
             raise Http404("No statistics for this scope yet.")
-        return Response(
-            {
-                "scope": stats.scope,
-                "computed_at": stats.computed_at,
-                "stale": coverage_is_stale(project=project),
-                "data": stats.data,
-            }
-        )
+        stale = coverage_is_stale(project=project)
+        return Response(CoverageOut(stats, context={"stale": stale}).data)
 
 
 # Tokens ---------------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from core.text import words as text_words
 
 SILHOUETTE_SAMPLE = 4000
 MAP_SAMPLE = 3000
@@ -102,7 +103,8 @@ def clusters_assign(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray
     """The nearest centroid of each row (new prompts between two re-clusterings)."""
     if len(embeddings) == 0:
         return np.zeros(0, dtype=np.int32)
-    return np.argmax(embeddings @ centroids.T, axis=1).astype(np.int32)
+    nearest: np.ndarray = np.argmax(embeddings @ centroids.T, axis=1).astype(np.int32)
+    return nearest
 
 
 def evenness(sizes: Sequence[int]) -> float | None:
@@ -114,7 +116,6 @@ def evenness(sizes: Sequence[int]) -> float | None:
     return -sum(p * math.log(p) for p in shares) / math.log(len(sizes))
 
 
-_WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)
 _STOP = frozenset(
     [
         "the",
@@ -176,7 +177,8 @@ _STOP = frozenset(
 
 
 def words(text: str) -> list[str]:
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    """A prompt's words for its statistics: two or more letters, Unicode-folded."""
+    return text_words(text, letters_only=True, fold=True)
 
 
 def key_terms(texts: Sequence[str], labels: np.ndarray, k: int, top: int = 5) -> list[list[str]]:

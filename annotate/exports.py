@@ -26,9 +26,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from django.db.models import QuerySet
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 
 from annotate.models import (
@@ -457,3 +458,33 @@ def dataset_card(
         "",
     ]
     return "\n".join([*header, "", *lines])
+
+
+def export_download(
+    *,
+    project: Project,
+    format: str,
+    filters: ExportFilters,
+    part: Literal["data", "card"],
+    attachment: bool = True,
+) -> HttpResponseBase:
+    """An export over HTTP, for the pages and the API alike: `data`, its JSONL rows streamed;
+    `card`, its dataset card (README.md), counted from the same rows."""
+    name = f"{project.slug}-{format}-{timezone.now():%Y%m%d-%H%M}"
+    response: HttpResponse | StreamingHttpResponse
+    if part == "data":
+        rows = export_rows(project=project, format=format, filters=filters)
+        response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
+        filename = f"{name}.jsonl"
+    else:
+        figures = CardFigures()
+        for _ in export_rows(project=project, format=format, filters=filters, figures=figures):
+            pass
+        card = dataset_card(
+            project=project, format=format, file_type="jsonl", filters=filters, figures=figures
+        )
+        response = HttpResponse(card, content_type="text/markdown; charset=utf-8")
+        filename = f"{name}-README.md"
+    if attachment:
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response

@@ -33,7 +33,7 @@ class CommaListField(forms.CharField):
         return ", ".join(value) if isinstance(value, list) else value
 
 
-class ProjectSettingsForm(forms.ModelForm):
+class ProjectSettingsForm(forms.ModelForm[Project]):
     criteria = CommaListField(
         required=False,
         help_text="Per-criterion choices, e.g. helpfulness, honesty, harmlessness, formatting.",

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.template.backends.utils import csrf_input
 from django.urls import reverse
@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotate import selectors
 from annotate.access import access_comparison, access_project, project_role
 from annotate.coverage import coverage_is_stale, coverage_refresh_request
-from annotate.exports import CardFigures, dataset_card, export_rows, jsonl_lines
+from annotate.exports import export_download
 from annotate.forms import (
     AdjudicateForm,
     ExportForm,
@@ -63,9 +63,10 @@ from core.errors import ValidationFailed
 from core.http import AuthedRequest
 
 
-def _page_context(
+def page_context(
     request: AuthedRequest, project: Project, role: Role | None = None, **extra: Any
 ) -> dict[str, Any]:
+    """The context of every project page, on both sides: the project and the user's role."""
     role = role or project_role(user=request.user, project=project)
     return {"project": project, "role": role.value if role else None, **extra}
 
@@ -81,7 +82,7 @@ def home(request: AuthedRequest) -> HttpResponse:
 @require_GET
 def project_overview(request: AuthedRequest, slug: str) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
-    context = _page_context(request, project)
+    context = page_context(request, project)
     if context["role"] == Role.ANNOTATOR:
         return redirect("annotate", slug=project.slug)
     overview = selectors.project_overview(project=project)
@@ -145,7 +146,7 @@ def _pair_context(
     if guideline is None and not request.htmx:
         guideline = guideline_current(project=project)
     comparison = assignment.comparison if assignment else None
-    return _page_context(
+    return page_context(
         request,
         project,
         assignment=assignment,
@@ -279,7 +280,7 @@ def my_judgments(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "annotate/my_judgments.html",
-        _page_context(request, project, judgments=judgments, undoable=undoable),
+        page_context(request, project, judgments=judgments, undoable=undoable),
     )
 
 
@@ -291,7 +292,7 @@ def my_judgments(request: AuthedRequest, slug: str) -> HttpResponse:
 def guidelines(request: AuthedRequest, slug: str) -> HttpResponse:
     """Every member reads every version; leads publish new ones."""
     project = access_project(user=request.user, slug=slug)
-    context = _page_context(request, project)
+    context = page_context(request, project)
     current = guideline_current(project=project)
     form = None
     if context["role"] == Role.LEAD:
@@ -337,7 +338,7 @@ def quality(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "annotate/quality.html",
-        _page_context(request, project, report=report, chart=report.chart_data()),
+        page_context(request, project, report=report, chart=report.chart_data()),
     )
 
 
@@ -352,7 +353,7 @@ def review_list(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "annotate/review_list.html",
-        _page_context(
+        page_context(
             request,
             project,
             items=items,
@@ -368,7 +369,7 @@ def _review_page(
 ) -> HttpResponse:
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
     review = selectors.comparison_review(comparison=comparison)
-    context = _page_context(
+    context = page_context(
         request,
         project,
         review=review,
@@ -459,7 +460,7 @@ def project_settings(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "annotate/settings.html",
-        _page_context(request, project, form=form),
+        page_context(request, project, form=form),
         status=422 if form.errors else 200,
     )
 
@@ -491,7 +492,7 @@ def members(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "annotate/members.html",
-        _page_context(request, project, form=form, memberships=memberships),
+        page_context(request, project, form=form, memberships=memberships),
         status=422 if form.errors else 200,
     )
 
@@ -509,29 +510,18 @@ def export(request: AuthedRequest, slug: str) -> HttpResponseBase:
     for name in ("format", "split"):  # a link may leave the defaults out
         query.setdefault(name, ExportForm.base_fields[name].initial)
     form = ExportForm(query if download or "format" in request.GET else None)
-    if form.is_bound and form.is_valid():
-        filters, format = form.filters(), form.cleaned_data["format"]
-        name = f"{project.slug}-{format}-{timezone.now():%Y%m%d-%H%M}"
-        if download == "data":
-            rows = export_rows(project=project, format=format, filters=filters)
-            stream = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
-            stream["Content-Disposition"] = f'attachment; filename="{name}.jsonl"'
-            return stream
-        if download == "card":
-            figures = CardFigures()
-            for _ in export_rows(project=project, format=format, filters=filters, figures=figures):
-                pass
-            card = dataset_card(
-                project=project, format=format, file_type="jsonl", filters=filters, figures=figures
-            )
-            response = HttpResponse(card, content_type="text/markdown; charset=utf-8")
-            response["Content-Disposition"] = f'attachment; filename="{name}-README.md"'
-            return response
+    if form.is_bound and form.is_valid() and download in ("data", "card"):
+        return export_download(
+            project=project,
+            format=form.cleaned_data["format"],
+            filters=form.filters(),
+            part="card" if download == "card" else "data",
+        )
     counts = selectors.export_counts(project=project)
     return render(
         request,
         "annotate/export.html",
-        _page_context(request, project, form=form, counts=counts),
+        page_context(request, project, form=form, counts=counts),
         status=422 if form.errors else 200,
     )
 
@@ -583,7 +573,7 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request,
         template or "annotate/import.html",
-        _page_context(
+        page_context(
             request,
             project,
             form=form,
@@ -602,13 +592,16 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def coverage(request: AuthedRequest, slug: str) -> HttpResponse:
-    """The stored coverage statistics of a scope; a stale or missing one is asked of a worker
-    (POST asks again now)."""
+    """The stored coverage statistics of a scope. POST asks a worker to refresh them: the
+    button, or the page itself when they are stale or missing (an htmx request on load, so
+    that a GET never sends work anywhere)."""
     project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
     if request.method == "POST":
         if not request.POST.get("refresh"):
             return redirect("coverage", slug=project.slug)
         requested = coverage_refresh_request(project=project)
+        if request.htmx:
+            return HttpResponse(status=204)
         messages.info(
             request,
             "A worker is refreshing the statistics."
@@ -622,12 +615,10 @@ def coverage(request: AuthedRequest, slug: str) -> HttpResponse:
     if scope != "project" and stats is None:
         raise Http404("No statistics for this scope.")
     stale = coverage_is_stale(project=project)
-    if stale:
-        coverage_refresh_request(project=project)
     return render(
         request,
         "annotate/coverage.html",
-        _page_context(
+        page_context(
             request,
             project,
             stats=stats,

@@ -25,11 +25,12 @@ logger = logging.getLogger(__name__)
 # Errors ----------------------------------------------------------------------------------------
 
 
-class ErrorBodySerializer(serializers.Serializer):
+class ErrorBodySerializer(serializers.Serializer[Any]):
     status = serializers.IntegerField()
     code = serializers.CharField(help_text="invalid, rejected, import_refused, not_found, ...")
     message = serializers.CharField()
-    fields = serializers.DictField(
+    # The API's key; it shadows DRF's `Serializer.fields`, which this schema-only class never uses.
+    fields = serializers.DictField(  # type: ignore[assignment]
         child=serializers.JSONField(), required=False, help_text="Per-field messages."
     )
     rows = serializers.ListField(
@@ -41,7 +42,7 @@ class ErrorBodySerializer(serializers.Serializer):
     )
 
 
-class ErrorSerializer(serializers.Serializer):
+class ErrorSerializer(serializers.Serializer[Any]):
     error = ErrorBodySerializer()
 
 
@@ -117,16 +118,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 MAX_ID = 2**31 - 1
 
 
-class PageQuery(serializers.Serializer):
+class PageQuery(serializers.Serializer[Any]):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=100)
     offset = serializers.IntegerField(required=False, min_value=0, max_value=10**9, default=0)
 
 
-def paged(items: list[Any], *, count: int, offset: int) -> dict[str, Any]:
-    return {"count": count, "offset": offset, "results": items}
-
-
-def paged_serializer(name: str, item: type[serializers.Serializer]) -> Any:
+def paged_serializer(name: str, item: type[serializers.Serializer[Any]]) -> Any:
     return inline_serializer(
         name,
         {

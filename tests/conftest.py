@@ -3,19 +3,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 
-from annotate.models import Project, Role
-from annotate.services.projects import membership_set, project_create
-from annotate.services.prompts import PromptInput, prompts_create
+from annotate.models import Project
+from annotate.services.prompts import PromptInput
+from tests.factories import MODELS_DIR, project_make, user_make
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parent.parent
-MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", REPO / "data" / "models"))
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +69,8 @@ def tiny_model_dir_4bit(tmp_path_factory: pytest.TempPathFactory, smollm2_path: 
 
 @pytest.fixture
 def make_user(db: None) -> Callable[..., User]:
-    def make(username: str, *, superuser: bool = False) -> User:
-        if superuser:
-            return User.objects.create_superuser(username=username, password="pw-" + username)
-        return User.objects.create_user(username=username, password="pw-" + username)
-
-    return make
+    """tests.factories.user_make, for a test that needs users of its own."""
+    return user_make
 
 
 @pytest.fixture
@@ -96,17 +90,30 @@ def outsider(make_user: Callable[..., User]) -> User:
 
 @pytest.fixture
 def project(lead: User, annotator: User) -> Project:
-    project = project_create(
+    """Led by `lead`, judged by `annotator` (overlap 1): six training prompts, three held out."""
+    return project_make(
+        "test",
         name="Test project",
-        slug="test",
         guidelines="# Be helpful\nPrefer **correct** answers.",
         created_by=lead,
+        annotators=[annotator],
+        prompts=[f"Question number {i}: what is {i} + {i}?" for i in range(6)]
+        + [PromptInput(messages=f"Held-out question {i}?", split="eval") for i in range(3)],
         overlap=1,
     )
-    membership_set(project=project, user=annotator, role=Role.ANNOTATOR)
-    prompts_create(
-        project=project,
-        rows=[PromptInput(messages=f"Question number {i}: what is {i} + {i}?") for i in range(6)]
-        + [PromptInput(messages=f"Held-out question {i}?", split="eval") for i in range(3)],
-    )
+
+
+@pytest.fixture
+def tiny_settings(settings: Any, tmp_path: Path) -> Any:
+    """Training on the CPU in full precision (the tiny model), artifacts under tmp_path."""
+    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
+    settings.TRAINING_QUANTIZE_4BIT = False
+    return settings
+
+
+@pytest.fixture
+def tiny_project(project: Project, tiny_model_dir: str, tiny_settings: Any) -> Project:
+    """The project on the tiny random model, full precision, artifacts under tmp_path."""
+    project.base_model = str(tiny_model_dir)
+    project.save(update_fields=["base_model"])
     return project

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from alignment.models import GenerationJob, Round, TrainingRun
@@ -24,11 +23,14 @@ from alignment.services.rounds import round_start
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.coverage import coverage_refresh
-from annotate.models import Role
 from annotate.services.judgments import judgment_submit
-from annotate.services.projects import membership_set, project_create
-from annotate.services.prompts import PromptInput, prompts_create
-from tests.factories import comparison_make, embed_bag_of_words
+from tests.factories import (
+    client_make,
+    comparison_make,
+    embed_bag_of_words,
+    project_make,
+    user_make,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -386,28 +388,29 @@ class World:
 def _world_build() -> World:
     # Users without a password: hashing seven passwords would dominate the run.
     users = {
-        role: User.objects.create_user(username=role)
+        role: user_make(role, login=False)
         for role in ROLES
         if role not in ("anonymous", "superuser")
     }
-    superuser = User.objects.create_superuser(username="root", password=None)
-    project = project_create(
+    superuser = user_make("root", superuser=True, login=False)
+    project = project_make(
+        "access",
         name="Access project",
-        slug="access",
         guidelines="# Be helpful",
         created_by=users["lead"],
+        annotators=[users["annotator"]],
+        reviewers=[users["reviewer"]],
+        prompts=[f"Question {i}: what is {i} + {i}?" for i in range(4)],
         overlap=1,
     )
-    membership_set(project=project, user=users["annotator"], role=Role.ANNOTATOR)
-    membership_set(project=project, user=users["reviewer"], role=Role.REVIEWER)
-    other = project_create(
-        name="Other project", slug="other", guidelines="# Other", created_by=users["lead_other"]
+    project_make(
+        "other",
+        name="Other project",
+        guidelines="# Other",
+        created_by=users["lead_other"],
+        annotators=[users["annotator_other"]],
     )
-    membership_set(project=other, user=users["annotator_other"], role=Role.ANNOTATOR)
-    prompts = prompts_create(
-        project=project,
-        rows=[PromptInput(messages=f"Question {i}: what is {i} + {i}?") for i in range(4)],
-    )
+    prompts = list(project.prompts.order_by("id"))
     comparison = comparison_make(prompts[0], seed=0)
     # A judged pair (overlap 1) gives the training run a snapshot to be created from.
     judged = comparison_make(prompts[1], seed=1)
@@ -485,10 +488,8 @@ def test_it_decides_access_as_the_table_says(
     unknown = [param for param in route.params if param not in world.url_kwargs]
     assert not unknown, f"{name}: no object fills the URL kwargs {unknown}; add one to `world`"
     url = reverse(name, kwargs={param: world.url_kwargs[param] for param in route.params})
-    client = Client()
     user = world.users[role]
-    if user is not None:
-        client.force_login(user)
+    client = client_make(user)
     before = _jobs_count()
 
     with django_capture_on_commit_callbacks() as dispatched:

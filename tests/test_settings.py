@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.factories import REPO
 
 
 def _settings_probe(env: dict[str, str], expression: str) -> subprocess.CompletedProcess[str]:

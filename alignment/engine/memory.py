@@ -41,7 +41,7 @@ def model_shape(model_path: str) -> dict[str, Any] | None:
     config = Path(model_path) / "config.json"
     if not config.is_file():
         return None
-    data = json.loads(config.read_text())
+    data: dict[str, Any] = json.loads(config.read_text())
     data = data.get("text_config", data)  # multimodal configs nest the language model
     needed = ("hidden_size", "num_hidden_layers", "vocab_size")
     if not all(isinstance(data.get(k), int) for k in needed):

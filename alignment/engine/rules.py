@@ -124,6 +124,6 @@ def rule_load(spec: str) -> JudgeRule:
             raise ValueError(
                 f"judge rule {spec!r} returned {verdict!r}; expected one of 'a', 'b', 'tie'"
             )
-        return cast(Verdict, verdict)
+        return verdict
 
     return JudgeRule(name=spec, judge=judge, property_name=property_name, measure=measure)

@@ -12,13 +12,12 @@ Strategies (SELECTIONS):
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-SELECTIONS = ("random", "most_different", "reward_gap")
+from core.text import words
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+SELECTIONS = ("random", "most_different", "reward_gap")
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Selected:
 def text_distance(a: str, b: str) -> float:
     """0 for the same words at the same length, up to 1: half the Jaccard distance of the
     two word sets, half the relative difference in length."""
-    words_a, words_b = set(_WORD.findall(a.lower())), set(_WORD.findall(b.lower()))
+    words_a, words_b = set(words(a)), set(words(b))
     union = words_a | words_b
     jaccard = 1 - len(words_a & words_b) / len(union) if union else 0.0
     longest = max(len(a), len(b))
@@ -88,8 +87,8 @@ def implicit_rewards(
     from peft import PeftModel
 
     from alignment.engine.generation import adapter_validate, generation_dtype
+    from alignment.engine.scoring import completion_logps
     from alignment.engine.sources import model_load, tokenizer_load
-    from alignment.engine.training import completion_logps
 
     tokenizer = tokenizer_load(model_path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "right"

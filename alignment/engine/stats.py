@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -60,6 +61,20 @@ class Game:
     first: int
     second: int
     score: float
+
+
+def win_counts(games: Iterable[Game], *, player: int, opponent: int) -> tuple[int, int, int]:
+    """(wins, losses, ties) of `player` in its games against `opponent`; games between
+    others are left out. A score of 1 for the player is a win, 0 a loss, one half a tie."""
+    wins = losses = ties = 0
+    for game in games:
+        if {game.first, game.second} != {player, opponent}:
+            continue
+        score = game.score if game.first == player else 1 - game.score
+        wins += score == 1.0
+        losses += score == 0.0
+        ties += score == 0.5
+    return wins, losses, ties
 
 
 @dataclass(frozen=True)

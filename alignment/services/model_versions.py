@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import transaction
 
 from alignment.models import ModelVersion
@@ -19,6 +21,14 @@ def model_version_base_ensure(*, project: Project) -> ModelVersion:
         return ModelVersion.objects.create(
             project=project, policy=policy, name=policy.name, base_model=project.base_model
         )
+
+
+def base_version_on_project_created(
+    sender: type[Project], instance: Project, created: bool, **kwargs: Any
+) -> None:
+    """A new project gets its base version in the transaction that creates it."""
+    if created and not kwargs.get("raw"):
+        model_version_base_ensure(project=instance)
 
 
 def model_version_register(

@@ -128,7 +128,7 @@ def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:
         assert parent is not None
         job_ids = [job.pk for job in jobs]
         responses = (
-            Response.objects.filter(generation_params__generation_job__in=job_ids)
+            Response.objects.filter(generation__job__in=job_ids)
             .select_related("prompt")
             .order_by("id")
         )

@@ -12,7 +12,7 @@ from django.db import transaction
 from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
 from alignment.engine.spec import SAMPLING_FIELDS, SamplingParameters
 from alignment.engine.vllm_backend import generate_vllm
-from alignment.models import GenerationJob, PairSelection
+from alignment.models import GeneratedResponse, GenerationJob, PairSelection
 from alignment.services.pairs import head_to_head_pairs_form, on_policy_pairs_create
 from annotate.models import Purpose, Response
 from annotate.services.prompts import ResponseInput, responses_create
@@ -35,11 +35,7 @@ def _generation_run(job: GenerationJob) -> None:
     every_prompt = list(job.prompts.order_by("id"))
     # Each batch's responses and comparisons are committed together: what an earlier attempt
     # committed is done.
-    done = set(
-        Response.objects.filter(
-            policy=version.policy, generation_params__generation_job=job.pk
-        ).values_list("prompt_id", flat=True)
-    )
+    done = set(Response.objects.filter(generation__job=job).values_list("prompt_id", flat=True))
     prompts = [p for p in every_prompt if p.pk not in done]
     cfg = job.config
     # The round's sampling as the job recorded it; the spec's defaults for what it did not.
@@ -93,6 +89,9 @@ def _generation_run(job: GenerationJob) -> None:
         ]
         with transaction.atomic():
             created = responses_create(policy=version.policy, rows=rows)
+            GeneratedResponse.objects.bulk_create(
+                [GeneratedResponse(response=response, job=job) for response in created]
+            )
             counts["responses"] += len(created)
             if job.purpose == Purpose.TRAIN and not pairs_at_the_end:
                 on_policy_pairs_create(created, round_, rng, counts)
@@ -132,9 +131,7 @@ def _generation_run(job: GenerationJob) -> None:
     elapsed = time.monotonic() - started
     tokens = sum(s.completion_tokens for s in samples)
     if job.purpose == Purpose.TRAIN and pairs_at_the_end:
-        ours = Response.objects.filter(
-            policy=version.policy, generation_params__generation_job=job.pk
-        ).select_related("prompt")
+        ours = Response.objects.filter(generation__job=job).select_related("prompt")
         with transaction.atomic():
             on_policy_pairs_create(list(ours.order_by("id")), round_, rng, counts)
     job.progress_done = len(every_prompt)

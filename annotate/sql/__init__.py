@@ -143,9 +143,13 @@ def _execute_index_planned(
             pg.execute("COMMIT")
     except psycopg.Error:
         # The failed statement left the explicit transaction open (aborted): end it.
-        if pg.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        if _aborted(pg):
             pg.execute("ROLLBACK")
         raise
+
+
+def _aborted(pg: psycopg.Connection[Any]) -> bool:
+    return pg.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
 
 
 # Set on the connection by `atomic()` until the next statement of this package sends the plans.
@@ -177,7 +181,8 @@ def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
 def one(sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
     cursor = _execute(sql, params)
     try:
-        return cursor.fetchone()
+        row: tuple[Any, ...] | None = cursor.fetchone()
+        return row
     finally:
         cursor.close()
 

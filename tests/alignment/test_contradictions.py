@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
-from alignment.models import TrainingRun
-from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.training import training_run_start
-from alignment.services.training_settings import TrainingSettings
-from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, ComparisonStatus, PreferencePair, Project
 from annotate.services.judgments import judgment_submit
-from tests.factories import comparison_make
+from tests.factories import client_make, comparison_make, training_run_make
 
 pytestmark = pytest.mark.django_db
 
@@ -31,21 +25,15 @@ def test_the_lead_sends_the_contradicted_pairs_back(
     for comparison in comparisons:
         choice = "b" if comparison.pk in flipped else "a"
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice)
-    run = training_run_start(
-        project=tiny_project,
-        base_version=model_version_base_ensure(project=tiny_project),
-        dispatch=False,
-        training=TrainingSettings(epochs=4, batch_size=2, learning_rate=1e-2, max_length=96),
+    run = training_run_make(
+        tiny_project, execute=True, epochs=4, batch_size=2, learning_rate=1e-2, max_length=96
     )
-    training_run_execute(run_id=run.pk)
-    run = TrainingRun.objects.get(pk=run.pk)
     listed = run.summary["contradictions"]
     assert {c["comparison"] for c in listed} == flipped
     assert all(c["margin"] < 0 for c in listed)
     assert f"2 of {len(run.snapshot.pair_ids)} training pairs contradicted" in run.log_tail
 
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     url = f"/p/{tiny_project.slug}/runs/{run.pk}/"
     page = client.get(url).content.decode()
     assert page.count("<tr data-comparison=") == 2

@@ -5,34 +5,22 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from alignment.models import GenerationJob
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import round_prompts_choose, round_start
-from alignment.services.training import training_run_start
-from alignment.services.training_settings import TrainingSettings
 from alignment.workers.generation import generation_job_execute
-from alignment.workers.training import training_run_execute
 from annotate.models import Comparison, Project, Response
-from annotate.services.judgments import judgment_submit
 from core.errors import ValidationFailed
-from tests.alignment.test_jobs import SAMPLING
+from tests.factories import client_make, generation_job_make, judgments_make, training_run_make
 
 pytestmark = pytest.mark.django_db
 
 
 def _round(project: Project, policy, selection: str) -> GenerationJob:
-    round_ = round_start(
-        project=project,
-        policy=policy,
-        train_prompts=round_prompts_choose(project=project, count=3),
-        samples_per_prompt=4,
-        sampling=SAMPLING,
-        pair_selection=selection,
-        dispatch=False,
+    return generation_job_make(
+        project, policy=policy, prompts=3, samples_per_prompt=4, pair_selection=selection
     )
-    return round_.generation_jobs.get()
 
 
 def test_it_shows_one_chosen_pair_of_k_samples_per_prompt(
@@ -48,8 +36,7 @@ def test_it_shows_one_chosen_pair_of_k_samples_per_prompt(
         assert c.selection["strategy"] == "most_different" and c.selection["k"] == 4
         first, second = c.selection["picked"]
         assert 0 <= first < second < 4 and c.selection["score"] > 0
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     review = client.get(f"/p/{tiny_project.slug}/review/{comparisons[0].pk}/").content.decode()
     assert "of 4 by most_different" in review
 
@@ -59,16 +46,10 @@ def test_it_shows_one_chosen_pair_of_k_samples_per_prompt(
     assert fallback is not None and fallback.selection["fallback"]["asked"] == "reward_gap"
 
     # A trained version: the pair is the one its implicit reward tells furthest apart.
-    for comparison in Comparison.objects.filter(project=tiny_project):
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    run = training_run_start(
-        project=tiny_project,
-        base_version=base,
-        dispatch=False,
-        training=TrainingSettings(epochs=1, batch_size=2, max_length=96),
+    judgments_make(tiny_project, annotator)
+    run = training_run_make(
+        tiny_project, base_version=base, execute=True, epochs=1, batch_size=2, max_length=96
     )
-    training_run_execute(run_id=run.pk)
-    run.refresh_from_db()
     child = run.output_version
     assert child is not None
     generation_job_execute(job_id=_round(tiny_project, child, "reward_gap").pk)

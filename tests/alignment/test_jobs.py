@@ -7,13 +7,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
-from alignment.models import GenerationJob, ModelVersion, RefLogp, TrainingRun
+from alignment.models import ModelVersion, RefLogp, TrainingRun
 from alignment.selectors import round_drift
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
-from alignment.services.training import training_run_cancel, training_run_start
+from alignment.services.training import training_run_cancel
 from alignment.services.training_settings import TrainingSettings
 from alignment.workers import training as training_worker
 from alignment.workers.generation import generation_job_execute
@@ -28,29 +26,19 @@ from annotate.services.snapshots import (
     snapshot_validation_split,
 )
 from core.models import JobStatus
-from tests.factories import comparison_make
+from tests.factories import (
+    client_make,
+    comparison_make,
+    generation_job_make,
+    judged_round_make,
+    training_run_make,
+)
 
 pytestmark = pytest.mark.django_db
 
-SAMPLING = SamplingSettings(max_new_tokens=10, temperature=1.0, batch_size=4)
-
-
-def _round(project: Project, **kwargs) -> GenerationJob:
-    base = model_version_base_ensure(project=project)
-    round_ = round_start(
-        project=project,
-        policy=base,
-        train_prompts=round_prompts_choose(project=project, count=4),
-        samples_per_prompt=2,
-        sampling=SAMPLING,
-        dispatch=False,
-        **kwargs,
-    )
-    return round_.generation_jobs.get()
-
 
 def test_it_generates_responses_and_pairs_and_records_the_run(tiny_project: Project) -> None:
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     assert generation_job_execute(job_id=job.pk) is not None
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
@@ -66,21 +54,20 @@ def test_it_generates_responses_and_pairs_and_records_the_run(tiny_project: Proj
 
 
 def test_it_reports_the_drift_of_each_rounds_policy(tiny_project: Project, lead: User) -> None:
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     generation_job_execute(job_id=job.pk)
     (row,) = round_drift(project=tiny_project)
     assert row.round_number == 1 and row.drift.responses == 8
     assert row.drift.mean_chars > 0 and 0 <= row.drift.repetition <= 1
     # At 10 new tokens a random model's responses run into the limit (it almost never says EOS).
     assert row.drift.truncated_rate > 0.5
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     page = client.get(f"/p/{tiny_project.slug}/rounds/")
     assert b'data-drift-round="1"' in page.content
 
 
 def test_it_ignores_a_second_delivery_of_the_same_job(tiny_project: Project) -> None:
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     generation_job_execute(job_id=job.pk)
     assert generation_job_execute(job_id=job.pk) is None
     assert Response.objects.filter(prompt__project=tiny_project).count() == 8
@@ -91,7 +78,7 @@ def test_it_ignores_a_second_delivery_of_the_same_job(tiny_project: Project) -> 
 def test_it_records_the_error_of_a_failed_job(tiny_project: Project, tmp_path: Path) -> None:
     tiny_project.base_model = str(tmp_path / "no-such-model")
     tiny_project.save(update_fields=["base_model"])
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     with pytest.raises(ValueError):
         generation_job_execute(job_id=job.pk)
     job.refresh_from_db()
@@ -100,19 +87,11 @@ def test_it_records_the_error_of_a_failed_job(tiny_project: Project, tmp_path: P
 
 
 def test_it_trains_and_registers_a_child_version(tiny_project: Project, annotator: User) -> None:
-    job = _round(tiny_project)
-    generation_job_execute(job_id=job.pk)
-    for comparison in Comparison.objects.filter(project=tiny_project):
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    judged_round_make(tiny_project, annotator)
     base = model_version_base_ensure(project=tiny_project)
-    run = training_run_start(
-        project=tiny_project,
-        base_version=base,
-        dispatch=False,
-        training=TrainingSettings(epochs=2, batch_size=2, max_length=96),
+    run = training_run_make(
+        tiny_project, base_version=base, execute=True, epochs=2, batch_size=2, max_length=96
     )
-    training_run_execute(run_id=run.pk)
-    run = TrainingRun.objects.get(pk=run.pk)
     assert run.status == JobStatus.SUCCEEDED, run.error
     assert [p["step"] for p in run.metrics] == list(range(1, run.summary["steps"] + 1))
     assert all(p["loss"] is not None for p in run.metrics)
@@ -127,17 +106,14 @@ def test_it_trains_and_registers_a_child_version(tiny_project: Project, annotato
 def test_it_trains_kto_on_the_ties_and_both_bad_pairs_too(
     tiny_project: Project, annotator: User
 ) -> None:
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     generation_job_execute(job_id=job.pk)
     comparisons = list(Comparison.objects.filter(project=tiny_project).order_by("id"))
     assert len(comparisons) >= 3
     for comparison, choice in zip(comparisons, ["a", "tie", "both_bad", "b"], strict=False):
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice)
-    base = model_version_base_ensure(project=tiny_project)
-    run = training_run_start(
-        project=tiny_project,
-        base_version=base,
-        dispatch=False,
+    run = training_run_make(
+        tiny_project,
         training=TrainingSettings.from_preset("kto", epochs=1, batch_size=2, max_length=96),
     )
     judged = min(len(comparisons), 4)
@@ -149,10 +125,7 @@ def test_it_trains_kto_on_the_ties_and_both_bad_pairs_too(
     # ... and each gives KTO two unpaired rows: steps of two rows each.
     assert run.summary["steps"] == judged and run.config["method"] == "kto"
     # A DPO run of the same data takes the preferences only.
-    dpo = TrainingSettings(epochs=1, batch_size=2, max_length=96)
-    later = training_run_start(
-        project=tiny_project, base_version=base, dispatch=False, training=dpo
-    )
+    later = training_run_make(tiny_project, epochs=1, batch_size=2, max_length=96)
     assert later.snapshot.n_pairs == judged - 2
 
 
@@ -161,15 +134,13 @@ def test_it_holds_pairs_out_and_scores_them_before_and_after(
 ) -> None:
     prompts = list(tiny_project.prompts.filter(split="train").order_by("id"))
     for i in range(12):
-        comparison = comparison_make(
-            prompts[i % len(prompts)], (f"Fine {i}.", f"A long rambling answer number {i}."), seed=i
+        comparison_make(
+            prompts[i % len(prompts)],
+            (f"Fine {i}.", f"A long rambling answer number {i}."),
+            seed=i,
+            judged_by=annotator,
         )
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    base = model_version_base_ensure(project=tiny_project)
-    settings_ = TrainingSettings(epochs=1, batch_size=4, max_length=96)
-    run = training_run_start(
-        project=tiny_project, base_version=base, dispatch=False, training=settings_
-    )
+    run = training_run_make(tiny_project, epochs=1, batch_size=4, max_length=96)
     snapshot = run.snapshot
     # 10 % of 12 preference pairs: one held out, never trained on.
     assert len(snapshot.validation_pair_ids) == 1 and snapshot.n_pairs == 11
@@ -187,8 +158,7 @@ def test_it_holds_pairs_out_and_scores_them_before_and_after(
         "reward_margin",
     }
     assert "validation (1 held-out pairs)" in run.log_tail
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     page = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/")
     assert b"data-validation" in page.content and b"1</strong> held out" in page.content
 
@@ -196,8 +166,7 @@ def test_it_holds_pairs_out_and_scores_them_before_and_after(
 def test_it_splits_the_same_pairs_the_same_way(project: Project, annotator: User) -> None:
     prompts = list(project.prompts.filter(split="train").order_by("id"))
     for i in range(20):
-        comparison = comparison_make(prompts[i % len(prompts)], (f"A{i}", f"B{i}"), seed=i)
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+        comparison_make(prompts[i % len(prompts)], (f"A{i}", f"B{i}"), seed=i, judged_by=annotator)
     pairs = snapshot_pairs(project=project, filters=SnapshotFilters())
     training, held = snapshot_validation_split(pairs, 0.1)
     assert len(held) == 2 and len(training) == 18
@@ -213,19 +182,10 @@ def test_it_splits_the_same_pairs_the_same_way(project: Project, annotator: User
 def test_a_second_run_reuses_the_stored_reference_logps(
     tiny_project: Project, annotator: User
 ) -> None:
-    job = _round(tiny_project)
-    generation_job_execute(job_id=job.pk)
-    for comparison in Comparison.objects.filter(project=tiny_project):
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    base = model_version_base_ensure(project=tiny_project)
-    settings_ = TrainingSettings(epochs=1, batch_size=2, max_length=96)
+    judged_round_make(tiny_project, annotator)
     summaries = []
     for _ in range(2):
-        run = training_run_start(
-            project=tiny_project, base_version=base, dispatch=False, training=settings_
-        )
-        training_run_execute(run_id=run.pk)
-        run = TrainingRun.objects.get(pk=run.pk)
+        run = training_run_make(tiny_project, execute=True, epochs=1, batch_size=2, max_length=96)
         assert run.status == JobStatus.SUCCEEDED, run.error
         summaries.append(run.summary)
     pairs = summaries[0]["pairs"]
@@ -236,14 +196,10 @@ def test_a_second_run_reuses_the_stored_reference_logps(
 def test_a_run_trains_on_the_pairs_as_frozen_not_as_judged_since(
     project: Project, annotator: User, lead: User
 ) -> None:
-    comparison = comparison_make(project.prompts.filter(split="train").first(), ("A", "B"))
-    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    run = training_run_start(
-        project=project,
-        base_version=model_version_base_ensure(project=project),
-        dispatch=False,
-        training=TrainingSettings(),
+    comparison = comparison_make(
+        project.prompts.filter(split="train").first(), ("A", "B"), judged_by=annotator
     )
+    run = training_run_make(project)
     # A reviewer's decision flips the pair after the snapshot was taken.
     comparison_adjudicate(comparison=comparison, reviewer=lead, choice="b")
     pair = PreferencePair.objects.get(comparison=comparison)
@@ -255,19 +211,9 @@ def test_a_run_trains_on_the_pairs_as_frozen_not_as_judged_since(
 def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
     tiny_project: Project, annotator: User, lead: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = _round(tiny_project)
-    generation_job_execute(job_id=job.pk)
-    for comparison in Comparison.objects.filter(project=tiny_project):
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    base = model_version_base_ensure(project=tiny_project)
-    run = training_run_start(
-        project=tiny_project,
-        base_version=base,
-        dispatch=False,
-        training=TrainingSettings(epochs=5, batch_size=1, max_length=96),
-    )
-    client = Client()
-    client.force_login(lead)
+    judged_round_make(tiny_project, annotator)
+    run = training_run_make(tiny_project, epochs=5, batch_size=1, max_length=96)
+    client = client_make(lead)
     real_heartbeat = training_worker.job_heartbeat
 
     def lead_cancels_during_step_two(job: Any, **kwargs: Any) -> bool:
@@ -288,14 +234,8 @@ def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
 
 
 def test_a_queued_run_cancelled_never_starts(project: Project, annotator: User) -> None:
-    comparison = comparison_make(project.prompts.filter(split="train").first())
-    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    run = training_run_start(
-        project=project,
-        base_version=model_version_base_ensure(project=project),
-        dispatch=False,
-        training=TrainingSettings(),
-    )
+    comparison_make(project.prompts.filter(split="train").first(), judged_by=annotator)
+    run = training_run_make(project)
     assert training_run_cancel(run=run) is True
     assert training_run_execute(run_id=run.pk) is None
     assert TrainingRun.objects.get(pk=run.pk).status == JobStatus.CANCELLED
@@ -308,7 +248,7 @@ def test_a_worker_set_to_vllm_without_it_fails_the_job_saying_so(
     import sys
 
     settings.GENERATION_BACKEND = "vllm"
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     saved = sys.modules.get("vllm")
     sys.modules["vllm"] = None  # type: ignore[assignment]  # not installed on this worker
     try:

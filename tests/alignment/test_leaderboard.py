@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from alignment.models import ModelVersion, PairingStrategy, Round
 from alignment.selectors import leaderboard_get
@@ -14,6 +13,7 @@ from annotate.models import Project, Purpose
 from annotate.services.comparisons import comparison_create
 from annotate.services.judgments import judgment_submit
 from annotate.services.prompts import ResponseInput, responses_create
+from tests.factories import client_make
 
 pytestmark = pytest.mark.django_db
 
@@ -85,8 +85,7 @@ def test_it_rates_versions_and_says_whether_each_beat_its_parent(
     close = verdicts[round2.number]
     assert close.outcome == "undecided" and close.more_needed and close.more_needed > 50
 
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     page = client.get(f"/p/{project.slug}/leaderboard/")
     assert page.status_code == 200
     assert b'data-verdict="better" data-round="1"' in page.content
@@ -103,7 +102,6 @@ def test_it_rates_versions_and_says_whether_each_beat_its_parent(
 def test_it_shows_an_empty_leaderboard_before_any_head_to_head(
     project: Project, lead: User
 ) -> None:
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     page = client.get(f"/p/{project.slug}/leaderboard/")
     assert page.status_code == 200 and b"No judged head-to-heads yet" in page.content

@@ -6,17 +6,11 @@ import re
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
+from pytest_django import DjangoAssertNumQueries
 
-from alignment.models import TrainingRun
-from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.training import training_run_start
-from alignment.services.training_settings import TrainingSettings
-from alignment.workers.generation import generation_job_execute
-from alignment.workers.training import training_run_execute
-from annotate.models import Comparison, Project
-from annotate.services.judgments import judgment_submit
-from tests.alignment.test_jobs import _round
+from alignment.services.model_versions import model_version_base_ensure, model_version_register
+from annotate.models import Project
+from tests.factories import client_make, judged_round_make, training_run_make
 
 pytestmark = pytest.mark.django_db
 
@@ -28,24 +22,12 @@ def _steps(page: str) -> list[str]:
 def test_the_chain_runs_from_the_prompt_to_the_child_version(
     tiny_project: Project, annotator: User, lead: User
 ) -> None:
-    generation_job_execute(job_id=_round(tiny_project).pk)
-    comparisons = list(Comparison.objects.filter(project=tiny_project).order_by("id"))
-    for comparison in comparisons:
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    base = model_version_base_ensure(project=tiny_project)
-    run = training_run_start(
-        project=tiny_project,
-        base_version=base,
-        dispatch=False,
-        training=TrainingSettings(epochs=1, batch_size=2, max_length=96),
-    )
-    training_run_execute(run_id=run.pk)
-    run = TrainingRun.objects.get(pk=run.pk)
+    comparisons = judged_round_make(tiny_project, annotator)
+    run = training_run_make(tiny_project, execute=True, epochs=1, batch_size=2, max_length=96)
     child = run.output_version
     assert child is not None
 
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     slug = tiny_project.slug
     review = client.get(f"/p/{slug}/review/{comparisons[0].pk}/").content.decode()
     link = re.search(r'href="([^"]+)" data-lineage-link', review)
@@ -78,3 +60,18 @@ def test_the_chain_runs_from_the_prompt_to_the_child_version(
     assert _steps(version) == ["version", "run", "version"]  # base, the run, the child
     assert "Rounds it generated" in version
     assert client.get(f"/p/{slug}/lineage/version/999999/").status_code == 404
+
+
+def test_a_versions_ancestry_takes_one_query(
+    project: Project, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
+    base = model_version_base_ensure(project=project)
+    chain = [base]
+    for i in range(3):
+        chain.append(
+            model_version_register(
+                project=project, parent=chain[-1], adapter_path=f"/a{i}", adapter_sha256=str(i)
+            )
+        )
+    with django_assert_num_queries(1):
+        assert chain[-1].lineage() == chain[::-1]

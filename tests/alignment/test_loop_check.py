@@ -45,15 +45,9 @@ def _run(tiny_model_dir: str, tmp_path: Path, rule: str, *extra: str) -> tuple[s
     return out.getvalue(), json.loads(report.read_text())
 
 
-@pytest.fixture
-def tiny(settings, tmp_path: Path) -> None:
-    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
-    settings.TRAINING_QUANTIZE_4BIT = False
-
-
 @pytest.mark.parametrize("rule", ["shorter", "examples.loop_rules:prefer_fewer_words"])
 def test_it_runs_a_round_trains_and_reports_the_head_to_head(
-    tiny, tiny_model_dir: str, tmp_path: Path, rule: str
+    tiny_settings, tiny_model_dir: str, tmp_path: Path, rule: str
 ) -> None:
     # The tiny model never stops before 12 tokens: judge the truncated pairs anyway.
     output, report = _run(tiny_model_dir, tmp_path, rule, "--judge-both-truncated")
@@ -72,13 +66,13 @@ def test_it_runs_a_round_trains_and_reports_the_head_to_head(
     assert report["seconds"]["total"] > 0
 
 
-def test_it_names_an_unknown_rule(tiny) -> None:
+def test_it_names_an_unknown_rule(tiny_settings) -> None:
     with pytest.raises(CommandError, match="no_such_rule"):
         call_command("loop_check", "--rule", "no_such_rule")
 
 
 def test_it_skips_pairs_cut_off_on_both_sides_and_says_when_nothing_is_left(
-    tiny, tiny_model_dir: str, tmp_path: Path
+    tiny_settings, tiny_model_dir: str, tmp_path: Path
 ) -> None:
     with pytest.raises(CommandError, match="No preference pairs"):
         _run(tiny_model_dir, tmp_path, "shorter")

@@ -21,13 +21,16 @@ from alignment.workers import generation as generation_worker
 from alignment.workers import training as training_worker
 from alignment.workers.generation import generation_job_execute
 from alignment.workers.training import training_run_execute
-from annotate.models import Comparison, Project, Response
-from annotate.services.judgments import judgment_submit
+from annotate.models import Project, Response
 from core.errors import ValidationFailed
 from core.jobs import JobLost, job_claim, job_heartbeat, job_succeed, jobs_recover
 from core.models import JobStatus
-from tests.alignment.test_jobs import _round
-from tests.factories import comparison_make
+from tests.factories import (
+    comparison_make,
+    generation_job_make,
+    judged_round_make,
+    training_run_make,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -55,19 +58,6 @@ def _die_at(monkeypatch: pytest.MonkeyPatch, *, progress_done: int) -> None:
         monkeypatch.setattr(worker, "job_heartbeat", heartbeat)
 
 
-def _judged_run(project: Project, annotator: User, **training: Any) -> TrainingRun:
-    job = _round(project)
-    generation_job_execute(job_id=job.pk)
-    for comparison in Comparison.objects.filter(project=project):
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    return training_run_start(
-        project=project,
-        base_version=model_version_base_ensure(project=project),
-        dispatch=False,
-        training=TrainingSettings(**{"batch_size": 1, "max_length": 96, **training}),
-    )
-
-
 def test_a_run_whose_worker_died_resumes_from_its_checkpoint_with_its_steps_continuing(
     tiny_project: Project,
     annotator: User,
@@ -76,7 +66,8 @@ def test_a_run_whose_worker_died_resumes_from_its_checkpoint_with_its_steps_cont
     django_capture_on_commit_callbacks,
 ) -> None:
     settings.TRAINING_CHECKPOINT_STEPS = 2
-    run = _judged_run(tiny_project, annotator, epochs=3)
+    judged_round_make(tiny_project, annotator)
+    run = training_run_make(tiny_project, epochs=3, batch_size=1, max_length=96)
     with monkeypatch.context() as patch:
         _die_at(patch, progress_done=5)
         with pytest.raises(WorkerDied):
@@ -111,7 +102,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_its_attempts(
     tiny_project: Project, settings
 ) -> None:
     settings.JOB_MAX_ATTEMPTS = 2
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     for attempt in (1, 2):
         claimed = job_claim(GenerationJob, job_id=job.pk)
         assert claimed is not None and claimed.attempts == attempt
@@ -125,7 +116,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_its_attempts(
 
 
 def test_a_lost_workers_late_writes_change_nothing(tiny_project: Project) -> None:
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     old = job_claim(GenerationJob, job_id=job.pk)
     assert old is not None
     _silence(job)
@@ -144,7 +135,7 @@ def test_a_lost_workers_late_writes_change_nothing(tiny_project: Project) -> Non
 def test_a_generation_job_resumed_does_only_the_prompts_not_done(
     tiny_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = _round(tiny_project)
+    job = generation_job_make(tiny_project)
     GenerationJob.objects.filter(pk=job.pk).update(config={**job.config, "batch_size": 2})
     with monkeypatch.context() as patch:
         _die_at(patch, progress_done=2)  # after the first batch of 2 prompts was committed
@@ -165,12 +156,9 @@ def test_a_generation_job_resumed_does_only_the_prompts_not_done(
 
 
 def test_the_database_holds_one_active_run_per_project(project: Project, annotator: User) -> None:
-    comparison = comparison_make(project.prompts.filter(split="train").first())
-    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    comparison_make(project.prompts.filter(split="train").first(), judged_by=annotator)
     base = model_version_base_ensure(project=project)
-    run = training_run_start(
-        project=project, base_version=base, dispatch=False, training=TrainingSettings()
-    )
+    run = training_run_make(project, base_version=base)
     with pytest.raises(ValidationFailed, match="already has a training run"):
         training_run_start(
             project=project, base_version=base, dispatch=False, training=TrainingSettings()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from alignment.models import RoundSignOff, TrainingRun
 from alignment.selectors import snapshot_changes
@@ -13,17 +12,16 @@ from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import round_start
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
-from annotate.models import Comparison, Project, Role
+from annotate.models import Comparison, Project
 from annotate.services.comparisons import comparison_send_back
 from annotate.services.judgments import judgment_submit
-from annotate.services.projects import membership_set
-from tests.factories import comparison_make
+from tests.factories import client_make, comparison_make, member_make, training_run_make
 
 pytestmark = pytest.mark.django_db
 
 
 def test_the_lead_reviews_a_round_and_signs_it_off(
-    project: Project, annotator: User, lead: User, make_user
+    project: Project, annotator: User, lead: User
 ) -> None:
     base = model_version_base_ensure(project=project)
     prompts = list(project.prompts.filter(split="train").order_by("id")[:6])
@@ -33,17 +31,14 @@ def test_the_lead_reviews_a_round_and_signs_it_off(
     ]
     for comparison in comparisons[:4]:
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     url = f"/p/{project.slug}/rounds/{round_.number}/review/"
     page = client.get(url).content.decode()
     assert "4 / 6" in page  # complete of created (overlap 1)
     assert "No snapshot yet: a cumulative run would take all 4 preference pairs." in page
     assert "Not signed off yet." in page
 
-    first = training_run_start(
-        project=project, base_version=base, training=TrainingSettings(), dispatch=False
-    )
+    first = training_run_make(project, base_version=base)
     assert first.sign_off is None  # not signed off when it started
     TrainingRun.objects.filter(pk=first.pk).update(status="succeeded")
 
@@ -52,8 +47,7 @@ def test_the_lead_reviews_a_round_and_signs_it_off(
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
     comparison_send_back(comparison=comparisons[0], reviewer=lead)
     comparison_send_back(comparison=comparisons[1], reviewer=lead)
-    other = make_user("other")
-    membership_set(project=project, user=other, role=Role.ANNOTATOR)
+    other = member_make(project, "other")
     judgment_submit(comparison_id=comparisons[1].pk, annotator=other, choice="b")
     changes = snapshot_changes(project=project)
     assert (changes.last, changes.added, changes.removed, changes.flipped) == (

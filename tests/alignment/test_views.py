@@ -18,7 +18,7 @@ from alignment.services.training_settings import TrainingSettings
 from annotate.models import DatasetSnapshot, PreferencePair, Project, Prompt
 from annotate.services.judgments import judgment_submit
 from core.jobs import job_claim, job_heartbeat, job_succeed
-from tests.factories import comparison_make
+from tests.factories import RUN_FORM, comparison_make
 
 pytestmark = pytest.mark.django_db
 
@@ -31,20 +31,6 @@ ROUND_FORM = {
     "temperature": "0.9",
     "top_p": "0.95",
     "seed": "0",
-}
-
-RUN_FORM = {
-    "loss_type": "sigmoid",
-    "beta": "0.1",
-    "learning_rate": "0.0005",
-    "epochs": "1",
-    "batch_size": "2",
-    "lora_r": "8",
-    "lora_alpha": "16",
-    "max_length": "256",
-    "seed": "0",
-    "rounds": "",
-    "min_agreement": "0",
 }
 
 
@@ -589,3 +575,14 @@ def test_it_starts_the_form_from_a_preset_and_checks_each_method(
     assert refused.status_code == 422
     assert b"batch_size must be at least 2 for KTO" in refused.content
     assert not TrainingRun.objects.exists()
+
+
+def test_a_new_project_has_its_base_version_before_any_page_is_seen(lead: User) -> None:
+    from annotate.services.projects import project_create
+
+    project = project_create(name="Fresh", slug="fresh", guidelines="Be kind.", created_by=lead)
+    (version,) = ModelVersion.objects.filter(project=project)
+    assert version.is_base and version.parent is None and version.name == "v0 (base)"
+    client_for(lead).get(reverse("round_new", args=[project.slug]))
+    client_for(lead).get(reverse("training_run_new", args=[project.slug]))
+    assert ModelVersion.objects.filter(project=project).count() == 1  # the pages wrote nothing

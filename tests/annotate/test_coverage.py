@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.test import Client
 
 from annotate.coverage import coverage_is_stale, coverage_refresh, prompt_embeddings_ensure
 from annotate.models import CoverageStats, Project, Prompt
-from annotate.services.judgments import judgment_submit
-from annotate.services.projects import project_create
 from annotate.services.prompts import PromptInput, prompts_create
 from annotate.services.snapshots import SnapshotFilters, snapshot_create
-from tests.factories import comparison_make
+from tests.factories import client_make, comparison_make, project_make
 from tests.factories import embed_bag_of_words as bag_of_words
 
 pytestmark = pytest.mark.django_db
@@ -30,10 +28,6 @@ TOPICS = {
 
 
 def _topic_project(lead: User, annotator: User) -> Project:
-    from annotate.services.projects import membership_set
-
-    project = project_create(name="Topics", slug="topics", guidelines="Judge.", created_by=lead)
-    membership_set(project=project, user=annotator, role="annotator")
     rows = []
     for topic, vocabulary in TOPICS.items():
         vocab = vocabulary.split()
@@ -43,16 +37,22 @@ def _topic_project(lead: User, annotator: User) -> Project:
                 PromptInput(messages=f"Question {i} about " + " ".join(chosen), tags=[topic])
             )
     rows.append(PromptInput(messages="QUESTION 0 about python function bug error code"))
-    prompts_create(project=project, rows=rows)
-    return project
+    return project_make(
+        "topics", guidelines="Judge.", created_by=lead, annotators=[annotator], prompts=rows
+    )
 
 
 def test_it_computes_clusters_duplicates_and_coverage(lead: User, annotator: User) -> None:
     project = _topic_project(lead, annotator)
     code_prompts = [p for p in project.prompts.order_by("id") if "code" in p.tags][:4]
     for i, prompt in enumerate(code_prompts):
-        comparison = comparison_make(prompt, (f"Fix {i}.", f"A longer fix, number {i}."), seed=i)
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="b")
+        comparison_make(
+            prompt,
+            (f"Fix {i}.", f"A longer fix, number {i}."),
+            seed=i,
+            judged_by=annotator,
+            choice="b",
+        )
     assert coverage_is_stale(project=project)
     stored = coverage_refresh(project=project, embed=bag_of_words)
     assert [s.scope for s in stored] == ["project", "round:1"]
@@ -92,8 +92,7 @@ def test_snapshots_get_their_own_scope_and_changes_make_it_stale(
     project = _topic_project(lead, annotator)
     prompt = project.prompts.first()
     assert prompt is not None
-    comparison = comparison_make(prompt, ("One.", "Two, longer."), seed=1)
-    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+    comparison_make(prompt, ("One.", "Two, longer."), seed=1, judged_by=annotator)
     snapshot = snapshot_create(project=project, filters=SnapshotFilters())
     coverage_refresh(project=project, embed=bag_of_words)
     scope = CoverageStats.objects.get(project=project, scope=f"snapshot:{snapshot.pk}")
@@ -106,8 +105,7 @@ def test_the_page_shows_the_stored_figures_to_reviewers(
     lead: User, annotator: User, make_user
 ) -> None:
     project = _topic_project(lead, annotator)
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     empty = client.get(f"/p/{project.slug}/coverage/")
     assert empty.status_code == 200 and b"data-coverage-empty" in empty.content
     assert b"data-coverage-stale" in empty.content
@@ -163,8 +161,7 @@ def test_coverage_aware_choice_fills_the_under_covered_clusters(
     )
     code_prompts = [p for p in project.prompts.order_by("id") if "code" in p.tags][:6]
     for i, prompt in enumerate(code_prompts):
-        comparison = comparison_make(prompt, (f"Fix {i}.", f"Another fix {i}."), seed=i)
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+        comparison_make(prompt, (f"Fix {i}.", f"Another fix {i}."), seed=i, judged_by=annotator)
     # Before any statistics: the least used prompts.
     fallback = prompts_for_coverage(project=project, count=3)
     assert all(p.split == "train" for p in fallback) and not set(fallback) & set(code_prompts)
@@ -189,3 +186,22 @@ def test_it_computes_the_statistics_from_the_command_line(
     assert "embedded" in err.getvalue()
     with pytest.raises(CommandError, match="no project"):
         call_command("coverage_stats", "nope", stdout=out, stderr=err)
+
+
+def test_a_stale_page_asks_for_a_refresh_by_post_never_by_get(
+    lead: User, annotator: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    project = _topic_project(lead, annotator)
+    client = client_make(lead)
+    with django_capture_on_commit_callbacks() as sent:
+        page = client.get(f"/p/{project.slug}/coverage/")
+    assert page.status_code == 200 and b"data-coverage-stale" in page.content
+    assert sent == []  # a GET sends no work to a worker
+    # The page asks itself, once loaded, with an htmx POST.
+    assert f'hx-post="/p/{project.slug}/coverage/"'.encode() in page.content
+    assert b'hx-trigger="load"' in page.content
+    with django_capture_on_commit_callbacks() as sent:
+        asked = client.post(
+            f"/p/{project.slug}/coverage/", {"refresh": "1"}, headers={"HX-Request": "true"}
+        )
+    assert asked.status_code == 204 and len(sent) == 1

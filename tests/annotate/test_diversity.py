@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from annotate import diversity
+from core.text import words as text_words
 
 
 def _blobs(k: int, per: int, d: int = 16, spread: float = 0.05, seed: int = 0) -> np.ndarray:
@@ -49,6 +50,13 @@ def test_near_duplicates_are_found_within_clusters() -> None:
     labels = diversity.clusters_fit(points).labels
     count, found = diversity.near_duplicates(points, labels, threshold=0.999)
     assert count == 1 and found[0][:2] == (0, 20) and found[0][2] == pytest.approx(1.0)
+
+
+def test_prompt_words_are_letters_only_and_unicode_folded() -> None:
+    # The statistics' words: two letters or more, "ﬁ" and "fi", "ß" and "ss" the same.
+    assert diversity.words("The ﬁne Straße, 42 x_y") == ["the", "fine", "strasse"]
+    # The engine's (core.text defaults): every run of word characters, lower-cased only.
+    assert text_words("The ﬁne Straße, 42 x_y") == ["the", "ﬁne", "straße", "42", "x_y"]
 
 
 def test_distinct_n_key_terms_and_language() -> None:

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
-from django.test import Client
 
 from annotate.exports import ExportError, ExportFilters, export_rows, export_write
 from annotate.models import Comparison, Project, Role
 from annotate.services.judgments import judgment_submit
 from annotate.services.projects import guideline_publish, membership_set, project_settings_update
 from annotate.services.prompts import PromptInput, prompts_create
-from tests.factories import comparison_make
+from tests.factories import client_make, comparison_make
 
 pytestmark = pytest.mark.django_db
 
@@ -95,8 +94,7 @@ def test_it_filters_by_round_agreement_and_tag(project: Project, annotator: User
     tagged = prompts_create(
         project=project, rows=[PromptInput(messages="Tagged question?", tags=["math"])]
     )[0]
-    comparison = comparison_make(tagged, ("One.", "Two."), seed=9)
-    judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="b")
+    comparison_make(tagged, ("One.", "Two."), seed=9, judged_by=annotator, choice="b")
 
     def prompts(filters: ExportFilters) -> list[object]:
         return [r["prompt"] for r in export_rows(project=project, format="dpo", filters=filters)]
@@ -161,8 +159,7 @@ def test_a_lead_downloads_the_jsonl_streamed_and_the_card(
     project: Project, annotator: User, lead: User
 ) -> None:
     _judged(project, annotator)
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     page = client.get(f"/p/{project.slug}/export/")
     assert page.status_code == 200 and b"data-count-preference>3<" in page.content
     answer = client.get(f"/p/{project.slug}/export/", {"format": "dpo", "download": "data"})
@@ -178,8 +175,7 @@ def test_a_lead_downloads_the_jsonl_streamed_and_the_card(
         f"/p/{project.slug}/export/", {"format": "dpo", "min_agreement": "2", "download": "data"}
     )
     assert bad.status_code == 422 and b"less than or equal to 1" in bad.content
-    annotator_client = Client()
-    annotator_client.force_login(annotator)
+    annotator_client = client_make(annotator)
     assert annotator_client.get(f"/p/{project.slug}/export/").status_code == 404
 
 
@@ -238,8 +234,7 @@ def test_it_keeps_only_pairs_whose_winner_also_won_the_criteria(
     assert prompts_of(("helpfulness",)) == [agreed.prompt.messages, split.prompt.messages]
     assert prompts_of(("helpfulness", "honesty")) == [agreed.prompt.messages]
     # The same through the export page's filter.
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     answer = client.get(
         f"/p/{project.slug}/export/", {"download": "data", "criteria": "helpfulness, honesty"}
     )

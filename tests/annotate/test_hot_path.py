@@ -5,19 +5,17 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.test import Client
 from django.utils import timezone
 
 from annotate import sql
 from annotate.access import access_project
-from annotate.models import Comparison, Judgment, Lease, Project, Role
+from annotate.models import Comparison, Judgment, Lease, Project
 from annotate.queue import AVAILABLE_CAP, assignment_next, available_ids
 from annotate.selectors import annotator_progress
 from annotate.services.comparisons import comparison_adjudicate
 from annotate.services.judgments import ComparisonMissing, judgment_submit
-from annotate.services.projects import membership_set, project_create, project_settings_update
-from annotate.services.prompts import PromptInput, prompts_create
-from tests.factories import comparison_make
+from annotate.services.projects import project_settings_update
+from tests.factories import client_make, comparison_make, project_make
 
 pytestmark = pytest.mark.django_db
 
@@ -95,16 +93,19 @@ def test_it_keeps_the_project_on_every_judgment(
 
 
 def test_it_refuses_a_comparison_of_another_project_as_missing(
-    project: Project, annotator: User, lead: User, make_user
+    project: Project, annotator: User, lead: User
 ) -> None:
-    other = project_create(name="Other", slug="other", guidelines="Be kind.", created_by=lead)
-    prompts_create(project=other, rows=[PromptInput(messages="Elsewhere?")])
-    membership_set(project=other, user=annotator, role=Role.ANNOTATOR)
+    other = project_make(
+        "other",
+        guidelines="Be kind.",
+        created_by=lead,
+        annotators=[annotator],
+        prompts=["Elsewhere?"],
+    )
     (foreign,) = _many(other, 1)
     with pytest.raises(ComparisonMissing):
         judgment_submit(comparison_id=foreign.pk, annotator=annotator, project=project, choice="a")
-    client = Client()
-    client.force_login(annotator)
+    client = client_make(annotator)
     answer = client.post(f"/p/{project.slug}/annotate/{foreign.pk}/judge/", {"choice": "left"})
     assert answer.status_code == 404
     assert not Judgment.objects.exists()

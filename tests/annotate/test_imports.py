@@ -12,7 +12,6 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
-from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,7 @@ from annotate.imports import (
 )
 from annotate.models import ImportJob, PreferencePair, Project, Prompt
 from core.models import JobStatus
+from tests.factories import client_make
 
 pytestmark = pytest.mark.django_db
 
@@ -278,8 +278,7 @@ def test_arbitrary_json_rows_give_rows_or_line_errors(
 def test_a_lead_imports_through_the_page_and_sees_each_bad_line(
     project: Project, lead: User
 ) -> None:
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     before = project.prompts.count()
     bad = SimpleUploadedFile("prompts.jsonl", _jsonl({"prompt": "Good."}, b"{oops"))
     answer = client.post(f"/p/{project.slug}/import/", {"kind": "prompts", "file": bad})
@@ -318,8 +317,7 @@ def test_a_large_file_goes_to_a_worker_that_reports_its_outcome(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     settings.DATA_DIR = tmp_path
-    client = Client()
-    client.force_login(lead)
+    client = client_make(lead)
     before = project.prompts.count()
     rows = [
         {"prompt": f"Question {i} about something rather long, padded out?"} for i in range(80_000)

@@ -3,12 +3,11 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from annotate.models import Choice, Comparison, Judgment, PairKind, PreferencePair, Project, Role
+from annotate.models import Choice, Comparison, Judgment, PairKind, PreferencePair, Project
 from annotate.services.judgments import JudgmentRejected, judgment_submit
-from annotate.services.projects import membership_set
 from annotate.services.snapshots import SnapshotFilters, snapshot_create
 from core.errors import ValidationFailed
-from tests.factories import comparison_make
+from tests.factories import comparison_make, member_make
 
 pytestmark = pytest.mark.django_db
 
@@ -62,10 +61,9 @@ def test_it_refuses_a_second_judgment_and_keeps_the_data(
 
 
 def test_it_refuses_judgments_beyond_the_overlap(
-    comparison: Comparison, annotator: User, make_user, project: Project
+    comparison: Comparison, annotator: User, project: Project
 ) -> None:
-    late = make_user("late")
-    membership_set(project=project, user=late, role=Role.ANNOTATOR)
+    late = member_make(project, "late")
     judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
     with pytest.raises(JudgmentRejected, match="all the judgments"):
         judgment_submit(comparison_id=comparison.pk, annotator=late, choice="b")
@@ -89,13 +87,11 @@ def test_it_refuses_outsiders(comparison: Comparison, outsider: User) -> None:
 
 
 def test_it_aggregates_by_majority_and_keeps_split_votes_as_ties(
-    comparison: Comparison, project: Project, make_user
+    comparison: Comparison, project: Project
 ) -> None:
     project.overlap = 3
     project.save()
-    voters = [make_user(f"v{i}") for i in range(3)]
-    for user in voters:
-        membership_set(project=project, user=user, role=Role.ANNOTATOR)
+    voters = [member_make(project, f"v{i}") for i in range(3)]
     for user, choice in zip(voters, ["b", "b", "a"], strict=True):
         judgment_submit(comparison_id=comparison.pk, annotator=user, choice=choice)
     pair = PreferencePair.objects.get(comparison=comparison)

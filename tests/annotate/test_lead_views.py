@@ -7,29 +7,22 @@ from collections.abc import Callable
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
 from annotate.models import Comparison, Judgment, Membership, PairKind, Project, Role
 from annotate.services.judgments import judgment_submit
-from annotate.services.projects import membership_set, project_settings_update
-from tests.factories import comparison_make
+from annotate.services.projects import project_settings_update
+from tests.factories import client_make, comparison_make, member_make
 
 pytestmark = pytest.mark.django_db
 
 
-def _client(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def _split_vote(project: Project, make_user: Callable[..., User]) -> Comparison:
+def _split_vote(project: Project) -> Comparison:
     project_settings_update(project=project, overlap=2)
     comparison = comparison_make(project.prompts.filter(split="train").first())
     for name, choice in [("v1", "a"), ("v2", "b")]:
-        user = make_user(name)
-        membership_set(project=project, user=user, role=Role.ANNOTATOR)
-        judgment_submit(comparison_id=comparison.pk, annotator=user, choice=choice)
+        judgment_submit(
+            comparison_id=comparison.pk, annotator=member_make(project, name), choice=choice
+        )
     return comparison
 
 
@@ -37,15 +30,15 @@ def test_it_publishes_guidelines_and_shows_annotators_what_changed(
     project: Project, lead: User, annotator: User
 ) -> None:
     comparison_make(project.prompts.filter(split="train").first())
-    ann = _client(annotator)
+    ann = client_make(annotator)
     first = ann.get(f"/p/{project.slug}/annotate/").content.decode()
     assert "Please read the guidelines (v1)" in first
     ann.post(f"/p/{project.slug}/annotate/guidelines-seen/", {"version": "1"})
     assert "data-guideline-banner" not in ann.get(f"/p/{project.slug}/annotate/").content.decode()
 
-    refused = _client(lead).post(f"/p/{project.slug}/guidelines/", {"body": "", "changes": ""})
+    refused = client_make(lead).post(f"/p/{project.slug}/guidelines/", {"body": "", "changes": ""})
     assert refused.status_code == 422 and project.guidelines.count() == 1
-    published = _client(lead).post(
+    published = client_make(lead).post(
         f"/p/{project.slug}/guidelines/",
         {"body": "# v2\nPrefer short answers.", "changes": "Prefer shorter answers"},
     )
@@ -66,7 +59,7 @@ def test_it_publishes_guidelines_and_shows_annotators_what_changed(
 
 def test_it_undoes_through_the_page(project: Project, annotator: User) -> None:
     comparison_make(project.prompts.filter(split="train").first())
-    ann = _client(annotator)
+    ann = client_make(annotator)
     page = ann.get(f"/p/{project.slug}/annotate/").content.decode()
     key = page.split('name="idempotency_key" value="')[1].split('"')[0]
     comparison_id = int(page.split('data-comparison="')[1].split('"')[0])
@@ -93,12 +86,11 @@ def test_it_undoes_through_the_page(project: Project, annotator: User) -> None:
 
 
 def test_it_shows_reviewers_quality_and_lets_them_adjudicate(
-    project: Project, make_user: Callable[..., User], annotator: User
+    project: Project, annotator: User
 ) -> None:
-    comparison = _split_vote(project, make_user)
-    reviewer = make_user("rev")
-    membership_set(project=project, user=reviewer, role=Role.REVIEWER)
-    rev = _client(reviewer)
+    comparison = _split_vote(project)
+    reviewer = member_make(project, "rev", role=Role.REVIEWER)
+    rev = client_make(reviewer)
     quality = rev.get(f"/p/{project.slug}/quality/").content.decode()
     assert 'data-stat="pairwise">0%' in quality and "n=1 vote pairs" in quality
     assert 'data-annotator="v1"' in quality and 'id="quality-data"' in quality
@@ -117,14 +109,14 @@ def test_it_shows_reviewers_quality_and_lets_them_adjudicate(
     # Gold is a lead's decision; annotators see none of this.
     gold = rev.post(f"/p/{project.slug}/review/{comparison.pk}/gold/", {"gold_choice": "a"})
     assert gold.status_code == 404
-    assert _client(annotator).get(f"/p/{project.slug}/quality/").status_code == 404
-    assert _client(annotator).get(f"/p/{project.slug}/review/").status_code == 404
+    assert client_make(annotator).get(f"/p/{project.slug}/quality/").status_code == 404
+    assert client_make(annotator).get(f"/p/{project.slug}/review/").status_code == 404
 
 
 def test_it_saves_settings_and_refuses_bad_ones_without_change(
     project: Project, lead: User
 ) -> None:
-    client = _client(lead)
+    client = client_make(lead)
     form = {
         "name": "Renamed",
         "description": "",
@@ -152,7 +144,7 @@ def test_it_saves_settings_and_refuses_bad_ones_without_change(
 def test_it_adds_members_and_names_an_unknown_user(
     project: Project, lead: User, make_user: Callable[..., User]
 ) -> None:
-    client = _client(lead)
+    client = client_make(lead)
     unknown = client.post(f"/p/{project.slug}/members/", {"username": "ghost", "role": "reviewer"})
     assert unknown.status_code == 422 and "There is no user called" in unknown.content.decode()
     make_user("newbie")
@@ -167,20 +159,20 @@ def test_it_adds_members_and_names_an_unknown_user(
 def test_it_removes_a_member_but_never_the_lead_themselves(
     project: Project, lead: User, annotator: User
 ) -> None:
-    client = _client(lead)
+    client = client_make(lead)
     assert client.post(f"/p/{project.slug}/members/", {"remove": lead.pk}).status_code == 302
     assert Membership.objects.filter(user=lead, project=project).exists()
     assert client.post(f"/p/{project.slug}/members/", {"remove": annotator.pk}).status_code == 302
     assert not Membership.objects.filter(user=annotator, project=project).exists()
     # Out of the project, the annotator's pages are a 404 now.
-    assert _client(annotator).get(f"/p/{project.slug}/annotate/").status_code == 404
+    assert client_make(annotator).get(f"/p/{project.slug}/annotate/").status_code == 404
 
 
 def test_it_lets_a_lead_make_a_gold_item_and_names_a_bad_answer(
     project: Project, lead: User
 ) -> None:
     comparison = comparison_make(project.prompts.filter(split="train").first())
-    client = _client(lead)
+    client = client_make(lead)
     bad = client.post(f"/p/{project.slug}/review/{comparison.pk}/gold/", {"gold_choice": "left"})
     assert bad.status_code == 422 and "Select a valid choice" in bad.content.decode()
     comparison.refresh_from_db()

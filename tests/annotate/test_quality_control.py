@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -10,7 +9,6 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from annotate.models import (
-    Comparison,
     ComparisonStatus,
     Judgment,
     JudgmentKind,
@@ -18,7 +16,6 @@ from annotate.models import (
     PairKind,
     PreferencePair,
     Project,
-    Role,
 )
 from annotate.quality import QualityFilters, project_quality
 from annotate.queue import assignment_next, comparison_next_for_annotator
@@ -34,35 +31,25 @@ from annotate.services.judgments import (
     judgment_undo,
     judgment_undoable,
 )
-from annotate.services.projects import guideline_publish, membership_set, project_settings_update
+from annotate.services.projects import guideline_publish, project_settings_update
 from core.errors import ValidationFailed
-from tests.factories import comparison_make
+from tests.factories import comparison_make, comparisons_make, member_make
 
 pytestmark = pytest.mark.django_db
 
 
-def _annotators(project: Project, make_user: Callable[..., User], n: int) -> list[User]:
-    users = [make_user(f"a{i}") for i in range(n)]
-    for user in users:
-        membership_set(project=project, user=user, role=Role.ANNOTATOR)
-    return users
-
-
-def _comparisons(project: Project, n: int) -> list[Comparison]:
-    prompts = list(project.prompts.filter(split="train"))
-    return [comparison_make(prompts[i % len(prompts)], seed=i) for i in range(n)]
+def _annotators(project: Project, n: int) -> list[User]:
+    return [member_make(project, f"a{i}") for i in range(n)]
 
 
 # Gold ------------------------------------------------------------------------------------------
 
 
-def test_it_serves_gold_items_to_every_annotator_beyond_the_overlap(
-    project: Project, make_user: Callable[..., User]
-) -> None:
-    gold, normal = _comparisons(project, 2)
+def test_it_serves_gold_items_to_every_annotator_beyond_the_overlap(project: Project) -> None:
+    gold, normal = comparisons_make(project, 2)
     comparison_gold_set(comparison=gold, gold_choice="a")
     project_settings_update(project=project, gold_rate=1.0)
-    users = _annotators(project, make_user, 3)
+    users = _annotators(project, 3)
     for user, choice in zip(users, ["a", "a", "b"], strict=True):
         assert comparison_next_for_annotator(project=project, annotator=user) == gold
         judgment_submit(comparison_id=gold.pk, annotator=user, choice=choice)
@@ -83,7 +70,7 @@ def test_it_serves_gold_items_to_every_annotator_beyond_the_overlap(
 
 
 def test_it_refuses_a_gold_answer_that_is_no_choice(project: Project) -> None:
-    (comparison,) = _comparisons(project, 1)
+    (comparison,) = comparisons_make(project, 1)
     with pytest.raises(ValidationFailed, match="Unknown gold answer 'left'"):
         comparison_gold_set(comparison=comparison, gold_choice="left")
     comparison.refresh_from_db()
@@ -96,7 +83,7 @@ def test_it_refuses_a_gold_answer_that_is_no_choice(project: Project) -> None:
 def test_it_reshows_a_judged_pair_with_sides_swapped_and_measures_consistency(
     project: Project, annotator: User
 ) -> None:
-    first, _second = _comparisons(project, 2)
+    first, _second = comparisons_make(project, 2)
     assignment = assignment_next(project=project, annotator=annotator)
     assert assignment is not None and assignment.comparison == first
     original_left = assignment.left
@@ -120,12 +107,10 @@ def test_it_reshows_a_judged_pair_with_sides_swapped_and_measures_consistency(
     assert nxt is not None and nxt.comparison != first and not nxt.is_recheck
 
 
-def test_it_does_not_let_a_recheck_lease_take_a_slot_of_the_overlap(
-    project: Project, make_user: Callable[..., User]
-) -> None:
+def test_it_does_not_let_a_recheck_lease_take_a_slot_of_the_overlap(project: Project) -> None:
     project_settings_update(project=project, overlap=2)
-    (only,) = _comparisons(project, 1)
-    first, second = _annotators(project, make_user, 2)
+    (only,) = comparisons_make(project, 1)
+    first, second = _annotators(project, 2)
     judgment_submit(comparison_id=only.pk, annotator=first, choice="a")
     project_settings_update(project=project, swap_recheck_rate=1.0)
     recheck = assignment_next(project=project, annotator=first)
@@ -139,7 +124,7 @@ def test_it_does_not_let_a_recheck_lease_take_a_slot_of_the_overlap(
 def test_it_undoes_the_last_judgment_and_holds_the_pair_again(
     project: Project, annotator: User
 ) -> None:
-    first, _second = _comparisons(project, 2)
+    first, _second = comparisons_make(project, 2)
     shown = assignment_next(project=project, annotator=annotator)
     assert shown is not None and shown.comparison == first
     judgment = judgment_submit(comparison_id=first.pk, annotator=annotator, side="left")
@@ -164,7 +149,7 @@ def test_it_undoes_the_last_judgment_and_holds_the_pair_again(
 
 
 def test_it_refuses_to_undo_an_older_or_expired_judgment(project: Project, annotator: User) -> None:
-    first, second, _third = _comparisons(project, 3)
+    first, second, _third = comparisons_make(project, 3)
     older = judgment_submit(comparison_id=first.pk, annotator=annotator, choice="a")
     last = judgment_submit(comparison_id=second.pk, annotator=annotator, choice="a")
     with pytest.raises(JudgmentRejected, match="Only your last judgment"):
@@ -182,11 +167,11 @@ def test_it_refuses_to_undo_an_older_or_expired_judgment(project: Project, annot
 
 
 def test_it_lets_an_adjudication_decide_a_split_vote_and_keeps_the_votes(
-    project: Project, lead: User, make_user: Callable[..., User]
+    project: Project, lead: User
 ) -> None:
     project_settings_update(project=project, overlap=2)
-    (comparison,) = _comparisons(project, 1)
-    first, second = _annotators(project, make_user, 2)
+    (comparison,) = comparisons_make(project, 1)
+    first, second = _annotators(project, 2)
     judgment_submit(comparison_id=comparison.pk, annotator=first, choice="a")
     judgment_submit(comparison_id=comparison.pk, annotator=second, choice="b")
     assert PreferencePair.objects.get(comparison=comparison).kind == PairKind.TIE
@@ -206,7 +191,7 @@ def test_it_lets_an_adjudication_decide_a_split_vote_and_keeps_the_votes(
 def test_it_sends_a_comparison_back_for_fresh_judgments(
     project: Project, lead: User, annotator: User
 ) -> None:
-    (comparison,) = _comparisons(project, 1)
+    (comparison,) = comparisons_make(project, 1)
     assert comparison_next_for_annotator(project=project, annotator=annotator) == comparison
     judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
     comparison_send_back(comparison=comparison, reviewer=lead)
@@ -237,7 +222,7 @@ def test_it_records_strength_criteria_and_reason_tags_in_the_layout_shown(
         criteria=["helpfulness", "honesty"],
         reason_tags=["substance", "length"],
     )
-    (comparison,) = _comparisons(project, 1)
+    (comparison,) = comparisons_make(project, 1)
     shown = assignment_next(project=project, annotator=annotator)
     assert shown is not None
     with pytest.raises(JudgmentRejected, match="Say how much better"):
@@ -269,18 +254,18 @@ def test_it_records_strength_criteria_and_reason_tags_in_the_layout_shown(
 
 
 def test_it_reports_agreement_and_bias_split_by_guideline_version(
-    project: Project, lead: User, make_user: Callable[..., User]
+    project: Project, lead: User
 ) -> None:
     project_settings_update(project=project, overlap=2)
-    first, second = _annotators(project, make_user, 2)
-    under_v1 = _comparisons(project, 4)
+    first, second = _annotators(project, 2)
+    under_v1 = comparisons_make(project, 4)
     for comparison, (x, y) in zip(
         under_v1, [("a", "a"), ("b", "b"), ("a", "b"), ("tie", "tie")], strict=True
     ):
         judgment_submit(comparison_id=comparison.pk, annotator=first, choice=x, time_spent_ms=1000)
         judgment_submit(comparison_id=comparison.pk, annotator=second, choice=y, time_spent_ms=3000)
     guideline_publish(project=project, body="Version 2", changes="stricter", created_by=lead)
-    under_v2 = _comparisons(project, 2)
+    under_v2 = comparisons_make(project, 2)
     for comparison in under_v2:
         for user in (first, second):
             judgment_submit(comparison_id=comparison.pk, annotator=user, choice="a")

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 from hypothesis import HealthCheck, event, settings
@@ -35,13 +34,10 @@ from annotate.models import (
     Lease,
     LeaseState,
     PreferencePair,
-    Role,
 )
 from annotate.queue import comparison_next_for_annotator, comparison_skip
 from annotate.services.judgments import JudgmentRejected, judgment_submit
-from annotate.services.projects import membership_set, project_create
-from annotate.services.prompts import PromptInput, prompts_create
-from tests.factories import comparison_make
+from tests.factories import comparison_make, member_make, project_make
 
 ANNOTATORS = 4
 OVERLAP = 2
@@ -71,20 +67,16 @@ class QueueMachine(RuleBasedStateMachine):
 
     @initialize(rounds=st.lists(st.sampled_from([1, 2]), min_size=2, max_size=4))
     def build(self, rounds: list[int]) -> None:
-        self.project = project_create(
-            name="Machine",
-            slug="machine",
-            guidelines="Prefer correct answers.",
-            overlap=OVERLAP,
-            lease_seconds=LEASE_SECONDS,
+        self.project = project_make(
+            "machine", prompts=["Which?"], overlap=OVERLAP, lease_seconds=LEASE_SECONDS
         )
-        (prompt,) = prompts_create(project=self.project, rows=[PromptInput(messages="Which?")])
+        (prompt,) = self.project.prompts.all()
         self.comparisons = [
             comparison_make(prompt, round_number=number, seed=i) for i, number in enumerate(rounds)
         ]
-        self.users = [User.objects.create(username=f"annotator{i}") for i in range(ANNOTATORS)]
-        for user in self.users:
-            membership_set(project=self.project, user=user, role=Role.ANNOTATOR)
+        self.users = [
+            member_make(self.project, f"annotator{i}", login=False) for i in range(ANNOTATORS)
+        ]
         self.by_pk = {c.pk: position for position, c in enumerate(self.comparisons)}
         self.annotator_of = {user.pk: i for i, user in enumerate(self.users)}
         self.now = timezone.now()

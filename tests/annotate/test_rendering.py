@@ -1,51 +1,15 @@
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from io import StringIO
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from django.test import Client
 
 from annotate.models import Comparison, Project, Prompt, Response
 from annotate.rendering import RENDERER_VERSION, markdown_to_safe_html
 from annotate.services.prompts import PromptInput, prompts_create
-from tests.factories import comparison_make
-
-
-class _Elements(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements: list[tuple[str, dict[str, str]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append((tag, {k: v or "" for k, v in attrs}))
-
-
-def elements(html: str) -> list[tuple[str, dict[str, str]]]:
-    parser = _Elements()
-    parser.feed(html)
-    return parser.elements
-
-
-def assert_inert(html: str) -> None:
-    for tag, attrs in elements(html):
-        assert tag not in {
-            "script",
-            "iframe",
-            "img",
-            "object",
-            "embed",
-            "style",
-            "form",
-            "button",
-            "input",
-        }
-        for name, value in attrs.items():
-            assert not name.startswith(("on", "hx-", "data-")), name
-            if name in {"href", "src"}:
-                assert value.startswith(("http://", "https://", "mailto:")), value
+from tests.factories import assert_inert, client_make, comparison_make, html_elements
 
 
 @pytest.mark.parametrize(
@@ -65,7 +29,7 @@ def assert_inert(html: str) -> None:
 def test_it_neutralises_hostile_model_output(payload: str) -> None:
     html = markdown_to_safe_html(payload)
     assert_inert(html)
-    assert not any(tag == "img" for tag, _ in elements(html))
+    assert not any(tag == "img" for tag, _ in html_elements(html))
 
 
 def test_it_keeps_code_blocks_links_and_marks_the_text_direction() -> None:
@@ -99,8 +63,7 @@ def test_it_stores_each_response_rendered_and_renders_an_outdated_one_again(
     assert response.html_version == RENDERER_VERSION
     # The pair page shows the stored HTML...
     Response.objects.filter(pk=response.pk).update(html='<div class="md">stored</div>')
-    client = Client()
-    client.force_login(annotator)
+    client = client_make(annotator)
     page = client.get(f"/p/{project.slug}/annotate/").content.decode()
     assert "stored" in page
     # ...unless it comes from an older renderer: then the text is rendered now, and the
@@ -137,7 +100,7 @@ def test_a_multi_turn_prompt_shows_as_a_stored_transcript_rendered_again_when_ou
         ],
     )
     assert prompt.html_version == RENDERER_VERSION
-    turns = [attrs["class"] for tag, attrs in elements(prompt.html) if tag == "div"]
+    turns = [attrs["class"] for tag, attrs in html_elements(prompt.html) if tag == "div"]
     assert turns[::2] == [
         "chat-turn system",
         "chat-turn user",
@@ -148,8 +111,7 @@ def test_a_multi_turn_prompt_shows_as_a_stored_transcript_rendered_again_when_ou
     assert_inert(prompt.html)
     Comparison.objects.filter(project=project).delete()
     comparison_make(prompt, ("One.", "Two."))
-    client = Client()
-    client.force_login(annotator)
+    client = client_make(annotator)
     Prompt.objects.filter(pk=prompt.pk).update(html='<div class="chat-turn user">stored</div>')
     page = client.get(f"/p/{project.slug}/annotate/").content.decode()
     assert "stored" in page

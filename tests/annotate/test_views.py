@@ -9,8 +9,7 @@ from django.urls import reverse
 
 from annotate.models import Comparison, Judgment, Project
 from annotate.rendering import markdown_to_safe_html
-from tests.annotate.test_rendering import assert_inert
-from tests.factories import comparison_make
+from tests.factories import assert_inert, client_make, comparison_make
 
 pytestmark = pytest.mark.django_db
 
@@ -19,12 +18,6 @@ HOSTILE = (
     '<div hx-get="/admin/" hx-trigger="load">x</div>\n\n[click](javascript:alert(1)) '
     "![track](http://evil.example/p.png)\n\n```python\nprint('kept')\n```"
 )
-
-
-def _client(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def test_it_sends_anonymous_users_to_login(project: Project) -> None:
 
 
 def test_it_hides_other_projects_behind_a_404(project: Project, outsider: User) -> None:
-    client = _client(outsider)
+    client = client_make(outsider)
     assert client.get(reverse("annotate", args=[project.slug])).status_code == 404
     assert client.get(reverse("project_overview", args=[project.slug])).status_code == 404
     assert project.name not in client.get(reverse("home")).content.decode()
@@ -50,7 +43,9 @@ def test_it_shows_the_pair_sanitised_with_guidelines_and_shortcuts(
     comparison: Comparison, annotator: User
 ) -> None:
     page = (
-        _client(annotator).get(reverse("annotate", args=[comparison.project.slug])).content.decode()
+        client_make(annotator)
+        .get(reverse("annotate", args=[comparison.project.slug]))
+        .content.decode()
     )
     assert "A plain answer." in page
     assert "Prefer <strong>correct</strong> answers." in page  # guidelines rendered beside the pair
@@ -67,7 +62,7 @@ def test_it_records_a_judgment_and_swaps_in_the_next_pair(
 ) -> None:
     prompts = list(project.prompts.filter(split="train")[:2])
     first, second = (comparison_make(p, seed=i) for i, p in enumerate(prompts))
-    client = _client(annotator)
+    client = client_make(annotator)
     client.get(reverse("annotate", args=[project.slug]))
     held = first if first.leases.filter(annotator=annotator).exists() else second
     shown_at = int(time.time() * 1000) - 4000  # the pair was on screen for four seconds
@@ -90,14 +85,14 @@ def test_it_records_a_judgment_and_swaps_in_the_next_pair(
 
 
 def test_it_says_when_nothing_is_left(project: Project, annotator: User) -> None:
-    page = _client(annotator).get(reverse("annotate", args=[project.slug])).content.decode()
+    page = client_make(annotator).get(reverse("annotate", args=[project.slug])).content.decode()
     assert "Nothing left to judge" in page
 
 
 def test_it_shows_a_clear_error_for_a_bad_choice_and_writes_nothing(
     comparison: Comparison, annotator: User
 ) -> None:
-    response = _client(annotator).post(
+    response = client_make(annotator).post(
         reverse("judge", args=[comparison.project.slug, comparison.pk]),
         {"choice": "sideways"},
         HTTP_HX_REQUEST="true",
@@ -110,7 +105,7 @@ def test_it_shows_a_clear_error_for_a_bad_choice_and_writes_nothing(
 def test_it_returns_the_first_result_for_a_double_submit(
     comparison: Comparison, annotator: User
 ) -> None:
-    client = _client(annotator)
+    client = client_make(annotator)
     url = reverse("judge", args=[comparison.project.slug, comparison.pk])
     for _ in range(2):
         response = client.post(
@@ -121,7 +116,7 @@ def test_it_returns_the_first_result_for_a_double_submit(
 
 
 def test_it_skips_and_moves_on(comparison: Comparison, annotator: User) -> None:
-    client = _client(annotator)
+    client = client_make(annotator)
     response = client.post(
         reverse("skip", args=[comparison.project.slug, comparison.pk]),
         {"reason": "unsure"},
@@ -135,22 +130,22 @@ def test_it_shows_the_lead_an_overview_and_sends_annotators_to_work(
     comparison: Comparison, lead: User, annotator: User
 ) -> None:
     url = reverse("project_overview", args=[comparison.project.slug])
-    page = _client(lead).get(url)
+    page = client_make(lead).get(url)
     assert page.status_code == 200
     body = page.content.decode()
     assert 'data-stat="prompts">9<' in body and 'data-stat="comparisons">1<' in body
-    response = _client(annotator).get(url)
+    response = client_make(annotator).get(url)
     assert response.status_code == 302 and response["Location"].endswith("/annotate/")
 
 
 def test_it_sets_a_content_security_policy(project: Project, annotator: User) -> None:
-    response = _client(annotator).get(reverse("annotate", args=[project.slug]))
+    response = client_make(annotator).get(reverse("annotate", args=[project.slug]))
     policy = response["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "object-src 'none'" in policy
 
 
 def test_it_ignores_an_implausible_timestamp(comparison: Comparison, annotator: User) -> None:
-    response = _client(annotator).post(
+    response = client_make(annotator).post(
         reverse("judge", args=[comparison.project.slug, comparison.pk]),
         {"choice": "left", "shown_at": "0"},
         HTTP_HX_REQUEST="true",

@@ -9,7 +9,7 @@ import pytest
 
 from alignment.engine import training
 from alignment.engine.memory import memory_estimate, model_shape
-from tests.engine.test_training import _config, _examples
+from tests.factories import preference_examples_make, training_config_make
 
 
 def _estimate(model: str, **overrides: object) -> float:
@@ -46,7 +46,7 @@ def test_a_run_that_cannot_fit_fails_at_once_naming_what_to_lower(
     tiny_model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(training, "memory_available_mb", lambda: 256.0)
-    config = dataclasses.replace(_config(tiny_model_dir, tmp_path), batch_size=64)
+    config = dataclasses.replace(training_config_make(tiny_model_dir, tmp_path), batch_size=64)
     with pytest.raises(MemoryError, match=r"batch_size 64 .* needs about .* GB; this machine has"):
-        training.train(config, _examples(2))
+        training.train(config, preference_examples_make(2))
     assert not (tmp_path / "adapter").exists()

@@ -8,7 +8,13 @@ import pytest
 
 from alignment.engine.drift import drift_of, is_refusal, repetition
 from alignment.engine.rules import BUILTIN_RULES, LENGTH_PROPERTY, rule_load
-from alignment.engine.stats import Game, bradley_terry, head_to_head_verdict, win_rate
+from alignment.engine.stats import (
+    Game,
+    bradley_terry,
+    head_to_head_verdict,
+    win_counts,
+    win_rate,
+)
 
 
 def test_it_prefers_the_shorter_response_and_ties_equal_lengths() -> None:
@@ -158,6 +164,19 @@ def test_head_to_head_verdicts_say_how_many_more_would_settle_it() -> None:
     assert 300 < close.more_needed + 20 < 450
     assert head_to_head_verdict(wins=0, losses=0, ties=0).more_needed is None
     assert head_to_head_verdict(wins=5, losses=5, ties=2).more_needed is None  # dead even
+
+
+def test_it_counts_a_players_wins_losses_and_ties_against_one_opponent() -> None:
+    games = [
+        Game(first=1, second=2, score=1.0),  # 1 wins
+        Game(first=2, second=1, score=1.0),  # 2 wins
+        Game(first=2, second=1, score=0.0),  # 1 wins
+        Game(first=1, second=2, score=0.5),
+        Game(first=1, second=3, score=1.0),  # another opponent: left out
+    ]
+    assert win_counts(games, player=1, opponent=2) == (2, 1, 1)
+    assert win_counts(games, player=2, opponent=1) == (1, 2, 1)
+    assert win_counts([], player=1, opponent=2) == (0, 0, 0)
 
 
 def test_drift_measures_refusals_repetition_and_truncation() -> None:

@@ -15,39 +15,16 @@ from alignment.engine.training import (
     TrainingProgress,
     train,
 )
-
-
-def _examples(count: int) -> list[PreferenceExample]:
-    return [
-        PreferenceExample(
-            prompt=({"role": "user", "content": f"Say something about number {i}."},),
-            chosen=f"Number {i} is fine.",
-            rejected=f"Number {i} is a number that goes on and on and on, at great length.",
-        )
-        for i in range(count)
-    ]
-
-
-def _config(model_dir: str, output_dir: Path, **overrides: object) -> TrainingConfig:
-    base = TrainingConfig(
-        model=model_dir,
-        models_dir="unused",
-        output_dir=str(output_dir),
-        quantize_4bit=False,
-        learning_rate=1e-2,
-        epochs=3,
-        batch_size=2,
-        lora_r=4,
-        lora_alpha=8,
-        lora_dropout=0.0,
-        max_length=64,
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+from tests.factories import preference_examples_make, training_config_make
 
 
 def test_it_lowers_the_loss_and_reports_every_step(tiny_model_dir: str, tmp_path: Path) -> None:
     progress: list[TrainingProgress] = []
-    result = train(_config(tiny_model_dir, tmp_path), _examples(4), on_progress=progress.append)
+    result = train(
+        training_config_make(tiny_model_dir, tmp_path),
+        preference_examples_make(4),
+        on_progress=progress.append,
+    )
     assert result.steps == 6  # 2 batches x 3 epochs
     assert [p.step for p in progress] == [1, 2, 3, 4, 5, 6]
     assert {p.total_steps for p in progress} == {6}
@@ -66,7 +43,9 @@ def test_it_lowers_the_loss_and_reports_every_step(tiny_model_dir: str, tmp_path
 def test_it_saves_only_a_safetensors_adapter_with_its_sha256(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    result = train(_config(tiny_model_dir, tmp_path, epochs=1), _examples(2))
+    result = train(
+        training_config_make(tiny_model_dir, tmp_path, epochs=1), preference_examples_make(2)
+    )
     adapter = Path(result.adapter_dir)
     assert adapter == tmp_path / "adapter"
     weights = adapter / "adapter_model.safetensors"
@@ -79,11 +58,16 @@ def test_it_saves_only_a_safetensors_adapter_with_its_sha256(
 
 
 def test_it_continues_an_existing_adapter(tiny_model_dir: str, tmp_path: Path) -> None:
-    first = train(_config(tiny_model_dir, tmp_path / "one", epochs=1), _examples(2))
+    first = train(
+        training_config_make(tiny_model_dir, tmp_path / "one", epochs=1),
+        preference_examples_make(2),
+    )
     progress: list[TrainingProgress] = []
     second = train(
-        _config(tiny_model_dir, tmp_path / "two", epochs=1, init_adapter=first.adapter_dir),
-        _examples(2),
+        training_config_make(
+            tiny_model_dir, tmp_path / "two", epochs=1, init_adapter=first.adapter_dir
+        ),
+        preference_examples_make(2),
         on_progress=progress.append,
     )
     assert second.adapter_sha256 != first.adapter_sha256
@@ -97,8 +81,13 @@ def test_it_continues_an_existing_adapter(tiny_model_dir: str, tmp_path: Path) -
 
 
 def test_it_replaces_a_previous_adapter(tiny_model_dir: str, tmp_path: Path) -> None:
-    first = train(_config(tiny_model_dir, tmp_path, epochs=1), _examples(2))
-    second = train(_config(tiny_model_dir, tmp_path, epochs=1, seed=1), _examples(2))
+    first = train(
+        training_config_make(tiny_model_dir, tmp_path, epochs=1), preference_examples_make(2)
+    )
+    second = train(
+        training_config_make(tiny_model_dir, tmp_path, epochs=1, seed=1),
+        preference_examples_make(2),
+    )
     weights = Path(second.adapter_dir) / "adapter_model.safetensors"
     assert second.adapter_sha256 != first.adapter_sha256
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == second.adapter_sha256
@@ -108,8 +97,8 @@ def test_it_replaces_a_previous_adapter(tiny_model_dir: str, tmp_path: Path) -> 
 def test_it_trains_with_a_4bit_base(tiny_model_dir_4bit: str, tmp_path: Path) -> None:
     progress: list[TrainingProgress] = []
     result = train(
-        _config(tiny_model_dir_4bit, tmp_path, quantize_4bit=True, epochs=2),
-        _examples(2),
+        training_config_make(tiny_model_dir_4bit, tmp_path, quantize_4bit=True, epochs=2),
+        preference_examples_make(2),
         on_progress=progress.append,
     )
     assert result.steps == 2
@@ -133,8 +122,8 @@ def test_it_trains_with_every_paired_method(
     tiny_model_dir: str, tmp_path: Path, overrides: dict[str, object]
 ) -> None:
     progress: list[TrainingProgress] = []
-    config = _config(tiny_model_dir, tmp_path, epochs=2, **overrides)
-    result = train(config, _examples(2), on_progress=progress.append)
+    config = training_config_make(tiny_model_dir, tmp_path, epochs=2, **overrides)
+    result = train(config, preference_examples_make(2), on_progress=progress.append)
     assert result.steps == 2 and [p.step for p in progress] == [1, 2]
     assert all(p.loss is not None and math.isfinite(p.loss) for p in progress)
     assert (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
@@ -157,8 +146,8 @@ def test_it_applies_the_loss_asked_for(
     # 0 and each loss takes its known value there.
     progress: list[TrainingProgress] = []
     train(
-        _config(tiny_model_dir, tmp_path, epochs=1, **overrides),
-        _examples(2),
+        training_config_make(tiny_model_dir, tmp_path, epochs=1, **overrides),
+        preference_examples_make(2),
         on_progress=progress.append,
     )
     assert progress[0].loss == pytest.approx(first_loss, rel=1e-3)
@@ -166,23 +155,23 @@ def test_it_applies_the_loss_asked_for(
 
 def test_it_adds_an_sft_term_on_the_chosen_responses(tiny_model_dir: str, tmp_path: Path) -> None:
     progress: list[TrainingProgress] = []
-    config = _config(tiny_model_dir, tmp_path, epochs=1, sft_weight=1.0)
-    train(config, _examples(2), on_progress=progress.append)
+    config = training_config_make(tiny_model_dir, tmp_path, epochs=1, sft_weight=1.0)
+    train(config, preference_examples_make(2), on_progress=progress.append)
     # log 2 from the DPO term, plus the chosen responses' negative log-likelihood: several
     # nats for an untrained model.
     assert progress[0].loss is not None and progress[0].loss > math.log(2) + 1.0
 
 
 def test_it_trains_kto_on_pairs_ties_and_both_bad(tiny_model_dir: str, tmp_path: Path) -> None:
-    tie, both_bad = _examples(3)[1:]
+    tie, both_bad = preference_examples_make(3)[1:]
     examples = [
-        _examples(1)[0],
+        preference_examples_make(1)[0],
         dataclasses.replace(tie, kind="tie"),
         dataclasses.replace(both_bad, kind="both_bad"),
     ]
     progress: list[TrainingProgress] = []
     result = train(
-        _config(tiny_model_dir, tmp_path, method="kto", epochs=1, batch_size=2),
+        training_config_make(tiny_model_dir, tmp_path, method="kto", epochs=1, batch_size=2),
         examples,
         on_progress=progress.append,
     )
@@ -192,14 +181,14 @@ def test_it_trains_kto_on_pairs_ties_and_both_bad(tiny_model_dir: str, tmp_path:
 
 
 def test_it_refuses_ties_for_a_paired_method(tiny_model_dir: str, tmp_path: Path) -> None:
-    tie = dataclasses.replace(_examples(1)[0], kind="tie")
+    tie = dataclasses.replace(preference_examples_make(1)[0], kind="tie")
     with pytest.raises(ValueError, match="only kto trains on ties"):
-        train(_config(tiny_model_dir, tmp_path, method="orpo"), [tie])
+        train(training_config_make(tiny_model_dir, tmp_path, method="orpo"), [tie])
 
 
 def test_it_rejects_no_examples(tiny_model_dir: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no preference examples"):
-        train(_config(tiny_model_dir, tmp_path), [])
+        train(training_config_make(tiny_model_dir, tmp_path), [])
 
 
 @pytest.mark.parametrize(
@@ -224,7 +213,10 @@ def test_it_rejects_invalid_config_values(
 ) -> None:
     pattern = "adapter" if field == "init_adapter" else field
     with pytest.raises(ValueError, match=pattern):
-        train(_config(tiny_model_dir, tmp_path, **{field: value}), _examples(2))
+        train(
+            training_config_make(tiny_model_dir, tmp_path, **{field: value}),
+            preference_examples_make(2),
+        )
 
 
 def test_it_rejects_a_prompt_that_does_not_end_with_a_user_turn(
@@ -236,22 +228,27 @@ def test_it_rejects_a_prompt_that_does_not_end_with_a_user_turn(
         rejected="b",
     )
     with pytest.raises(ValueError, match="example 0"):
-        train(_config(tiny_model_dir, tmp_path), [bad])
+        train(training_config_make(tiny_model_dir, tmp_path), [bad])
 
 
 def test_it_scores_held_out_pairs_before_and_after_training(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    examples = _examples(8)
+    examples = preference_examples_make(8)
     held_out = examples[6:]
-    result = train(_config(tiny_model_dir, tmp_path, epochs=4), examples[:6], validation=held_out)
+    result = train(
+        training_config_make(tiny_model_dir, tmp_path, epochs=4), examples[:6], validation=held_out
+    )
     figures = result.validation
     assert figures is not None and figures.pairs == 2
     # Trained to prefer the short answers, the policy's margin grows on held-out pairs of the
     # same kind, and it now finds their chosen answers likelier.
     assert figures.reward_accuracy == 1.0 and figures.reward_margin > 0
     assert figures.accuracy_after == 1.0 and 0.0 <= figures.accuracy_before <= 1.0
-    assert train(_config(tiny_model_dir, tmp_path / "none"), examples[:2]).validation is None
+    assert (
+        train(training_config_make(tiny_model_dir, tmp_path / "none"), examples[:2]).validation
+        is None
+    )
 
 
 class DictStore:
@@ -274,10 +271,10 @@ def test_it_computes_reference_logps_once_and_reuses_them(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
     store = DictStore()
-    examples = _examples(4)
+    examples = preference_examples_make(4)
     first: list[TrainingProgress] = []
     one = train(
-        _config(tiny_model_dir, tmp_path / "1", epochs=2),
+        training_config_make(tiny_model_dir, tmp_path / "1", epochs=2),
         examples,
         ref_store=store,
         on_progress=first.append,
@@ -290,7 +287,7 @@ def test_it_computes_reference_logps_once_and_reuses_them(
 
     again: list[TrainingProgress] = []
     two = train(
-        _config(tiny_model_dir, tmp_path / "2", epochs=2),
+        training_config_make(tiny_model_dir, tmp_path / "2", epochs=2),
         examples,
         ref_store=store,
         on_progress=again.append,
@@ -299,7 +296,9 @@ def test_it_computes_reference_logps_once_and_reuses_them(
     assert [p.loss for p in again] == pytest.approx([p.loss for p in first], rel=1e-4)
     # Another reference (a truncation that changes the sequences) is another key.
     other = train(
-        _config(tiny_model_dir, tmp_path / "3", epochs=1, max_length=40), examples, ref_store=store
+        training_config_make(tiny_model_dir, tmp_path / "3", epochs=1, max_length=40),
+        examples,
+        ref_store=store,
     )
     assert other.reference_key != one.reference_key and other.ref_logps_reused == 0
 
@@ -314,7 +313,9 @@ def test_it_reports_pace_and_memory_and_stops_when_asked(
         return progress.step == 2  # e.g. the lead cancelled the run meanwhile
 
     result = train(
-        _config(tiny_model_dir, tmp_path, epochs=3), _examples(4), on_progress=on_progress
+        training_config_make(tiny_model_dir, tmp_path, epochs=3),
+        preference_examples_make(4),
+        on_progress=on_progress,
     )
     assert [p.step for p in seen] == [1, 2] and result.stopped_at_step == 2
     assert result.steps == 2 and seen[0].total_steps == 6
@@ -328,13 +329,13 @@ def test_it_reports_pace_and_memory_and_stops_when_asked(
 
 def _resumable(model_dir: str, output_dir: Path, **overrides: object) -> TrainingConfig:
     # 8 pairs, batch 2, 3 epochs: 12 steps, a checkpoint every 3.
-    return _config(model_dir, output_dir, **{"checkpoint_steps": 3, **overrides})
+    return training_config_make(model_dir, output_dir, **{"checkpoint_steps": 3, **overrides})
 
 
 def test_it_resumes_from_its_newest_complete_checkpoint_on_the_same_course(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    examples = _examples(8)
+    examples = preference_examples_make(8)
     straight = train(_resumable(tiny_model_dir, tmp_path / "straight"), examples)
     assert straight.steps == 12 and straight.resumed_from_step is None
     assert not (tmp_path / "straight" / "checkpoints").exists()  # finished: nothing to resume
@@ -375,7 +376,7 @@ def test_it_resumes_from_its_newest_complete_checkpoint_on_the_same_course(
 def test_it_passes_over_checkpoints_that_are_incomplete_or_corrupt(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    examples = _examples(8)
+    examples = preference_examples_make(8)
     config = _resumable(tiny_model_dir, tmp_path, checkpoint_steps=2)
     train(config, examples, on_progress=lambda p: p.step >= 5)
     root = tmp_path / "checkpoints"
@@ -401,18 +402,25 @@ def test_it_passes_over_checkpoints_that_are_incomplete_or_corrupt(
 def test_it_refuses_the_checkpoints_of_another_training(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    train(_resumable(tiny_model_dir, tmp_path), _examples(8), on_progress=lambda p: p.step >= 4)
+    train(
+        _resumable(tiny_model_dir, tmp_path),
+        preference_examples_make(8),
+        on_progress=lambda p: p.step >= 4,
+    )
     with pytest.raises(ValueError, match="checkpoint of another training"):
-        train(_resumable(tiny_model_dir, tmp_path, learning_rate=5e-3), _examples(8))
+        train(_resumable(tiny_model_dir, tmp_path, learning_rate=5e-3), preference_examples_make(8))
     with pytest.raises(ValueError, match="checkpoint of another training"):
-        train(_resumable(tiny_model_dir, tmp_path), _examples(7))
+        train(_resumable(tiny_model_dir, tmp_path), preference_examples_make(7))
 
 
 def test_it_loads_an_adapter_only_when_its_hash_matches(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    first = train(_config(tiny_model_dir, tmp_path / "one", epochs=1), _examples(2))
-    config = _config(
+    first = train(
+        training_config_make(tiny_model_dir, tmp_path / "one", epochs=1),
+        preference_examples_make(2),
+    )
+    config = training_config_make(
         tiny_model_dir,
         tmp_path / "two",
         epochs=1,
@@ -420,15 +428,15 @@ def test_it_loads_an_adapter_only_when_its_hash_matches(
         init_adapter_sha256="0" * 64,
     )
     with pytest.raises(ValueError, match=r"not the 0{12}\.\.\. it was registered with"):
-        train(config, _examples(2))
+        train(config, preference_examples_make(2))
     matching = dataclasses.replace(config, init_adapter_sha256=first.adapter_sha256)
-    assert train(matching, _examples(2)).steps == 1
+    assert train(matching, preference_examples_make(2)).steps == 1
 
 
 def test_it_takes_the_reference_policy_asked_for(tiny_model_dir: str, tmp_path: Path) -> None:
     # An adapter that already prefers the chosen responses of these pairs.
-    examples = _examples(4)
-    previous = train(_config(tiny_model_dir, tmp_path / "previous"), examples)
+    examples = preference_examples_make(4)
+    previous = train(training_config_make(tiny_model_dir, tmp_path / "previous"), examples)
 
     store = DictStore()
 
@@ -437,7 +445,7 @@ def test_it_takes_the_reference_policy_asked_for(tiny_model_dir: str, tmp_path: 
         seen: list[TrainingProgress] = []
         name = f"{stored}-" + "-".join(f"{k}" for k in overrides)
         train(
-            _config(tiny_model_dir, tmp_path / name, epochs=1, **overrides),
+            training_config_make(tiny_model_dir, tmp_path / name, epochs=1, **overrides),
             examples,
             ref_store=store if stored else None,
             on_progress=seen.append,
@@ -459,12 +467,14 @@ def test_it_takes_the_reference_policy_asked_for(tiny_model_dir: str, tmp_path: 
     assert len(store.values) == 2
     with pytest.raises(ValueError, match="orpo uses no reference model"):
         train(
-            _config(tiny_model_dir, tmp_path / "o", method="orpo", reference=previous.adapter_dir),
+            training_config_make(
+                tiny_model_dir, tmp_path / "o", method="orpo", reference=previous.adapter_dir
+            ),
             examples,
         )
     with pytest.raises(ValueError, match="registered with"):
         train(
-            _config(
+            training_config_make(
                 tiny_model_dir,
                 tmp_path / "h",
                 reference=previous.adapter_dir,
@@ -477,20 +487,22 @@ def test_it_takes_the_reference_policy_asked_for(tiny_model_dir: str, tmp_path: 
 def test_it_lists_the_training_pairs_the_trained_policy_contradicts(
     tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    examples = _examples(8)
+    examples = preference_examples_make(8)
     flipped = {2, 5}  # labels against the rest: the long answer "won" these
     examples = [
         dataclasses.replace(e, chosen=e.rejected, rejected=e.chosen) if i in flipped else e
         for i, e in enumerate(examples)
     ]
-    result = train(_config(tiny_model_dir, tmp_path, epochs=4), examples)
+    result = train(training_config_make(tiny_model_dir, tmp_path, epochs=4), examples)
     assert {c.index for c in result.contradictions} == flipped
     margins = [c.margin for c in result.contradictions]
     assert all(m < 0 for m in margins) and margins == sorted(margins)
     # With stored reference log-probabilities, one pass of the policy over TRL's own tokens
     # finds the same pairs, with the same margins to rounding.
     stored = train(
-        _config(tiny_model_dir, tmp_path / "s", epochs=4), examples, ref_store=DictStore()
+        training_config_make(tiny_model_dir, tmp_path / "s", epochs=4),
+        examples,
+        ref_store=DictStore(),
     )
     assert [c.index for c in stored.contradictions] == [c.index for c in result.contradictions]
     assert [c.margin for c in stored.contradictions] == pytest.approx(margins, abs=1e-3)
@@ -502,10 +514,10 @@ def test_stored_reference_logps_train_as_computing_them_each_step_does_on_a_4bit
     """The precomputed reference must be computed as the steps compute the policy: in eval
     mode bitsandbytes' 4-bit CPU layers take another kernel, and a reference computed there
     (the model's mode when TRL precomputes) trained a run that learned far less."""
-    examples = _examples(8)
+    examples = preference_examples_make(8)
     runs = [
         train(
-            _config(tiny_model_dir_4bit, tmp_path / str(i), quantize_4bit=True),
+            training_config_make(tiny_model_dir_4bit, tmp_path / str(i), quantize_4bit=True),
             examples,
             ref_store=store,
         )

@@ -31,13 +31,10 @@ from annotate.models import (
     LeaseState,
     PreferencePair,
     Project,
-    Role,
 )
 from annotate.queue import available_ids, comparison_next_for_annotator, comparison_skip
 from annotate.services.judgments import JudgmentRejected, judgment_submit
-from annotate.services.projects import membership_set, project_create
-from annotate.services.prompts import PromptInput, prompts_create
-from tests.factories import comparison_make
+from tests.factories import comparisons_make, member_make, project_make
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -53,18 +50,9 @@ TWIN_SLOTS = threading.BoundedSemaphore(8)
 
 
 def _project_with_queue() -> tuple[Project, list[Comparison], list[User]]:
-    project = project_create(
-        name="Concurrency", slug="concurrency", guidelines="Prefer correct answers.", overlap=2
-    )
-    prompts = prompts_create(
-        project=project, rows=[PromptInput(messages=f"Question {i}?") for i in range(4)]
-    )
-    comparisons = [comparison_make(prompts[i % len(prompts)], seed=i) for i in range(COMPARISONS)]
-    users = []
-    for i in range(ANNOTATORS):
-        user = User.objects.create_user(username=f"annotator{i:02d}", password=None)
-        membership_set(project=project, user=user, role=Role.ANNOTATOR)
-        users.append(user)
+    project = project_make("concurrency", prompts=[f"Question {i}?" for i in range(4)], overlap=2)
+    comparisons = comparisons_make(project, COMPARISONS)
+    users = [member_make(project, f"annotator{i:02d}", login=False) for i in range(ANNOTATORS)]
     return project, comparisons, users
 
 

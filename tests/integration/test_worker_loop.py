@@ -22,7 +22,7 @@ from django.db import connection
 
 from alignment.models import GenerationJob, ModelVersion, PairingStrategy, Round, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.rounds import SamplingSettings, round_prompts_choose, round_start
+from alignment.services.rounds import SamplingSettings
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.imports import import_job_start
@@ -30,8 +30,7 @@ from annotate.models import Comparison, ImportJob, Project, Response
 from annotate.services.judgments import judgment_submit
 from core.jobs import jobs_recover
 from core.models import Job, JobStatus
-from tests.conftest import MODELS_DIR, REPO
-from tests.factories import comparison_make
+from tests.factories import MODELS_DIR, REPO, comparison_make, round_make
 
 J = TypeVar("J", bound=Job)
 
@@ -112,26 +111,13 @@ def _wait_for(model: type[J], pk: int, worker: subprocess.Popen[bytes], timeout:
 
 
 def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker(
-    worker: subprocess.Popen[bytes],
-    project: Project,
-    annotator: User,
-    tiny_model_dir: str,
-    settings,
-    tmp_path: Path,
+    worker: subprocess.Popen[bytes], tiny_project: Project, annotator: User
 ) -> None:
-    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
-    project.base_model = str(tiny_model_dir)
-    project.save(update_fields=["base_model"])
+    project = tiny_project
     base = model_version_base_ensure(project=project)
     sampling = SamplingSettings(max_new_tokens=12, temperature=1.0, batch_size=4)
 
-    round1 = round_start(
-        project=project,
-        policy=base,
-        train_prompts=round_prompts_choose(project=project, count=6),
-        samples_per_prompt=2,
-        sampling=sampling,
-    )
+    round1 = round_make(project, policy=base, prompts=6, sampling=sampling, dispatch=True)
     job = _wait_for(GenerationJob, round1.generation_jobs.get().pk, worker)
     assert job.progress_done == 6 and job.heartbeat_at is not None and job.metrics
     assert Response.objects.filter(policy=base.policy).count() == 12
@@ -151,14 +137,14 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
     assert child.parent == base
     assert (Path(child.adapter_path) / "adapter_model.safetensors").is_file()
 
-    round2 = round_start(
-        project=project,
+    round2 = round_make(
+        project,
         policy=child,
-        train_prompts=round_prompts_choose(project=project, count=3),
+        prompts=3,
         eval_prompts=list(project.prompts.filter(split="eval")),
-        samples_per_prompt=2,
         sampling=sampling,
         strategy=PairingStrategy.BOTH,
+        dispatch=True,
     )
     for job in round2.generation_jobs.all():
         _wait_for(GenerationJob, job.pk, worker)
@@ -173,21 +159,15 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
 
 
 def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
-    real_services: None,
-    project: Project,
-    annotator: User,
-    tiny_model_dir: str,
-    settings,
-    tmp_path: Path,
+    real_services: None, tiny_project: Project, annotator: User, settings, tmp_path: Path
 ) -> None:
+    project = tiny_project
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    settings.ARTIFACTS_DIR = tmp_path / "artifacts"
     settings.JOB_HEARTBEAT_STALE_SECONDS = 3
-    project.base_model = str(tiny_model_dir)
-    project.save(update_fields=["base_model"])
     for i, prompt in enumerate(project.prompts.filter(split="train")[:6]):
-        comparison = comparison_make(prompt, texts=(f"Short {i}.", f"A much longer answer {i}."))
-        judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice="a")
+        comparison_make(
+            prompt, texts=(f"Short {i}.", f"A much longer answer {i}."), judged_by=annotator
+        )
     worker_env = {"PREFLOOP_CHECKPOINT_STEPS": "3", "JOB_HEARTBEAT_SECONDS": "0.5"}
     first = _worker_start(tmp_path, "first", **worker_env)
     try:

@@ -1,0 +1,114 @@
+"""The TRL side of training: each method's trainer class and arguments, and the reference
+adapter TRL computes reference log-probabilities with. Imports TRL: load it lazily."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from trl import DPOConfig, DPOTrainer
+
+from alignment.engine.generation import adapter_validate
+from alignment.engine.scoring import INDEX_COLUMN, train_mode
+from alignment.engine.training import TrainingConfig
+
+
+class StoredRefDPOTrainer(DPOTrainer):
+    """DPO that takes reference log-probabilities the dataset already carries (from a
+    RefLogpStore) instead of computing them again, computes them in train mode otherwise, and
+    scores the trained policy on the training pairs as it scored the reference."""
+
+    def __init__(self, *args: Any, reference_config: TrainingConfig, **kwargs: Any) -> None:
+        # Set before TRL's __init__, which precomputes the reference log-probabilities.
+        self.reference_config = reference_config
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+        if "ref_chosen_logps" in dataset.column_names:
+            return dataset
+        reference_prepare(self.model, self.reference_config)  # inside __init__: set it up now
+        # In train mode, as the steps will run: from_pretrained leaves the model in eval
+        # mode, where bitsandbytes' 4-bit CPU layers take another kernel with other
+        # numbers, and the reference would not match the policy it starts from.
+        with train_mode(self.model):
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    def policy_logps(self) -> dict[int, tuple[float, float]]:
+        """The trained policy's summed log-probabilities of every training pair, by example
+        index, computed as TRL computed the reference's (same tokens, same truncation): with
+        `ref_model` set, `compute_ref_log_probs` leaves the adapters as they are."""
+        dataset: Any = self.train_dataset
+        model: Any = self.model
+        indices = [int(i) for i in dataset[INDEX_COLUMN]]
+        loader = DataLoader(
+            self._remove_unused_columns(dataset, description="scoring"),
+            batch_size=self.args.per_device_train_batch_size,
+            collate_fn=self.data_collator,
+            shuffle=False,
+        )
+        saved, self.ref_model = self.ref_model, model
+        found: list[tuple[float, float]] = []
+        try:
+            with train_mode(model), torch.no_grad():
+                for batch in loader:
+                    batch = self._prepare_inputs(batch)
+                    chosen, rejected = self.compute_ref_log_probs(model, batch)
+                    found.extend(zip(chosen.tolist(), rejected.tolist(), strict=True))
+        finally:
+            self.ref_model = saved
+        return dict(zip(indices, found, strict=True))
+
+
+def method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any, Any]:
+    """The TRL trainer class of the method (a callable taking the Trainer's arguments) and its
+    arguments."""
+    if config.method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOTrainer, KTOConfig(
+            desirable_weight=config.desirable_weight,
+            undesirable_weight=config.undesirable_weight,
+            **common,
+        )
+    if config.method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer, ORPOConfig(**common)
+    if config.method == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        # SimPO is CPO's "simpo" loss without its behaviour-cloning term (cpo_alpha 0).
+        return CPOTrainer, CPOConfig(
+            loss_type="simpo", cpo_alpha=0.0, simpo_gamma=config.simpo_gamma, **common
+        )
+    losses, weights = [config.loss_type], [1.0]
+    if config.sft_weight > 0:
+        losses.append("sft")
+        weights.append(config.sft_weight)
+    return functools.partial(StoredRefDPOTrainer, reference_config=config), DPOConfig(
+        loss_type=losses,
+        loss_weights=weights if len(losses) > 1 else None,
+        label_smoothing=config.label_smoothing,
+        **common,
+    )
+
+
+def reference_prepare(model: Any, config: TrainingConfig) -> None:
+    """Make the PEFT model's "ref" adapter the reference asked for. TRL computes reference
+    log-probabilities with the "ref" adapter when there is one (a copy of the adapter
+    training continues from), else with every adapter disabled (the base). Idempotent."""
+    if config.reference == "start" or not hasattr(model, "peft_config"):
+        return
+    if config.reference == "base":
+        if "ref" in model.peft_config:
+            model.delete_adapter("ref")
+        return
+    if getattr(model, "prefloop_reference", None) == config.reference:
+        return
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    adapter_validate(config.reference, sha256=config.reference_sha256)  # just before loading
+    model.load_adapter(config.reference, adapter_name="ref", is_trainable=False)
+    model.prefloop_reference = config.reference
