@@ -46,6 +46,10 @@ def test_it_generates_responses_and_pairs_and_records_the_run(tiny_project: Proj
     assert job.summary["responses"] == 8 and job.summary["tokens_per_s"] > 0
     responses = Response.objects.filter(prompt__project=tiny_project)
     assert responses.count() == 8
+    # Each response knows the job that made it, by a foreign key.
+    assert set(job.outputs.values_list("response_id", flat=True)) == set(
+        responses.values_list("id", flat=True)
+    )
     first = responses.first()
     assert first.generation_params["max_new_tokens"] == 10 and first.seed is not None
     assert first.completion_tokens is not None and first.finish_reason in ("stop", "length")
