@@ -12,7 +12,6 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from alignment import selectors
 from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, TRAINING_PRESETS
 from alignment.models import (
     DataScope,
@@ -23,6 +22,10 @@ from alignment.models import (
     StartFrom,
 )
 from alignment.models import TrainingRun as TrainingRunModel
+from alignment.selectors import leaderboard as leaderboard_reads
+from alignment.selectors import rounds as rounds_reads
+from alignment.selectors import runs as runs_reads
+from alignment.selectors import versions as versions_reads
 from alignment.services.rounds import (
     PROMPT_CHOICES,
     ROUND_SIZE_FIELDS,
@@ -32,7 +35,7 @@ from alignment.services.rounds import (
 from alignment.services.training import TrainingPlan, training_run_cancel, training_run_start
 from alignment.services.training_settings import TrainingSettings
 from alignment.spec_fields import serializer_fields
-from annotate.api import ProjectApi
+from annotate.api.projects import ProjectApi
 from annotate.models import DatasetSnapshot, Project, Role
 from annotate.services.snapshots import SnapshotFilters
 from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED
@@ -71,7 +74,7 @@ class ModelVersionListApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        versions = selectors.model_versions_for_project(project=project)
+        versions = versions_reads.model_versions_for_project(project=project)
         return Response(ModelVersionOut(versions, many=True).data)
 
 
@@ -91,7 +94,7 @@ class GenerationJobOut(serializers.Serializer[Any]):
 
 
 class RoundOut(serializers.Serializer[Any]):
-    # Of a selectors.RoundRow: the round and its counts.
+    # Of a rounds_reads.RoundRow: the round and its counts.
     number = serializers.IntegerField(source="round.number")
     policy_id = serializers.IntegerField(
         source="round.policy_id", help_text="The model version that generates it."
@@ -149,7 +152,7 @@ class RoundListApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        rows = selectors.round_list_for_project(project=project)
+        rows = rounds_reads.round_list_for_project(project=project)
         return Response(RoundOut(rows, many=True).data)
 
     @extend_schema(
@@ -184,10 +187,10 @@ class RoundListApi(ProjectApi):
 
 
 def _round_detail(project: Project, number: int) -> Any:
-    detail = selectors.round_detail_get(project=project, number=number)
+    detail = rounds_reads.round_detail_get(project=project, number=number)
     if detail is None:
         raise Http404("No such round.")
-    row = selectors.RoundRow(
+    row = rounds_reads.RoundRow(
         round=detail.round,
         prompt_count=detail.train_prompt_count + detail.eval_prompt_count,
         comparisons_created=detail.comparisons.created,
@@ -261,7 +264,7 @@ class TrainingRunDetailOut(TrainingRunOut):
         )
     )
     def get_points(self, run: TrainingRunModel) -> list[dict[str, Any]]:
-        return selectors.training_run_points(run=run)
+        return runs_reads.training_run_points(run=run)
 
 
 class TrainingSettingsIn(serializers.Serializer[Any]):
@@ -321,7 +324,7 @@ class TrainingRunListApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        rows = selectors.training_run_list_for_project(project=project)
+        rows = runs_reads.training_run_list_for_project(project=project)
         return Response(TrainingRunOut([row.run for row in rows], many=True).data)
 
     @extend_schema(
@@ -357,7 +360,7 @@ class TrainingRunListApi(ProjectApi):
             filters=SnapshotFilters(min_agreement=data["min_agreement"]),
             created_by=request.user,  # type: ignore[arg-type]
         )
-        run = selectors.training_run_get(project=project, run_id=run.pk) or run
+        run = runs_reads.training_run_get(project=project, run_id=run.pk) or run
         return Response(TrainingRunOut(run).data, status=status.HTTP_201_CREATED)
 
 
@@ -372,7 +375,7 @@ class TrainingRunDetailApi(ProjectApi):
     )
     def get(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
-        run = selectors.access_training_run(project=project, run_id=run_id)
+        run = runs_reads.access_training_run(project=project, run_id=run_id)
         return Response(TrainingRunDetailOut(run).data)
 
 
@@ -390,7 +393,7 @@ class WinRateOut(serializers.Serializer[Any]):
 
 
 class LeaderboardOut(serializers.Serializer[Any]):
-    # Of a selectors.Leaderboard. (Comments, not docstrings: the schema shows those.)
+    # Of a leaderboard_reads.Leaderboard. (Comments, not docstrings: the schema shows those.)
     games = serializers.IntegerField(help_text="Judged head-to-head comparisons.")
     ratings = inline_serializer(
         "RatingOut",
@@ -436,7 +439,7 @@ class LeaderboardApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        board = selectors.leaderboard_get(project=project)
+        board = leaderboard_reads.leaderboard_get(project=project)
         return Response(LeaderboardOut(board).data)
 
 
@@ -453,7 +456,7 @@ class TrainingRunCancelApi(ProjectApi):
     )
     def post(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
-        run = selectors.access_training_run(project=project, run_id=run_id)
+        run = runs_reads.access_training_run(project=project, run_id=run_id)
         training_run_cancel(run=run)
-        run = selectors.training_run_get(project=project, run_id=run_id) or run
+        run = runs_reads.training_run_get(project=project, run_id=run_id) or run
         return Response(TrainingRunOut(run).data)

@@ -22,7 +22,7 @@ from django.utils import timezone
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
 from alignment.models import DataScope, GenerationJob, ModelVersion, PairingStrategy, TrainingRun
-from alignment.selectors import round_head_to_head
+from alignment.selectors.leaderboard import round_head_to_head
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_start
 from alignment.services.training import TrainingPlan, training_run_start

@@ -8,7 +8,7 @@ class AnnotateConfig(AppConfig):
     name = "annotate"
 
     def ready(self) -> None:
-        from annotate.imports import import_job_dispatch
+        from annotate.imports.jobs import import_job_dispatch
         from annotate.models import ImportJob
         from core.jobs import job_kind_register
 

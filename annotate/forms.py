@@ -8,7 +8,8 @@ from django import forms
 from django.contrib.auth.models import User
 
 from annotate.exports import FORMATS, ExportFilters
-from annotate.imports import INLINE_MAX_BYTES, MAX_FILE_BYTES, file_type_guess
+from annotate.imports.jobs import INLINE_MAX_BYTES
+from annotate.imports.reading import MAX_FILE_BYTES, file_type_guess
 from annotate.models import Choice, Project, Role
 from annotate.services.projects import PROJECT_SETTINGS
 

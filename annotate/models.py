@@ -467,13 +467,13 @@ class CoverageStats(models.Model):
 
 
 class ImportJob(Job):
-    """A large import a worker checks and writes (annotate.imports.import_job_execute), under
+    """A large import a worker checks and writes (annotate.imports.jobs.import_job_execute), under
     the job machinery every background job shares (core.jobs): a worker lost mid-file is found
     by its stale heartbeat and the next one imports the file again. progress_done counts the
     rows checked. The uploaded file waits under DATA_DIR/imports/ until it is imported."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
-    kind = models.CharField(max_length=10)  # annotate.imports.KINDS
+    kind = models.CharField(max_length=10)  # annotate.imports.rows.KINDS
     file_type = models.CharField(max_length=10)
     file_name = models.CharField(max_length=300, help_text="As uploaded.")
     file_bytes = models.PositiveBigIntegerField(default=0)

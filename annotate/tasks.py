@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from annotate import coverage, imports
+from annotate import coverage
+from annotate.imports import jobs as import_jobs
 from annotate.models import Project
 
 
@@ -18,4 +19,4 @@ def coverage_refresh(project_id: int) -> None:
 
 @shared_task(name="annotate.tasks.import_job_run")
 def import_job_run(job_id: int) -> None:
-    imports.import_job_execute(job_id=job_id)
+    import_jobs.import_job_execute(job_id=job_id)

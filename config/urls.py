@@ -7,7 +7,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from alignment.urls import api_urlpatterns as alignment_api
-from annotate.api import TokenApi
+from annotate.api.auth import TokenApi
 from annotate.urls import api_urlpatterns as annotate_api
 
 handler404 = "core.api.page_not_found"

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from alignment.models import ModelVersion, RefLogp, TrainingRun
-from alignment.selectors import round_drift
+from alignment.selectors.rounds import round_drift
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.training import training_run_cancel
 from alignment.services.training_settings import TrainingSettings

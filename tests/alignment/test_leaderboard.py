@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from alignment.models import ModelVersion, PairingStrategy, Round
-from alignment.selectors import leaderboard_get
+from alignment.selectors.leaderboard import leaderboard_get
 from alignment.services.model_versions import model_version_base_ensure, model_version_register
 from alignment.services.rounds import round_start
 from annotate.models import Project, Purpose

@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from alignment.models import RoundSignOff, TrainingRun
-from alignment.selectors import snapshot_changes
+from alignment.selectors.review import snapshot_changes
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import round_start
 from alignment.services.training import training_run_start

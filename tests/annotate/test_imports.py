@@ -16,17 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from annotate.exports import ExportFilters, export_rows, export_write
-from annotate.imports import (
-    INLINE_MAX_BYTES,
-    MAX_ID_CHARS,
-    ImportRefused,
-    Validated,
-    import_file,
-    import_job_execute,
-    import_job_start,
-    import_validate,
-    records_read,
-)
+from annotate.imports.errors import ImportRefused
+from annotate.imports.jobs import INLINE_MAX_BYTES, import_job_execute, import_job_start
+from annotate.imports.reading import records_read
+from annotate.imports.rows import MAX_ID_CHARS, Validated, import_validate
+from annotate.imports.writing import import_file
 from annotate.models import ImportJob, PreferencePair, Project, Prompt
 from core.models import JobStatus
 from tests.factories import client_make

@@ -25,7 +25,7 @@ from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings
 from alignment.services.training import training_run_start
 from alignment.services.training_settings import TrainingSettings
-from annotate.imports import import_job_start
+from annotate.imports.jobs import import_job_start
 from annotate.models import Comparison, ImportJob, Project, Response
 from annotate.services.judgments import judgment_submit
 from core.jobs import jobs_recover

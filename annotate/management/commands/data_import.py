@@ -9,7 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from annotate.imports import KINDS, ImportRefused, file_type_guess, import_file
+from annotate.imports.errors import ImportRefused
+from annotate.imports.reading import file_type_guess
+from annotate.imports.rows import KINDS
+from annotate.imports.writing import import_file
 from annotate.models import Project
 
 

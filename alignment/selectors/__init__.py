@@ -1,0 +1,1 @@
+"""Reads of the machine side, one module per concept."""

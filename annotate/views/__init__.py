@@ -1,0 +1,1 @@
+"""The pages of the human side (htmx), one module per concept."""
