@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from django.urls import reverse
 
 from alignment.models import ModelVersion, Round, TrainingRun
-from annotate.models import Comparison, DatasetSnapshot, Judgment, PreferencePair, Project
+from annotate.models import (
+    Comparison,
+    DatasetSnapshot,
+    Judgment,
+    PreferencePair,
+    Project,
+    Response,
+)
 
 DECODING_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_index", "generation_job")
 
@@ -33,6 +40,43 @@ class Step:
 
 def lineage_of_comparison(*, project: Project, comparison: Comparison) -> list[Step]:
     """From a comparison's prompt to the versions trained on its pair."""
+    steps = _origin_steps(project, comparison)
+    steps += [
+        _response_step(project, side, response)
+        for side, response in (("A", comparison.response_a), ("B", comparison.response_b))
+    ]
+    steps += _judgment_steps(project, comparison)
+    pair = PreferencePair.objects.filter(comparison=comparison).first()
+    if pair is None:
+        steps.append(Step("pair", "No preference pair (not judged enough, or sent back)"))
+        return steps
+    steps.append(
+        Step(
+            "pair",
+            f"Preference pair {pair.pk}",
+            [
+                Item("Kind", pair.kind),
+                Item("Chosen", f"response {pair.chosen_id}"),
+                Item("Agreement", f"{pair.agreement:.2f}"),
+            ],
+        )
+    )
+    snapshots = [
+        s
+        for s in DatasetSnapshot.objects.filter(project=project).order_by("id")
+        if pair.pk in s.pair_ids or pair.pk in s.validation_pair_ids
+    ]
+    if not snapshots:
+        steps.append(Step("snapshot", "In no snapshot yet"))
+    for snapshot in snapshots:
+        steps.extend(
+            _snapshot_onwards(project, snapshot, held_out=pair.pk in snapshot.validation_pair_ids)
+        )
+    return steps
+
+
+def _origin_steps(project: Project, comparison: Comparison) -> list[Step]:
+    """The comparison's prompt and the round that generated it."""
     slug = project.slug
     prompt = comparison.prompt
     steps = [
@@ -66,22 +110,32 @@ def lineage_of_comparison(*, project: Project, comparison: Comparison) -> list[S
             reverse("round_detail", args=[slug, round_.number]) if round_ else "",
         )
     )
-    for side, response in (("A", comparison.response_a), ("B", comparison.response_b)):
-        version = ModelVersion.objects.filter(policy_id=response.policy_id).first()
-        params = response.generation_params or {}
-        items = [
-            Item(
-                "Policy",
-                version.name if version else response.policy.name,
-                reverse("lineage_version", args=[slug, version.pk]) if version else "",
-            )
-        ]
-        items += [Item(key, str(params[key])) for key in DECODING_KEYS if key in params]
-        if response.seed is not None:
-            items.append(Item("seed", str(response.seed)))
-        if response.finish_reason:
-            items.append(Item("finish", response.finish_reason))
-        steps.append(Step("policy", f"Response {side} ({response.pk})", items))
+    return steps
+
+
+def _response_step(project: Project, side: str, response: Response) -> Step:
+    """A response: the policy that wrote it and how it was sampled."""
+    version = ModelVersion.objects.filter(policy_id=response.policy_id).first()
+    params = response.generation_params or {}
+    items = [
+        Item(
+            "Policy",
+            version.name if version else response.policy.name,
+            reverse("lineage_version", args=[project.slug, version.pk]) if version else "",
+        )
+    ]
+    items += [Item(key, str(params[key])) for key in DECODING_KEYS if key in params]
+    if response.seed is not None:
+        items.append(Item("seed", str(response.seed)))
+    if response.finish_reason:
+        items.append(Item("finish", response.finish_reason))
+    return Step("policy", f"Response {side} ({response.pk})", items)
+
+
+def _judgment_steps(project: Project, comparison: Comparison) -> list[Step]:
+    """The guideline versions the comparison was judged under, and its judgments."""
+    slug = project.slug
+    steps: list[Step] = []
     judgments = list(
         Judgment.objects.filter(comparison=comparison)
         .select_related("annotator", "guideline")
@@ -112,32 +166,6 @@ def lineage_of_comparison(*, project: Project, comparison: Comparison) -> list[S
             reverse("review_detail", args=[slug, comparison.pk]),
         )
     )
-    pair = PreferencePair.objects.filter(comparison=comparison).first()
-    if pair is None:
-        steps.append(Step("pair", "No preference pair (not judged enough, or sent back)"))
-        return steps
-    steps.append(
-        Step(
-            "pair",
-            f"Preference pair {pair.pk}",
-            [
-                Item("Kind", pair.kind),
-                Item("Chosen", f"response {pair.chosen_id}"),
-                Item("Agreement", f"{pair.agreement:.2f}"),
-            ],
-        )
-    )
-    snapshots = [
-        s
-        for s in DatasetSnapshot.objects.filter(project=project).order_by("id")
-        if pair.pk in s.pair_ids or pair.pk in s.validation_pair_ids
-    ]
-    if not snapshots:
-        steps.append(Step("snapshot", "In no snapshot yet"))
-    for snapshot in snapshots:
-        steps.extend(
-            _snapshot_onwards(project, snapshot, held_out=pair.pk in snapshot.validation_pair_ids)
-        )
     return steps
 
 

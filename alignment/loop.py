@@ -21,7 +21,14 @@ from django.utils import timezone
 
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
-from alignment.models import DataScope, GenerationJob, ModelVersion, PairingStrategy, TrainingRun
+from alignment.models import (
+    DataScope,
+    GenerationJob,
+    ModelVersion,
+    PairingStrategy,
+    Round,
+    TrainingRun,
+)
 from alignment.selectors.leaderboard import round_head_to_head
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_start
@@ -167,15 +174,8 @@ def _policy_figures(
 def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) -> LoopCheckReport:
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    slug = "loop-check-" + timezone.now().strftime("%Y%m%d-%H%M%S")
-    project = project_create(
-        name=f"Loop check ({rule.name})",
-        slug=slug,
-        guidelines=demo_guidelines(),
-        base_model=settings.model,
-        overlap=1,
-    )
-    prompts_create(project=project, rows=demo_prompts())
+    project = _project_make(settings, rule)
+    slug = project.slug
     annotators = simulated_annotators_ensure(project=project, count=settings.annotators)
     base = model_version_base_ensure(project=project)
     train_prompts = list(
@@ -220,19 +220,10 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     log(f"judged {train_judgments}: {train_pairs} preference pairs, {train_ties} ties")
 
     t = time.monotonic()
-    run = training_run_start(
-        project=project,
-        base_version=base,
-        training=settings.training,
-        plan=TrainingPlan(data_scope=DataScope.ROUND),
-        dispatch=False,
-    )
-    training_run_execute(run_id=run.pk)
-    run = TrainingRun.objects.select_related("output_version").get(pk=run.pk)
-    if run.status != JobStatus.SUCCEEDED or run.output_version is None:
-        raise RuntimeError(f"training run {run.pk} {run.status}: {run.error}")
+    run = _train(project=project, base=base, settings=settings)
     seconds["training"] = time.monotonic() - t
     new = run.output_version
+    assert new is not None
     log(
         f"trained {run.summary['steps']} steps in {seconds['training']:.0f} s "
         f"(loss {run.summary['train_loss']:.3f}) → {new.name}"
@@ -254,12 +245,67 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
     judge_by_rule(project=project, annotators=annotators, rule=rule)
     seconds["head-to-head judging"] = time.monotonic() - t
 
-    # Counted as the round's page counts it: the new version against its parent.
+    seconds["total"] = time.monotonic() - started
+    return _report(
+        project=project,
+        rule=rule,
+        rounds=(round1, round2),
+        run=run,
+        counts=(train_judgments, train_pairs, train_ties),
+        seconds=seconds,
+        generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
+    )
+
+
+def _train(*, project: Project, base: ModelVersion, settings: LoopCheckSettings) -> TrainingRun:
+    """A run on the round's pairs, executed here as a worker would; it must succeed."""
+    run = training_run_start(
+        project=project,
+        base_version=base,
+        training=settings.training,
+        plan=TrainingPlan(data_scope=DataScope.ROUND),
+        dispatch=False,
+    )
+    training_run_execute(run_id=run.pk)
+    run = TrainingRun.objects.select_related("output_version").get(pk=run.pk)
+    if run.status != JobStatus.SUCCEEDED or run.output_version is None:
+        raise RuntimeError(f"training run {run.pk} {run.status}: {run.error}")
+    return run
+
+
+def _project_make(settings: LoopCheckSettings, rule: JudgeRule) -> Project:
+    """A fresh project of the demo's prompts and guidelines, one judgment per comparison."""
+    project = project_create(
+        name=f"Loop check ({rule.name})",
+        slug="loop-check-" + timezone.now().strftime("%Y%m%d-%H%M%S"),
+        guidelines=demo_guidelines(),
+        base_model=settings.model,
+        overlap=1,
+    )
+    prompts_create(project=project, rows=demo_prompts())
+    return project
+
+
+def _report(
+    *,
+    project: Project,
+    rule: JudgeRule,
+    rounds: tuple[Round, Round],
+    run: TrainingRun,
+    counts: tuple[int, int, int],
+    seconds: dict[str, float],
+    generation_tokens_per_s: float,
+) -> LoopCheckReport:
+    """The figures of a finished check: the head-to-head counted as the round's page counts
+    it (the new version against its parent), each policy's responses under the rule."""
+    round1, round2 = rounds
+    new, base = run.output_version, run.base_version
+    assert new is not None
+    train_judgments, train_pairs, train_ties = counts
     h2h = round_head_to_head(project=project, number=round2.number)
     eval_responses = Response.objects.filter(generation__job__round=round2)
-    seconds["total"] = time.monotonic() - started
     return LoopCheckReport(
-        project_slug=slug,
+        project_slug=project.slug,
         rule=rule.name,
         property_name=rule.property_name,
         train_comparisons=Comparison.objects.filter(
@@ -278,7 +324,7 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         parent_policy=_policy_figures(base, list(eval_responses.filter(policy=base.policy)), rule),
         head_to_head=h2h.verdict.win_rate if h2h else win_rate(wins=0, losses=0, ties=0),
         seconds={k: round(v, 1) for k, v in seconds.items()},
-        generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
+        generation_tokens_per_s=generation_tokens_per_s,
         training_seconds_per_step=float(run.summary["seconds_per_step"]),
         # ru_maxrss is in KiB on Linux: the peak of this process, which did a worker's jobs.
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

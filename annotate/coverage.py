@@ -140,64 +140,15 @@ def coverage_refresh(
             on_progress=lambda done, total: say(f"embedded {done}/{total} prompts"),
         )
         say(f"embedded {embedded} prompts")
-    rows = list(
-        Prompt.objects.filter(project=project)
-        .order_by("id")
-        .values_list("id", "messages", "tags", "split", "content_hash", "embedding")
-    )
-    blobs = [bytes(r[5] or b"") for r in rows]
-    dimensions = len(blobs[0]) // 4 if blobs else 0
-    embeddings = (
-        np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), dimensions)
-        if rows
-        else np.zeros((0, 0), dtype=np.float32)
-    )
-    clustering = diversity.clusters_fit(embeddings)
-    say(f"{clustering.k} clusters (silhouette {clustering.silhouette})")
-    corpus = _Corpus(
-        ids=np.array([r[0] for r in rows], dtype=np.int64),
-        texts=[prompt_text(r[1]) for r in rows],
-        tags=[list(r[2] or []) for r in rows],
-        splits=[r[3] for r in rows],
-        hashes=[r[4] for r in rows],
-        embeddings=embeddings,
-        labels=clustering.labels,
-        row_of={int(r[0]): i for i, r in enumerate(rows)},
-    )
-    # Store each prompt's cluster (for coverage-aware selection and the pages).
-    for start in range(0, len(rows), 5000):
-        Prompt.objects.bulk_update(
-            [
-                Prompt(pk=int(corpus.ids[i]), cluster=int(corpus.labels[i]))
-                for i in range(start, min(start + 5000, len(rows)))
-            ],
-            ["cluster"],
-        )
+    corpus, clustering = _corpus_load(project=project, say=say)
+    rows = len(corpus.texts)
     terms = diversity.key_terms(corpus.texts, corpus.labels, clustering.k) if rows else []
     typical = (
-        diversity.typical_rows(embeddings, corpus.labels, clustering.centroids) if rows else []
+        diversity.typical_rows(corpus.embeddings, corpus.labels, clustering.centroids)
+        if rows
+        else []
     )
-    scopes: list[tuple[str, set[int] | None, Iterable[int] | None]] = [("project", None, None)]
-    prompt_ids: set[int] | None
-    for round_number in (
-        Comparison.objects.filter(project=project)
-        .values_list("round_number", flat=True)
-        .distinct()
-        .order_by("round_number")
-    ):
-        prompt_ids = set(
-            Comparison.objects.filter(project=project, round_number=round_number).values_list(
-                "prompt_id", flat=True
-            )
-        )
-        scopes.append((f"round:{round_number}", prompt_ids, None))
-    for snapshot in DatasetSnapshot.objects.filter(project=project).order_by("id"):
-        pair_prompts = set(
-            PreferencePair.objects.filter(pk__in=snapshot.pair_ids).values_list(
-                "comparison__prompt_id", flat=True
-            )
-        )
-        scopes.append((f"snapshot:{snapshot.pk}", pair_prompts, snapshot.pair_ids))
+    scopes = _scopes(project=project)
     stored: list[CoverageStats] = []
     now = timezone.now()
     with transaction.atomic():
@@ -229,6 +180,73 @@ def coverage_refresh(
     return stored
 
 
+def _corpus_load(
+    *, project: Project, say: Callable[[str], None]
+) -> tuple[_Corpus, diversity.Clustering]:
+    """Every prompt of the project with its embedding, clustered; each prompt's cluster is
+    stored on it (for coverage-aware selection and the pages)."""
+    rows = list(
+        Prompt.objects.filter(project=project)
+        .order_by("id")
+        .values_list("id", "messages", "tags", "split", "content_hash", "embedding")
+    )
+    blobs = [bytes(r[5] or b"") for r in rows]
+    dimensions = len(blobs[0]) // 4 if blobs else 0
+    embeddings = (
+        np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), dimensions)
+        if rows
+        else np.zeros((0, 0), dtype=np.float32)
+    )
+    clustering = diversity.clusters_fit(embeddings)
+    say(f"{clustering.k} clusters (silhouette {clustering.silhouette})")
+    corpus = _Corpus(
+        ids=np.array([r[0] for r in rows], dtype=np.int64),
+        texts=[prompt_text(r[1]) for r in rows],
+        tags=[list(r[2] or []) for r in rows],
+        splits=[r[3] for r in rows],
+        hashes=[r[4] for r in rows],
+        embeddings=embeddings,
+        labels=clustering.labels,
+        row_of={int(r[0]): i for i, r in enumerate(rows)},
+    )
+    for start in range(0, len(rows), 5000):
+        Prompt.objects.bulk_update(
+            [
+                Prompt(pk=int(corpus.ids[i]), cluster=int(corpus.labels[i]))
+                for i in range(start, min(start + 5000, len(rows)))
+            ],
+            ["cluster"],
+        )
+    return corpus, clustering
+
+
+def _scopes(*, project: Project) -> list[tuple[str, set[int] | None, Iterable[int] | None]]:
+    """(scope, its prompt ids, its pair ids) of every scope: the project (everything), each
+    round, each snapshot."""
+    scopes: list[tuple[str, set[int] | None, Iterable[int] | None]] = [("project", None, None)]
+    prompt_ids: set[int] | None
+    for round_number in (
+        Comparison.objects.filter(project=project)
+        .values_list("round_number", flat=True)
+        .distinct()
+        .order_by("round_number")
+    ):
+        prompt_ids = set(
+            Comparison.objects.filter(project=project, round_number=round_number).values_list(
+                "prompt_id", flat=True
+            )
+        )
+        scopes.append((f"round:{round_number}", prompt_ids, None))
+    for snapshot in DatasetSnapshot.objects.filter(project=project).order_by("id"):
+        pair_prompts = set(
+            PreferencePair.objects.filter(pk__in=snapshot.pair_ids).values_list(
+                "comparison__prompt_id", flat=True
+            )
+        )
+        scopes.append((f"snapshot:{snapshot.pk}", pair_prompts, snapshot.pair_ids))
+    return scopes
+
+
 # Counts are stored as [name, count] lists, most common first: PostgreSQL's jsonb does not
 # keep the order of an object's keys.
 def _scope_report(
@@ -249,46 +267,16 @@ def _scope_report(
     texts = [corpus.texts[i] for i in rows.tolist()]
     embeddings = corpus.embeddings[rows] if len(rows) else corpus.embeddings[:0]
     labels = corpus.labels[rows] if len(rows) else corpus.labels[:0]
-    # Exact duplicates: prompts whose normalised hash another prompt of the scope shares.
-    by_hash = Counter(corpus.hashes[i] for i in rows.tolist())
-    repeated = {h: n for h, n in by_hash.items() if n > 1}
-    first_text: dict[str, str] = {}
-    for i in rows.tolist():
-        first_text.setdefault(corpus.hashes[i], corpus.texts[i])
-    near_count, near = diversity.near_duplicates(embeddings, labels) if len(rows) else (0, [])
-    near = [
-        (a, b, c) for a, b, c in near if corpus.hashes[rows[a]] != corpus.hashes[rows[b]]
-    ]  # exact duplicates are reported above
     pairs = _pairs_of_scope(project=project, prompt_ids=prompt_ids, pair_ids=pair_ids)
-    pairs_per_cluster: Counter[int] = Counter()
-    for prompt_id in pairs["prompt_ids"]:
-        row = corpus.row_of.get(prompt_id)
-        if row is not None:
-            pairs_per_cluster[int(corpus.labels[row])] += 1
     sizes = Counter(labels.tolist())
-    total_pairs = sum(pairs_per_cluster.values())
-    clusters: list[dict[str, Any]] = []
-    for cluster in range(clustering.k):
-        size = sizes.get(cluster, 0)
-        if not size:
-            continue
-        share = size / len(rows)
-        judged = pairs_per_cluster.get(cluster, 0)
-        pair_share = judged / total_pairs if total_pairs else 0.0
-        clusters.append(
-            {
-                "id": cluster,
-                "size": size,
-                "share": round(share, 4),
-                "terms": terms[cluster] if cluster < len(terms) else [],
-                "typical": [_snippet(corpus.texts[i]) for i in typical[cluster]]
-                if cluster < len(typical)
-                else [],
-                "pairs": judged,
-                "pair_share": round(pair_share, 4),
-                "under_covered": judged == 0 or pair_share < UNDER_COVERED_RATIO * share,
-            }
-        )
+    clusters = _clusters_report(
+        corpus=corpus,
+        clustering=clustering,
+        terms=terms,
+        typical=typical,
+        sizes=sizes,
+        pair_prompt_ids=pairs["prompt_ids"],
+    )
     tag_counts: Counter[str] = Counter()
     for i in rows.tolist():
         tag_counts.update(corpus.tags[i])
@@ -299,26 +287,7 @@ def _scope_report(
     return {
         "prompts": len(rows),
         "splits": sorted(Counter(corpus.splits[i] for i in rows.tolist()).items()),
-        "exact_duplicates": {
-            "groups": len(repeated),
-            "extra": sum(n - 1 for n in repeated.values()),
-            "examples": [
-                {"text": _snippet(first_text[h]), "count": n}
-                for h, n in sorted(repeated.items(), key=lambda item: -item[1])[:20]
-            ],
-        },
-        "near_duplicates": {
-            "threshold": diversity.NEAR_DUPLICATE_COSINE,
-            "pairs": near_count,
-            "examples": [
-                {
-                    "a": _snippet(corpus.texts[rows[a]]),
-                    "b": _snippet(corpus.texts[rows[b]]),
-                    "cosine": c,
-                }
-                for a, b, c in near[:50]
-            ],
-        },
+        **_duplicates_report(corpus=corpus, rows=rows, embeddings=embeddings, labels=labels),
         "k": clustering.k,
         "silhouette": clustering.silhouette,
         "clusters": clusters,
@@ -339,6 +308,87 @@ def _scope_report(
             "text": [_snippet(texts[i])[:80] for i in map_rows.tolist()],
         },
     }
+
+
+def _duplicates_report(
+    *, corpus: _Corpus, rows: np.ndarray, embeddings: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """Exact duplicates (prompts whose normalised hash another prompt of the scope shares)
+    and near-duplicates (by embedding) of a scope's prompts."""
+    by_hash = Counter(corpus.hashes[i] for i in rows.tolist())
+    repeated = {h: n for h, n in by_hash.items() if n > 1}
+    first_text: dict[str, str] = {}
+    for i in rows.tolist():
+        first_text.setdefault(corpus.hashes[i], corpus.texts[i])
+    near_count, near = diversity.near_duplicates(embeddings, labels) if len(rows) else (0, [])
+    near = [
+        (a, b, c) for a, b, c in near if corpus.hashes[rows[a]] != corpus.hashes[rows[b]]
+    ]  # exact duplicates are reported above
+    return {
+        "exact_duplicates": {
+            "groups": len(repeated),
+            "extra": sum(n - 1 for n in repeated.values()),
+            "examples": [
+                {"text": _snippet(first_text[h]), "count": n}
+                for h, n in sorted(repeated.items(), key=lambda item: -item[1])[:20]
+            ],
+        },
+        "near_duplicates": {
+            "threshold": diversity.NEAR_DUPLICATE_COSINE,
+            "pairs": near_count,
+            "examples": [
+                {
+                    "a": _snippet(corpus.texts[rows[a]]),
+                    "b": _snippet(corpus.texts[rows[b]]),
+                    "cosine": c,
+                }
+                for a, b, c in near[:50]
+            ],
+        },
+    }
+
+
+def _clusters_report(
+    *,
+    corpus: _Corpus,
+    clustering: diversity.Clustering,
+    terms: list[list[str]],
+    typical: list[list[int]],
+    sizes: Counter[int],
+    pair_prompt_ids: Iterable[int],
+) -> list[dict[str, Any]]:
+    """Each cluster of the scope: its size and share, key terms, typical prompts, and how many
+    pairs it has (under-covered: fewer than its share asks for)."""
+    scope_size = sum(sizes.values())
+    pairs_per_cluster: Counter[int] = Counter()
+    for prompt_id in pair_prompt_ids:
+        row = corpus.row_of.get(prompt_id)
+        if row is not None:
+            pairs_per_cluster[int(corpus.labels[row])] += 1
+    total_pairs = sum(pairs_per_cluster.values())
+    clusters: list[dict[str, Any]] = []
+    for cluster in range(clustering.k):
+        size = sizes.get(cluster, 0)
+        if not size:
+            continue
+        share = size / scope_size
+        judged = pairs_per_cluster.get(cluster, 0)
+        pair_share = judged / total_pairs if total_pairs else 0.0
+        clusters.append(
+            {
+                "id": cluster,
+                "size": size,
+                "share": round(share, 4),
+                "terms": terms[cluster] if cluster < len(terms) else [],
+                "typical": [_snippet(corpus.texts[i]) for i in typical[cluster]]
+                if cluster < len(typical)
+                else [],
+                "pairs": judged,
+                "pair_share": round(pair_share, 4),
+                "under_covered": judged == 0 or pair_share < UNDER_COVERED_RATIO * share,
+            }
+        )
+    return clusters
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -86,14 +86,7 @@ def run(
     estimate = memory_preflight(config, path, examples, use_bf16)
     model, peft_config = _model_prepare(config, path, on_cuda=on_cuda, use_bf16=use_bf16)
     rows, key, reused = _rows(config, examples, ref_store, path, tokenizer)
-    fingerprint = fingerprint_of(
-        {
-            "config": {
-                k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED
-            },
-            "examples": [dataclasses.asdict(e) for e in examples],
-        }
-    )
+    fingerprint = _fingerprint(config, examples)
     staging_clear(config.output_dir)  # what a killed worker left half written
     scan = checkpoint_latest(config.output_dir, fingerprint=fingerprint)
     trainer_class, args = method_trainer(
@@ -129,13 +122,7 @@ def run(
     )
     trainer.model.train()
     after = pair_logps(trainer.model, tokenizer, validation, config.max_length)
-    found: tuple[Contradiction, ...] = ()
-    if reporter.stopped:
-        pass  # a cancelled run is not judged
-    elif key is not None:  # DPO with its reference log-probabilities at hand: one pass
-        found = dpo_contradictions(trainer, config.beta)
-    else:
-        found = contradictions(trainer.model, tokenizer, examples, config)
+    found = () if reporter.stopped else _contradictions(trainer, tokenizer, examples, config, key)
     adapter_dir = _adapter_save(trainer.model, Path(config.output_dir))
     staging_clear(config.output_dir)
     if not reporter.stopped:  # finished: nothing left to resume; a cancelled run keeps them
@@ -156,6 +143,30 @@ def run(
         resumed_from_step=scan.latest.step if scan.latest else None,
         checkpoints_skipped=scan.skipped,
     )
+
+
+def _fingerprint(config: TrainingConfig, examples: Sequence[PreferenceExample]) -> str:
+    """What a checkpoint belongs to: the settings that shape training, and the examples."""
+    return fingerprint_of(
+        {
+            "config": {
+                k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED
+            },
+            "examples": [dataclasses.asdict(e) for e in examples],
+        }
+    )
+
+
+def _contradictions(
+    trainer: Any,
+    tokenizer: Any,
+    examples: Sequence[PreferenceExample],
+    config: TrainingConfig,
+    key: str | None,
+) -> tuple[Contradiction, ...]:
+    if key is not None:  # DPO with its reference log-probabilities at hand: one pass
+        return dpo_contradictions(trainer, config.beta)
+    return contradictions(trainer.model, tokenizer, examples, config)
 
 
 def _model_prepare(

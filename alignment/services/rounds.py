@@ -154,36 +154,17 @@ def round_start(
     to execute in-process (the headless loop check).
     """
     sampling = (sampling or SamplingSettings()).validate()
-    if policy.project_id != project.pk:
-        raise ValidationFailed("That model version belongs to another project.")
-    if strategy not in PairingStrategy.values:
-        raise ValidationFailed(f"Unknown pairing strategy {strategy!r}.")
+    _round_check(
+        project=project,
+        policy=policy,
+        train_prompts=train_prompts,
+        eval_prompts=eval_prompts,
+        samples_per_prompt=samples_per_prompt,
+        strategy=strategy,
+        pair_selection=pair_selection,
+    )
     on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
     head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
-    if on_policy and not train_prompts:
-        raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
-    if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
-        raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
-    if pair_selection not in PairSelection.values:
-        raise ValidationFailed(f"pair_selection must be one of {', '.join(PairSelection.values)}.")
-    if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
-        raise ValidationFailed(
-            "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."
-        )
-    if head_to_head and policy.parent is None:
-        raise ValidationFailed(
-            "Head-to-head needs a model version with a parent; the base has none."
-        )
-    if head_to_head and not eval_prompts:
-        raise ValidationFailed(
-            "Head-to-head needs held-out evaluation prompts; the project has none."
-        )
-    if any(p.split != Split.EVAL for p in eval_prompts) or any(
-        p.split != Split.TRAIN for p in train_prompts
-    ):
-        raise ValidationFailed(
-            "Training prompts must be in the train split and evaluation prompts held out."
-        )
     config = asdict(sampling)
     with transaction.atomic():
         number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
@@ -225,6 +206,49 @@ def round_start(
             for job in jobs:
                 generation_dispatch(job.pk)
     return round_
+
+
+def _round_check(
+    *,
+    project: Project,
+    policy: ModelVersion,
+    train_prompts: Sequence[Prompt],
+    eval_prompts: Sequence[Prompt],
+    samples_per_prompt: int,
+    strategy: str,
+    pair_selection: str,
+) -> None:
+    """Refuse a round that cannot be generated as asked, naming why."""
+    if policy.project_id != project.pk:
+        raise ValidationFailed("That model version belongs to another project.")
+    if strategy not in PairingStrategy.values:
+        raise ValidationFailed(f"Unknown pairing strategy {strategy!r}.")
+    on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
+    head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
+    if on_policy and not train_prompts:
+        raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
+    if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
+        raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
+    if pair_selection not in PairSelection.values:
+        raise ValidationFailed(f"pair_selection must be one of {', '.join(PairSelection.values)}.")
+    if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
+        raise ValidationFailed(
+            "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."
+        )
+    if head_to_head and policy.parent is None:
+        raise ValidationFailed(
+            "Head-to-head needs a model version with a parent; the base has none."
+        )
+    if head_to_head and not eval_prompts:
+        raise ValidationFailed(
+            "Head-to-head needs held-out evaluation prompts; the project has none."
+        )
+    if any(p.split != Split.EVAL for p in eval_prompts) or any(
+        p.split != Split.TRAIN for p in train_prompts
+    ):
+        raise ValidationFailed(
+            "Training prompts must be in the train split and evaluation prompts held out."
+        )
 
 
 def _generation_job_create(

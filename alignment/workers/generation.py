@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 
 from django.conf import settings
 from django.db import transaction
@@ -14,7 +15,7 @@ from alignment.engine.spec import SAMPLING_FIELDS, SamplingParameters
 from alignment.engine.vllm_backend import generate_vllm
 from alignment.models import GeneratedResponse, GenerationJob, PairSelection
 from alignment.services.pairs import head_to_head_pairs_form, on_policy_pairs_create
-from annotate.models import Purpose, Response
+from annotate.models import Prompt, Purpose, Response
 from annotate.services.prompts import ResponseInput, responses_create
 from core.jobs import JobLost, job_execute, job_heartbeat, job_log, job_succeed
 
@@ -30,20 +31,60 @@ def generation_job_execute(*, job_id: int) -> GenerationJob | None:
 
 def _generation_run(job: GenerationJob) -> None:
     version = job.model_version
-    project = job.project
     round_ = job.round
     every_prompt = list(job.prompts.order_by("id"))
     # Each batch's responses and comparisons are committed together: what an earlier attempt
     # committed is done.
     done = set(Response.objects.filter(generation__job=job).values_list("prompt_id", flat=True))
     prompts = [p for p in every_prompt if p.pk not in done]
+    config = _engine_config(job)
+    job_log(
+        job,
+        f"generating {config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
+        f"with {version.name}"
+        + (f" (attempt {job.attempts}: {len(done)} prompts done before)" if done else ""),
+    )
+    recorder = _SampleRecorder(
+        job, prompts, rng=random.Random(config.seed), done=len(done), total=len(every_prompt)
+    )
+    started = time.monotonic()
+    samples = (
+        GENERATORS[settings.GENERATION_BACKEND](
+            config, [p.messages for p in prompts], on_progress=recorder
+        )
+        if prompts
+        else []
+    )
+    elapsed = time.monotonic() - started
+    tokens = sum(s.completion_tokens for s in samples)
+    if job.purpose == Purpose.TRAIN and recorder.pairs_at_the_end:
+        ours = Response.objects.filter(generation__job=job).select_related("prompt")
+        with transaction.atomic():
+            on_policy_pairs_create(list(ours.order_by("id")), round_, recorder.rng, recorder.counts)
+    job.progress_done = len(every_prompt)
+    job_succeed(
+        job,
+        summary={
+            **recorder.counts,
+            "tokens_generated": tokens,
+            "elapsed_s": round(elapsed, 2),
+            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
+        },
+    )
+    if job.purpose == Purpose.EVAL:
+        head_to_head_pairs_form(round_=round_)
+
+
+def _engine_config(job: GenerationJob) -> GenerationConfig:
+    """The engine's config: the round's sampling as the job recorded it (the spec's defaults
+    for what it did not), the job's model version, a seed of the job's own."""
     cfg = job.config
-    # The round's sampling as the job recorded it; the spec's defaults for what it did not.
     sampling = SamplingParameters(
         **{name: spec.parse(cfg[name]) for name, spec in SAMPLING_FIELDS.items() if name in cfg}
     )
-    engine_config = GenerationConfig(
-        model=project.base_model,
+    version = job.model_version
+    return GenerationConfig(
+        model=job.project.base_model,
         models_dir=str(settings.MODELS_DIR),
         adapter=version.adapter_path or None,
         adapter_sha256=version.adapter_sha256 or None,
@@ -53,33 +94,45 @@ def _generation_run(job: GenerationJob) -> None:
         top_p=sampling.top_p,
         seed=sampling.seed + job.pk,
         batch_size=sampling.batch_size,
-        trust_remote_code=project.trust_remote_code,
-    )
-    params = {k: cfg[k] for k in ("max_new_tokens", "temperature", "top_p") if k in cfg}
-    params.update(
-        model=project.base_model,
-        adapter=version.adapter_path,
-        model_version=version.name,
-        generation_job=job.pk,
-        round=round_.number,
-    )
-    rng = random.Random(engine_config.seed)
-    counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
-    # The implicit reward needs every sample scored first: pairs are formed once all are in.
-    pairs_at_the_end = round_.pair_selection == PairSelection.REWARD_GAP
-    job_log(
-        job,
-        f"generating {engine_config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
-        f"with {version.name}"
-        + (f" (attempt {job.attempts}: {len(done)} prompts done before)" if done else ""),
+        trust_remote_code=job.project.trust_remote_code,
     )
 
-    def on_progress(progress: GenerationProgress) -> None:
+
+class _SampleRecorder:
+    """The engine's `on_progress`: each batch's samples stored as responses of the job (and,
+    for training, formed into comparisons) in one transaction, then the job's progress and
+    heartbeat; JobLost once the job is not this worker's any more."""
+
+    def __init__(
+        self,
+        job: GenerationJob,
+        prompts: Sequence[Prompt],
+        *,
+        rng: random.Random,
+        done: int,
+        total: int,
+    ) -> None:
+        self.job, self.prompts, self.rng, self.done, self.total = job, prompts, rng, done, total
+        self.counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
+        # The implicit reward needs every sample scored first: pairs are formed once all are in.
+        self.pairs_at_the_end = job.round.pair_selection == PairSelection.REWARD_GAP
+        cfg, version = job.config, job.model_version
+        self.params = {k: cfg[k] for k in ("max_new_tokens", "temperature", "top_p") if k in cfg}
+        self.params.update(
+            model=job.project.base_model,
+            adapter=version.adapter_path,
+            model_version=version.name,
+            generation_job=job.pk,
+            round=job.round.number,
+        )
+
+    def __call__(self, progress: GenerationProgress) -> None:
+        job = self.job
         rows = [
             ResponseInput(
-                prompt_id=prompts[s.prompt_index].pk,
+                prompt_id=self.prompts[s.prompt_index].pk,
                 text=s.text,
-                generation_params={**params, "sample_index": s.sample_index},
+                generation_params={**self.params, "sample_index": s.sample_index},
                 seed=s.seed,
                 prompt_tokens=s.prompt_tokens,
                 completion_tokens=s.completion_tokens,
@@ -88,13 +141,13 @@ def _generation_run(job: GenerationJob) -> None:
             for s in progress.samples
         ]
         with transaction.atomic():
-            created = responses_create(policy=version.policy, rows=rows)
+            created = responses_create(policy=job.model_version.policy, rows=rows)
             GeneratedResponse.objects.bulk_create(
                 [GeneratedResponse(response=response, job=job) for response in created]
             )
-            counts["responses"] += len(created)
-            if job.purpose == Purpose.TRAIN and not pairs_at_the_end:
-                on_policy_pairs_create(created, round_, rng, counts)
+            self.counts["responses"] += len(created)
+            if job.purpose == Purpose.TRAIN and not self.pairs_at_the_end:
+                on_policy_pairs_create(created, job.round, self.rng, self.counts)
         tokens_per_s = progress.tokens_generated / progress.elapsed_s if progress.elapsed_s else 0.0
         job.metrics.append(
             {
@@ -106,43 +159,16 @@ def _generation_run(job: GenerationJob) -> None:
         )
         job_log(
             job,
-            f"{len(done) + progress.done_prompts}/{len(every_prompt)} prompts, "
+            f"{self.done + progress.done_prompts}/{self.total} prompts, "
             f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s",
         )
         alive = job_heartbeat(
             job,
             fields={
-                "progress_done": len(done) + progress.done_prompts,
+                "progress_done": self.done + progress.done_prompts,
                 "metrics": job.metrics,
                 "log_tail": job.log_tail,
             },
         )
         if not alive:
             raise JobLost(f"{job} was cancelled or handed to another worker")
-
-    started = time.monotonic()
-    samples = (
-        GENERATORS[settings.GENERATION_BACKEND](
-            engine_config, [p.messages for p in prompts], on_progress=on_progress
-        )
-        if prompts
-        else []
-    )
-    elapsed = time.monotonic() - started
-    tokens = sum(s.completion_tokens for s in samples)
-    if job.purpose == Purpose.TRAIN and pairs_at_the_end:
-        ours = Response.objects.filter(generation__job=job).select_related("prompt")
-        with transaction.atomic():
-            on_policy_pairs_create(list(ours.order_by("id")), round_, rng, counts)
-    job.progress_done = len(every_prompt)
-    job_succeed(
-        job,
-        summary={
-            **counts,
-            "tokens_generated": tokens,
-            "elapsed_s": round(elapsed, 2),
-            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
-        },
-    )
-    if job.purpose == Purpose.EVAL:
-        head_to_head_pairs_form(round_=round_)

@@ -15,6 +15,7 @@ from alignment.engine.training import (
     PreferenceExample,
     TrainingConfig,
     TrainingProgress,
+    TrainingResult,
     train,
 )
 from alignment.models import Reference, RefLogp, StartFrom, TrainingRun
@@ -117,9 +118,6 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
 
 
 def _training_run(run: TrainingRun) -> None:
-    project = run.project
-    base_version = run.base_version
-    training = TrainingSettings.from_mapping(run.config)
     frozen = snapshot_examples(snapshot=run.snapshot, pair_ids=run.snapshot.pair_ids)
     examples = [pair.example for pair in frozen]
     validation = [
@@ -128,6 +126,36 @@ def _training_run(run: TrainingRun) -> None:
             snapshot=run.snapshot, pair_ids=run.snapshot.validation_pair_ids
         )
     ]
+    config = _engine_config(run, examples)
+    result = train(
+        config,
+        examples,
+        validation=validation,
+        ref_store=_DatabaseRefLogps(frozen),
+        on_progress=_ProgressRecorder(run),
+    )
+    for skipped in result.checkpoints_skipped:
+        job_log(run, f"checkpoint passed over: {skipped}")
+    if result.stopped_at_step is not None:
+        job_log(run, f"cancelled: stopped after step {result.stopped_at_step}")
+        job_stopped(
+            run,
+            summary={
+                "steps": result.steps,
+                "cancelled_at_step": result.stopped_at_step,
+                "adapter_dir": result.adapter_dir,  # the last checkpoint, kept
+                "adapter_sha256": result.adapter_sha256,
+                "pairs": len(examples),
+            },
+        )
+        return
+    _outcome_record(run, result, frozen)
+
+
+def _engine_config(run: TrainingRun, examples: Sequence[PreferenceExample]) -> TrainingConfig:
+    """The engine's config for the run: the lead's settings and plan, where training starts
+    and what it is measured against; logged on the run."""
+    base_version = run.base_version
     continues = run.start_from == StartFrom.PARENT and not base_version.is_base
     if run.reference == Reference.BASE:
         reference, reference_sha256 = "base", None
@@ -136,19 +164,6 @@ def _training_run(run: TrainingRun) -> None:
         reference, reference_sha256 = base_version.adapter_path, base_version.adapter_sha256
     else:  # the parent's policy when training continues it; no reference for ORPO, SimPO
         reference, reference_sha256 = "start", None
-    config = TrainingConfig(
-        model=project.base_model,
-        models_dir=str(settings.MODELS_DIR),
-        output_dir=run.output_dir,
-        init_adapter=base_version.adapter_path if continues else None,
-        init_adapter_sha256=(base_version.adapter_sha256 or None) if continues else None,
-        reference=reference,
-        reference_sha256=reference_sha256 or None,
-        checkpoint_steps=settings.TRAINING_CHECKPOINT_STEPS,
-        trust_remote_code=project.trust_remote_code,
-        quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
-        **asdict(training),
-    )
     if run.reference == Reference.NONE:
         reference_text = "none (the method uses no reference model)"
     elif reference == "base" or (reference == "start" and not continues):
@@ -166,14 +181,35 @@ def _training_run(run: TrainingRun) -> None:
         )
         + f"; reference: {reference_text}",
     )
+    return TrainingConfig(
+        model=run.project.base_model,
+        models_dir=str(settings.MODELS_DIR),
+        output_dir=run.output_dir,
+        init_adapter=base_version.adapter_path if continues else None,
+        init_adapter_sha256=(base_version.adapter_sha256 or None) if continues else None,
+        reference=reference,
+        reference_sha256=reference_sha256 or None,
+        checkpoint_steps=settings.TRAINING_CHECKPOINT_STEPS,
+        trust_remote_code=run.project.trust_remote_code,
+        quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
+        **asdict(TrainingSettings.from_mapping(run.config)),
+    )
 
-    first_report = [True]
 
-    def on_progress(progress: TrainingProgress) -> bool:
-        if first_report:
+class _ProgressRecorder:
+    """The engine's `on_progress`: each step's point on the run's metric series and log, with
+    the heartbeat; answers True (stop after this step) once the run was cancelled."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        self.run = run
+        self.first = True
+
+    def __call__(self, progress: TrainingProgress) -> bool:
+        run = self.run
+        if self.first:
             # This attempt's first step: one after the checkpoint it resumed from (after none,
             # step 1). The points of steps done again after that checkpoint go.
-            first_report.clear()
+            self.first = False
             run.metrics = [p for p in run.metrics if p["step"] < progress.step]
             if progress.step > 1:
                 job_log(
@@ -181,23 +217,24 @@ def _training_run(run: TrainingRun) -> None:
                     f"attempt {run.attempts}: resumed from the checkpoint at step "
                     f"{progress.step - 1}",
                 )
-        point = {
-            "step": progress.step,
-            "epoch": round(progress.epoch, 3),
-            "loss": progress.loss,
-            "reward_accuracy": progress.reward_accuracy,
-            "reward_margin": progress.reward_margin,
-            "chosen_reward": progress.chosen_reward,
-            "rejected_reward": progress.rejected_reward,
-            "chosen_logp": progress.chosen_logp,
-            "rejected_logp": progress.rejected_logp,
-            "tokens_per_s": _rounded(progress.tokens_per_s, 1),
-            "memory_mb": _rounded(progress.memory_mb, 1),
-            "eta_s": _rounded(progress.eta_s, 1),
-            "t": round(progress.elapsed_s, 2),
-            "checkpoint": progress.checkpoint_step,
-        }
-        run.metrics.append(point)
+        run.metrics.append(
+            {
+                "step": progress.step,
+                "epoch": round(progress.epoch, 3),
+                "loss": progress.loss,
+                "reward_accuracy": progress.reward_accuracy,
+                "reward_margin": progress.reward_margin,
+                "chosen_reward": progress.chosen_reward,
+                "rejected_reward": progress.rejected_reward,
+                "chosen_logp": progress.chosen_logp,
+                "rejected_logp": progress.rejected_logp,
+                "tokens_per_s": _rounded(progress.tokens_per_s, 1),
+                "memory_mb": _rounded(progress.memory_mb, 1),
+                "eta_s": _rounded(progress.eta_s, 1),
+                "t": round(progress.elapsed_s, 2),
+                "checkpoint": progress.checkpoint_step,
+            }
+        )
         job_log(
             run,
             f"step {progress.step}/{progress.total_steps} loss={progress.loss} "
@@ -214,41 +251,23 @@ def _training_run(run: TrainingRun) -> None:
         )
         return not alive  # cancelled: stop after this step
 
-    result = train(
-        config,
-        examples,
-        validation=validation,
-        ref_store=_DatabaseRefLogps(frozen),
-        on_progress=on_progress,
-    )
-    for skipped in result.checkpoints_skipped:
-        job_log(run, f"checkpoint passed over: {skipped}")
-    if result.stopped_at_step is not None:
-        job_log(run, f"cancelled: stopped after step {result.stopped_at_step}")
-        job_stopped(
-            run,
-            summary={
-                "steps": result.steps,
-                "cancelled_at_step": result.stopped_at_step,
-                "adapter_dir": result.adapter_dir,  # the last checkpoint, kept
-                "adapter_sha256": result.adapter_sha256,
-                "pairs": len(examples),
-            },
-        )
-        return
+
+def _outcome_record(run: TrainingRun, result: TrainingResult, frozen: Sequence[FrozenPair]) -> None:
+    """A finished run: its figures logged, the new model version registered and the run's
+    success recorded, in one transaction."""
     if result.reference_key is not None:
         job_log(
             run,
-            f"reference log-probabilities: {result.ref_logps_reused} of {len(examples)} pairs "
+            f"reference log-probabilities: {result.ref_logps_reused} of {len(frozen)} pairs "
             "reused from earlier runs"
             if result.ref_logps_reused
-            else f"reference log-probabilities: computed for {len(examples)} pairs and stored",
+            else f"reference log-probabilities: computed for {len(frozen)} pairs and stored",
         )
     figures = asdict(result.validation) if result.validation is not None else None
     contradictions = _contradictions_record(frozen, result.contradictions)
     job_log(
         run,
-        f"{len(contradictions)} of {len(examples)} training pairs contradicted by the trained "
+        f"{len(contradictions)} of {len(frozen)} training pairs contradicted by the trained "
         "policy (listed on the run page)",
     )
     if figures is not None:
@@ -260,15 +279,15 @@ def _training_run(run: TrainingRun) -> None:
         )
     with transaction.atomic():
         version = model_version_register(
-            project=project,
-            parent=base_version,
+            project=run.project,
+            parent=run.base_version,
             adapter_path=result.adapter_dir,
             adapter_sha256=result.adapter_sha256,
         )
         run.output_version = version
         run.save(update_fields=["output_version"])
         run.progress_done = result.steps
-        job_log(run, f"registered {version.name} (parent {base_version.name})")
+        job_log(run, f"registered {version.name} (parent {run.base_version.name})")
         job_succeed(
             run,
             summary={
@@ -276,7 +295,7 @@ def _training_run(run: TrainingRun) -> None:
                 "train_loss": result.train_loss,
                 "elapsed_s": round(result.elapsed_s, 2),
                 "seconds_per_step": round(result.elapsed_s / max(result.steps, 1), 2),
-                "pairs": len(examples),
+                "pairs": len(frozen),
                 "ref_logps_reused": result.ref_logps_reused,
                 "memory_estimate_mb": result.memory_estimate_mb,
                 "attempts": run.attempts,
