@@ -9,6 +9,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.text import words
+
 # Openings and phrases of a refusal, in English (most of what small chat models say).
 _REFUSAL = re.compile(
     r"\b(I can(?:no|')t (?:help|assist|do|provide|comply)|I'?m (?:sorry|unable|not able)|"
@@ -25,8 +27,8 @@ def is_refusal(text: str) -> bool:
 
 def repetition(text: str, n: int = 3) -> float:
     """The share of the response's word n-grams that repeat an earlier one (0: none)."""
-    words = text.lower().split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    tokens = words(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
