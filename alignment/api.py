@@ -22,10 +22,15 @@ from alignment.models import (
     StartFrom,
 )
 from alignment.models import TrainingRun as TrainingRunModel
-from alignment.selectors import leaderboard as leaderboard_reads
-from alignment.selectors import rounds as rounds_reads
-from alignment.selectors import runs as runs_reads
-from alignment.selectors import versions as versions_reads
+from alignment.selectors.leaderboard import leaderboard_get
+from alignment.selectors.rounds import RoundRow, round_detail_get, round_list_for_project
+from alignment.selectors.runs import (
+    access_training_run,
+    training_run_get,
+    training_run_list_for_project,
+    training_run_points,
+)
+from alignment.selectors.versions import model_versions_for_project
 from alignment.services.rounds import (
     PROMPT_CHOICES,
     ROUND_SIZE_FIELDS,
@@ -74,7 +79,7 @@ class ModelVersionListApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        versions = versions_reads.model_versions_for_project(project=project)
+        versions = model_versions_for_project(project=project)
         return Response(ModelVersionOut(versions, many=True).data)
 
 
@@ -94,7 +99,7 @@ class GenerationJobOut(serializers.Serializer[Any]):
 
 
 class RoundOut(serializers.Serializer[Any]):
-    # Of a rounds_reads.RoundRow: the round and its counts.
+    # Of a RoundRow: the round and its counts.
     number = serializers.IntegerField(source="round.number")
     policy_id = serializers.IntegerField(
         source="round.policy_id", help_text="The model version that generates it."
@@ -152,7 +157,7 @@ class RoundListApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        rows = rounds_reads.round_list_for_project(project=project)
+        rows = round_list_for_project(project=project)
         return Response(RoundOut(rows, many=True).data)
 
     @extend_schema(
@@ -187,10 +192,10 @@ class RoundListApi(ProjectApi):
 
 
 def _round_detail(project: Project, number: int) -> Any:
-    detail = rounds_reads.round_detail_get(project=project, number=number)
+    detail = round_detail_get(project=project, number=number)
     if detail is None:
         raise Http404("No such round.")
-    row = rounds_reads.RoundRow(
+    row = RoundRow(
         round=detail.round,
         prompt_count=detail.train_prompt_count + detail.eval_prompt_count,
         comparisons_created=detail.comparisons.created,
@@ -264,7 +269,7 @@ class TrainingRunDetailOut(TrainingRunOut):
         )
     )
     def get_points(self, run: TrainingRunModel) -> list[dict[str, Any]]:
-        return runs_reads.training_run_points(run=run)
+        return training_run_points(run=run)
 
 
 class TrainingSettingsIn(serializers.Serializer[Any]):
@@ -324,7 +329,7 @@ class TrainingRunListApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        rows = runs_reads.training_run_list_for_project(project=project)
+        rows = training_run_list_for_project(project=project)
         return Response(TrainingRunOut([row.run for row in rows], many=True).data)
 
     @extend_schema(
@@ -360,7 +365,7 @@ class TrainingRunListApi(ProjectApi):
             filters=SnapshotFilters(min_agreement=data["min_agreement"]),
             created_by=request.user,  # type: ignore[arg-type]
         )
-        run = runs_reads.training_run_get(project=project, run_id=run.pk) or run
+        run = training_run_get(project=project, run_id=run.pk) or run
         return Response(TrainingRunOut(run).data, status=status.HTTP_201_CREATED)
 
 
@@ -375,7 +380,7 @@ class TrainingRunDetailApi(ProjectApi):
     )
     def get(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
-        run = runs_reads.access_training_run(project=project, run_id=run_id)
+        run = access_training_run(project=project, run_id=run_id)
         return Response(TrainingRunDetailOut(run).data)
 
 
@@ -393,7 +398,7 @@ class WinRateOut(serializers.Serializer[Any]):
 
 
 class LeaderboardOut(serializers.Serializer[Any]):
-    # Of a leaderboard_reads.Leaderboard. (Comments, not docstrings: the schema shows those.)
+    # Of a Leaderboard. (Comments, not docstrings: the schema shows those.)
     games = serializers.IntegerField(help_text="Judged head-to-head comparisons.")
     ratings = inline_serializer(
         "RatingOut",
@@ -439,7 +444,7 @@ class LeaderboardApi(ProjectApi):
     )
     def get(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)
-        board = leaderboard_reads.leaderboard_get(project=project)
+        board = leaderboard_get(project=project)
         return Response(LeaderboardOut(board).data)
 
 
@@ -456,7 +461,7 @@ class TrainingRunCancelApi(ProjectApi):
     )
     def post(self, request: Request, slug: str, run_id: int) -> Response:
         project = self.project(request, slug)
-        run = runs_reads.access_training_run(project=project, run_id=run_id)
+        run = access_training_run(project=project, run_id=run_id)
         training_run_cancel(run=run)
-        run = runs_reads.training_run_get(project=project, run_id=run_id) or run
+        run = training_run_get(project=project, run_id=run_id) or run
         return Response(TrainingRunOut(run).data)

@@ -17,11 +17,18 @@ from alignment import lineage
 from alignment.engine.spec import TRAINING_PRESETS
 from alignment.forms import RoundStartForm, TrainingRunStartForm
 from alignment.models import PairSelection
-from alignment.selectors import leaderboard as leaderboard_reads
-from alignment.selectors import review as review_reads
-from alignment.selectors import rounds as rounds_reads
-from alignment.selectors import runs as runs_reads
-from alignment.selectors import versions as versions_reads
+from alignment.selectors.leaderboard import leaderboard_get, round_head_to_head
+from alignment.selectors.review import round_review_get
+from alignment.selectors.rounds import round_detail_get, round_drift, round_list_for_project
+from alignment.selectors.runs import (
+    access_training_run,
+    preference_pairs_available_count,
+    training_run_contradictions,
+    training_run_list_for_project,
+    training_run_points,
+    training_run_progress,
+)
+from alignment.selectors.versions import model_version_tree, model_versions_for_project
 from alignment.services.rounds import round_next_start, round_sign_off
 from alignment.services.training import (
     contradictions_send_back,
@@ -49,8 +56,8 @@ def _lead_project(request: AuthedRequest, slug: str) -> Project:
 @require_GET
 def round_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    rows = rounds_reads.round_list_for_project(project=project)
-    drift = rounds_reads.round_drift(project=project)
+    rows = round_list_for_project(project=project)
+    drift = round_drift(project=project)
     return render(
         request, "alignment/round_list.html", page_context(request, project, rows=rows, drift=drift)
     )
@@ -60,7 +67,7 @@ def round_list(request: AuthedRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    versions = versions_reads.model_versions_for_project(project=project)
+    versions = model_versions_for_project(project=project)
     if request.method != "POST":
         form = RoundStartForm(versions=versions)
         return render(
@@ -97,13 +104,13 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def round_detail(request: AuthedRequest, slug: str, number: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    detail = rounds_reads.round_detail_get(project=project, number=number)
+    detail = round_detail_get(project=project, number=number)
     if detail is None:
         raise Http404("No such round.")
     template = "alignment/round_detail.html"
     if request.htmx:
         template += "#jobs"
-    head_to_head = leaderboard_reads.round_head_to_head(project=project, number=number)
+    head_to_head = round_head_to_head(project=project, number=number)
     return render(
         request, template, page_context(request, project, detail=detail, head_to_head=head_to_head)
     )
@@ -115,7 +122,7 @@ def round_review(request: AuthedRequest, slug: str, number: int) -> HttpResponse
     """Before training: the round's coverage, agreement, bias and what changed since the last
     snapshot; POST signs the round off."""
     project = _lead_project(request, slug)
-    review = review_reads.round_review_get(project=project, number=number)
+    review = round_review_get(project=project, number=number)
     if review is None:
         raise Http404("No such round.")
     if request.method == "POST":
@@ -156,7 +163,7 @@ def lineage_comparison(request: AuthedRequest, slug: str, comparison_id: int) ->
 @require_GET
 def lineage_run(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    run = runs_reads.access_training_run(project=project, run_id=run_id)
+    run = access_training_run(project=project, run_id=run_id)
     return _lineage_page(
         request,
         project,
@@ -169,9 +176,7 @@ def lineage_run(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
 @require_GET
 def lineage_version(request: AuthedRequest, slug: str, version_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    version = (
-        versions_reads.model_versions_for_project(project=project).filter(pk=version_id).first()
-    )
+    version = model_versions_for_project(project=project).filter(pk=version_id).first()
     if version is None:
         raise Http404("No such model version.")
     steps = lineage.lineage_of_version(project=project, version=version)
@@ -195,7 +200,7 @@ def _lineage_page(
 @require_GET
 def training_run_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    rows = runs_reads.training_run_list_for_project(project=project)
+    rows = training_run_list_for_project(project=project)
     return render(
         request, "alignment/training_run_list.html", page_context(request, project, rows=rows)
     )
@@ -205,7 +210,7 @@ def training_run_list(request: AuthedRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    versions = versions_reads.model_versions_for_project(project=project)
+    versions = model_versions_for_project(project=project)
     status = 200
     if request.method != "POST":
         form = TrainingRunStartForm(versions=versions, preset=request.GET.get("preset"))
@@ -227,7 +232,7 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
                 form.add_error(None, str(error))
             else:
                 return redirect("training_run_detail", slug=project.slug, run_id=run.pk)
-    pairs_available = runs_reads.preference_pairs_available_count(project=project)
+    pairs_available = preference_pairs_available_count(project=project)
     try:
         shown = (
             TrainingSettings.from_mapping(form.settings_mapping())
@@ -260,12 +265,12 @@ def training_run_new(request: AuthedRequest, slug: str) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    run = runs_reads.access_training_run(project=project, run_id=run_id)
-    progress = runs_reads.training_run_progress(run=run)
+    run = access_training_run(project=project, run_id=run_id)
+    progress = training_run_progress(run=run)
     template = "alignment/training_run_detail.html"
     if request.htmx:
         template += "#progress"
-    contradictions = runs_reads.training_run_contradictions(run=run)
+    contradictions = training_run_contradictions(run=run)
     return render(
         request,
         template,
@@ -280,7 +285,7 @@ def training_run_contradictions_send_back(
 ) -> HttpResponse:
     """Send the contradicted pairs the lead ticked back for fresh judgments."""
     project = _lead_project(request, slug)
-    run = runs_reads.access_training_run(project=project, run_id=run_id)
+    run = access_training_run(project=project, run_id=run_id)
     chosen = request.POST.getlist("comparison")
     if not chosen or not all(value.isdigit() and len(value) <= 9 for value in chosen):
         messages.error(request, "Tick the pairs to send back first.")
@@ -305,7 +310,7 @@ def training_run_contradictions_send_back(
 @require_POST
 def training_run_cancel_view(request: AuthedRequest, slug: str, run_id: int) -> HttpResponse:
     project = _lead_project(request, slug)
-    run = runs_reads.access_training_run(project=project, run_id=run_id)
+    run = access_training_run(project=project, run_id=run_id)
     if training_run_cancel(run=run):
         messages.info(
             request,
@@ -321,12 +326,12 @@ def training_run_cancel_view(request: AuthedRequest, slug: str, run_id: int) -> 
 @require_GET
 def training_run_metrics(request: AuthedRequest, slug: str, run_id: int) -> JsonResponse:
     project = _lead_project(request, slug)
-    run = runs_reads.access_training_run(project=project, run_id=run_id)
+    run = access_training_run(project=project, run_id=run_id)
     return JsonResponse(
         {
             "status": run.status,
             "progress": {"done": run.progress_done, "total": run.progress_total},
-            "points": runs_reads.training_run_points(run=run),
+            "points": training_run_points(run=run),
         }
     )
 
@@ -338,7 +343,7 @@ def training_run_metrics(request: AuthedRequest, slug: str, run_id: int) -> Json
 @require_GET
 def model_version_list(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    tree = versions_reads.model_version_tree(project=project)
+    tree = model_version_tree(project=project)
     return render(
         request, "alignment/model_version_list.html", page_context(request, project, tree=tree)
     )
@@ -351,7 +356,7 @@ def model_version_list(request: AuthedRequest, slug: str) -> HttpResponse:
 @require_GET
 def leaderboard(request: AuthedRequest, slug: str) -> HttpResponse:
     project = _lead_project(request, slug)
-    board = leaderboard_reads.leaderboard_get(project=project)
+    board = leaderboard_get(project=project)
     return render(
         request, "alignment/leaderboard.html", page_context(request, project, board=board)
     )
