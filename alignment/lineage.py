@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from django.urls import reverse
 
-from alignment.models import ModelVersion, Round, TrainingRun
+from alignment.models import GeneratedResponse, ModelVersion, Round, TrainingRun
 from annotate.models import (
     Comparison,
     DatasetSnapshot,
@@ -20,7 +20,7 @@ from annotate.models import (
     Response,
 )
 
-DECODING_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_index", "generation_job")
+DECODING_KEYS = ("max_new_tokens", "temperature", "top_p", "sample_index")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,9 @@ def _response_step(project: Project, side: str, response: Response) -> Step:
         )
     ]
     items += [Item(key, str(params[key])) for key in DECODING_KEYS if key in params]
+    job_id = GeneratedResponse.objects.filter(response=response).values_list("job_id", flat=True)
+    if job_id:
+        items.append(Item("generation job", str(job_id[0])))
     if response.seed is not None:
         items.append(Item("seed", str(response.seed)))
     if response.finish_reason:

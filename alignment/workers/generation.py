@@ -122,7 +122,6 @@ class _SampleRecorder:
             model=job.project.base_model,
             adapter=version.adapter_path,
             model_version=version.name,
-            generation_job=job.pk,
             round=job.round.number,
         )
 

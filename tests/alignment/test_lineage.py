@@ -44,6 +44,9 @@ def test_the_chain_runs_from_the_prompt_to_the_child_version(
     ]
     assert _steps(page)[7:] == ["snapshot", "run", "version"]
     assert "temperature" in page and "v1" in page  # decoding settings, guideline version
+    # The job that generated the response, from its foreign key.
+    job_id = comparisons[0].response_a.generation.job_id
+    assert f'<dt>generation job</dt><dd dir="auto">{job_id}</dd>' in page
     assert f"Child version {child.name}" in page
     # Every step's link leads somewhere real.
     for url in set(re.findall(r'<h2 class="card-title"><a href="([^"]+)"', page)):
