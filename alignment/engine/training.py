@@ -20,8 +20,6 @@ from alignment.engine.memory import (
     memory_estimate,
     model_shape,
 )
-from alignment.engine.spec import LOSS_TYPES as LOSS_TYPES
-from alignment.engine.spec import METHODS as METHODS
 from alignment.engine.spec import Hyperparameters, hyperparameters_validate
 
 if TYPE_CHECKING:
@@ -30,8 +28,7 @@ if TYPE_CHECKING:
 ADAPTER_DIR_NAME = "adapter"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 
-# The methods and their losses are defined with the hyperparameters (alignment.engine.spec);
-# the names stay importable from here.
+# The methods and their losses are defined with the hyperparameters (alignment.engine.spec).
 REFERENCE_FREE = ("orpo", "simpo")
 REFERENCES = ("start", "base")  # or the path of an adapter directory
 PAIR_KINDS = ("preference", "tie", "both_bad")

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from alignment.engine.spec import LOSS_TYPES as LOSS_TYPES
-from alignment.engine.spec import METHODS as METHODS
 from alignment.engine.spec import (
     TRAINING_FIELDS,
     TRAINING_PRESETS,
