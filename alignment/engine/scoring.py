@@ -15,6 +15,7 @@ from alignment.engine.training import (
     TrainingConfig,
     ValidationFigures,
 )
+from alignment.engine.turns import turn_ids
 
 # Per pair: (chosen log-prob, chosen tokens, rejected log-prob, rejected tokens).
 PairLogps = list[tuple[float, int, float, int]]
@@ -32,9 +33,12 @@ def pair_logps(
     """Each pair's summed completion log-probabilities under `model`, with the completions'
     token counts: (chosen, n_chosen, rejected, n_rejected) per pair."""
     items = [
-        (example.prompt, completion)
-        for example in examples
-        for completion in (example.chosen, example.rejected)
+        item
+        for e in examples
+        for item in (
+            (e.prompt, e.chosen, e.chosen_complete),
+            (e.prompt, e.rejected, e.rejected_complete),
+        )
     ]
     sums = completion_logps(model, tokenizer, items, max_length, batch_size)
     return [(*sums[2 * k], *sums[2 * k + 1]) for k in range(len(examples))]
@@ -43,27 +47,24 @@ def pair_logps(
 def completion_logps(
     model: Any,
     tokenizer: Any,
-    items: Sequence[tuple[Sequence[Mapping[str, str]], str]],
+    items: Sequence[tuple[Sequence[Mapping[str, str]], str, bool]],
     max_length: int,
     batch_size: int = SCORE_BATCH,
 ) -> list[tuple[float, int]]:
-    """Per (prompt messages, completion): the completion's summed log-probability under
-    `model`, in the mode it is in, and its token count, as the chat template lays them out.
+    """Per (prompt messages, completion, complete): the completion's summed log-probability
+    under `model`, in the mode it is in, and its token count, laid out as training lays it
+    out (alignment.engine.turns: a cut-off completion without the end of its turn).
     Scored in right-padded batches of similar length. A trainer's model scores in train mode
     (its dropout is off): bitsandbytes' 4-bit CPU layers compute differently in eval mode."""
     if not items:
         return []
     import torch
 
-    sequences = [
-        _completion_tokens(
-            tokenizer,
-            [{"role": m["role"], "content": m["content"]} for m in prompt],
-            text,
-            max_length,
-        )
-        for prompt, text in items
-    ]
+    sequences = []
+    for prompt, text, complete in items:
+        head, tail = turn_ids(tokenizer, prompt, text, complete=complete)
+        whole = (head + tail)[:max_length]
+        sequences.append((whole, min(len(head), len(whole) - 1)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     sums: list[tuple[float, int]] = [(0.0, 1)] * len(sequences)
@@ -138,12 +139,7 @@ def contradictions(
     if config.method in REFERENCE_FREE:
         margins = [c / nc - r / nr for c, nc, r, nr in policy]
     else:
-        from trl.trainer.utils import use_adapter
-
-        # TRL's reference: the "ref" adapter when there is one, else no adapter (the base).
-        name = "ref" if "ref" in getattr(model, "peft_config", {}) else None
-        with use_adapter(model, adapter_name=name):
-            reference = pair_logps(model, tokenizer, pairs, config.max_length)
+        reference = reference_pair_logps(model, tokenizer, pairs, config.max_length)
         margins = [
             config.beta * ((pc - rc) - (pr - rr))
             for (pc, _, pr, _), (rc, _, rr, _) in zip(policy, reference, strict=True)
@@ -154,24 +150,29 @@ def contradictions(
     return tuple(sorted(found, key=lambda c: c.margin))
 
 
-def _completion_tokens(
-    tokenizer: Any, prompt: list[dict[str, str]], completion: str, max_length: int
-) -> tuple[list[int], int]:
-    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    whole = tokenizer.apply_chat_template(
-        [*prompt, {"role": "assistant", "content": completion}], tokenize=False
-    )
-    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
-    ids = tokenizer(whole, add_special_tokens=False)["input_ids"][:max_length]
-    return ids, min(len(head_ids), len(ids) - 1)
+def reference_pair_logps(
+    model: Any, tokenizer: Any, examples: Sequence[PreferenceExample], max_length: int
+) -> PairLogps:
+    """`pair_logps` under the run's reference as TRL takes it: the "ref" adapter when there
+    is one, else no adapter (the base)."""
+    from trl.trainer.utils import use_adapter
+
+    name = "ref" if "ref" in getattr(model, "peft_config", {}) else None
+    with use_adapter(model, adapter_name=name):
+        return pair_logps(model, tokenizer, examples, max_length)
 
 
-def validation_figures(before: PairLogps, after: PairLogps, beta: float) -> ValidationFigures:
+def validation_figures(
+    before: PairLogps, after: PairLogps, reference: PairLogps, beta: float
+) -> ValidationFigures:
+    """`reference`: the pairs under the run's reference (the starting policy for ORPO and
+    SimPO, which have none): the implicit reward is measured against it."""
+
     def prefers_chosen(row: tuple[float, int, float, int]) -> bool:
         chosen, chosen_n, rejected, rejected_n = row
         return chosen / chosen_n > rejected / rejected_n
 
-    growth = [(a[0] - a[2]) - (b[0] - b[2]) for a, b in zip(after, before, strict=True)]
+    growth = [(a[0] - a[2]) - (r[0] - r[2]) for a, r in zip(after, reference, strict=True)]
     n = len(before)
     return ValidationFigures(
         pairs=n,

@@ -77,13 +77,14 @@ def implicit_rewards(
     model_path: str,
     adapter: str,
     adapter_sha256: str | None,
-    items: Sequence[tuple[Sequence[Mapping[str, str]], str]],
+    items: Sequence[tuple[Sequence[Mapping[str, str]], str, bool]],
     beta: float = 0.1,
     max_length: int = 1024,
     trust_remote_code: bool = False,
 ) -> list[float]:
-    """beta * (log pi(y|x) - log pi_base(y|x)) per (prompt messages, completion): the policy
-    is the base with `adapter` (hash-checked), its reference the base alone."""
+    """beta * (log pi(y|x) - log pi_base(y|x)) per (prompt messages, completion, complete):
+    the policy is the base with `adapter` (hash-checked), its reference the base alone; a
+    completion cut off at the token limit is scored without the end of its turn."""
     from peft import PeftModel
 
     from alignment.engine.generation import adapter_validate, generation_dtype

@@ -46,6 +46,9 @@ LOSS_TYPES: dict[str, str] = {
     "sigmoid_norm": "DPO, length-normalised",
 }
 
+# The losses TRL applies label_smoothing in; exo_pair needs it above 0.
+LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+
 # numpy's seed takes below 2**32; the API's integers are 31-bit.
 SEED_MAX = 2**31 - 1
 
@@ -224,7 +227,8 @@ class Hyperparameters:
         high=0.5,
         high_inclusive=False,
         methods=("dpo",),
-        help="Robust and sigmoid losses: the share of labels assumed flipped.",
+        help="Robust, EXO and AOT losses only (TRL ignores it elsewhere): the share of labels "
+        "assumed flipped. EXO needs it above 0.",
     )
     simpo_gamma: float = setting(
         0.5,
@@ -288,6 +292,14 @@ def hyperparameters_problem(values: Hyperparameters) -> str | None:
         problem = spec.problem(getattr(values, spec.name))
         if problem is not None:
             return problem
+    if values.method == "dpo" and values.label_smoothing > 0:
+        if values.loss_type not in LABEL_SMOOTHING_LOSSES:
+            return (
+                f"label_smoothing acts only in the {', '.join(LABEL_SMOOTHING_LOSSES)} losses; "
+                f"TRL ignores it in {values.loss_type}: set it to 0 or pick one of those losses."
+            )
+    elif values.method == "dpo" and values.loss_type == "exo_pair":
+        return "label_smoothing must be above 0 for the exo_pair loss (the EXO paper uses 0.001)."
     if values.method == "kto" and values.batch_size < 2:
         return "batch_size must be at least 2 for KTO (its KL estimate pairs the rows of a batch)."
     return None

@@ -4,11 +4,14 @@ adapter TRL computes reference log-probabilities with. Imports TRL: load it lazi
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
+from trl.experimental.cpo import CPOConfig, CPOTrainer
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from alignment.engine.generation import adapter_validate
 from alignment.engine.scoring import INDEX_COLUMN, train_mode
@@ -16,18 +19,44 @@ from alignment.engine.training import TrainingConfig
 
 
 class StoredRefDPOTrainer(DPOTrainer):
-    """DPO that takes reference log-probabilities the dataset already carries (from a
-    RefLogpStore) instead of computing them again, computes them in train mode otherwise, and
-    scores the trained policy on the training pairs as it scored the reference."""
+    """DPO on rows tokenized by alignment.engine.turns, that takes the reference
+    log-probabilities the rows already carry (from a RefLogpStore; NaN where none was
+    stored) and computes the missing ones only, in train mode, and scores the trained policy
+    on the training pairs as it scored the reference."""
 
     def __init__(self, *args: Any, reference_config: TrainingConfig, **kwargs: Any) -> None:
         # Set before TRL's __init__, which precomputes the reference log-probabilities.
         self.reference_config = reference_config
         super().__init__(*args, **kwargs)
 
+    def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if "chosen_ids" in dataset.column_names:
+            return dataset  # tokenized, and the pairs whose prompt fills max_length left out
+        return super()._prepare_dataset(dataset, *args, **kwargs)
+
     def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
-        if "ref_chosen_logps" in dataset.column_names:
+        if "ref_chosen_logps" not in dataset.column_names:
+            return self._ref_logps_compute(dataset, name, batch_size)
+        missing = [i for i, v in enumerate(dataset["ref_chosen_logps"]) if math.isnan(v)]
+        if not missing:
             return dataset
+        computed = self._ref_logps_compute(
+            dataset.select(missing).remove_columns(["ref_chosen_logps", "ref_rejected_logps"]),
+            name,
+            batch_size,
+        )
+        chosen, rejected = list(dataset["ref_chosen_logps"]), list(dataset["ref_rejected_logps"])
+        for row, c, r in zip(
+            missing, computed["ref_chosen_logps"], computed["ref_rejected_logps"], strict=True
+        ):
+            chosen[row], rejected[row] = c, r
+        return (
+            dataset.remove_columns(["ref_chosen_logps", "ref_rejected_logps"])
+            .add_column("ref_chosen_logps", chosen)
+            .add_column("ref_rejected_logps", rejected)
+        )
+
+    def _ref_logps_compute(self, dataset: Any, name: str, batch_size: int) -> Any:
         reference_prepare(self.model, self.reference_config)  # inside __init__: set it up now
         # In train mode, as the steps will run: from_pretrained leaves the model in eval
         # mode, where bitsandbytes' 4-bit CPU layers take another kernel with other
@@ -61,26 +90,63 @@ class StoredRefDPOTrainer(DPOTrainer):
         return dict(zip(indices, found, strict=True))
 
 
+class TokenizedKTOTrainer(KTOTrainer):
+    """KTO on rows tokenized by alignment.engine.turns (prompt_ids, completion_ids, label),
+    in the order given: each row's KL completion is its batch neighbour's, as TRL pairs them."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        if "completion_ids" not in dataset.column_names:
+            return super()._prepare_dataset(dataset, processing_class, args, name)
+        if not self.calculate_KL:
+            return dataset
+
+        def rotate(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+            completions = batch["completion_ids"]
+            batch["KL_completion_ids"] = [completions[-1], *completions[:-1]]
+            return batch
+
+        return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+
+
+def preference_features(feature: dict[str, Any], max_length: int) -> dict[str, Any]:
+    """ORPO's and CPO's features of a row tokenized by alignment.engine.turns: prompt then
+    completion, the completion cut to fit max_length, labels on the completion only. Their
+    own tokenization would add an end-of-turn token after the template's."""
+    prompt = list(feature["prompt_ids"])
+    room = max(max_length - len(prompt), 0)
+    out: dict[str, Any] = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for side in ("chosen", "rejected"):
+        ids = prompt + list(feature[f"{side}_ids"])[:room]
+        out[f"{side}_input_ids"] = ids
+        out[f"{side}_attention_mask"] = [1] * len(ids)
+        out[f"{side}_labels"] = [-100] * len(prompt) + ids[len(prompt) :]
+    return out
+
+
+class TokenizedORPOTrainer(ORPOTrainer):
+    def tokenize_row(self, feature: Any, model: Any = None) -> dict[str, Any]:
+        return preference_features(feature, self.max_length)
+
+
+class TokenizedCPOTrainer(CPOTrainer):
+    def tokenize_row(self, feature: Any, model: Any = None) -> dict[str, Any]:
+        return preference_features(feature, self.max_length)
+
+
 def method_trainer(config: TrainingConfig, common: dict[str, Any]) -> tuple[Any, Any]:
     """The TRL trainer class of the method (a callable taking the Trainer's arguments) and its
-    arguments."""
+    arguments. Each takes rows tokenized by alignment.engine.turns."""
     if config.method == "kto":
-        from trl import KTOConfig, KTOTrainer
-
-        return KTOTrainer, KTOConfig(
+        return TokenizedKTOTrainer, KTOConfig(
             desirable_weight=config.desirable_weight,
             undesirable_weight=config.undesirable_weight,
             **common,
         )
     if config.method == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-        return ORPOTrainer, ORPOConfig(**common)
+        return TokenizedORPOTrainer, ORPOConfig(**common)
     if config.method == "simpo":
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
-
         # SimPO is CPO's "simpo" loss without its behaviour-cloning term (cpo_alpha 0).
-        return CPOTrainer, CPOConfig(
+        return TokenizedCPOTrainer, CPOConfig(
             loss_type="simpo", cpo_alpha=0.0, simpo_gamma=config.simpo_gamma, **common
         )
     losses, weights = [config.loss_type], [1.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ class PreferenceExample:
     # "tie": both equally good, "both_bad": neither acceptable; only KTO trains on them (as
     # two desirable or two undesirable completions).
     kind: str = "preference"
+    # False for a response cut off at the token limit: trained and scored without the end of
+    # its turn (alignment.engine.turns).
+    chosen_complete: bool = True
+    rejected_complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,9 @@ ProgressCallback = Callable[[TrainingProgress], bool | None]
 class RefLogpStore(Protocol):
     """Reference log-probabilities kept between runs: per example (by its position in the
     examples given to `train`), (chosen, rejected) summed log-probabilities under the
-    reference named by `key` (the reference model, its adapter, the chat template and the
-    truncation; see `reference_key`). `put` gets the positions TRL kept (it drops a pair
-    whose prompt alone fills max_length)."""
+    reference named by `key` (see `reference_key`). `get` answers None for each one not
+    stored (those alone are computed); `put` gets the positions trained on (a pair whose
+    prompt alone fills max_length is left out)."""
 
     def get(self, key: str, count: int) -> list[tuple[float, float] | None]: ...
 
@@ -114,6 +119,8 @@ class TrainingResult:
     # rather than a forward pass of the reference model.
     reference_key: str | None = None
     ref_logps_reused: int = 0
+    # Examples left out because their prompt alone fills max_length.
+    examples_dropped: int = 0
     stopped_at_step: int | None = None  # when on_progress asked to stop (a cancelled run)
     memory_estimate_mb: int | None = None  # the pre-flight estimate (alignment.engine.memory)
     # The training pairs the trained policy disagrees with, most disagreeing first (none when
@@ -141,9 +148,10 @@ class ValidationFigures:
 
     `accuracy_*`: the share of pairs whose chosen response the policy finds likelier, per
     token (a reference-free preference, comparable before and after). `reward_accuracy`:
-    the share whose implicit reward margin grew, i.e. log pi(chosen) - log pi(rejected) rose
-    from the starting policy (DPO's implicit reward accuracy, the starting policy being the
-    reference); `reward_margin`: its mean times beta."""
+    DPO's implicit reward accuracy, the share whose chosen response gained more
+    log-probability over the run's reference than the rejected one did (ORPO and SimPO have
+    no reference: over the starting policy); `reward_margin`: the mean gain difference
+    times beta."""
 
     pairs: int
     accuracy_before: float
@@ -229,23 +237,40 @@ def train(
         return training_run.run(config, examples, validation, ref_store, on_progress)
 
 
-def reference_key(config: TrainingConfig, model_path: str, chat_template: str) -> str:
-    """What a DPO reference log-probability depends on: the model and the reference's
-    adapter (see TrainingConfig.reference), the precision it is loaded in, the chat template
-    and the truncation length."""
+# The libraries whose kernels and tokenization a reference log-probability comes out of.
+_REFERENCE_LIBRARIES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "tokenizers")
+
+
+def reference_key(
+    config: TrainingConfig, model_path: str, chat_template: str, *, compute: str
+) -> str:
+    """What a DPO reference log-probability depends on: the model's weights (by content),
+    the reference's adapter (see TrainingConfig.reference), the precision it is loaded in,
+    where and in what dtype it is computed (`compute`: device, kernel path and dtype; a
+    kernel change alone moves the numbers), the library versions, the chat template and the
+    truncation length."""
     adapter = reference_adapter(config)
     adapter_hash = file_sha256(Path(adapter) / ADAPTER_WEIGHTS_FILE) if adapter else ""
     weights = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
     identity = {
         "model": model_path,
-        # A local model's weight files by name and size: a replaced checkpoint is another key.
-        "weights": [(w.name, w.stat().st_size) for w in weights],
+        # A local model's weights by content: a replaced checkpoint is another key.
+        "weights": [(w.name, file_sha256(w)) for w in weights],
         "adapter": adapter_hash,
         "quantize_4bit": config.quantize_4bit,
+        "compute": compute,
+        "libraries": {name: _version(name) for name in _REFERENCE_LIBRARIES},
         "template": hashlib.sha256((chat_template or "").encode()).hexdigest(),
         "max_length": config.max_length,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def sequence_tokens(examples: Sequence[PreferenceExample], max_length: int) -> int:

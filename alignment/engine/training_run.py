@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -37,6 +38,7 @@ from alignment.engine.scoring import (
     dpo_contradictions,
     pair_logps,
     reference_logps,
+    reference_pair_logps,
     validation_figures,
 )
 from alignment.engine.sources import (
@@ -51,6 +53,7 @@ from alignment.engine.trainers import method_trainer, reference_prepare
 from alignment.engine.training import (
     ADAPTER_DIR_NAME,
     ADAPTER_WEIGHTS_FILE,
+    REFERENCE_FREE,
     Contradiction,
     PreferenceExample,
     ProgressCallback,
@@ -62,6 +65,7 @@ from alignment.engine.training import (
     out_of_memory_message,
     reference_key,
 )
+from alignment.engine.turns import pair_ids
 
 # What a checkpoint does not depend on: where things are, and how often it is written.
 _NOT_FINGERPRINTED = ("output_dir", "models_dir", "checkpoint_steps")
@@ -85,20 +89,24 @@ def run(
     tokenizer.padding_side = "right"
     estimate = memory_preflight(config, path, examples, use_bf16)
     model, peft_config = _model_prepare(config, path, on_cuda=on_cuda, use_bf16=use_bf16)
-    rows, key, reused = _rows(config, examples, ref_store, path, tokenizer)
+    compute = _compute_identity(on_cuda=on_cuda, use_bf16=use_bf16)
+    rows, key, reused, dropped = _rows(config, examples, ref_store, path, tokenizer, compute)
     fingerprint = _fingerprint(config, examples)
     staging_clear(config.output_dir)  # what a killed worker left half written
     scan = checkpoint_latest(config.output_dir, fingerprint=fingerprint)
     trainer_class, args = method_trainer(
         config, _trainer_arguments(config, on_cuda=on_cuda, use_bf16=use_bf16, stored=key)
     )
-    steps_per_epoch = math.ceil(
+    # KTO's rows hold every epoch already (_kto_rows): one pass over them.
+    passes = 1 if config.method == "kto" else config.epochs
+    steps_per_pass = math.ceil(
         math.ceil(len(rows) / config.batch_size) / config.gradient_accumulation_steps
     )
     reporter = _StepReporter(
         config=config,
         fingerprint=fingerprint,
-        total_steps=steps_per_epoch * config.epochs,
+        total_steps=steps_per_pass * passes,
+        epochs_per_pass=config.epochs // passes,
         on_progress=on_progress,
         on_cuda=on_cuda,
         checkpointed=[scan.latest.step] if scan.latest else [],
@@ -112,11 +120,17 @@ def run(
         callbacks=[reporter],
     )
     _trainer_prepare(trainer, config, on_cuda=on_cuda)
-    if key is not None and not reused:
+    if key is not None and reused < len(rows):
         assert ref_store is not None
         ref_store.put(key, reference_logps(trainer.train_dataset))
     trainer.model.train()  # score as the steps compute (see completion_logps)
     before = pair_logps(trainer.model, tokenizer, validation, config.max_length)
+    # The implicit reward is measured against the run's reference, the start unless asked.
+    reference = (
+        reference_pair_logps(trainer.model, tokenizer, validation, config.max_length)
+        if config.reference != "start" and config.method not in REFERENCE_FREE
+        else before
+    )
     output = _trainer_train(
         trainer, config, estimate, resume=str(scan.latest.path) if scan.latest else None
     )
@@ -134,9 +148,12 @@ def run(
         train_loss=float(output.training_loss),
         elapsed_s=time.monotonic() - reporter.started,
         history=tuple(reporter.history),
-        validation=validation_figures(before, after, config.beta) if validation else None,
+        validation=validation_figures(before, after, reference, config.beta)
+        if validation
+        else None,
         reference_key=key,
         ref_logps_reused=reused,
+        examples_dropped=dropped,
         stopped_at_step=reporter.stopped[0] if reporter.stopped else None,
         memory_estimate_mb=round(estimate.total_mb) if estimate else None,
         contradictions=found,
@@ -201,28 +218,84 @@ def _rows(
     ref_store: RefLogpStore | None,
     path: str,
     tokenizer: Any,
-) -> tuple[list[dict[str, Any]], str | None, int]:
-    """The trainer's rows; for DPO with a store, the reference key and how many rows took
-    their reference log-probabilities from it (all or none)."""
-    rows = (
-        [row for example in examples for row in _unpaired_rows(example)]
-        if config.method == "kto"
-        else [_example_row(example) for example in examples]
-    )
-    if config.method != "dpo":
-        return rows, None, 0
-    for index, row in enumerate(rows):
-        row[INDEX_COLUMN] = index  # which example a row of TRL's tokenized dataset is
-    if ref_store is None:
-        return rows, None, 0
-    key = reference_key(config, path, getattr(tokenizer, "chat_template", "") or "")
+    compute: str,
+) -> tuple[list[dict[str, Any]], str | None, int, int]:
+    """The trainer's rows, tokenized here (alignment.engine.turns) for every method; the
+    reference key of DPO with a store, how many rows took their reference log-probabilities
+    from it, and how many examples were left out because their prompt alone fills
+    max_length (no completion token would be left to learn from)."""
+    encoded = [
+        (
+            index,
+            pair_ids(
+                tokenizer,
+                e.prompt,
+                e.chosen,
+                e.rejected,
+                chosen_complete=e.chosen_complete,
+                rejected_complete=e.rejected_complete,
+            ),
+        )
+        for index, e in enumerate(examples)
+    ]
+    kept = [(index, ids) for index, ids in encoded if len(ids[0]) < config.max_length]
+    if not kept:
+        raise ValueError(
+            f"every prompt fills max_length ({config.max_length} tokens): raise max_length"
+        )
+    dropped = len(examples) - len(kept)
+    if config.method == "kto":
+        return _kto_rows(config, examples, kept), None, 0, dropped
+    rows: list[dict[str, Any]] = [
+        {INDEX_COLUMN: index, "prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+        for index, (p, c, r) in kept
+    ]
+    if config.method != "dpo" or ref_store is None:
+        return rows, None, 0, dropped
+    template = getattr(tokenizer, "chat_template", "") or ""
+    key = reference_key(config, path, template, compute=compute)
     stored = ref_store.get(key, len(examples))
-    if not all(value is not None for value in stored):
-        return rows, key, 0
-    for row, value in zip(rows, stored, strict=True):
-        assert value is not None
-        row["ref_chosen_logps"], row["ref_rejected_logps"] = value
-    return rows, key, len(rows)
+    reused = 0
+    for row in rows:
+        value = stored[row[INDEX_COLUMN]]
+        # The ones not stored yet are computed (StoredRefDPOTrainer) and stored after.
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = value or (math.nan, math.nan)
+        reused += value is not None
+    return rows, key, reused, dropped
+
+
+def _compute_identity(*, on_cuda: bool, use_bf16: bool) -> str:
+    """Where the numbers come from: the device and the kernels torch picks on it, the dtype."""
+    if on_cuda:
+        device = f"cuda:{torch.cuda.get_device_name()}:{torch.version.cuda}"
+    else:
+        device = f"cpu:{torch.backends.cpu.get_cpu_capability()}"
+    return f"{device}:{'bfloat16' if use_bf16 else 'float32'}"
+
+
+def _kto_rows(
+    config: TrainingConfig,
+    examples: Sequence[PreferenceExample],
+    kept: Sequence[tuple[int, tuple[list[int], list[int], list[int]]]],
+) -> list[dict[str, Any]]:
+    """KTO's unpaired rows, one pass of a fresh seeded shuffle per epoch (trained as one long
+    epoch: TRL pairs each row with its batch neighbour for the KL estimate, so it samples in
+    order). Shuffled, a row's neighbour is another prompt's answer, as KTO's mismatched pairs
+    need, not the other answer of its own pair."""
+    unpaired = []
+    for index, (prompt, chosen, rejected) in kept:
+        kind = examples[index].kind
+        # A pair's chosen answer is desirable and its rejected one not; a tie's two are
+        # desirable, a both-bad pair's two undesirable.
+        for completion, label in ((chosen, kind != "both_bad"), (rejected, kind == "tie")):
+            unpaired.append({"prompt_ids": prompt, "completion_ids": completion, "label": label})
+    rng = random.Random(config.seed)
+    rows: list[dict[str, Any]] = []
+    for _ in range(config.epochs):
+        order = list(range(len(unpaired)))
+        rng.shuffle(order)
+        rows.extend(unpaired[i] for i in order)
+    return rows
 
 
 def _trainer_arguments(
@@ -234,7 +307,7 @@ def _trainer_arguments(
         "output_dir": str(staging_dir(config.output_dir)),
         "beta": config.beta,
         "learning_rate": config.learning_rate,
-        "num_train_epochs": config.epochs,
+        "num_train_epochs": 1 if config.method == "kto" else config.epochs,
         "per_device_train_batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "max_length": config.max_length,
@@ -292,6 +365,7 @@ class _StepReporter(TrainerCallback):
     on_progress: ProgressCallback | None
     on_cuda: bool
     checkpointed: list[int]  # the steps of the complete checkpoints, oldest first
+    epochs_per_pass: int = 1  # KTO trains every epoch in one pass over its rows
     started: float = field(default_factory=time.monotonic)
     history: list[TrainingProgress] = field(default_factory=list)
     stopped: list[int] = field(default_factory=list)  # the step a cancel stopped after
@@ -326,7 +400,7 @@ class _StepReporter(TrainerCallback):
         progress = TrainingProgress(
             step=step,
             total_steps=total,
-            epoch=float(state.epoch or 0.0),
+            epoch=float(state.epoch or 0.0) * self.epochs_per_pass,
             loss=_float_or_none(logs.get("loss")),
             reward_accuracy=_float_or_none(logs.get("rewards/accuracies")),
             reward_margin=_float_or_none(logs.get("rewards/margins")),
@@ -345,34 +419,6 @@ class _StepReporter(TrainerCallback):
             self.stopped.append(step)
             control.should_training_stop = True
         return control
-
-
-def _unpaired_rows(example: PreferenceExample) -> list[dict[str, Any]]:
-    """KTO's rows of a pair: its chosen response desirable and its rejected one not; a tie's
-    two desirable, a both-bad pair's two undesirable."""
-    prompt = [{"role": m["role"], "content": m["content"]} for m in example.prompt]
-    first = example.kind != "both_bad"
-    second = example.kind == "tie"
-    return [
-        {
-            "prompt": prompt,
-            "completion": [{"role": "assistant", "content": example.chosen}],
-            "label": first,
-        },
-        {
-            "prompt": prompt,
-            "completion": [{"role": "assistant", "content": example.rejected}],
-            "label": second,
-        },
-    ]
-
-
-def _example_row(example: PreferenceExample) -> dict[str, Any]:
-    return {
-        "prompt": [{"role": m["role"], "content": m["content"]} for m in example.prompt],
-        "chosen": [{"role": "assistant", "content": example.chosen}],
-        "rejected": [{"role": "assistant", "content": example.rejected}],
-    }
 
 
 def _peak_memory_mb(on_cuda: bool) -> float:

@@ -82,7 +82,7 @@ def _selected_pairs_create(
                 ),
                 adapter=version.adapter_path,
                 adapter_sha256=version.adapter_sha256 or None,
-                items=[(r.prompt.messages, r.text) for r in flat],
+                items=[(r.prompt.messages, r.text, r.finish_reason != "length") for r in flat],
                 trust_remote_code=round_.project.trust_remote_code,
             )
             rewards = {r.pk: score for r, score in zip(flat, scores, strict=True)}

@@ -30,6 +30,7 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 CONTRADICTIONS_KEPT = 500
+CUT_OFF = "length"  # a response's finish_reason when the token limit stopped it
 
 
 def _contradictions_record(
@@ -72,6 +73,9 @@ def snapshot_examples(*, snapshot: DatasetSnapshot, pair_ids: Sequence[int]) -> 
                 chosen=responses[chosen].text,
                 rejected=responses[rejected].text,
                 kind=kind,
+                # A response cut off at the token limit trains without the end of its turn.
+                chosen_complete=responses[chosen].finish_reason != CUT_OFF,
+                rejected_complete=responses[rejected].finish_reason != CUT_OFF,
             ),
             chosen_id=chosen,
             rejected_id=rejected,
@@ -235,10 +239,11 @@ class _ProgressRecorder:
                 "checkpoint": progress.checkpoint_step,
             }
         )
+        left = f", about {progress.eta_s:.0f} s left" if progress.eta_s is not None else ""
         job_log(
             run,
             f"step {progress.step}/{progress.total_steps} loss={progress.loss} "
-            f"acc={progress.reward_accuracy} margin={progress.reward_margin}",
+            f"acc={progress.reward_accuracy} margin={progress.reward_margin}{left}",
         )
         alive = job_heartbeat(
             run,

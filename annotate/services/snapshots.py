@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,18 +54,31 @@ VALIDATION_MIN_PAIRS = 10
 def snapshot_validation_split(
     pairs: Sequence[PreferencePair], share: float
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(training, validation): `share` of the preference pairs, at least one, held out when
-    there are VALIDATION_MIN_PAIRS of them. The choice hangs on the pair ids alone, so the
-    same pairs give the same split (and snapshot hash) every time."""
+    """(training, validation): the preference pairs of about `share` of the prompts held out,
+    when there are VALIDATION_MIN_PAIRS preference pairs. By prompt, so no held-out pair's
+    sibling (another pair of its prompt) is trained on: every pair of a held-out prompt leaves
+    training. The choice hangs on the prompt ids alone, so the same pairs give the same split
+    (and snapshot hash) every time."""
     if not 0 <= share < 1:
         raise ValidationFailed("The validation share must be at least 0 and below 1.")
     preferences = [p for p in pairs if p.kind == PairKind.PREFERENCE]
-    if share == 0 or len(preferences) < VALIDATION_MIN_PAIRS:
+    per_prompt = Counter(p.comparison.prompt_id for p in preferences)
+    if share == 0 or len(preferences) < VALIDATION_MIN_PAIRS or len(per_prompt) < 2:
         return list(pairs), []
-    count = max(1, round(share * len(preferences)))
-    ranked = sorted(preferences, key=lambda p: hashlib.sha256(f"pair:{p.pk}".encode()).digest())
-    held = {p.pk for p in ranked[:count]}
-    return [p for p in pairs if p.pk not in held], [p for p in pairs if p.pk in held]
+    wanted = max(1, round(share * len(preferences)))
+    ranked = sorted(per_prompt, key=lambda i: hashlib.sha256(f"prompt:{i}".encode()).digest())
+    held: set[int] = set()
+    count = 0
+    # Whole prompts, until the share is reached; never every prompt.
+    for prompt_id in ranked[:-1]:
+        if count >= wanted:
+            break
+        held.add(prompt_id)
+        count += per_prompt[prompt_id]
+    return (
+        [p for p in pairs if p.comparison.prompt_id not in held],
+        [p for p in preferences if p.comparison.prompt_id in held],
+    )
 
 
 def snapshot_content_hash(

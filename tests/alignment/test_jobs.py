@@ -146,14 +146,16 @@ def test_it_holds_pairs_out_and_scores_them_before_and_after(
         )
     run = training_run_make(tiny_project, epochs=1, batch_size=4, max_length=96)
     snapshot = run.snapshot
-    # 10 % of 12 preference pairs: one held out, never trained on.
-    assert len(snapshot.validation_pair_ids) == 1 and snapshot.n_pairs == 11
-    assert not set(snapshot.validation_pair_ids) & set(snapshot.pair_ids)
+    # About 10 % of 12 preference pairs held out, by prompt: no held-out pair's sibling (a
+    # pair of the same prompt) is trained on.
+    held = len(snapshot.validation_pair_ids)
+    assert held >= 1 and snapshot.n_pairs == 12 - held
+    assert not _prompts_of(snapshot.validation_pair_ids) & _prompts_of(snapshot.pair_ids)
     training_run_execute(run_id=run.pk)
     run = TrainingRun.objects.get(pk=run.pk)
     assert run.status == JobStatus.SUCCEEDED, run.error
     figures = run.summary["validation"]
-    assert figures["pairs"] == 1 and run.summary["pairs"] == 11
+    assert figures["pairs"] == held and run.summary["pairs"] == 12 - held
     assert set(figures) == {
         "pairs",
         "accuracy_before",
@@ -161,10 +163,18 @@ def test_it_holds_pairs_out_and_scores_them_before_and_after(
         "reward_accuracy",
         "reward_margin",
     }
-    assert "validation (1 held-out pairs)" in run.log_tail
+    assert f"validation ({held} held-out pairs)" in run.log_tail
     client = client_make(lead)
     page = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/")
-    assert b"data-validation" in page.content and b"1</strong> held out" in page.content
+    assert (
+        b"data-validation" in page.content and f"{held}</strong> held out".encode() in page.content
+    )
+
+
+def _prompts_of(pair_ids: list[int]) -> set[int]:
+    return set(
+        PreferencePair.objects.filter(pk__in=pair_ids).values_list("comparison__prompt", flat=True)
+    )
 
 
 def test_it_splits_the_same_pairs_the_same_way(project: Project, annotator: User) -> None:
@@ -173,7 +183,11 @@ def test_it_splits_the_same_pairs_the_same_way(project: Project, annotator: User
         comparison_make(prompts[i % len(prompts)], (f"A{i}", f"B{i}"), seed=i, judged_by=annotator)
     pairs = snapshot_pairs(project=project, filters=SnapshotFilters())
     training, held = snapshot_validation_split(pairs, 0.1)
-    assert len(held) == 2 and len(training) == 18
+    # Whole prompts held out, about 10 % of the pairs, none of their siblings trained on.
+    assert len(held) >= 2 and len(training) + len(held) == 20
+    held_prompts = {p.comparison.prompt_id for p in held}
+    assert not held_prompts & {p.comparison.prompt_id for p in training}
+    assert held == [p for p in pairs if p.comparison.prompt_id in held_prompts]
     reversed_held = snapshot_validation_split(list(reversed(pairs)), 0.1)[1]
     assert {p.pk for p in reversed_held} == {p.pk for p in held}  # order does not matter
     assert snapshot_validation_split(pairs[:9], 0.1) == (pairs[:9], [])  # too few to hold out

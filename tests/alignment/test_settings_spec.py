@@ -59,33 +59,58 @@ def _refused(action: Callable[[], object], *errors: type[Exception]) -> bool:
 
 
 def _loop_check_takes(flag: str, value: Any) -> bool:
+    return _loop_check_parses([flag, str(value)])
+
+
+def _loop_check_parses(arguments: list[str]) -> bool:
     parser = LoopCheck().create_parser("manage.py", "loop_check")
-    return not _refused(lambda: parser.parse_args([flag, str(value)]), CommandError)
+    return not _refused(lambda: parser.parse_args(arguments), CommandError)
+
+
+def _training_context(name: str, value: Any) -> dict[str, Any]:
+    """The other settings a probed value needs to be valid on its own terms: label smoothing
+    acts only in some losses, and exo_pair needs some."""
+    if name == "label_smoothing":
+        return {"loss_type": "robust"}
+    if name == "loss_type" and value == "exo_pair":
+        return {"label_smoothing": 0.001}
+    return {}
 
 
 def _training_takers() -> dict[str, Accepts]:
     versions = ModelVersion.objects.none()
 
     def form(name: str, value: Any) -> bool:
-        bound = TrainingRunStartForm({name: str(value)}, versions=versions)
+        data = {k: str(v) for k, v in _training_context(name, value).items()}
+        bound = TrainingRunStartForm({**data, name: str(value)}, versions=versions)
         bound.is_valid()
         return name not in bound.errors
 
     def settings(name: str, value: Any) -> bool:
-        return not _refused(lambda: TrainingSettings.from_mapping({name: value}), ValidationFailed)
+        data = {**_training_context(name, value), name: value}
+        return not _refused(lambda: TrainingSettings.from_mapping(data), ValidationFailed)
 
     def engine(name: str, value: Any) -> bool:
-        config = TrainingConfig(model="m", models_dir="m", output_dir="o", **{name: value})
+        data = {**_training_context(name, value), name: value}
+        config = TrainingConfig(model="m", models_dir="m", output_dir="o", **data)
         return not _refused(lambda: training_config_validate(config), ValueError)
+
+    def api(name: str, value: Any) -> bool:
+        return TrainingSettingsIn(data={**_training_context(name, value), name: value}).is_valid()
+
+    def loop_check(name: str, value: Any) -> bool:
+        flags = [
+            f"--train-{k.replace('_', '-')}={v}"
+            for k, v in {**_training_context(name, value), name: value}.items()
+        ]
+        return _loop_check_parses(flags)
 
     return {
         "form": form,
-        "api": lambda name, value: TrainingSettingsIn(data={name: value}).is_valid(),
+        "api": api,
         "settings": settings,
         "engine": engine,
-        "loop check": lambda name, value: _loop_check_takes(
-            "--train-" + name.replace("_", "-"), value
-        ),
+        "loop check": loop_check,
     }
 
 
@@ -137,6 +162,25 @@ def test_it_names_the_field_and_its_range_in_every_refusal() -> None:
     config = TrainingConfig(model="m", models_dir="m", output_dir="o", label_smoothing=0.5)
     with pytest.raises(ValueError, match=message):
         training_config_validate(config)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"loss_type": "sigmoid", "label_smoothing": 0.1}, "TRL ignores it in sigmoid"),
+        ({"loss_type": "ipo", "label_smoothing": 0.2}, "TRL ignores it in ipo"),
+        ({"loss_type": "exo_pair"}, "must be above 0 for the exo_pair loss"),
+    ],
+)
+def test_it_refuses_label_smoothing_where_trl_ignores_it(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationFailed, match=message):
+        TrainingSettings.from_mapping(values)
+    config = TrainingConfig(model="m", models_dir="m", output_dir="o", **values)
+    with pytest.raises(ValueError, match=message):
+        training_config_validate(config)
+    TrainingSettings.from_mapping({**values, "loss_type": "robust", "label_smoothing": 0.1})
 
 
 def test_it_refuses_a_kto_batch_of_one_in_the_settings_and_the_engine() -> None:
