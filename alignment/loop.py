@@ -10,10 +10,13 @@ measured property for both policies.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import mean
 
 from django.contrib.auth.models import User
@@ -60,9 +63,11 @@ Log = Callable[[str], None]
 class LoopCheckSettings:
     model: str = "packaged:smollm2-135m-instruct"
     train_prompts: int = 64
-    eval_prompts: int = 16
+    # At least 48 held-out prompts, two samples of each policy per prompt: the interval
+    # counts the games of one prompt at their effective number (engine.stats.effective_games).
+    eval_prompts: int = 48
     samples_per_prompt: int = 2
-    eval_samples_per_prompt: int = 4
+    eval_samples_per_prompt: int = 2
     annotators: int = 2
     # Annotators skip a training pair whose two responses were both cut off at the token
     # limit: neither answer is complete, and the pair would teach token choice, not length.
@@ -98,6 +103,7 @@ class LoopCheckReport:
     generation_tokens_per_s: float
     training_seconds_per_step: float
     peak_rss_mb: float
+    peak_rss_mb_by_phase: dict[str, float]
 
 
 def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
@@ -171,9 +177,82 @@ def _policy_figures(
     )
 
 
+class _JobLines(logging.Handler):
+    """The jobs' log lines (core.jobs logs each one) as they come, under the phase's name."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(logging.INFO)
+        self.log = log
+        self.phase = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log(f"  [{self.phase}] {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _progress_shown(log: Log) -> Iterator[_JobLines]:
+    handler = _JobLines(log)
+    logger = logging.getLogger("core.jobs")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def peak_rss_reset() -> None:
+    """Start counting this process's peak memory afresh (Linux; elsewhere a no-op, and the
+    peak is the process's since it started)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since `peak_rss_reset` (or since it started)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) -> LoopCheckReport:
-    seconds: dict[str, float] = {}
-    started = time.monotonic()
+    """One round of the loop for `rule`, with each phase's progress logged as it goes."""
+    with _progress_shown(log) as progress:
+        return _loop_check(settings=settings, rule=rule, log=log, phases=_Phases(progress))
+
+
+class _Phases:
+    """Each phase's wall time and peak memory, and its name on the progress lines."""
+
+    def __init__(self, progress: _JobLines) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.progress.phase = name
+        peak_rss_reset()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.monotonic() - started, 1)
+            self.peak_mb[name] = peak_rss_mb()
+
+    def totals(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.monotonic() - self.started, 1)}
+
+
+def _loop_check(
+    *, settings: LoopCheckSettings, rule: JudgeRule, log: Log, phases: _Phases
+) -> LoopCheckReport:
     project = _project_make(settings, rule)
     slug = project.slug
     annotators = simulated_annotators_ensure(project=project, count=settings.annotators)
@@ -189,70 +268,67 @@ def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) ->
         f"project {slug}: {len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts"
     )
 
-    t = time.monotonic()
-    round1 = round_start(
-        project=project,
-        policy=base,
-        train_prompts=train_prompts,
-        samples_per_prompt=settings.samples_per_prompt,
-        sampling=sampling,
-        dispatch=False,
-    )
-    round1_jobs = list(round1.generation_jobs.all())
-    _jobs_execute(round1_jobs)
-    seconds["round 1 generation"] = time.monotonic() - t
+    with phases("round 1 generation"):
+        round1 = round_start(
+            project=project,
+            policy=base,
+            train_prompts=train_prompts,
+            samples_per_prompt=settings.samples_per_prompt,
+            sampling=sampling,
+            dispatch=False,
+        )
+        round1_jobs = list(round1.generation_jobs.all())
+        _jobs_execute(round1_jobs)
     log(
         f"round 1: {Comparison.objects.filter(project=project).count()} comparisons "
-        f"in {seconds['round 1 generation']:.0f} s"
+        f"in {phases.seconds['round 1 generation']:.0f} s"
     )
 
-    t = time.monotonic()
-    train_judgments = judge_by_rule(
-        project=project,
-        annotators=annotators,
-        rule=rule,
-        skip_both_truncated=settings.skip_both_truncated,
-    )
-    seconds["judging"] = time.monotonic() - t
+    with phases("judging"):
+        train_judgments = judge_by_rule(
+            project=project,
+            annotators=annotators,
+            rule=rule,
+            skip_both_truncated=settings.skip_both_truncated,
+        )
     pairs = PreferencePair.objects.filter(project=project)
     train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
     train_ties = pairs.exclude(kind=PairKind.PREFERENCE).count()
     log(f"judged {train_judgments}: {train_pairs} preference pairs, {train_ties} ties")
 
-    t = time.monotonic()
-    run = _train(project=project, base=base, settings=settings)
-    seconds["training"] = time.monotonic() - t
+    with phases("training"):
+        run = _train(project=project, base=base, settings=settings)
     new = run.output_version
     assert new is not None
     log(
-        f"trained {run.summary['steps']} steps in {seconds['training']:.0f} s "
+        f"trained {run.summary['steps']} steps in {phases.seconds['training']:.0f} s "
         f"(loss {run.summary['train_loss']:.3f}) → {new.name}"
     )
 
-    t = time.monotonic()
-    round2 = round_start(
-        project=project,
-        policy=new,
-        eval_prompts=eval_prompts,
-        samples_per_prompt=settings.eval_samples_per_prompt,
-        sampling=sampling,
-        strategy=PairingStrategy.HEAD_TO_HEAD,
-        dispatch=False,
+    with phases("head-to-head generation"):
+        round2 = round_start(
+            project=project,
+            policy=new,
+            eval_prompts=eval_prompts,
+            samples_per_prompt=settings.eval_samples_per_prompt,
+            sampling=sampling,
+            strategy=PairingStrategy.HEAD_TO_HEAD,
+            dispatch=False,
+        )
+        _jobs_execute(list(round2.generation_jobs.order_by("id")))
+    with phases("head-to-head judging"):
+        judged = judge_by_rule(project=project, annotators=annotators, rule=rule)
+    log(
+        f"head to head: {judged} comparisons judged in {phases.seconds['head-to-head judging']:.0f} s"
     )
-    _jobs_execute(list(round2.generation_jobs.order_by("id")))
-    seconds["head-to-head generation"] = time.monotonic() - t
-    t = time.monotonic()
-    judge_by_rule(project=project, annotators=annotators, rule=rule)
-    seconds["head-to-head judging"] = time.monotonic() - t
 
-    seconds["total"] = time.monotonic() - started
     return _report(
         project=project,
         rule=rule,
         rounds=(round1, round2),
         run=run,
         counts=(train_judgments, train_pairs, train_ties),
-        seconds=seconds,
+        phases=phases,
         generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
     )
 
@@ -293,7 +369,7 @@ def _report(
     rounds: tuple[Round, Round],
     run: TrainingRun,
     counts: tuple[int, int, int],
-    seconds: dict[str, float],
+    phases: _Phases,
     generation_tokens_per_s: float,
 ) -> LoopCheckReport:
     """The figures of a finished check: the head-to-head counted as the round's page counts
@@ -323,9 +399,10 @@ def _report(
         new_policy=_policy_figures(new, list(eval_responses.filter(policy=new.policy)), rule),
         parent_policy=_policy_figures(base, list(eval_responses.filter(policy=base.policy)), rule),
         head_to_head=h2h.verdict.win_rate if h2h else win_rate(wins=0, losses=0, ties=0),
-        seconds={k: round(v, 1) for k, v in seconds.items()},
+        seconds=phases.totals(),
         generation_tokens_per_s=generation_tokens_per_s,
         training_seconds_per_step=float(run.summary["seconds_per_step"]),
-        # ru_maxrss is in KiB on Linux: the peak of this process, which did a worker's jobs.
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # The peak of this process (it did a worker's jobs): the highest phase's.
+        peak_rss_mb=max(phases.peak_mb.values()),
+        peak_rss_mb_by_phase=phases.peak_mb,
     )

@@ -159,7 +159,10 @@ def job_stopped(job: Job, *, summary: dict[str, Any]) -> None:
 
 
 def job_log(job: Job, line: str) -> None:
+    """Append a line to the job's log (saved with its next heartbeat or outcome); also logged
+    (logger core.jobs, INFO), so a worker's log and the loop check show it as it happens."""
     job.log_tail = (job.log_tail + line.rstrip() + "\n")[-LOG_TAIL_CHARS:]
+    logger.info("%s: %s", job, line.rstrip())
 
 
 def job_succeed(job: Job, *, summary: dict[str, Any], also: Sequence[str] = ()) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from core.text import words
+
 Verdict = Literal["a", "b", "tie"]
 VERDICTS: tuple[Verdict, ...] = ("a", "b", "tie")
 
 LENGTH_PROPERTY = "mean length (characters)"
-LIST_PROPERTY = "share of responses with a list"
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,34 @@ def response_length(text: str) -> float:
 
 # A markdown bullet ("- ", "* ", "+ ") or numbered item ("1. ", "2) ") starting a line.
 _LIST_ITEM = re.compile(r"^[ \t]*(?:[-*+]|\d+[.)])[ \t]+\S", re.MULTILINE)
+_NUMBERED_ITEM = re.compile(r"^[ \t]*(?:\*\*)?\d+[.)](?:\*\*)?[ \t]+\S", re.MULTILINE)
+# What may follow a closing question mark: quotes, brackets, emphasis, emoji and spaces.
+_TRAILING = re.compile(r"[\s\"'\u201d\u2019)\]*_~]+$")
+_QUESTION_MARKS = ("?", "\uff1f", "\u061f")  # ASCII, full-width, Arabic
+# plain_words: mean word lengths this close (in characters) are a tie.
+PLAIN_WORDS_TIE = 0.3
 
 
 def has_markdown_list(text: str) -> bool:
     return _LIST_ITEM.search(text) is not None
+
+
+def numbered_steps(text: str) -> bool:
+    """A numbered list of at least three items ("1. ...", "2) ...", "**3.** ...")."""
+    return len(_NUMBERED_ITEM.findall(text)) >= 3
+
+
+def ends_with_question(text: str) -> bool:
+    """Whether the response ends by asking something: its last character, closing quotes,
+    brackets and emphasis aside, is a question mark."""
+    return _TRAILING.sub("", text).endswith(_QUESTION_MARKS)
+
+
+def mean_word_length(text: str) -> float:
+    """Characters per word (words of letters and digits); infinite for a text of no words,
+    which is never the plainer of two."""
+    found = words(text)
+    return sum(len(w) for w in found) / len(found) if found else math.inf
 
 
 def _judge_shorter(prompt: str, a: str, b: str) -> Verdict:
@@ -47,11 +73,30 @@ def _judge_longer(prompt: str, a: str, b: str) -> Verdict:
     return "a" if len(a) > len(b) else "b"
 
 
-def _judge_no_lists(prompt: str, a: str, b: str) -> Verdict:
-    a_list, b_list = has_markdown_list(a), has_markdown_list(b)
-    if a_list == b_list:
+def _judge_plain_words(prompt: str, a: str, b: str) -> Verdict:
+    """The lower mean word length wins; within PLAIN_WORDS_TIE characters, a tie."""
+    mean_a, mean_b = mean_word_length(a), mean_word_length(b)
+    if mean_a == mean_b or abs(mean_a - mean_b) <= PLAIN_WORDS_TIE:
         return "tie"
-    return "b" if a_list else "a"
+    return "a" if mean_a < mean_b else "b"
+
+
+def binary_rule(name: str, wanted: Callable[[str], bool], property_name: str) -> JudgeRule:
+    """A rule on a yes/no property: the response that has it wins; a tie when both or
+    neither do. Its measure is the share of responses that have it."""
+
+    def judge(prompt: str, a: str, b: str) -> Verdict:
+        has_a, has_b = wanted(a), wanted(b)
+        if has_a == has_b:
+            return "tie"
+        return "a" if has_a else "b"
+
+    return JudgeRule(
+        name=name,
+        judge=judge,
+        property_name=property_name,
+        measure=lambda text: 1.0 if wanted(text) else 0.0,
+    )
 
 
 BUILTIN_RULES: dict[str, JudgeRule] = {
@@ -67,13 +112,36 @@ BUILTIN_RULES: dict[str, JudgeRule] = {
         property_name=LENGTH_PROPERTY,
         measure=response_length,
     ),
-    "no_lists": JudgeRule(
-        name="no_lists",
-        judge=_judge_no_lists,
-        property_name=LIST_PROPERTY,
-        measure=lambda text: 1.0 if has_markdown_list(text) else 0.0,
+    "no_lists": binary_rule(
+        "no_lists", lambda text: not has_markdown_list(text), "share of responses without a list"
+    ),
+    # Rules that leave many pairs tied: most pairs of samples agree on the property.
+    "asks_followup": binary_rule(
+        "asks_followup", ends_with_question, "share of responses ending with a question"
+    ),
+    "numbered_steps": binary_rule(
+        "numbered_steps", numbered_steps, "share of responses with 3+ numbered steps"
+    ),
+    "plain_words": JudgeRule(
+        name="plain_words",
+        judge=_judge_plain_words,
+        property_name="mean word length (characters)",
+        # A response of no words counts as 0 in the mean (the judge ranks it last).
+        measure=lambda text: m if math.isfinite(m := mean_word_length(text)) else 0.0,
     ),
 }
+
+# The panel of `loop_check --panel`: rules of every kind, from every pair differing (shorter)
+# to most pairs tied (asks_followup, numbered_steps). The loop must learn each with the same
+# defaults.
+PANEL = (
+    "shorter",
+    "no_lists",
+    "examples.loop_rules:prefer_fewer_words",
+    "asks_followup",
+    "numbered_steps",
+    "plain_words",
+)
 
 
 def rule_load(spec: str) -> JudgeRule:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -12,22 +12,51 @@ from statistics import NormalDist
 @dataclass(frozen=True)
 class WinRate:
     rate: float  # (wins + ties / 2) / n
-    low: float  # Wilson score interval bounds
+    low: float  # Wilson score interval bounds (at the effective sample size)
     high: float
     n: int  # wins + losses + ties
     wins: int
     losses: int
     ties: int
+    # n, or fewer when several games share a prompt and agree within it (effective_games).
+    effective_n: float | None = None
 
 
-def win_rate(*, wins: int, losses: int, ties: int, confidence: float = 0.95) -> WinRate:
+def effective_games(scores_by_prompt: Iterable[Sequence[float]]) -> float:
+    """How many independent games the scores are worth when games of one prompt go together
+    (several samples of one prompt tend to agree): n divided by the design effect, the
+    cluster-robust variance of the mean score over the variance n independent games would
+    have. Between the number of prompts and n; n when the games are as good as independent."""
+    clusters = [list(c) for c in scores_by_prompt if len(c)]
+    n = sum(len(c) for c in clusters)
+    if n == 0:
+        return 0.0
+    if len(clusters) < 2:
+        return float(len(clusters))
+    mean = sum(sum(c) for c in clusters) / n
+    independent = sum((x - mean) ** 2 for c in clusters for x in c) / n  # per game
+    if independent == 0:
+        return float(n)
+    g = len(clusters)
+    robust = g / (g - 1) * sum((sum(c) - mean * len(c)) ** 2 for c in clusters) / n
+    return min(float(n), max(float(g), n * independent / robust if robust > 0 else float(n)))
+
+
+def win_rate(
+    *,
+    wins: int,
+    losses: int,
+    ties: int,
+    confidence: float = 0.95,
+    effective_n: float | None = None,
+) -> WinRate:
     """Win rate with ties counted as half a win, and its Wilson score interval.
 
-    The interval treats the n = wins + losses + ties comparisons as Bernoulli trials
-    with success share ``rate`` (a tie contributing half a success), which is
-    slightly conservative when there are ties. With n = 0 there is no information:
-    rate 0.5 and the interval [0, 1]. Raises ValueError for negative counts or a
-    confidence outside (0, 1).
+    The interval treats the comparisons as Bernoulli trials with success share ``rate`` (a
+    tie contributing half a success), which is slightly conservative when there are ties,
+    at ``effective_n`` trials when given (several games per prompt: see effective_games),
+    else n = wins + losses + ties. With n = 0 there is no information: rate 0.5 and the
+    interval [0, 1]. Raises ValueError for negative counts or a confidence outside (0, 1).
     """
     for name, value in (("wins", wins), ("losses", losses), ("ties", ties)):
         if value < 0:
@@ -38,11 +67,14 @@ def win_rate(*, wins: int, losses: int, ties: int, confidence: float = 0.95) -> 
     if n == 0:
         return WinRate(rate=0.5, low=0.0, high=1.0, n=0, wins=0, losses=0, ties=0)
     rate = (wins + 0.5 * ties) / n
+    trials = n if effective_n is None else max(min(effective_n, n), 1e-9)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     z2 = z * z
-    denominator = 1 + z2 / n
-    center = (rate + z2 / (2 * n)) / denominator
-    half_width = z * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / denominator
+    denominator = 1 + z2 / trials
+    center = (rate + z2 / (2 * trials)) / denominator
+    half_width = (
+        z * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) / denominator
+    )
     return WinRate(
         rate=rate,
         low=max(0.0, center - half_width),
@@ -51,16 +83,35 @@ def win_rate(*, wins: int, losses: int, ties: int, confidence: float = 0.95) -> 
         wins=wins,
         losses=losses,
         ties=ties,
+        effective_n=None if effective_n is None else round(trials, 2),
     )
 
 
 @dataclass(frozen=True)
 class Game:
-    """One head-to-head outcome: `score` is 1 when `first` won, 0 when `second` did, 0.5 a tie."""
+    """One head-to-head outcome: `score` is 1 when `first` won, 0 when `second` did, 0.5 a tie.
+    `prompt`: the prompt both answered (games of one prompt are not independent)."""
 
     first: int
     second: int
     score: float
+    prompt: int | None = None
+
+
+def player_scores_by_prompt(
+    games: Iterable[Game], *, player: int, opponent: int
+) -> list[list[float]]:
+    """The player's scores against the opponent, grouped by prompt (a game of no prompt on
+    its own), for effective_games."""
+    groups: dict[object, list[float]] = {}
+    for index, game in enumerate(games):
+        if {game.first, game.second} != {player, opponent}:
+            continue
+        score = game.score if game.first == player else 1 - game.score
+        groups.setdefault(("p", game.prompt) if game.prompt is not None else index, []).append(
+            score
+        )
+    return list(groups.values())
 
 
 def win_counts(games: Iterable[Game], *, player: int, opponent: int) -> tuple[int, int, int]:
@@ -186,11 +237,20 @@ class Verdict:
     more_needed: int | None  # head-to-heads that would likely settle it; None when even
 
 
-def head_to_head_verdict(*, wins: int, losses: int, ties: int, confidence: float = 0.95) -> Verdict:
+def head_to_head_verdict(
+    *,
+    wins: int,
+    losses: int,
+    ties: int,
+    confidence: float = 0.95,
+    effective_n: float | None = None,
+) -> Verdict:
     """Is the new policy better than its parent? "better" when the whole interval of its win
     rate is above one half, "worse" when below; otherwise how many more judged head-to-heads,
     at the win rate seen so far, would bring the interval clear of one half."""
-    rate = win_rate(wins=wins, losses=losses, ties=ties, confidence=confidence)
+    rate = win_rate(
+        wins=wins, losses=losses, ties=ties, confidence=confidence, effective_n=effective_n
+    )
     if rate.n and rate.low > 0.5:
         return Verdict("better", rate, 0)
     if rate.n and rate.high < 0.5:
@@ -199,5 +259,7 @@ def head_to_head_verdict(*, wins: int, losses: int, ties: int, confidence: float
     if rate.n == 0 or gap < 1e-9:
         return Verdict("undecided", rate, None)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    needed = math.ceil(z * z * rate.rate * (1 - rate.rate) / (gap * gap))
+    # At the games' design effect (several a prompt), each further game is worth less.
+    design_effect = rate.n / rate.effective_n if rate.effective_n else 1.0
+    needed = math.ceil(design_effect * z * z * rate.rate * (1 - rate.rate) / (gap * gap))
     return Verdict("undecided", rate, max(needed - rate.n, 1))

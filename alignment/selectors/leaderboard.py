@@ -9,7 +9,9 @@ from alignment.engine.stats import (
     Rating,
     Verdict,
     bradley_terry,
+    effective_games,
     head_to_head_verdict,
+    player_scores_by_prompt,
     win_counts,
 )
 from alignment.models import ModelVersion, Round
@@ -57,14 +59,15 @@ def _head_to_head_games(*, project: Project) -> list[tuple[int, Game]]:
         "comparison__response_a_id",
         "comparison__response_a__policy_id",
         "comparison__response_b__policy_id",
+        "comparison__prompt_id",
     )
     games = []
-    for kind, chosen_id, round_number, a_id, a_policy, b_policy in pairs.order_by("id"):
+    for kind, chosen_id, round_number, a_id, a_policy, b_policy, prompt in pairs.order_by("id"):
         first, second = version_of.get(a_policy), version_of.get(b_policy)
         if first is None or second is None or first == second:
             continue  # responses of no model version (imported), or a version against itself
         score = (1.0 if chosen_id == a_id else 0.0) if kind == PairKind.PREFERENCE else 0.5
-        games.append((round_number, Game(first=first, second=second, score=score)))
+        games.append((round_number, Game(first=first, second=second, score=score, prompt=prompt)))
     return games
 
 
@@ -97,13 +100,21 @@ def _round_verdicts(*, project: Project, games: list[tuple[int, Game]]) -> list[
         new, parent = round_.policy, round_.policy.parent
         if parent is None:
             continue
-        wins, losses, ties = win_counts(by_round[round_.number], player=new.pk, opponent=parent.pk)
+        played = by_round[round_.number]
+        wins, losses, ties = win_counts(played, player=new.pk, opponent=parent.pk)
+        # Several samples of one prompt are not independent games: the interval counts them
+        # at their effective number.
+        effective = effective_games(
+            player_scores_by_prompt(played, player=new.pk, opponent=parent.pk)
+        )
         head_to_heads.append(
             HeadToHead(
                 round_number=round_.number,
                 new=new,
                 parent=parent,
-                verdict=head_to_head_verdict(wins=wins, losses=losses, ties=ties),
+                verdict=head_to_head_verdict(
+                    wins=wins, losses=losses, ties=ties, effective_n=effective
+                ),
             )
         )
     return head_to_heads

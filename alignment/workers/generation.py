@@ -156,10 +156,13 @@ class _SampleRecorder:
                 "tokens_per_s": round(tokens_per_s, 2),
             }
         )
+        done = progress.done_prompts
+        left = progress.elapsed_s / done * (progress.total_prompts - done) if done else 0.0
         job_log(
             job,
-            f"{self.done + progress.done_prompts}/{self.total} prompts, "
-            f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s",
+            f"{self.done + done}/{self.total} prompts, "
+            f"{progress.tokens_generated} tokens, {tokens_per_s:.1f} tokens/s, "
+            f"about {left:.0f} s left",
         )
         alive = job_heartbeat(
             job,

@@ -26,10 +26,12 @@ def _head_to_heads(
     outcomes: str,
     judge: User,
 ) -> None:
-    """One judged head-to-head per letter: w (the new version won), l (lost), t (tie)."""
-    prompt = project.prompts.filter(split="eval").first()
-    assert prompt is not None
+    """One judged head-to-head per letter: w (the new version won), l (lost), t (tie), one
+    held-out prompt after the other (games of one prompt count as fewer: see
+    test_games_of_one_prompt_count_as_fewer_independent_ones)."""
+    prompts = list(project.prompts.filter(split="eval"))
     for i, outcome in enumerate(outcomes):
+        prompt = prompts[i % len(prompts)]
         mine, theirs = (
             responses_create(
                 policy=v.policy,

@@ -17,6 +17,11 @@ pytestmark = pytest.mark.django_db
 def _run(tiny_model_dir: str, tmp_path: Path, rule: str, *extra: str) -> tuple[str, dict]:
     out = StringIO()
     report = tmp_path / "report.json"
+    _call(out, report, tiny_model_dir, rule, *extra)
+    return out.getvalue(), json.loads(report.read_text())
+
+
+def _call(out: StringIO, report: Path, tiny_model_dir: str, rule: str, *extra: str) -> None:
     call_command(
         "loop_check",
         "--rule",
@@ -42,28 +47,50 @@ def _run(tiny_model_dir: str, tmp_path: Path, rule: str, *extra: str) -> tuple[s
         *extra,
         stdout=out,
     )
-    return out.getvalue(), json.loads(report.read_text())
 
 
-@pytest.mark.parametrize("rule", ["shorter", "examples.loop_rules:prefer_fewer_words"])
-def test_it_runs_a_round_trains_and_reports_the_head_to_head(
-    tiny_settings, tiny_model_dir: str, tmp_path: Path, rule: str
+def test_it_runs_a_panel_of_rules_and_reports_each_head_to_head(
+    tiny_settings, tiny_model_dir: str, tmp_path: Path
 ) -> None:
-    # The tiny model never stops before 12 tokens: judge the truncated pairs anyway.
-    output, report = _run(tiny_model_dir, tmp_path, rule, "--judge-both-truncated")
-    h2h = report["head_to_head"]
-    assert h2h["n"] == 3 * 2 == h2h["wins"] + h2h["losses"] + h2h["ties"]
-    assert 0 <= h2h["low"] <= h2h["rate"] <= h2h["high"] <= 1
-    assert report["new_policy"]["responses"] == report["parent_policy"]["responses"] == 6
-    assert report["train_pairs"] + report["train_ties"] == report["train_judgments"] > 0
-    project = Project.objects.get(slug=report["project_slug"])
-    # Every comparison of both rounds was judged once, through the real judgment service.
-    assert (
-        Judgment.objects.filter(comparison__project=project).count()
-        == Comparison.objects.filter(project=project).count()
-    )
+    rules = ["shorter", "examples.loop_rules:prefer_fewer_words"]
+    # The tiny model never stops before 12 tokens: judge the truncated pairs anyway. No win
+    # rate reaches 101 %: the gate fails, naming each rule, after the report is written.
+    out = StringIO()
+    with pytest.raises(CommandError, match=r"below the required 101.0%: shorter .*prefer_fewer"):
+        _call(
+            out,
+            tmp_path / "report.json",
+            tiny_model_dir,
+            ",".join(rules),
+            "--judge-both-truncated",
+            "--min-win-rate",
+            "1.01",
+        )
+    output = out.getvalue()
+    reports = json.loads((tmp_path / "report.json").read_text())
+    assert [r["rule"] for r in reports] == rules
+    for report in reports:
+        h2h = report["head_to_head"]
+        assert h2h["n"] == 3 * 2 == h2h["wins"] + h2h["losses"] + h2h["ties"]
+        assert 0 <= h2h["low"] <= h2h["rate"] <= h2h["high"] <= 1
+        assert 3 <= h2h["effective_n"] <= 6  # two games a prompt: between 3 and 6 independent
+        assert report["new_policy"]["responses"] == report["parent_policy"]["responses"] == 6
+        assert report["train_pairs"] + report["train_ties"] == report["train_judgments"] > 0
+        assert report["peak_rss_mb"] > 0 and report["seconds"]["total"] > 0
+        project = Project.objects.get(slug=report["project_slug"])
+        # Every comparison of both rounds was judged once, through the real judgment service.
+        assert (
+            Judgment.objects.filter(comparison__project=project).count()
+            == Comparison.objects.filter(project=project).count()
+        )
     assert "win rate of v1 over v0 (base)" in output and "95% CI" in output
-    assert report["seconds"]["total"] > 0
+    # Each phase's progress as it goes, from the jobs' own log lines.
+    assert "[round 1 generation] " in output and "prompts," in output and "s left" in output
+    assert "[training] " in output and "step 1/" in output
+    assert "[head-to-head generation] " in output
+    # The closing table: a row per rule.
+    table = [line for line in output.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in table[1:]] == [f"| {rule}" for rule in rules]
 
 
 def test_it_names_an_unknown_rule(tiny_settings) -> None:

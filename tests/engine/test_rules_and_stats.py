@@ -39,7 +39,55 @@ def test_it_prefers_the_response_without_a_list() -> None:
     assert no_lists.judge("p", prose, numbered) == "a"
     assert no_lists.judge("p", bullets, numbered) == "tie"
     assert no_lists.judge("p", prose, prose + "!") == "tie"
-    assert [no_lists.measure(t) for t in (bullets, numbered, prose)] == [1.0, 1.0, 0.0]
+    assert [no_lists.measure(t) for t in (bullets, numbered, prose)] == [0.0, 0.0, 1.0]
+
+
+def test_it_prefers_the_response_that_ends_by_asking_a_question() -> None:
+    asks = rule_load("asks_followup")
+    question = "Try a warm bath. Would you like more tips?"
+    quoted = 'You could say: "Shall we go?"  \n'
+    emphasised = "Done. **Anything else I can help with?**"
+    statement = "Try a warm bath. Is it late? Then sleep."
+    assert asks.judge("p", statement, question) == "b"
+    assert asks.judge("p", quoted, statement) == "a"
+    assert asks.judge("p", question, emphasised) == "tie"  # both ask
+    assert asks.judge("p", statement, "No.") == "tie"  # neither does
+    assert asks.judge("p", "Quoi\uff1f", "Oui.") == "a"  # a full-width question mark
+    assert [asks.measure(t) for t in (question, statement)] == [1.0, 0.0]
+
+
+def test_it_prefers_a_numbered_list_of_at_least_three_steps() -> None:
+    steps = rule_load("numbered_steps")
+    three = "Do this:\n1. open\n2. stir\n3) close"
+    bold = "**1.** open\n**2.** stir\n**3.** close"
+    two = "1. open\n2. close"
+    bullets = "- open\n- stir\n- close"
+    assert steps.judge("p", two, three) == "b"
+    assert steps.judge("p", bold, bullets) == "a"
+    assert steps.judge("p", three, bold) == "tie"
+    assert steps.judge("p", two, bullets) == "tie"
+    assert [steps.measure(t) for t in (three, two)] == [1.0, 0.0]
+
+
+def test_it_prefers_plainer_words_with_a_tie_band() -> None:
+    plain = rule_load("plain_words")
+    short_words = "I can see the cat on the mat."  # 8 words, 21 letters: 2.625
+    long_words = "Consequently, substantial considerations necessitate deliberation."
+    assert plain.judge("p", long_words, short_words) == "b"
+    assert plain.judge("p", short_words, long_words) == "a"
+    # 2.625 against 2.67 characters a word: within the 0.3 band; 3.0 is not.
+    assert plain.judge("p", short_words, "Go to the big red bus.") == "tie"
+    assert plain.judge("p", "The dog ran far.", short_words) == "b"
+    assert plain.judge("p", "", short_words) == "b"  # no words is never plainer
+    assert plain.judge("p", "", "...") == "tie"
+    assert plain.measure(short_words) == pytest.approx(2.625)
+    assert plain.measure("") == 0.0
+
+
+def test_the_panel_names_loadable_rules() -> None:
+    from alignment.engine.rules import PANEL
+
+    assert [rule_load(name).name for name in PANEL] == list(PANEL)
 
 
 def _install_module(monkeypatch: pytest.MonkeyPatch, **attributes: object) -> str:
@@ -97,6 +145,31 @@ def test_it_computes_a_wilson_interval() -> None:
     assert result.low == pytest.approx(0.4902, abs=1e-4)
     assert result.high == pytest.approx(0.9433, abs=1e-4)
     assert (result.n, result.wins, result.losses, result.ties) == (10, 8, 2, 0)
+
+
+def test_games_of_one_prompt_count_as_fewer_independent_ones() -> None:
+    from alignment.engine.stats import effective_games, player_scores_by_prompt
+
+    # Ten prompts, two games each. Where a prompt's two games always agree, they are worth
+    # one: the interval is the one of ten games, not twenty.
+    agreeing = [[1.0, 1.0]] * 8 + [[0.0, 0.0]] * 2
+    assert effective_games(agreeing) == pytest.approx(10.0)
+    # Games that agree within a prompt no more than chance keep about their number (14 of
+    # 16: the small-sample correction of the cluster variance).
+    mixed = [[1.0, 0.0], [0.0, 1.0]] * 2 + [[1.0, 1.0]] * 2 + [[0.0, 0.0]] * 2
+    assert effective_games(mixed) == pytest.approx(14.0)
+    clustered = win_rate(wins=16, losses=4, ties=0, effective_n=effective_games(agreeing))
+    assert clustered.low == pytest.approx(win_rate(wins=8, losses=2, ties=0).low)
+    assert clustered.low < win_rate(wins=16, losses=4, ties=0).low
+    assert clustered.effective_n == 10.0 and clustered.n == 20
+    # Scores read from the player's side, grouped by prompt; other players' games left out.
+    games = [
+        Game(first=1, second=2, score=1.0, prompt=7),
+        Game(first=2, second=1, score=1.0, prompt=7),
+        Game(first=1, second=2, score=0.5, prompt=8),
+        Game(first=1, second=3, score=1.0, prompt=8),
+    ]
+    assert player_scores_by_prompt(games, player=1, opponent=2) == [[1.0, 0.0], [0.5]]
 
 
 def test_it_counts_ties_as_half_a_win() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from alignment.engine.rules import BUILTIN_RULES, rule_load
+from alignment.engine.rules import BUILTIN_RULES, PANEL, JudgeRule, rule_load
 from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, FieldSpec
 from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
 from alignment.services.rounds import SamplingSettings
@@ -61,7 +61,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         defaults = LoopCheckSettings()
         parser.add_argument(
-            "--rule", default="shorter", help="Built-in rule name or module:function."
+            "--rule",
+            default="shorter",
+            help="Built-in rule name or module:function; several, comma-separated, run one "
+            "after the other with the same settings and end with a table of them.",
+        )
+        parser.add_argument(
+            "--panel",
+            action="store_true",
+            help="Run the panel of rules (" + ", ".join(PANEL) + ") with the same settings, "
+            "one row each in the closing table.",
         )
         parser.add_argument("--model", default=defaults.model, help="Base model source.")
         for name in _COUNTS:
@@ -83,15 +92,19 @@ class Command(BaseCommand):
             "--min-win-rate",
             type=float,
             default=None,
-            help="Exit with an error when the win rate falls below this.",
+            help="Exit with an error when the win rate (of any rule) falls below this.",
         )
         parser.add_argument(
-            "--json", dest="json_path", default=None, help="Also write the report as JSON here."
+            "--json",
+            dest="json_path",
+            default=None,
+            help="Also write the report as JSON here (a list of reports for several rules).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        names = PANEL if options["panel"] else tuple(options["rule"].split(","))
         try:
-            rule = rule_load(options["rule"])
+            rules = [rule_load(name.strip()) for name in names]
             training = TrainingSettings.from_mapping(
                 {name: options["train_" + name] for name in TRAINING_FIELDS}
             )
@@ -106,22 +119,52 @@ class Command(BaseCommand):
             skip_both_truncated=not options["judge_both_truncated"],
             **{name: options[name] for name in _COUNTS},
         )
+        reports = [
+            self._check(settings, rule, index, len(rules)) for index, rule in enumerate(rules)
+        ]
+        if len(reports) > 1:
+            self._table(reports)
+        if options["json_path"]:
+            found = [asdict(r) for r in reports]
+            with open(options["json_path"], "w", encoding="utf-8") as handle:
+                json.dump(found[0] if len(found) == 1 else found, handle, indent=2)
+        minimum = options["min_win_rate"]
+        below = [r for r in reports if minimum is not None and r.head_to_head.rate < minimum]
+        if below:
+            rates = ", ".join(f"{r.rule} {r.head_to_head.rate:.1%}" for r in below)
+            raise CommandError(f"win rate below the required {minimum:.1%}: {rates}")
+
+    def _check(
+        self, settings: LoopCheckSettings, rule: JudgeRule, index: int, count: int
+    ) -> LoopCheckReport:
+        if count > 1:
+            self.stdout.write(f"== rule {index + 1} of {count}: {rule.name}")
         try:
             report = loop_check_run(
                 settings=settings, rule=rule, log=lambda line: self.stdout.write(line)
             )
         except ValidationFailed as error:
-            raise CommandError(str(error)) from None
+            raise CommandError(f"{rule.name}: {error}") from None
         self._print(report)
-        if options["json_path"]:
-            with open(options["json_path"], "w", encoding="utf-8") as handle:
-                json.dump(asdict(report), handle, indent=2)
-        if (
-            options["min_win_rate"] is not None
-            and report.head_to_head.rate < options["min_win_rate"]
-        ):
-            raise CommandError(
-                f"win rate {report.head_to_head.rate:.1%} is below the required {options['min_win_rate']:.1%}"
+        return report
+
+    def _table(self, reports: list[LoopCheckReport]) -> None:
+        """One row per rule: what reached training, the head-to-head, the property, the time."""
+        self.stdout.write("")
+        self.stdout.write(
+            "| rule | pairs | ties | skipped | steps | win rate (95% CI) | property v0 → v1 "
+            "| generation, training, head-to-head (s) | total (s) | peak RSS (MB) |"
+        )
+        self.stdout.write("|---|---|---|---|---|---|---|---|---|---|")
+        for r in reports:
+            h2h, sec = r.head_to_head, r.seconds
+            self.stdout.write(
+                f"| {r.rule} | {r.train_pairs} | {r.train_ties} | {r.train_skipped} "
+                f"| {r.training_steps} | {h2h.rate:.1%} ({h2h.low:.1%} to {h2h.high:.1%}) "
+                f"| {r.parent_policy.property_mean:.3g} → {r.new_policy.property_mean:.3g} "
+                f"| {sec['round 1 generation']:.0f}, {sec['training']:.0f}, "
+                f"{sec['head-to-head generation']:.0f} | {sec['total']:.0f} "
+                f"| {r.peak_rss_mb:.0f} |"
             )
 
     def _print(self, report: LoopCheckReport) -> None:
@@ -143,7 +186,8 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"  win rate of {new.name} over {parent.name}: {h2h.rate:.1%} "
-            f"(95% CI {h2h.low:.1%} to {h2h.high:.1%})"
+            f"(95% CI {h2h.low:.1%} to {h2h.high:.1%}, counting the games of one prompt as "
+            f"{h2h.effective_n or h2h.n:.0f} independent ones)"
         )
         self.stdout.write(
             f"  {report.property_name}: {new.name} {new.property_mean:.2f} vs "
@@ -160,4 +204,7 @@ class Command(BaseCommand):
             f"  generation {report.generation_tokens_per_s:.1f} tokens/s (round 1), "
             f"training {report.training_seconds_per_step:.2f} s/step"
         )
-        self.stdout.write(f"  peak memory (RSS) of this process: {report.peak_rss_mb:.0f} MB")
+        by_phase = ", ".join(f"{k} {v:.0f}" for k, v in report.peak_rss_mb_by_phase.items())
+        self.stdout.write(
+            f"  peak memory (RSS) of this process: {report.peak_rss_mb:.0f} MB ({by_phase})"
+        )
