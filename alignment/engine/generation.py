@@ -237,38 +237,26 @@ def _batch_generate(
     encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
         model.device
     )
-    greedy = config.temperature == 0
     samples_per_prompt = config.samples_per_prompt
+    # Greedy copies of one prompt would be equal: decode it once.
+    copies = 1 if config.temperature == 0 else samples_per_prompt
     torch.manual_seed(seed)
-    if greedy:
-        # Greedy search refuses num_return_sequences > 1; the copies would be equal anyway.
-        output = model.generate(  # type: ignore[operator]  # stubs see nn.Module.__getattr__
-            **encoded,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(stop_ids),
-        )
-        output = output.repeat_interleave(samples_per_prompt, dim=0)
-    else:
-        output = model.generate(  # type: ignore[operator]  # stubs see nn.Module.__getattr__
-            **encoded,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=True,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            top_k=0,  # only temperature and top_p shape the distribution
-            num_return_sequences=samples_per_prompt,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(stop_ids),
-        )
-    completions = output[:, encoded["input_ids"].shape[1] :].tolist()
+    completions, stopped = decode(
+        model,
+        encoded["input_ids"].repeat_interleave(copies, dim=0),
+        encoded["attention_mask"].repeat_interleave(copies, dim=0),
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        stop_ids=stop_ids,
+    )
+    if copies == 1 and samples_per_prompt > 1:
+        completions = [c for c in completions for _ in range(samples_per_prompt)]
+        stopped = [s for s in stopped for _ in range(samples_per_prompt)]
     prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
     samples = []
-    for row, tokens in enumerate(completions):
+    for row, kept in enumerate(completions):
         local_prompt = row // samples_per_prompt
-        stop_at = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
-        kept = tokens if stop_at is None else tokens[:stop_at]
         samples.append(
             GeneratedSample(
                 prompt_index=first_index + local_prompt,
@@ -276,8 +264,86 @@ def _batch_generate(
                 text=str(tokenizer.decode(kept, skip_special_tokens=True)).strip(),
                 prompt_tokens=int(prompt_lengths[local_prompt]),
                 completion_tokens=len(kept),
-                finish_reason="length" if stop_at is None else "stop",
+                finish_reason="stop" if stopped[row] else "length",
                 seed=seed,
             )
         )
     return samples
+
+
+def decode(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop_ids: set[int],
+) -> tuple[list[list[int]], list[bool]]:
+    """Sample a completion for every row of a left-padded batch, with the KV cache, dropping
+    each row from the batch as soon as it stops: a batch costs the tokens its rows generate,
+    not its longest row's count for every row (HF's generate keeps finished rows to the
+    end). Temperature 0 is greedy; otherwise temperature and top-p (nucleus) sampling from
+    torch's global generator. Returns each row's tokens (the stop token left out) and
+    whether it stopped before max_new_tokens."""
+    import torch
+    from transformers import DynamicCache
+
+    rows = input_ids.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    stopped = [False] * rows
+    active = list(range(rows))
+    cache = DynamicCache()
+    positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+    for step in range(max_new_tokens):
+        chosen = _next_tokens(logits, temperature, top_p).tolist()
+        keep = []
+        for index, (row, token) in enumerate(zip(active, chosen, strict=True)):
+            if token in stop_ids:
+                stopped[row] = True
+            else:
+                tokens[row].append(token)
+                keep.append(index)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            selected = torch.tensor(keep, device=input_ids.device)
+            cache.batch_select_indices(selected)
+            attention_mask = attention_mask[selected]
+            active = [active[i] for i in keep]
+        attention_mask = torch.cat(
+            [attention_mask, attention_mask.new_ones((len(active), 1))], dim=1
+        )
+        logits = model(
+            input_ids=torch.tensor([[chosen[i]] for i in keep], device=input_ids.device),
+            attention_mask=attention_mask,
+            position_ids=attention_mask.sum(dim=1, keepdim=True) - 1,
+            cache=cache,
+            use_cache=True,
+        ).logits[:, -1]
+    return tokens, stopped
+
+
+def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row: the most likely at temperature 0, else sampled from the smallest
+    set of most likely tokens whose probability reaches top_p, at that temperature."""
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        ordered, order = probs.sort(dim=-1, descending=True)
+        # A token is kept when the mass before it is below top_p (the first always is).
+        ordered[(ordered.cumsum(dim=-1) - ordered) >= top_p] = 0
+        probs = torch.zeros_like(probs).scatter_(-1, order, ordered)
+    return torch.multinomial(probs, num_samples=1)[:, 0]

@@ -140,3 +140,48 @@ def test_it_rejects_an_empty_prompt(tiny_model_dir: str) -> None:
 
 def test_it_returns_nothing_for_no_prompts(tiny_model_dir: str) -> None:
     assert generate(_config(tiny_model_dir), []) == []
+
+
+def test_a_row_leaves_the_batch_when_it_stops_and_every_row_reads_as_hf_generate_would(
+    smollm2_path: str,
+) -> None:
+    """Finished rows are dropped from the batch (they cost nothing more), and the rows read
+    token for token as transformers' own greedy generate (which keeps them to the end)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignment.engine.generation import decode, stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path).eval()
+    texts = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        for p in PROMPTS
+    ]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    stop_ids = stop_token_ids(model, tokenizer)
+    widths: list[int] = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    with torch.inference_mode():
+        tokens, stopped = decode(
+            model,
+            encoded["input_ids"],
+            encoded["attention_mask"],
+            max_new_tokens=12,
+            temperature=0.0,
+            top_p=1.0,
+            stop_ids=stop_ids,
+        )
+        decoding = list(widths)  # the batch size of each of decode's forward passes
+        reference = model.generate(
+            **encoded, max_new_tokens=12, do_sample=False, eos_token_id=sorted(stop_ids)
+        )[:, encoded["input_ids"].shape[1] :].tolist()
+    for row, theirs in enumerate(reference):
+        end = next((i for i, t in enumerate(theirs) if t in stop_ids), None)
+        assert tokens[row] == theirs[:end] and stopped[row] == (end is not None)
+    # "Paris" stops its row early; the batch goes on without it.
+    assert stopped[2] and len(tokens[2]) < 12
+    assert decoding[0] == 3 and decoding[-1] < 3
