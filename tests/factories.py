@@ -56,6 +56,7 @@ RUN_FORM = {
     "learning_rate": "0.0005",
     "epochs": "1",
     "batch_size": "2",
+    "gradient_accumulation_steps": "1",
     "lora_r": "8",
     "lora_alpha": "16",
     "max_length": "256",
@@ -243,7 +244,8 @@ def training_run_make(
         project=project,
         base_version=base_version or model_version_base_ensure(project=project),
         plan=plan,
-        training=training or TrainingSettings(**settings),
+        # One pass a step unless told: the tests count steps by batch size.
+        training=training or TrainingSettings(**{"gradient_accumulation_steps": 1, **settings}),
         dispatch=False,
     )
     if execute:
@@ -278,6 +280,7 @@ def training_config_make(model_dir: str, output_dir: Path, **overrides: object) 
         learning_rate=1e-2,
         epochs=3,
         batch_size=2,
+        gradient_accumulation_steps=1,
         lora_r=4,
         lora_alpha=8,
         lora_dropout=0.0,

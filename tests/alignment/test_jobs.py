@@ -118,7 +118,9 @@ def test_it_trains_kto_on_the_ties_and_both_bad_pairs_too(
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice)
     run = training_run_make(
         tiny_project,
-        training=TrainingSettings.from_preset("kto", epochs=1, batch_size=2, max_length=96),
+        training=TrainingSettings.from_preset(
+            "kto", epochs=1, batch_size=2, gradient_accumulation_steps=1, max_length=96
+        ),
     )
     judged = min(len(comparisons), 4)
     # Every judged pair is in the snapshot, the tie and the both-bad one included ...

@@ -567,8 +567,8 @@ def test_it_starts_the_form_from_a_preset_and_checks_each_method(
         0.5,
     )
     assert b'href="?preset=kto"' in page.content
-    # The packaged model's estimate for the preset's settings (SimPO, batch 4).
-    assert b"data-memory-estimate" in page.content and b"SIMPO at batch size 4" in page.content
+    # The packaged model's estimate for the preset's settings (SimPO, 2 pairs a pass).
+    assert b"data-memory-estimate" in page.content and b"SIMPO at batch size 2" in page.content
     refused = client_for(lead).post(
         url, {**RUN_FORM, "base_version": base.pk, "method": "kto", "batch_size": "1"}
     )

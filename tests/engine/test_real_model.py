@@ -61,6 +61,7 @@ def test_it_trains_an_adapter_that_moves_the_packaged_model(
             output_dir=str(tmp_path / "run"),
             epochs=1,
             batch_size=2,
+            gradient_accumulation_steps=1,
             learning_rate=1e-3,
             lora_r=8,
             lora_alpha=16,
