@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -98,19 +98,24 @@ class Game:
     prompt: int | None = None
 
 
+def _player_scores(
+    games: Iterable[Game], player: int, opponent: int
+) -> Iterator[tuple[int, Game, float]]:
+    """(position, game, the player's score) of each game between the two; others left out."""
+    for index, game in enumerate(games):
+        if {game.first, game.second} == {player, opponent}:
+            yield index, game, game.score if game.first == player else 1 - game.score
+
+
 def player_scores_by_prompt(
     games: Iterable[Game], *, player: int, opponent: int
 ) -> list[list[float]]:
     """The player's scores against the opponent, grouped by prompt (a game of no prompt on
     its own), for effective_games."""
     groups: dict[object, list[float]] = {}
-    for index, game in enumerate(games):
-        if {game.first, game.second} != {player, opponent}:
-            continue
-        score = game.score if game.first == player else 1 - game.score
-        groups.setdefault(("p", game.prompt) if game.prompt is not None else index, []).append(
-            score
-        )
+    for index, game, score in _player_scores(games, player, opponent):
+        key = ("p", game.prompt) if game.prompt is not None else index
+        groups.setdefault(key, []).append(score)
     return list(groups.values())
 
 
@@ -118,10 +123,7 @@ def win_counts(games: Iterable[Game], *, player: int, opponent: int) -> tuple[in
     """(wins, losses, ties) of `player` in its games against `opponent`; games between
     others are left out. A score of 1 for the player is a win, 0 a loss, one half a tie."""
     wins = losses = ties = 0
-    for game in games:
-        if {game.first, game.second} != {player, opponent}:
-            continue
-        score = game.score if game.first == player else 1 - game.score
+    for _, _, score in _player_scores(games, player, opponent):
         wins += score == 1.0
         losses += score == 0.0
         ties += score == 0.5
