@@ -22,6 +22,7 @@ from statistics import mean
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from alignment.engine.generation import CUT_OFF
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
 from alignment.models import (
@@ -139,7 +140,7 @@ def judge_by_rule(
         idle = 0
         comparison = assignment.comparison
         left, right = assignment.left, assignment.right
-        if skip_both_truncated and left.finish_reason == right.finish_reason == "length":
+        if skip_both_truncated and left.finish_reason == right.finish_reason == CUT_OFF:
             comparison_skip(
                 comparison=comparison,
                 annotator=annotator,

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 Message = Mapping[str, str]  # {"role": ..., "content": ...}
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# A sample's finish_reason when the token limit stopped it (as vLLM and OpenAI say).
+CUT_OFF = "length"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
@@ -54,7 +56,7 @@ class GeneratedSample:
     text: str
     prompt_tokens: int
     completion_tokens: int  # generated tokens, not counting the stop token
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", or CUT_OFF ("length")
     seed: int  # the seed that makes this batch reproducible
 
 
@@ -264,7 +266,7 @@ def _batch_generate(
                 text=str(tokenizer.decode(kept, skip_special_tokens=True)).strip(),
                 prompt_tokens=int(prompt_lengths[local_prompt]),
                 completion_tokens=len(kept),
-                finish_reason="stop" if stopped[row] else "length",
+                finish_reason="stop" if stopped[row] else CUT_OFF,
                 seed=seed,
             )
         )

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from alignment.engine.generation import CUT_OFF
 from alignment.engine.selection import implicit_rewards, pair_select
 from alignment.engine.sources import model_path_resolve
 from alignment.models import PairingStrategy, PairSelection, Round
@@ -82,7 +83,7 @@ def _selected_pairs_create(
                 ),
                 adapter=version.adapter_path,
                 adapter_sha256=version.adapter_sha256 or None,
-                items=[(r.prompt.messages, r.text, r.finish_reason != "length") for r in flat],
+                items=[(r.prompt.messages, r.text, r.finish_reason != CUT_OFF) for r in flat],
                 trust_remote_code=round_.project.trust_remote_code,
             )
             rewards = {r.pk: score for r, score in zip(flat, scores, strict=True)}

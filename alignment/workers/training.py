@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from alignment.engine.generation import CUT_OFF
 from alignment.engine.training import (
     Contradiction,
     PreferenceExample,
@@ -30,7 +31,6 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 CONTRADICTIONS_KEPT = 500
-CUT_OFF = "length"  # a response's finish_reason when the token limit stopped it
 
 
 def _contradictions_record(
