@@ -32,6 +32,7 @@ from alignment.selectors.runs import (
 )
 from alignment.selectors.versions import model_versions_for_project
 from alignment.services.rounds import (
+    MAX_GUIDANCE_CHARS,
     PROMPT_CHOICES,
     ROUND_SIZE_FIELDS,
     SamplingSettings,
@@ -112,6 +113,7 @@ class RoundOut(serializers.Serializer[Any]):
         choices=PairSelection.choices, source="round.pair_selection"
     )
     sampling = serializers.JSONField(source="round.sampling")
+    guidance = serializers.CharField(source="round.guidance")
     created_at = serializers.DateTimeField(source="round.created_at")
     prompt_count = serializers.IntegerField()
     comparisons_created = serializers.IntegerField()
@@ -140,6 +142,15 @@ class RoundIn(serializers.Serializer[Any]):
         "adjacent); recorded on each comparison.",
     )
     sampling = SamplingIn(required=False)
+    guidance = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=MAX_GUIDANCE_CHARS,
+        help_text="What the annotators prefer, in a sentence or two: added to the prompt of "
+        "half of each prompt's on-policy samples (samples_per_prompt even); the pairs keep "
+        "the plain prompt.",
+    )
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         # train_prompts, eval_prompts, samples_per_prompt: the fields of ROUND_SIZE_FIELDS.
@@ -187,6 +198,7 @@ class RoundListApi(ProjectApi):
             pair_selection=data["pair_selection"],
             created_by=request.user,  # type: ignore[arg-type]
             prompt_choice=data["prompt_choice"],
+            guidance=data["guidance"],
         )
         return Response(_round_detail(project, round_.number), status=status.HTTP_201_CREATED)
 

@@ -12,9 +12,11 @@ class AlignmentConfig(AppConfig):
 
         from alignment.models import GenerationJob, TrainingRun
         from alignment.services.model_versions import base_version_on_project_created
+        from alignment.services.pairs import ladder_step
         from alignment.services.rounds import generation_dispatch
         from alignment.services.training import training_run_dispatch
         from annotate.models import Project
+        from annotate.signals import pair_decided
         from core.jobs import job_kind_register
 
         job_kind_register(GenerationJob, dispatch=generation_dispatch)
@@ -24,3 +26,5 @@ class AlignmentConfig(AppConfig):
         post_save.connect(
             base_version_on_project_created, sender=Project, dispatch_uid="base-version"
         )
+        # A winner-stays round forms its next pair when a judgment decides the last one.
+        pair_decided.connect(ladder_step, dispatch_uid="winner-stays-ladder")

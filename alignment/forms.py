@@ -18,7 +18,12 @@ from alignment.models import (
     Reference,
     StartFrom,
 )
-from alignment.services.rounds import PROMPT_CHOICES, ROUND_SIZE_FIELDS, SamplingSettings
+from alignment.services.rounds import (
+    MAX_GUIDANCE_CHARS,
+    PROMPT_CHOICES,
+    ROUND_SIZE_FIELDS,
+    SamplingSettings,
+)
 from alignment.services.training import TrainingPlan
 from alignment.services.training_settings import TrainingSettings
 from alignment.spec_fields import form_fields, form_values
@@ -65,6 +70,16 @@ class RoundStartForm(forms.Form):
         required=False,
         help_text="With more than 2 samples per prompt, which two the annotators compare.",
     )
+    guidance = forms.CharField(
+        label="Guidance for half the samples",
+        required=False,
+        max_length=MAX_GUIDANCE_CHARS,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="What the annotators prefer, in a sentence or two. Added to the prompt of "
+        "half of each prompt's samples (an even number of samples per prompt), so the pairs "
+        "show what the model seldom writes unprompted; the pairs keep the plain prompt. "
+        "Empty: no guided samples.",
+    )
 
     field_order = (
         "policy",
@@ -74,6 +89,7 @@ class RoundStartForm(forms.Form):
         "eval_prompts",
         "samples_per_prompt",
         "pair_selection",
+        "guidance",
         *SAMPLING_FIELDS,
     )
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from statistics import mean
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
 from alignment.engine.generation import CUT_OFF
+from alignment.engine.memory import peak_rss_mb, peak_rss_reset, rss_mb
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
 from alignment.models import (
@@ -30,6 +29,7 @@ from alignment.models import (
     GenerationJob,
     ModelVersion,
     PairingStrategy,
+    PairSelection,
     Round,
     TrainingRun,
 )
@@ -63,13 +63,20 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class LoopCheckSettings:
     model: str = "packaged:smollm2-135m-instruct"
-    train_prompts: int = 64
+    # 32 prompts x 4 samples, a winner-stays ladder over each prompt's 4 and half of them
+    # guided by the rule's description: the same generation as 64 x 2 adjacent pairs, with
+    # more informative pairs for rules that tie most pairs (docs/benchmarks.md, issue 17).
+    train_prompts: int = 32
     # At least 48 held-out prompts, two samples of each policy per prompt: the interval
     # counts the games of one prompt at their effective number (engine.stats.effective_games).
     eval_prompts: int = 48
-    samples_per_prompt: int = 2
+    samples_per_prompt: int = 4
     eval_samples_per_prompt: int = 2
     annotators: int = 2
+    pair_selection: str = PairSelection.WINNER_STAYS
+    # Half of each training prompt's samples guided by the rule's description (its round's
+    # guidance, as a lead would write the guidelines' gist).
+    guided: bool = True
     # Annotators skip a training pair whose two responses were both cut off at the token
     # limit: neither answer is complete, and the pair would teach token choice, not length.
     skip_both_truncated: bool = True
@@ -204,23 +211,6 @@ def _progress_shown(log: Log) -> Iterator[_JobLines]:
         logger.setLevel(level)
 
 
-def peak_rss_reset() -> None:
-    """Start counting this process's peak memory afresh (Linux; elsewhere a no-op, and the
-    peak is the process's since it started)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory since `peak_rss_reset` (or since it started)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    # ru_maxrss is in KiB on Linux.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def loop_check_run(*, settings: LoopCheckSettings, rule: JudgeRule, log: Log) -> LoopCheckReport:
     """One round of the loop for `rule`, with each phase's progress logged as it goes."""
     with _progress_shown(log) as progress:
@@ -239,6 +229,7 @@ class _Phases:
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         self.progress.phase = name
+        at_start = rss_mb()
         peak_rss_reset()
         started = time.monotonic()
         try:
@@ -246,6 +237,10 @@ class _Phases:
         finally:
             self.seconds[name] = round(time.monotonic() - started, 1)
             self.peak_mb[name] = peak_rss_mb()
+            self.progress.log(
+                f"  [{name}] done in {self.seconds[name]:.0f} s; peak RSS "
+                f"{self.peak_mb[name]:.0f} MB ({at_start:.0f} MB at its start)"
+            )
 
     def totals(self) -> dict[str, float]:
         return {**self.seconds, "total": round(time.monotonic() - self.started, 1)}
@@ -268,6 +263,12 @@ def _loop_check(
     log(
         f"project {slug}: {len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts"
     )
+    if settings.guided:
+        log(
+            f"guidance for half the samples: {rule.description!r}"
+            if rule.description
+            else f"rule {rule.name} has no description (a docstring): no guided samples"
+        )
 
     with phases("round 1 generation"):
         round1 = round_start(
@@ -276,6 +277,8 @@ def _loop_check(
             train_prompts=train_prompts,
             samples_per_prompt=settings.samples_per_prompt,
             sampling=sampling,
+            pair_selection=settings.pair_selection,
+            guidance=rule.description if settings.guided else "",
             dispatch=False,
         )
         round1_jobs = list(round1.generation_jobs.all())

@@ -61,6 +61,10 @@ class PairSelection(models.TextChoices):
     RANDOM = "random", "Two of the K at random"
     MOST_DIFFERENT = "most_different", "The two most different texts"
     REWARD_GAP = "reward_gap", "The two the policy's implicit reward tells furthest apart"
+    WINNER_STAYS = (
+        "winner_stays",
+        "Winner stays: each pair's winner meets the next sample (up to K - 1 pairs per prompt)",
+    )
 
 
 class Round(models.Model):
@@ -77,6 +81,8 @@ class Round(models.Model):
         max_length=20, choices=PairSelection, default=PairSelection.ADJACENT
     )
     sampling = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p, seed")
+    # Added to the prompt of half of each prompt's on-policy samples (services.rounds).
+    guidance = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -89,6 +89,7 @@ def round_new(request: AuthedRequest, slug: str) -> HttpResponse:
                 pair_selection=data["pair_selection"] or PairSelection.ADJACENT,
                 created_by=request.user,
                 prompt_choice=data["prompt_choice"] or "least_used",
+                guidance=data["guidance"],
             )
         except ValidationFailed as error:
             form.add_error(None, str(error))

@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from alignment.engine.generation import CUT_OFF
 from core.text import words
 
 # Openings and phrases of a refusal, in English (most of what small chat models say).
@@ -52,5 +53,5 @@ def drift_of(texts: Sequence[str], finish_reasons: Sequence[str]) -> Drift | Non
         mean_chars=sum(len(t) for t in texts) / n,
         refusal_rate=sum(map(is_refusal, texts)) / n,
         repetition=sum(map(repetition, texts)) / n,
-        truncated_rate=sum(1 for r in finish_reasons if r == "length") / n,
+        truncated_rate=sum(1 for r in finish_reasons if r == CUT_OFF) / n,
     )

@@ -103,6 +103,17 @@ def adapter_validate(adapter: str, *, sha256: str | None = None) -> None:
             )
 
 
+def messages_guided(messages: Sequence[Message], guidance: str) -> list[dict[str, str]]:
+    """The prompt with `guidance` (what annotators prefer, in words) added to its last user
+    message: a guided sample shows the annotators what the plain policy seldom writes."""
+    out = [dict(m) for m in messages]
+    for message in reversed(out):
+        if message["role"] == "user":
+            message["content"] = f"{message['content']}\n\n(Guidelines: {guidance.strip()})"
+            return out
+    raise ValueError("a guided prompt needs a user message")
+
+
 def prompts_validate(prompts: Sequence[Sequence[Message]]) -> None:
     for index, messages in enumerate(prompts):
         if len(messages) == 0:

@@ -1,4 +1,5 @@
-"""A training run's peak memory, estimated before it starts (no weights are loaded).
+"""A training run's peak memory, estimated before it starts (no weights are loaded); and this
+process's memory as Linux counts it (now, and its peak since a reset).
 
 The estimate adds the base weights (NF4 or 16/32-bit), the LoRA adapter with its gradients
 and Adam moments, the activations autograd keeps for a batch, the logits (in float32, with
@@ -9,8 +10,10 @@ docs/benchmarks.md), so expect it within about a third, not exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,36 @@ ACTIVATION_PER_INTERMEDIATE = 13
 ACTIVATION_PER_HEAD_POSITION = 2.5
 RUNTIME_MB = 600  # torch, transformers, the tokenizer: what an idle worker process holds
 LORA_TARGETS_PER_LAYER = 7  # q, k, v, o, gate, up, down ("all-linear")
+
+
+def peak_rss_reset() -> None:
+    """Start counting this process's peak memory afresh (Linux; elsewhere a no-op, and the
+    peak is the process's since it started)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _status_mb(field: str) -> float | None:
+    """A memory figure of /proc/self/status ("VmRSS", "VmHWM") in MB; None off Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (Linux; elsewhere 0)."""
+    return _status_mb("VmRSS") or 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since `peak_rss_reset` (or since it started)."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -23,6 +24,9 @@ class JudgeRule:
     judge: Callable[[str, str, str], Verdict]  # (prompt_text, response_a, response_b) -> verdict
     property_name: str  # e.g. "mean length (characters)"
     measure: Callable[[str], float]  # property of one response, averaged over a policy's responses
+    # The rule in words, as a guideline would say it ("" when it has none): the loop check's
+    # round guidance.
+    description: str = ""
 
 
 def response_length(text: str) -> float:
@@ -81,7 +85,9 @@ def _judge_plain_words(prompt: str, a: str, b: str) -> Verdict:
     return "a" if mean_a < mean_b else "b"
 
 
-def binary_rule(name: str, wanted: Callable[[str], bool], property_name: str) -> JudgeRule:
+def binary_rule(
+    name: str, wanted: Callable[[str], bool], property_name: str, description: str = ""
+) -> JudgeRule:
     """A rule on a yes/no property: the response that has it wins; a tie when both or
     neither do. Its measure is the share of responses that have it."""
 
@@ -96,6 +102,7 @@ def binary_rule(name: str, wanted: Callable[[str], bool], property_name: str) ->
         judge=judge,
         property_name=property_name,
         measure=lambda text: 1.0 if wanted(text) else 0.0,
+        description=description,
     )
 
 
@@ -105,22 +112,36 @@ BUILTIN_RULES: dict[str, JudgeRule] = {
         judge=_judge_shorter,
         property_name=LENGTH_PROPERTY,
         measure=response_length,
+        description="Prefer the shorter response.",
     ),
     "longer": JudgeRule(
         name="longer",
         judge=_judge_longer,
         property_name=LENGTH_PROPERTY,
         measure=response_length,
+        description="Prefer the longer response.",
     ),
     "no_lists": binary_rule(
-        "no_lists", lambda text: not has_markdown_list(text), "share of responses without a list"
+        "no_lists",
+        lambda text: not has_markdown_list(text),
+        "share of responses without a list",
+        "Prefer the response without a bulleted or numbered list; a tie when both or neither "
+        "have one.",
     ),
     # Rules that leave many pairs tied: most pairs of samples agree on the property.
     "asks_followup": binary_rule(
-        "asks_followup", ends_with_question, "share of responses ending with a question"
+        "asks_followup",
+        ends_with_question,
+        "share of responses ending with a question",
+        "Prefer the response that ends by asking the user a question; a tie when both or "
+        "neither do.",
     ),
     "numbered_steps": binary_rule(
-        "numbered_steps", numbered_steps, "share of responses with 3+ numbered steps"
+        "numbered_steps",
+        numbered_steps,
+        "share of responses with 3+ numbered steps",
+        "Prefer the response that gives a numbered list of at least three steps; a tie when "
+        "both or neither do.",
     ),
     "plain_words": JudgeRule(
         name="plain_words",
@@ -128,6 +149,8 @@ BUILTIN_RULES: dict[str, JudgeRule] = {
         property_name="mean word length (characters)",
         # A response of no words counts as 0 in the mean (the judge ranks it last).
         measure=lambda text: m if math.isfinite(m := mean_word_length(text)) else 0.0,
+        description="Prefer the response in plainer words: shorter words on average; a tie "
+        f"within {PLAIN_WORDS_TIE} characters a word.",
     ),
 }
 
@@ -149,8 +172,9 @@ def rule_load(spec: str) -> JudgeRule:
 
     The function takes (prompt_text, response_a, response_b) and returns "a", "b" or
     "tie" (checked on every call). Its ``property_name``/``measure`` attributes, when
-    present, say what it measures; otherwise mean length in characters. Raises
-    ValueError for an unknown name or an unimportable path.
+    present, say what it measures; otherwise mean length in characters. The first paragraph
+    of its docstring is its description. Raises ValueError for an unknown name or an
+    unimportable path.
     """
     builtin = BUILTIN_RULES.get(spec)
     if builtin is not None:
@@ -194,4 +218,11 @@ def rule_load(spec: str) -> JudgeRule:
             )
         return verdict
 
-    return JudgeRule(name=spec, judge=judge, property_name=property_name, measure=measure)
+    doc = inspect.getdoc(function) or ""
+    return JudgeRule(
+        name=spec,
+        judge=judge,
+        property_name=property_name,
+        measure=measure,
+        description=" ".join(doc.split("\n\n")[0].split()),
+    )

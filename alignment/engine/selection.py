@@ -7,17 +7,25 @@ Strategies (SELECTIONS):
 - reward_gap: the two the current policy's implicit reward, beta * (log pi(y) - log
   pi_ref(y)) against the base model, tells furthest apart. A human label there checks the
   policy where it is most sure of a preference; the ones it contradicts teach the most.
+- winner_stays: a ladder. The first two samples meet; after each decided pair the winner
+  (after a tie, the incumbent) meets a sample it has not met (`ladder_next`), until it has met
+  them all. A preference that most pairs tie on (a rare property) is found wherever one of
+  the K has it, and every sample without it then loses to it: up to K - 1 pairs a prompt
+  where adjacent pairs find one in K/2 tries.
+
+Two responses both cut off at the token limit are not paired while another pair is there:
+neither is a complete answer.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from core.text import words
 
-SELECTIONS = ("random", "most_different", "reward_gap")
+SELECTIONS = ("random", "most_different", "reward_gap", "winner_stays")
 
 
 @dataclass(frozen=True)
@@ -44,19 +52,29 @@ def pair_select(
     *,
     rng: random.Random,
     rewards: Sequence[float] | None = None,
+    complete: Sequence[bool] | None = None,
 ) -> Selected:
     """The two of `texts` to compare (indices, first < second). Two identical texts are
-    never picked while a different one is there."""
+    never picked while a different one is there, nor two cut off ones (`complete` False)
+    while a pair with a complete one is."""
     if strategy not in SELECTIONS:
         raise ValueError(f"unknown pair selection {strategy!r}; known: {', '.join(SELECTIONS)}")
     if len(texts) < 2:
         raise ValueError("a pair needs at least two samples")
-    candidates = [
+    differing = [
         (i, j)
         for i in range(len(texts))
         for j in range(i + 1, len(texts))
         if texts[i].strip() != texts[j].strip()
-    ] or [(0, 1)]
+    ]
+    candidates = (
+        [(i, j) for i, j in differing if complete is None or complete[i] or complete[j]]
+        or differing
+        or [(0, 1)]
+    )
+    if strategy == "winner_stays":
+        # The ladder's first rung: the first two samples (in sample order) worth comparing.
+        return Selected(*candidates[0], 0.0)
     if strategy == "random":
         i, j = rng.choice(candidates)
         return Selected(i, j, 0.0)
@@ -70,6 +88,34 @@ def pair_select(
     # Ties broken at random, so equal scores do not always favour the first samples.
     score, i, j = rng.choice([t for t in scored if t[0] == best])
     return Selected(i, j, round(score, 6))
+
+
+def ladder_next(
+    champion: int,
+    texts: Sequence[str],
+    *,
+    met: Set[frozenset[int]],
+    shown: Set[int],
+    complete: Sequence[bool] | None = None,
+) -> int | None:
+    """winner_stays: the sample the `champion` meets next (an index of `texts`), or None when
+    it has met every sample worth meeting. Not one it has `met`, nor its own text, nor (when
+    both are cut off) another cut-off one; samples never `shown` first, then the rest, each
+    in sample order."""
+    if not 0 <= champion < len(texts):
+        raise ValueError(f"no sample {champion} among {len(texts)}")
+    own = texts[champion].strip()
+    cut_off = complete is not None and not complete[champion]
+    options = [
+        i
+        for i in range(len(texts))
+        if i != champion
+        and frozenset((champion, i)) not in met
+        and texts[i].strip() != own
+        and not (cut_off and complete is not None and not complete[i])
+    ]
+    fresh = [i for i in options if i not in shown]
+    return next(iter(fresh or options), None)
 
 
 def implicit_rewards(

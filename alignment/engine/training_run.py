@@ -31,7 +31,7 @@ from alignment.engine.checkpoints import (
     staging_clear,
     staging_dir,
 )
-from alignment.engine.memory import MemoryEstimate
+from alignment.engine.memory import MemoryEstimate, peak_rss_mb
 from alignment.engine.scoring import (
     INDEX_COLUMN,
     contradictions,
@@ -426,9 +426,7 @@ def _peak_memory_mb(on_cuda: bool) -> float:
         import torch
 
         return float(torch.cuda.max_memory_allocated()) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mb()
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from alignment.engine.generation import (
     ADAPTER_CONFIG_FILE,
+    CUT_OFF,
     GeneratedSample,
     GenerationConfig,
     GenerationProgress,
@@ -96,7 +97,7 @@ def generate_vllm(
                 prompt_tokens=len(output.prompt_token_ids),
                 completion_tokens=len(completion.token_ids)
                 - (1 if completion.finish_reason == "stop" else 0),
-                finish_reason="length" if completion.finish_reason == "length" else "stop",
+                finish_reason=CUT_OFF if completion.finish_reason == CUT_OFF else "stop",
                 seed=seed,
             )
             for offset, output in enumerate(outputs)

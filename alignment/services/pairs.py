@@ -1,4 +1,5 @@
-"""Pair forming: a round's samples become comparisons (on-policy, selected from K, head-to-head)."""
+"""Pair forming: a round's samples become comparisons (on-policy, selected from K, a
+winner-stays ladder, head-to-head)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ from django.conf import settings
 from django.db import transaction
 
 from alignment.engine.generation import CUT_OFF
-from alignment.engine.selection import implicit_rewards, pair_select
+from alignment.engine.selection import implicit_rewards, ladder_next, pair_select
 from alignment.engine.sources import model_path_resolve
 from alignment.models import PairingStrategy, PairSelection, Round
-from annotate.models import Comparison, Purpose, Response
+from annotate.models import (
+    Comparison,
+    ComparisonStatus,
+    PairKind,
+    PreferencePair,
+    Purpose,
+    Response,
+)
 from annotate.services.comparisons import comparison_create
 from core.models import JobStatus
 
@@ -95,6 +103,7 @@ def _selected_pairs_create(
             [r.text for r in group],
             rng=rng,
             rewards=[rewards[r.pk] for r in group] if rewards else None,
+            complete=[r.finish_reason != CUT_OFF for r in group],
         )
         selection: dict[str, Any] = {
             "strategy": strategy,
@@ -102,12 +111,84 @@ def _selected_pairs_create(
             "picked": [chosen.first, chosen.second],
             "score": chosen.score,
         }
+        if strategy == PairSelection.WINNER_STAYS:
+            # The incumbent, who stays after a tie (ladder_step).
+            selection["champion"] = group[chosen.first].pk
         if rewards:
             selection["rewards"] = [round(rewards[r.pk], 4) for r in group]
         if note:
             selection["fallback"] = {"asked": PairSelection.REWARD_GAP, "why": note}
         first, second = group[chosen.first], group[chosen.second]
         _on_policy_pair_create(first, second, round_, rng, counts, selection)
+
+
+def ladder_step(
+    sender: object, *, comparison: Comparison, pair: PreferencePair, **_: object
+) -> Comparison | None:
+    """winner_stays (annotate.signals.pair_decided): once a ladder's pair is decided, its
+    winner (after a tie or both bad, the incumbent) meets the next sample of the prompt it has
+    not met (engine.selection.ladder_next). Runs in the deciding judgment's transaction; one
+    rung after a pair, however often the pair is decided."""
+    if comparison.selection.get("strategy") != PairSelection.WINNER_STAYS:
+        return None
+    rungs = list(
+        Comparison.objects.filter(
+            project_id=comparison.project_id,
+            prompt_id=comparison.prompt_id,
+            round_number=comparison.round_number,
+            purpose=Purpose.TRAIN,
+        ).only("response_a_id", "response_b_id", "status", "selection")
+    )
+    if any(
+        rung.selection.get("after") == comparison.pk
+        or (rung.status == ComparisonStatus.OPEN and rung.pk != comparison.pk)
+        for rung in rungs
+    ):
+        return None  # stepped already, or a rung is still being judged
+    samples = list(
+        Response.objects.filter(
+            prompt_id=comparison.prompt_id,
+            generation__job__round__project_id=comparison.project_id,
+            generation__job__round__number=comparison.round_number,
+            generation__job__purpose=Purpose.TRAIN,
+        )
+        .select_related("prompt")
+        .order_by("id")
+    )
+    index = {response.pk: i for i, response in enumerate(samples)}
+    champion = (
+        pair.chosen_id
+        if pair.kind == PairKind.PREFERENCE
+        else comparison.selection.get("champion", comparison.response_a_id)
+    )
+    if champion not in index:
+        return None
+    met = {frozenset((index[r.response_a_id], index[r.response_b_id])) for r in rungs}
+    opponent = ladder_next(
+        index[champion],
+        [r.text for r in samples],
+        met=met,
+        shown={i for rung in met for i in rung},
+        complete=[r.finish_reason != CUT_OFF for r in samples],
+    )
+    if opponent is None:
+        return None
+    return comparison_create(
+        response_a=samples[index[champion]],
+        response_b=samples[opponent],
+        round_number=comparison.round_number,
+        purpose=Purpose.TRAIN,
+        pairing_strategy=PairingStrategy.ON_POLICY,
+        rng=random.Random(comparison.pk),
+        selection={
+            "strategy": PairSelection.WINNER_STAYS,
+            "k": len(samples),
+            "picked": sorted((index[champion], opponent)),
+            "score": 0.0,
+            "champion": champion,
+            "after": comparison.pk,
+        },
+    )
 
 
 def head_to_head_pairs_form(*, round_: Round) -> list[Comparison]:

@@ -61,6 +61,8 @@ class RoundSize:
 ROUND_SIZE_FIELDS = field_specs(RoundSize)
 
 
+MAX_GUIDANCE_CHARS = 2000
+
 PROMPT_CHOICES = {
     "least_used": "Least used first",
     "coverage": "Fill under-covered clusters first (from the last coverage statistics)",
@@ -109,6 +111,7 @@ def round_next_start(
     pair_selection: str = PairSelection.ADJACENT,
     created_by: User | None = None,
     prompt_choice: str = "least_used",
+    guidance: str = "",
 ) -> Round:
     """Start the next round with prompts chosen for the strategy: fresh training prompts
     first, or (`prompt_choice="coverage"`) those that fill the under-covered clusters."""
@@ -127,6 +130,7 @@ def round_next_start(
         strategy=strategy,
         pair_selection=pair_selection,
         created_by=created_by,
+        guidance=guidance,
     )
 
 
@@ -141,6 +145,7 @@ def round_start(
     strategy: str = PairingStrategy.ON_POLICY,
     pair_selection: str = PairSelection.ADJACENT,
     created_by: User | None = None,
+    guidance: str = "",
     dispatch: bool = True,
 ) -> Round:
     """Create the next round and queue its generation jobs.
@@ -150,9 +155,13 @@ def round_start(
     of its parent per held-out prompt, paired sample by sample when both jobs are done
     (evaluation, never trained on). `pair_selection` other than adjacent makes one on-policy
     pair per prompt out of its K samples (alignment.engine.selection), recorded on the
-    comparison. `dispatch=False` leaves the jobs queued for the caller
-    to execute in-process (the headless loop check).
+    comparison. `guidance` (what the annotators prefer, in a sentence or two) is added to the
+    prompt of half of each prompt's on-policy samples: those show the annotators what the
+    policy seldom writes unprompted, and the pairs (and training) keep the plain prompt, so
+    the next policy learns to write it unprompted. `dispatch=False` leaves the jobs queued for
+    the caller to execute in-process (the headless loop check).
     """
+    guidance = guidance.strip()
     sampling = (sampling or SamplingSettings()).validate()
     _round_check(
         project=project,
@@ -162,6 +171,7 @@ def round_start(
         samples_per_prompt=samples_per_prompt,
         strategy=strategy,
         pair_selection=pair_selection,
+        guidance=guidance,
     )
     on_policy = strategy in (PairingStrategy.ON_POLICY, PairingStrategy.BOTH)
     head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
@@ -176,6 +186,7 @@ def round_start(
             pairing_strategy=strategy,
             pair_selection=pair_selection,
             sampling=config,
+            guidance=guidance,
             created_by=created_by,
         )
         round_.prompts.set([*train_prompts, *eval_prompts])
@@ -187,7 +198,7 @@ def round_start(
                     policy,
                     train_prompts,
                     Purpose.TRAIN,
-                    {**config, "samples_per_prompt": samples_per_prompt},
+                    {**config, "samples_per_prompt": samples_per_prompt, "guidance": guidance},
                 )
             )
         if head_to_head:
@@ -217,6 +228,7 @@ def _round_check(
     samples_per_prompt: int,
     strategy: str,
     pair_selection: str,
+    guidance: str = "",
 ) -> None:
     """Refuse a round that cannot be generated as asked, naming why."""
     if policy.project_id != project.pk:
@@ -234,6 +246,14 @@ def _round_check(
     if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
         raise ValidationFailed(
             "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."
+        )
+    if len(guidance) > MAX_GUIDANCE_CHARS:
+        raise ValidationFailed(f"The guidance must be at most {MAX_GUIDANCE_CHARS} characters.")
+    if guidance and not on_policy:
+        raise ValidationFailed("Guidance steers on-policy samples; this round makes none.")
+    if guidance and samples_per_prompt % 2:
+        raise ValidationFailed(
+            "Guided rounds need an even number of samples per prompt: half are guided."
         )
     if head_to_head and policy.parent is None:
         raise ValidationFailed(

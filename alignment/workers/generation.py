@@ -6,11 +6,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from django.conf import settings
 from django.db import transaction
 
-from alignment.engine.generation import GenerationConfig, GenerationProgress, generate
+from alignment.engine.generation import (
+    GenerationConfig,
+    GenerationProgress,
+    generate,
+    messages_guided,
+)
 from alignment.engine.spec import SAMPLING_FIELDS, SamplingParameters
 from alignment.engine.vllm_backend import generate_vllm
 from alignment.models import GeneratedResponse, GenerationJob, PairSelection
@@ -38,19 +44,32 @@ def _generation_run(job: GenerationJob) -> None:
     done = set(Response.objects.filter(generation__job=job).values_list("prompt_id", flat=True))
     prompts = [p for p in every_prompt if p.pk not in done]
     config = _engine_config(job)
+    guidance = str(job.config.get("guidance", "")) if job.purpose == Purpose.TRAIN else ""
     job_log(
         job,
         f"generating {config.samples_per_prompt} sample(s) for {len(prompts)} prompts "
         f"with {version.name}"
+        + (", half of them guided" if guidance else "")
         + (f" (attempt {job.attempts}: {len(done)} prompts done before)" if done else ""),
     )
+    # A guided round samples each prompt twice over, half its samples each time: plain, then
+    # with the guidance (same rows a pass: twice the prompts, half the samples each).
+    variants = [(p, g) for p in prompts for g in ((False, True) if guidance else (False,))]
+    if guidance:
+        config = replace(
+            config,
+            samples_per_prompt=config.samples_per_prompt // 2,
+            batch_size=config.batch_size * 2,
+        )
     recorder = _SampleRecorder(
-        job, prompts, rng=random.Random(config.seed), done=len(done), total=len(every_prompt)
+        job, variants, rng=random.Random(config.seed), done=len(done), total=len(every_prompt)
     )
     started = time.monotonic()
     samples = (
         GENERATORS[settings.GENERATION_BACKEND](
-            config, [p.messages for p in prompts], on_progress=recorder
+            config,
+            [messages_guided(p.messages, guidance) if g else p.messages for p, g in variants],
+            on_progress=recorder,
         )
         if prompts
         else []
@@ -106,13 +125,15 @@ class _SampleRecorder:
     def __init__(
         self,
         job: GenerationJob,
-        prompts: Sequence[Prompt],
+        variants: Sequence[tuple[Prompt, bool]],
         *,
         rng: random.Random,
         done: int,
         total: int,
     ) -> None:
-        self.job, self.prompts, self.rng, self.done, self.total = job, prompts, rng, done, total
+        """`variants`: the engine's prompts, each a prompt and whether it is the guided one."""
+        self.job, self.variants, self.rng, self.done, self.total = job, variants, rng, done, total
+        self.per_prompt = 2 if any(guided for _, guided in variants) else 1
         self.counts = {"responses": 0, "comparisons": 0, "identical_skipped": 0}
         # The implicit reward needs every sample scored first: pairs are formed once all are in.
         self.pairs_at_the_end = job.round.pair_selection == PairSelection.REWARD_GAP
@@ -127,17 +148,30 @@ class _SampleRecorder:
 
     def __call__(self, progress: GenerationProgress) -> None:
         job = self.job
+        half = int(self.job.config.get("samples_per_prompt", 2)) // 2
         rows = [
             ResponseInput(
-                prompt_id=self.prompts[s.prompt_index].pk,
+                prompt_id=self.variants[s.prompt_index][0].pk,
                 text=s.text,
-                generation_params={**self.params, "sample_index": s.sample_index},
+                generation_params={
+                    **self.params,
+                    **(
+                        {"sample_index": s.sample_index + half, "guided": True}
+                        if self.variants[s.prompt_index][1]
+                        else {"sample_index": s.sample_index}
+                    ),
+                },
                 seed=s.seed,
                 prompt_tokens=s.prompt_tokens,
                 completion_tokens=s.completion_tokens,
                 finish_reason=s.finish_reason,
             )
-            for s in progress.samples
+            # A prompt's plain and guided samples in turns: adjacent pairs and the ladder's
+            # first rung meet one of each.
+            for s in sorted(
+                progress.samples,
+                key=lambda s: (s.prompt_index // self.per_prompt, s.sample_index, s.prompt_index),
+            )
         ]
         with transaction.atomic():
             created = responses_create(policy=job.model_version.policy, rows=rows)
@@ -148,16 +182,16 @@ class _SampleRecorder:
             if job.purpose == Purpose.TRAIN and not self.pairs_at_the_end:
                 on_policy_pairs_create(created, job.round, self.rng, self.counts)
         tokens_per_s = progress.tokens_generated / progress.elapsed_s if progress.elapsed_s else 0.0
+        done, todo = progress.done_prompts // self.per_prompt, len(self.variants) // self.per_prompt
         job.metrics.append(
             {
                 "t": round(progress.elapsed_s, 2),
-                "done": progress.done_prompts,
+                "done": done,
                 "tokens": progress.tokens_generated,
                 "tokens_per_s": round(tokens_per_s, 2),
             }
         )
-        done = progress.done_prompts
-        left = progress.elapsed_s / done * (progress.total_prompts - done) if done else 0.0
+        left = progress.elapsed_s / done * (todo - done) if done else 0.0
         job_log(
             job,
             f"{self.done + done}/{self.total} prompts, "
@@ -167,7 +201,7 @@ class _SampleRecorder:
         alive = job_heartbeat(
             job,
             fields={
-                "progress_done": self.done + progress.done_prompts,
+                "progress_done": self.done + done,
                 "metrics": job.metrics,
                 "log_tail": job.log_tail,
             },

@@ -26,6 +26,7 @@ from annotate.models import (
 )
 from annotate.queue import lease_take
 from annotate.services.pairs import pair_aggregate
+from annotate.signals import pair_decided
 from annotate.sql import judgments as sql_judgments
 from core.errors import ValidationFailed
 
@@ -271,7 +272,9 @@ def votes_changed(
     if comparison.is_gold:
         return returned
     if complete:
-        pair_aggregate(comparison=comparison)
+        pair = pair_aggregate(comparison=comparison)
+        if pair is not None:
+            pair_decided.send(sender=Comparison, comparison=comparison, pair=pair)
     elif was_complete or delta <= 0:
         PreferencePair.objects.filter(comparison=comparison).delete()
     return returned

@@ -23,6 +23,10 @@ _LOCKED_FIELDS = (
     "left_is_a",
     "response_a_id",
     "response_b_id",
+    # For whoever builds on a decided pair (annotate.signals.pair_decided).
+    "prompt_id",
+    "round_number",
+    "selection",
 )
 
 Statement = tuple[str, Sequence[Any]]

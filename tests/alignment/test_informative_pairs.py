@@ -3,14 +3,19 @@ recorded on the comparison."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from django.contrib.auth.models import User
 
+from alignment.engine.rules import BUILTIN_RULES
+from alignment.loop import judge_by_rule
 from alignment.models import GenerationJob
 from alignment.services.model_versions import model_version_base_ensure
+from alignment.services.pairs import ladder_step
 from alignment.services.rounds import round_prompts_choose, round_start
 from alignment.workers.generation import generation_job_execute
-from annotate.models import Comparison, Project, Response
+from annotate.models import Comparison, PreferencePair, Project, Response
 from core.errors import ValidationFailed
 from tests.factories import client_make, generation_job_make, judgments_make, training_run_make
 
@@ -74,3 +79,105 @@ def test_it_needs_more_than_two_samples_to_choose_from(tiny_project: Project) ->
             pair_selection="random",
             dispatch=False,
         )
+
+
+def test_winner_stays_the_winner_meets_each_sample_it_has_not_met(
+    tiny_project: Project, annotator: User
+) -> None:
+    base = model_version_base_ensure(project=tiny_project)
+    job = _round(tiny_project, base, "winner_stays")
+    generation_job_execute(job_id=job.pk)
+    # The tiny model runs to its token limit; as complete answers every sample may meet.
+    Response.objects.filter(prompt__project=tiny_project).update(finish_reason="stop")
+    first = list(Comparison.objects.filter(project=tiny_project, round_number=1))
+    assert len(first) == 3 and {tuple(c.selection["picked"]) for c in first} == {(0, 1)}
+
+    # Judged through the queue like people: the longer answer wins, equal lengths tie.
+    judge_by_rule(project=tiny_project, annotators=[annotator], rule=BUILTIN_RULES["longer"])
+
+    for prompt_id in {c.prompt_id for c in first}:
+        rungs = list(
+            Comparison.objects.filter(project=tiny_project, prompt_id=prompt_id).order_by("id")
+        )
+        samples = list(Response.objects.filter(prompt_id=prompt_id).order_by("id"))
+        met = [frozenset((c.response_a_id, c.response_b_id)) for c in rungs]
+        assert len(met) == len(set(met)), "no two samples meet twice"
+        assert 3 <= len(rungs) <= 6  # K - 1 to K(K-1)/2 pairs of the K = 4 samples
+        for before, rung in itertools.pairwise(rungs):
+            pair = PreferencePair.objects.get(comparison=before)
+            # Each rung follows the one before: its winner, or after a tie its incumbent.
+            stays = pair.chosen_id if pair.kind == "preference" else before.selection["champion"]
+            assert rung.selection["after"] == before.pk
+            assert rung.selection["champion"] == stays == rung.response_a_id
+        # The ladder ends with the longest answer having met every other sample.
+        longest = max(len(s.text) for s in samples)
+        last = PreferencePair.objects.get(comparison=rungs[-1])
+        champion = last.chosen_id if last.kind == "preference" else rungs[-1].selection["champion"]
+        assert len(Response.objects.get(pk=champion).text) == longest
+        assert {s.pk for s in samples} - {champion} <= {
+            other for pair in met if champion in pair for other in pair
+        }
+        # Decided again (an adjudication, an undo and a new vote): no second rung.
+        assert ladder_step(Comparison, comparison=rungs[-1], pair=last) is None
+        assert (
+            ladder_step(
+                Comparison,
+                comparison=rungs[0],
+                pair=PreferencePair.objects.get(comparison=rungs[0]),
+            )
+            is None
+        )
+
+
+def test_a_guided_round_samples_half_of_each_prompts_samples_with_the_guidance(
+    tiny_project: Project,
+) -> None:
+    guidance = "Prefer the response that ends by asking the user a question."
+    job = generation_job_make(
+        tiny_project,
+        prompts=3,
+        samples_per_prompt=4,
+        pair_selection="winner_stays",
+        guidance=guidance,
+    )
+    generation_job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.progress_done == job.progress_total == 3
+    assert job.round.guidance == guidance
+    for prompt_id in set(job.prompts.values_list("id", flat=True)):
+        samples = list(Response.objects.filter(prompt_id=prompt_id).order_by("id"))
+        guided = [r.generation_params.get("guided", False) for r in samples]
+        # K = 4: two plain, two guided, in turns; sample indices 0-1 plain, 2-3 guided.
+        assert guided == [False, True, False, True]
+        assert sorted(r.generation_params["sample_index"] for r in samples) == [0, 1, 2, 3]
+        plain, steered = samples[0], samples[1]
+        # The guided prompt carries the guidance: more prompt tokens, same stored prompt.
+        assert steered.prompt_tokens > plain.prompt_tokens
+        assert steered.prompt_id == plain.prompt_id
+        rung = Comparison.objects.get(prompt_id=prompt_id)
+        # The ladder's first rung meets a plain sample and a guided one.
+        assert {rung.response_a_id, rung.response_b_id} == {plain.pk, steered.pk}
+
+
+def test_guidance_needs_an_even_k_and_on_policy_pairs(tiny_project: Project) -> None:
+    base = model_version_base_ensure(project=tiny_project)
+    prompts = round_prompts_choose(project=tiny_project, count=2)
+    with pytest.raises(ValidationFailed, match="even number of samples per prompt"):
+        round_start(
+            project=tiny_project,
+            policy=base,
+            train_prompts=prompts,
+            samples_per_prompt=3,
+            guidance="Be brief.",
+            dispatch=False,
+        )
+    with pytest.raises(ValidationFailed, match="at most 2000 characters"):
+        round_start(
+            project=tiny_project,
+            policy=base,
+            train_prompts=prompts,
+            samples_per_prompt=2,
+            guidance="x" * 2001,
+            dispatch=False,
+        )
+    assert not tiny_project.rounds.exists()

@@ -194,6 +194,25 @@ def test_it_starts_an_on_policy_round(project: Project, base: ModelVersion, lead
     assert round_.created_by == lead
 
 
+def test_it_starts_a_guided_round_and_refuses_guidance_with_an_odd_k(
+    project: Project, base: ModelVersion, lead: User
+) -> None:
+    url = reverse("round_new", args=[project.slug])
+    guidance = "Prefer the response that ends by asking a question."
+    odd = client_for(lead).post(
+        url, {**ROUND_FORM, "policy": base.pk, "samples_per_prompt": "3", "guidance": guidance}
+    )
+    assert odd.status_code == 422
+    assert "even number of samples per prompt" in odd.content.decode()
+    assert not Round.objects.exists()
+    client_for(lead).post(url, {**ROUND_FORM, "policy": base.pk, "guidance": guidance})
+    round_ = Round.objects.get(project=project)
+    assert round_.guidance == guidance
+    assert round_.generation_jobs.get().config["guidance"] == guidance
+    page = client_for(lead).get(reverse("round_detail", args=[project.slug, 1]))
+    assert guidance in page.content.decode()
+
+
 def test_it_starts_a_head_to_head_round_on_held_out_prompts(
     project: Project, child: ModelVersion, lead: User
 ) -> None:

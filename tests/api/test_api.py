@@ -276,3 +276,24 @@ def test_it_starts_a_run_with_the_rounds_plan(
         "base",
         "cumulative",
     )
+
+
+def test_it_starts_a_guided_winner_stays_round_and_names_a_bad_one(
+    project: Project, lead: User
+) -> None:
+    base = model_version_base_ensure(project=project)
+    url = f"/projects/{project.slug}/rounds/"
+    body = {
+        "policy_id": base.pk,
+        "train_prompts": 2,
+        "samples_per_prompt": 3,
+        "pair_selection": "winner_stays",
+        "guidance": "Prefer the response that ends by asking a question.",
+    }
+    odd = Api(lead).post(url, body)
+    assert "even number of samples per prompt" in _error(odd, 422)["message"]
+    assert not project.rounds.exists()
+    made = Api(lead).post(url, {**body, "samples_per_prompt": 4})
+    assert made.status_code == 201, made.content
+    assert made.json()["guidance"] == body["guidance"]
+    assert made.json()["pair_selection"] == "winner_stays"

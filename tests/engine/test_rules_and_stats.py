@@ -88,6 +88,26 @@ def test_the_panel_names_loadable_rules() -> None:
     from alignment.engine.rules import PANEL
 
     assert [rule_load(name).name for name in PANEL] == list(PANEL)
+    # Each says what it prefers in words: the loop check's guidance for guided samples.
+    assert all(rule_load(name).description.startswith("Prefer the") for name in PANEL)
+
+
+def test_a_functions_description_is_the_first_paragraph_of_its_docstring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def politer(prompt: str, a: str, b: str) -> str:
+        """Prefer the politer
+        response.
+
+        Politeness is counted in pleases."""
+        return "tie"
+
+    def silent(prompt: str, a: str, b: str) -> str:
+        return "tie"
+
+    module = _install_module(monkeypatch, politer=politer, silent=silent)
+    assert rule_load(f"{module}:politer").description == "Prefer the politer response."
+    assert rule_load(f"{module}:silent").description == ""
 
 
 def _install_module(monkeypatch: pytest.MonkeyPatch, **attributes: object) -> str:

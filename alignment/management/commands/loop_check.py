@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from alignment.engine.rules import BUILTIN_RULES, PANEL, JudgeRule, rule_load
 from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, FieldSpec
 from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
+from alignment.models import PairSelection
 from alignment.services.rounds import SamplingSettings
 from alignment.services.training_settings import TrainingSettings
 from core.errors import ValidationFailed
@@ -77,6 +78,25 @@ class Command(BaseCommand):
             parser.add_argument(
                 "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
             )
+        parser.add_argument(
+            "--pair-selection",
+            choices=PairSelection.values,
+            default=defaults.pair_selection,
+            help="Which of each training prompt's samples meet (the round's pair selection; "
+            f"default {defaults.pair_selection}): "
+            + "; ".join(f"{value}: {label}" for value, label in PairSelection.choices).replace(
+                "%", "%%"
+            )
+            + ".",
+        )
+        parser.add_argument(
+            "--guided",
+            action=argparse.BooleanOptionalAction,
+            default=defaults.guided,
+            help="Guide half of each training prompt's samples by the rule's description (a "
+            "builtin's, or the first paragraph of a function's docstring), as a round's "
+            "guidance does; needs an even --samples-per-prompt (default: guided).",
+        )
         # Sampling (--max-new-tokens, --temperature, ...) and training (--train-epochs, ...):
         # the settings' spec gives each option its type, default, choices, bounds and help.
         for spec in SAMPLING_FIELDS.values():
@@ -117,6 +137,8 @@ class Command(BaseCommand):
             sampling=sampling,
             training=training,
             skip_both_truncated=not options["judge_both_truncated"],
+            pair_selection=options["pair_selection"],
+            guided=options["guided"],
             **{name: options[name] for name in _COUNTS},
         )
         reports = [
