@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def test_it_runs_a_panel_of_rules_and_reports_each_head_to_head(
     assert "[round 1 generation] " in output and "prompts," in output and "s left" in output
     assert "[training] " in output and "step 1/" in output
     assert "[head-to-head generation] " in output
+    # Each phase's end: its time, its peak memory and the memory it started from.
+    for phase in ("round 1 generation", "training", "head-to-head generation"):
+        assert re.search(
+            rf"\[{phase}\] done in \d+ s; peak RSS \d+ MB \(\d+ MB at its start\)", output
+        )
     # The closing table: a row per rule.
     table = [line for line in output.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in table[1:]] == [f"| {rule}" for rule in rules]
