@@ -20,7 +20,6 @@ from statistics import mean
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from alignment.engine.generation import CUT_OFF
 from alignment.engine.memory import peak_rss_mb, peak_rss_reset, rss_mb
 from alignment.engine.rules import JudgeRule
 from alignment.engine.stats import WinRate, win_rate
@@ -56,6 +55,7 @@ from annotate.services.judgments import judgment_submit
 from annotate.services.projects import membership_set, project_create
 from annotate.services.prompts import prompts_create
 from core.models import JobStatus
+from core.text import CUT_OFF
 
 Log = Callable[[str], None]
 

@@ -51,6 +51,18 @@ class ProjectSettingsForm(forms.ModelForm[Project]):
         max_value=1,
         help_text="Share of pairs that re-show a judged pair with its sides swapped (0 to 1).",
     )
+    recheck_gap_items = forms.IntegerField(
+        min_value=0,
+        max_value=10_000,
+        help_text="A re-check comes back no sooner than this many of the annotator's other "
+        "judgments later (default 20).",
+    )
+    recheck_gap_minutes = forms.IntegerField(
+        min_value=0,
+        max_value=7 * 24 * 60,
+        help_text="Or no sooner than this many minutes later, whichever comes first (0: the "
+        "count alone).",
+    )
     overlap = forms.IntegerField(min_value=1, max_value=20)
     lease_seconds = forms.IntegerField(min_value=30, max_value=24 * 3600)
     undo_seconds = forms.IntegerField(min_value=0, max_value=24 * 3600)
@@ -83,7 +95,8 @@ class GuidelineForm(forms.Form):
 
 
 class AdjudicateForm(forms.Form):
-    choice = forms.ChoiceField(choices=Choice.choices)
+    # No answer chosen in advance: a reviewer picks one on purpose.
+    choice = forms.ChoiceField(choices=[("", "Choose the answer…"), *Choice.choices])
     rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
@@ -154,6 +167,12 @@ class ImportForm(forms.Form):
         label="Import the valid rows",
         help_text="Skip the bad rows instead of refusing the whole file.",
     )
+    keep_duplicates = forms.BooleanField(
+        required=False,
+        label="Keep duplicates",
+        help_text="Import rows already in the project again (by default they are skipped and "
+        "listed).",
+    )
 
     def clean_file(self) -> Any:
         upload = self.cleaned_data["file"]
@@ -165,3 +184,33 @@ class ImportForm(forms.Form):
         if file_type_guess(upload.name) == "dataset":
             raise forms.ValidationError("Upload a .jsonl, .json, .csv or .parquet file.")
         return upload
+
+
+class PromptFilterForm(forms.Form):
+    """The prompt browser's filters, read from the query string; each choice offers the values
+    the project's prompts have."""
+
+    q = forms.CharField(required=False, max_length=200, label="Text")
+    tag = forms.ChoiceField(required=False)
+    split = forms.ChoiceField(
+        required=False, choices=[("", "Any split"), ("train", "Training"), ("eval", "Held out")]
+    )
+    language = forms.ChoiceField(required=False)
+    cluster = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    round = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    status = forms.ChoiceField(required=False)
+
+    def __init__(self, data: Any, *, facets: Any, statuses: dict[str, str]) -> None:
+        super().__init__(data)
+        fields = self.fields
+        fields["tag"].choices = [("", "Any tag")] + [(t, t) for t in facets.tags]  # type: ignore[attr-defined]
+        fields["language"].choices = [("", "Any language")] + [  # type: ignore[attr-defined]
+            (name, name) for name in facets.languages
+        ]
+        fields["cluster"].choices = [("", "Any cluster")] + [  # type: ignore[attr-defined]
+            (str(c), f"Cluster {c}") for c in facets.clusters
+        ]
+        fields["round"].choices = [("", "Any round")] + [  # type: ignore[attr-defined]
+            (str(r), f"Round {r}") for r in facets.rounds
+        ]
+        fields["status"].choices = [("", "Any status"), *statuses.items()]  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 
 from core.models import Job
+from core.text import CUT_OFF
 
 
 class Role(models.TextChoices):
@@ -52,6 +53,17 @@ class Project(models.Model):
     )
     gold_rate = models.FloatField(default=0.0)
     swap_recheck_rate = models.FloatField(default=0.0)
+    # A swapped re-check shown right after the original is recognisable (and looks like a lost
+    # keypress): it comes back only after this many of the annotator's other judgments, or
+    # after recheck_gap_minutes (0: the count alone).
+    recheck_gap_items = models.PositiveIntegerField(
+        default=20,
+        help_text="A re-check comes back no sooner than this many other judgments later.",
+    )
+    recheck_gap_minutes = models.PositiveIntegerField(
+        default=0,
+        help_text="Or no sooner than this many minutes later, whichever comes first (0: off).",
+    )
     lease_seconds = models.PositiveIntegerField(default=600)
     undo_seconds = models.PositiveIntegerField(
         default=300, help_text="How long an annotator may undo or edit their last judgment."
@@ -138,6 +150,9 @@ class Prompt(models.Model):
     embedding = models.BinaryField(null=True, blank=True, editable=False)  # float32, normalised
     # The semantic cluster the last coverage computation put it in (annotate.coverage).
     cluster = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    # A coarse guess of the prompt's language (annotate.diversity.language_guess), stored when
+    # the prompt is, for the prompt browser's filter.
+    language = models.CharField(max_length=20, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -205,6 +220,11 @@ class Response(models.Model):
 
     def __str__(self) -> str:
         return self.text[:80]
+
+    @property
+    def cut_off(self) -> bool:
+        """Whether the token limit stopped this response before the model ended it."""
+        return self.finish_reason == CUT_OFF
 
 
 class Purpose(models.TextChoices):
@@ -479,6 +499,7 @@ class ImportJob(Job):
     file_bytes = models.PositiveBigIntegerField(default=0)
     path = models.CharField(max_length=500, help_text="Where the upload waits for the worker.")
     valid_only = models.BooleanField(default=False)
+    keep_duplicates = models.BooleanField(default=False)
     created_count = models.PositiveIntegerField(default=0)
     error_count = models.PositiveIntegerField(default=0)
     errors = models.JSONField(default=list, blank=True, help_text="[[line, message], ...]")

@@ -34,6 +34,7 @@ from annotate.models import (
     Response,
 )
 from annotate.sql import queue as sql_queue
+from core.errors import ValidationFailed
 
 # How many candidates one claim looks at; more than enough for SKIP LOCKED to find a free one.
 CANDIDATE_WINDOW = 16
@@ -139,9 +140,16 @@ def _gold_pick(*, project: Project, annotator: User, rng: random.Random) -> Comp
 def _recheck_pick(
     *, project: Project, annotator: User, rng: random.Random
 ) -> tuple[Comparison, bool] | None:
-    """A comparison this annotator voted on, to show again, and the sides they saw it with."""
+    """A comparison this annotator voted on, to show again, and the sides they saw it with:
+    not one of their latest (project.recheck_gap_items, recheck_gap_minutes), where it would
+    be recognised."""
+    minutes = project.recheck_gap_minutes
     votes = sql_queue.recheck_candidates(
-        project_id=project.pk, annotator_id=annotator.pk, limit=_PICK_WINDOW
+        project_id=project.pk,
+        annotator_id=annotator.pk,
+        limit=_PICK_WINDOW,
+        gap_items=project.recheck_gap_items,
+        gap_since=timezone.now() - timedelta(minutes=minutes) if minutes else None,
     )
     if not votes:
         return None
@@ -307,3 +315,42 @@ def comparison_skip(*, comparison: Comparison, annotator: User, reason: str) -> 
         },
     )
     return lease
+
+
+def skip_undo(*, project: Project, annotator: User, comparison_id: int) -> Assignment:
+    """Take back a skip made within the project's undo window: the pair is held for the
+    annotator again, with the sides they saw (the pair held since is released)."""
+    now = timezone.now()
+    with transaction.atomic():
+        lease = (
+            Lease.objects.select_for_update()
+            .select_related("comparison")
+            .filter(
+                comparison_id=comparison_id,
+                comparison__project=project,
+                annotator=annotator,
+                state=LeaseState.SKIPPED,
+                updated_at__gte=now - timedelta(seconds=project.undo_seconds),
+            )
+            .first()
+        )
+        if lease is None:
+            raise ValidationFailed(
+                "Only a skip of the last "
+                f"{max(project.undo_seconds // 60, 1)} minutes can be taken back."
+            )
+        comparison = lease.comparison
+        wanted = comparison.status == ComparisonStatus.OPEN or (
+            (lease.is_recheck or comparison.is_gold)
+            and comparison.status != ComparisonStatus.RETIRED
+        )
+        if not wanted:
+            raise ValidationFailed("That pair needs no more judgments: others completed it.")
+        return lease_take(
+            comparison=comparison,
+            annotator=annotator,
+            now=now,
+            expires_at=now + timedelta(seconds=project.lease_seconds),
+            left_is_a=lease.left_is_a,
+            is_recheck=lease.is_recheck,
+        )

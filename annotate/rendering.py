@@ -17,9 +17,17 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from markdown_it import MarkdownIt
 
+# "breaks": a single newline is a line break, as people and models mean it (a poem, an address,
+# a list of names written one per line): CommonMark's soft break would join the lines.
 _markdown = MarkdownIt(
-    "commonmark", {"html": False, "linkify": False, "typographer": False}
+    "commonmark", {"html": False, "linkify": False, "typographer": False, "breaks": True}
 ).enable(["table", "strikethrough"])
+
+
+def newlines_normalised(text: str) -> str:
+    """Text typed in a browser (CRLF) or pasted from old files (CR) with plain newlines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
 
 ALLOWED_TAGS = {
     "p",
@@ -62,7 +70,7 @@ ALLOWED_SCHEMES = {"http", "https", "mailto"}
 # The same responses are rendered again and again (every refresh, every annotator of a pair).
 @functools.lru_cache(maxsize=4096)
 def markdown_to_safe_html(text: str) -> SafeString:
-    html = _markdown.render(text or "")
+    html = _markdown.render(newlines_normalised(text or ""))
     cleaned = nh3.clean(
         html,
         tags=ALLOWED_TAGS,
@@ -77,7 +85,7 @@ def markdown_to_safe_html(text: str) -> SafeString:
 # Bump when the rendering or the allowlist changes: stored HTML of an older version is then
 # rendered again on display (and `manage.py responses_render` refreshes it in the database,
 # responses and prompts).
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2  # 2: single newlines kept as line breaks
 
 
 class RenderedText(Protocol):
@@ -181,11 +189,12 @@ def _example_html(body: str) -> str:
 
 def guideline_to_safe_html(text: str) -> SafeString:
     """Guidelines as sanitised HTML, with their ```example blocks drawn as worked pairs."""
+    text = newlines_normalised(text or "")
     out: list[str] = []
     position = 0
-    for match in _EXAMPLE_BLOCK.finditer(text or ""):
+    for match in _EXAMPLE_BLOCK.finditer(text):
         out.append(markdown_to_safe_html(text[position : match.start()]))
         out.append(_example_html(match.group(1)))
         position = match.end()
-    out.append(markdown_to_safe_html((text or "")[position:]))
+    out.append(markdown_to_safe_html(text[position:]))
     return mark_safe("".join(out))  # every part is sanitised or built by format_html

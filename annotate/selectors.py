@@ -7,6 +7,7 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, Q
+from django.utils.html import escape
 
 from annotate.access import project_role, projects_for_user
 from annotate.models import (
@@ -17,6 +18,8 @@ from annotate.models import (
     ImportJob,
     Judgment,
     JudgmentKind,
+    Lease,
+    LeaseState,
     PairKind,
     PreferencePair,
     Project,
@@ -176,6 +179,21 @@ class ReviewItem:
     votes: dict[str, int]
     agreement: float | None
 
+    @property
+    def undecided(self) -> bool:
+        """Complete, with votes, and no pair: the votes split evenly."""
+        return comparison_undecided(self.comparison, has_pair=self.agreement is not None)
+
+
+def comparison_undecided(comparison: Comparison, *, has_pair: bool) -> bool:
+    """Whether a comparison's votes are in but decided nothing (an even split)."""
+    return (
+        comparison.status == ComparisonStatus.COMPLETE
+        and not comparison.is_gold
+        and comparison.judgment_count > 0
+        and not has_pair
+    )
+
 
 def low_agreement_annotators(*, report: QualityReport) -> list[int]:
     return [
@@ -193,9 +211,13 @@ def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
     ).values("comparison_id")
     base = Comparison.objects.filter(project=project).select_related("prompt", "pair")
     if reason == "split":
-        queryset = base.filter(
-            status=ComparisonStatus.COMPLETE, gold_choice="", pair__agreement__lt=1.0
-        ).exclude(pk__in=adjudicated)
+        # Undecided (an even split: no pair) first in mind, and majorities that were not
+        # unanimous.
+        queryset = (
+            base.filter(status=ComparisonStatus.COMPLETE, gold_choice="")
+            .filter(Q(pair__isnull=True) | Q(pair__agreement__lt=1.0))
+            .exclude(pk__in=adjudicated)
+        )
     elif reason == "gold":
         misses = Judgment.objects.filter(
             comparison__project=project,
@@ -227,7 +249,7 @@ def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
         .values_list("comparison_id", "choice", "n")
     ):
         counts[comparison_id][Choice(choice).label] = n
-    return [
+    items = [
         ReviewItem(
             comparison=c,
             votes=counts[c.pk],
@@ -235,6 +257,7 @@ def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
         )
         for c in comparisons
     ]
+    return sorted(items, key=lambda item: not item.undecided)  # undecided first, then newest
 
 
 @dataclass(frozen=True)
@@ -243,6 +266,10 @@ class ComparisonReview:
     judgments: list[Judgment]
     pair: PreferencePair | None
     adjudication: Judgment | None
+
+    @property
+    def undecided(self) -> bool:
+        return comparison_undecided(self.comparison, has_pair=self.pair is not None)
 
 
 def comparison_review(*, comparison: Comparison) -> ComparisonReview:
@@ -272,6 +299,28 @@ def judgments_of_annotator(
     )
 
 
+def skips_of_annotator(*, project: Project, annotator: User, limit: int = 100) -> list[Lease]:
+    """An annotator's skips (their leases left as skipped), newest first."""
+    return list(
+        Lease.objects.filter(
+            comparison__project=project, annotator=annotator, state=LeaseState.SKIPPED
+        )
+        .select_related("comparison__prompt")
+        .order_by("-updated_at", "-id")[:limit]
+    )
+
+
+def judgment_of_annotator(*, project: Project, annotator: User, judgment_id: int) -> Judgment:
+    """One of the annotator's own judgments (Judgment.DoesNotExist for anyone else's)."""
+    return (
+        Judgment.objects.filter(comparison__project=project, annotator=annotator)
+        .exclude(kind=JudgmentKind.ADJUDICATION)
+        .select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
+        .select_related("guideline")
+        .get(pk=judgment_id)
+    )
+
+
 def guidelines_of_project(*, project: Project) -> list[Guideline]:
     return list(project.guidelines.select_related("created_by").order_by("-version"))
 
@@ -294,3 +343,148 @@ def export_counts(*, project: Project) -> dict[str, int]:
 def import_jobs_recent(*, project: Project, limit: int = 5) -> list[ImportJob]:
     """The project's latest imports by a worker, newest first (the import page lists them)."""
     return list(ImportJob.objects.filter(project=project).order_by("-id")[:limit])
+
+
+# The prompt browser ----------------------------------------------------------------------------
+
+PROMPT_STATUSES = {
+    "new": "Not compared yet",
+    "open": "Being judged",
+    "judged": "Judged",
+}
+PROMPTS_PER_PAGE = 50
+
+
+@dataclass(frozen=True)
+class PromptFilters:
+    text: str = ""
+    tag: str = ""
+    split: str = ""
+    language: str = ""
+    cluster: int | None = None
+    round_number: int | None = None
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class PromptFacets:
+    """The values the browser's filters offer: those the project's prompts have."""
+
+    tags: list[str]
+    languages: list[str]
+    clusters: list[int]
+    rounds: list[int]
+
+
+def prompt_facets(*, project: Project) -> PromptFacets:
+    prompts = Prompt.objects.filter(project=project)
+    tags = sorted({str(tag) for row in prompts.values_list("tags", flat=True) for tag in row})
+    return PromptFacets(
+        tags=tags,
+        languages=sorted(set(prompts.exclude(language="").values_list("language", flat=True))),
+        clusters=sorted(
+            set(prompts.filter(cluster__isnull=False).values_list("cluster", flat=True))
+        ),
+        rounds=sorted(
+            set(Comparison.objects.filter(project=project).values_list("round_number", flat=True))
+        ),
+    )
+
+
+def prompts_browse(*, project: Project, filters: PromptFilters) -> Any:
+    """The project's prompts that pass every filter, newest first, each with its number of
+    comparisons (open ones too) and of live votes."""
+    prompts = Prompt.objects.filter(project=project).defer("embedding")
+    if filters.text:
+        # The stored transcript holds the text as shown (HTML-escaped, quotes or not), the
+        # same in every database.
+        text = filters.text
+        shown = {text, escape(text), text.replace("&", "&amp;").replace("<", "&lt;")}
+        found = Q()
+        for variant in shown:
+            found |= Q(html__icontains=variant.replace(">", "&gt;")) | Q(html__icontains=variant)
+        prompts = prompts.filter(found)
+    if filters.split:
+        prompts = prompts.filter(split=filters.split)
+    if filters.language:
+        prompts = prompts.filter(language=filters.language)
+    if filters.cluster is not None:
+        prompts = prompts.filter(cluster=filters.cluster)
+    if filters.round_number is not None:
+        prompts = prompts.filter(
+            pk__in=Comparison.objects.filter(
+                project=project, round_number=filters.round_number
+            ).values("prompt_id")
+        )
+    if filters.tag:
+        # Tags are a JSON list: matched here, the same on SQLite and PostgreSQL.
+        tagged = [pk for pk, tags in prompts.values_list("pk", "tags") if filters.tag in tags]
+        prompts = prompts.filter(pk__in=tagged)
+    prompts = prompts.annotate(
+        n_comparisons=Count("comparisons", distinct=True),
+        n_open=Count(
+            "comparisons",
+            filter=Q(comparisons__status=ComparisonStatus.OPEN),
+            distinct=True,
+        ),
+        n_votes=Count(
+            "comparisons__judgments",
+            filter=Q(
+                comparisons__judgments__kind=JudgmentKind.VOTE,
+                comparisons__judgments__superseded_at__isnull=True,
+            ),
+            distinct=True,
+        ),
+    )
+    if filters.status == "new":
+        prompts = prompts.filter(n_comparisons=0)
+    elif filters.status == "open":
+        prompts = prompts.filter(n_open__gt=0)
+    elif filters.status == "judged":
+        prompts = prompts.filter(n_comparisons__gt=0, n_open=0)
+    return prompts.order_by("-id")
+
+
+@dataclass(frozen=True)
+class PromptComparison:
+    comparison: Comparison
+    pair: PreferencePair | None
+    judgments: list[Judgment]
+    undecided: bool
+
+
+@dataclass(frozen=True)
+class PromptDetail:
+    prompt: Prompt
+    responses: list[Any]
+    comparisons: list[PromptComparison]
+
+
+def prompt_detail(*, prompt: Prompt) -> PromptDetail:
+    """A prompt with every response to it and every comparison of them, with its judgments."""
+    comparisons = list(
+        Comparison.objects.filter(prompt=prompt)
+        .select_related("response_a__policy", "response_b__policy")
+        .order_by("round_number", "id")
+    )
+    pairs = {p.comparison_id: p for p in PreferencePair.objects.filter(comparison__in=comparisons)}
+    judgments: dict[int, list[Judgment]] = {c.pk: [] for c in comparisons}
+    for judgment in (
+        Judgment.objects.filter(comparison__in=comparisons)
+        .select_related("annotator")
+        .order_by("created_at", "id")
+    ):
+        judgments[judgment.comparison_id].append(judgment)
+    return PromptDetail(
+        prompt=prompt,
+        responses=list(prompt.responses.select_related("policy").order_by("id")),
+        comparisons=[
+            PromptComparison(
+                comparison=c,
+                pair=pairs.get(c.pk),
+                judgments=judgments[c.pk],
+                undecided=comparison_undecided(c, has_pair=c.pk in pairs),
+            )
+            for c in comparisons
+        ],
+    )

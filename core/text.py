@@ -1,4 +1,5 @@
-"""Words of a text: the one tokenizer of the statistics on both sides of the loop.
+"""Words of a text: the one tokenizer of the statistics on both sides of the loop; and how a
+generated text ended.
 
 Plain Python (no Django), so the engine and annotate's statistics can both use it.
 """
@@ -7,6 +8,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+# A generated response's finish_reason when the token limit stopped it (as vLLM and OpenAI
+# say); "stop" when the model ended its turn.
+CUT_OFF = "length"
 
 # Runs of word characters: letters, digits and the underscore, of any length.
 _WORD = re.compile(r"\w+")

@@ -9,8 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from alignment.engine.generation import CUT_OFF
-from core.text import words
+from core.text import CUT_OFF, words
 
 # Openings and phrases of a refusal, in English (most of what small chat models say).
 _REFUSAL = re.compile(

@@ -19,6 +19,7 @@ from alignment.engine.sources import (
     torch_threads_fit,
 )
 from alignment.engine.spec import SamplingParameters
+from core.text import CUT_OFF
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 Message = Mapping[str, str]  # {"role": ..., "content": ...}
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-# A sample's finish_reason when the token limit stopped it (as vLLM and OpenAI say).
-CUT_OFF = "length"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from alignment.engine.generation import (
     ADAPTER_CONFIG_FILE,
-    CUT_OFF,
     GeneratedSample,
     GenerationConfig,
     GenerationProgress,
@@ -28,6 +27,7 @@ from alignment.engine.generation import (
     prompts_validate,
 )
 from alignment.engine.sources import model_path_resolve
+from core.text import CUT_OFF
 
 NOT_INSTALLED = (
     "PREFLOOP_GENERATION_BACKEND is vllm but vLLM is not installed on this worker "

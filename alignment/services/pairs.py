@@ -11,7 +11,6 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from alignment.engine.generation import CUT_OFF
 from alignment.engine.selection import implicit_rewards, ladder_next, pair_select
 from alignment.engine.sources import model_path_resolve
 from alignment.models import PairingStrategy, PairSelection, Round
@@ -25,6 +24,7 @@ from annotate.models import (
 )
 from annotate.services.comparisons import comparison_create
 from core.models import JobStatus
+from core.text import CUT_OFF
 
 
 def on_policy_pairs_create(

@@ -10,7 +10,6 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from alignment.engine.generation import CUT_OFF
 from alignment.engine.training import (
     Contradiction,
     PreferenceExample,
@@ -19,11 +18,13 @@ from alignment.engine.training import (
     TrainingResult,
     train,
 )
-from alignment.models import Reference, RefLogp, StartFrom, TrainingRun
+from alignment.models import RefLogp, TrainingRun
 from alignment.services.model_versions import model_version_register
+from alignment.services.training import training_plan_effective
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import DatasetSnapshot, PreferencePair, Response
 from core.jobs import job_execute, job_heartbeat, job_log, job_stopped, job_succeed
+from core.text import CUT_OFF
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -137,6 +138,7 @@ def _training_run(run: TrainingRun) -> None:
         validation=validation,
         ref_store=_DatabaseRefLogps(frozen),
         on_progress=_ProgressRecorder(run),
+        on_phase=lambda phase: _phase_record(run, phase),
     )
     for skipped in result.checkpoints_skipped:
         job_log(run, f"checkpoint passed over: {skipped}")
@@ -160,31 +162,14 @@ def _engine_config(run: TrainingRun, examples: Sequence[PreferenceExample]) -> T
     """The engine's config for the run: the lead's settings and plan, where training starts
     and what it is measured against; logged on the run."""
     base_version = run.base_version
-    continues = run.start_from == StartFrom.PARENT and not base_version.is_base
-    if run.reference == Reference.BASE:
-        reference, reference_sha256 = "base", None
-    elif run.reference == Reference.PARENT and not continues and not base_version.is_base:
-        # A fresh adapter trained against the parent's policy.
-        reference, reference_sha256 = base_version.adapter_path, base_version.adapter_sha256
-    else:  # the parent's policy when training continues it; no reference for ORPO, SimPO
-        reference, reference_sha256 = "start", None
-    if run.reference == Reference.NONE:
-        reference_text = "none (the method uses no reference model)"
-    elif reference == "base" or (reference == "start" and not continues):
-        reference_text = "the base model"
-    else:
-        reference_text = f"{base_version.name} (its adapter, frozen)"
+    plan = training_plan_effective(run)
     job_log(
         run,
         f"training on {len(examples)} pairs from snapshot {run.snapshot.pk} "
-        f"({run.snapshot.content_hash[:12]}); parent {base_version.name}; "
-        + (
-            f"continuing {base_version.name}'s adapter"
-            if continues
-            else "a fresh adapter on the base model"
-        )
-        + f"; reference: {reference_text}",
+        f"({run.snapshot.content_hash[:12]}); parent {base_version.name}; {plan.starts}; "
+        f"reference: {plan.reference_text}",
     )
+    continues, reference, reference_sha256 = plan.continues, plan.reference, plan.reference_sha256
     return TrainingConfig(
         model=run.project.base_model,
         models_dir=str(settings.MODELS_DIR),
@@ -198,6 +183,13 @@ def _engine_config(run: TrainingRun, examples: Sequence[PreferenceExample]) -> T
         quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
         **asdict(TrainingSettings.from_mapping(run.config)),
     )
+
+
+def _phase_record(run: TrainingRun, phase: str) -> None:
+    """The phase the run is in, on its page at once (the log is saved with it)."""
+    job_log(run, phase)
+    run.summary = {**run.summary, "phase": phase}
+    job_heartbeat(run, fields={"summary": run.summary, "log_tail": run.log_tail})
 
 
 class _ProgressRecorder:

@@ -51,6 +51,11 @@ class ImportIn(serializers.Serializer[Any]):
     valid_only = serializers.BooleanField(
         default=False, help_text="Import the valid rows and report the others."
     )
+    keep_duplicates = serializers.BooleanField(
+        default=False,
+        help_text="Import rows already in the project (same content hash) again; by default "
+        "they are skipped and their lines returned in `duplicates`.",
+    )
 
 
 class ImportOut(serializers.Serializer[Any]):
@@ -60,6 +65,10 @@ class ImportOut(serializers.Serializer[Any]):
         "SkippedRow",
         {"line": serializers.IntegerField(), "message": serializers.CharField()},
         many=True,
+    )
+    duplicates = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="Lines (rows, from 1) left out as already in the project or earlier in the body.",
     )
 
 
@@ -105,5 +114,6 @@ class PromptListApi(ProjectApi):
             kind=data["kind"],
             records=enumerate(data["rows"], start=1),
             valid_only=data["valid_only"],
+            keep_duplicates=data["keep_duplicates"],
         )
         return Response(ImportOut(result).data, status=status.HTTP_201_CREATED)

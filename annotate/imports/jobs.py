@@ -35,6 +35,7 @@ def import_job_start(
     file_name: str,
     file_type: str,
     valid_only: bool = False,
+    keep_duplicates: bool = False,
     created_by: User | None = None,
 ) -> ImportJob:
     """Keep the upload under DATA_DIR/imports/ and queue a worker to import it."""
@@ -63,6 +64,7 @@ def import_job_start(
             file_bytes=size,
             path=str(path),
             valid_only=valid_only,
+            keep_duplicates=keep_duplicates,
             created_by=created_by,
         )
         import_job_dispatch(job.pk)
@@ -93,12 +95,18 @@ def _import_run(job: ImportJob) -> None:
             raise JobLost(f"{job} was cancelled or handed to another worker")
 
     def succeed(result: ImportResult) -> None:  # in the transaction that writes the rows
-        job.progress_done = result.created + len(result.skipped)
+        job.progress_done = result.created + len(result.skipped) + len(result.duplicates)
         job.created_count = result.created
-        job.message = f"Imported {result.created} {result.kind}."
+        job.message = result.summary()
         _job_errors_note(job, result.skipped)
         job_succeed(
-            job, summary={"created": result.created, "skipped": len(result.skipped)}, also=_OUTCOME
+            job,
+            summary={
+                "created": result.created,
+                "skipped": len(result.skipped),
+                "duplicates": len(result.duplicates),
+            },
+            also=_OUTCOME,
         )
 
     try:
@@ -108,6 +116,7 @@ def _import_run(job: ImportJob) -> None:
             source=Path(job.path),
             file_type=job.file_type,
             valid_only=job.valid_only,
+            keep_duplicates=job.keep_duplicates,
             on_progress=progress,
             on_written=succeed,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,6 +60,41 @@ def choice_from_side(*, left_is_a: bool, side: str) -> Choice:
     if side == "right":
         return Choice.B if left_is_a else Choice.A
     return Choice(side)
+
+
+def side_from_choice(*, left_is_a: bool, choice: str) -> str:
+    """The side a choice was on in the layout shown (the inverse of choice_from_side)."""
+    if choice == Choice.A:
+        return "left" if left_is_a else "right"
+    if choice == Choice.B:
+        return "right" if left_is_a else "left"
+    return choice
+
+
+@dataclass(frozen=True)
+class EarlierChoice:
+    """A judgment taken back to change it, in the sides of the layout shown again: what the
+    pair shows pre-selected."""
+
+    side: str
+    strength: int | None
+    criteria: dict[str, str]
+    rationale: str
+    reason_tags: list[str]
+
+    @classmethod
+    def of(cls, judgment: Judgment) -> EarlierChoice:
+        left_is_a = judgment.left_was_a
+        return cls(
+            side=side_from_choice(left_is_a=left_is_a, choice=judgment.choice),
+            strength=judgment.strength,
+            criteria={
+                name: side_from_choice(left_is_a=left_is_a, choice=value)
+                for name, value in judgment.criteria.items()
+            },
+            rationale=judgment.rationale,
+            reason_tags=list(judgment.reason_tags),
+        )
 
 
 def judgment_submit(
@@ -305,7 +341,10 @@ def _details_validate(
     if strength is not None and strength not in STRENGTHS:
         raise JudgmentRejected("Strength must be 1 (slightly), 2 (clearly) or 3 (much better).")
     if project.use_strength and strength is None and choice in (Choice.A, Choice.B):
-        raise JudgmentRejected("Say how much better: slightly (7), clearly (8) or much better (9).")
+        raise JudgmentRejected(
+            "Say how much better the chosen response is: strength 1 (slightly), 2 (clearly) "
+            "or 3 (much better)."
+        )
     unknown = set(criteria) - set(project.criteria)
     if unknown:
         raise JudgmentRejected(f"Unknown criteria: {', '.join(sorted(unknown))}.")

@@ -1,4 +1,10 @@
-"""Aggregation: a comparison's live votes become its preference pair (or none)."""
+"""Aggregation: a comparison's live votes become its preference pair (or none).
+
+A pair exists only for a decided comparison. Votes that split evenly (one left, one right)
+decide nothing: the comparison is *undecided*, has no pair (so nothing exports, snapshots or
+trains on it) and waits in the review queue until an adjudication or another vote decides it.
+A tie is only what annotators chose.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ from annotate.sql import pairs as sql_pairs
 
 
 def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
-    """Majority vote of the comparison's live votes; an adjudication decides alone.
+    """Majority vote of the comparison's live votes; an adjudication decides alone. None (and
+    no pair stored) without votes, or when the most voted choices are level (undecided).
 
     Agreement is the share of votes that agree with the outcome (with an adjudication: the
     share of annotators who agreed with the reviewer).
@@ -22,9 +29,10 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
         return None
     adjudications = [j for j in judgments if j[0] == JudgmentKind.ADJUDICATION]
     votes = Counter(choice for _, choice in (adjudications[-1:] or judgments))
-    (top, top_count), *rest = votes.most_common()
-    if rest and rest[0][1] == top_count:
-        top = Choice.TIE  # a split vote is no preference
+    top = votes_decided(votes)
+    if top is None:
+        PreferencePair.objects.filter(comparison=comparison).delete()
+        return None
     voters = [j for j in judgments if j[0] == JudgmentKind.VOTE] or judgments
     agreement = Counter(choice for _, choice in voters)[top] / len(voters)
     if top == Choice.A:
@@ -55,3 +63,11 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
     pair.pk = sql_pairs.pair_upsert(pair)
     pair._state.adding = False
     return pair
+
+
+def votes_decided(votes: Counter[str]) -> str | None:
+    """The choice with the most votes, or None when two or more are level (undecided)."""
+    (top, top_count), *rest = votes.most_common()
+    if rest and rest[0][1] == top_count:
+        return None
+    return top

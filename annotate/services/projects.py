@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from annotate.models import Guideline, Membership, Project, Role
+from annotate.rendering import newlines_normalised
 from core.errors import ValidationFailed
 
 PROJECT_SETTINGS = (
@@ -22,6 +23,8 @@ PROJECT_SETTINGS = (
     "rationale",
     "gold_rate",
     "swap_recheck_rate",
+    "recheck_gap_items",
+    "recheck_gap_minutes",
     "lease_seconds",
     "undo_seconds",
 )
@@ -85,6 +88,9 @@ def guideline_publish(
 ) -> Guideline:
     if not body.strip():
         raise ValidationFailed("Guidelines cannot be empty.")
+    # A browser's textarea sends CRLF: stored as plain newlines, the text renders and diffs
+    # as it was typed.
+    body, changes = newlines_normalised(body), newlines_normalised(changes)
     with transaction.atomic():
         current = guideline_current(project=project)
         version = (current.version if current else 0) + 1

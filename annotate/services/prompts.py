@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from annotate.diversity import language_guess
 from annotate.models import Policy, PolicyKind, Project, Prompt, Response, Split
 from annotate.rendering import stored_html, stored_transcript
 from core.errors import ValidationFailed
@@ -68,6 +69,11 @@ class PromptInput:
     split: str = Split.TRAIN
 
 
+def prompt_language(messages: Sequence[Mapping[str, str]]) -> str:
+    """The language guess of what the prompt's user turns ask."""
+    return language_guess(" ".join(m["content"] for m in messages if m.get("role") == "user"))
+
+
 def prompts_create(*, project: Project, rows: Iterable[PromptInput]) -> list[Prompt]:
     """Validate every row first, then write all of them in one transaction (or none)."""
     prompts: list[Prompt] = []
@@ -90,6 +96,7 @@ def prompts_create(*, project: Project, rows: Iterable[PromptInput]) -> list[Pro
                 external_id=row.external_id,
                 split=row.split,
                 content_hash=prompt_content_hash(messages),
+                language=prompt_language(messages),
                 html=html,
                 html_version=version,
             )

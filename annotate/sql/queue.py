@@ -131,9 +131,17 @@ def gold_ids(*, project_id: int, annotator_id: int, limit: int) -> list[int]:
     ]
 
 
-def recheck_candidates(*, project_id: int, annotator_id: int, limit: int) -> list[tuple[int, bool]]:
+def recheck_candidates(
+    *,
+    project_id: int,
+    annotator_id: int,
+    limit: int,
+    gap_items: int,
+    gap_since: datetime | None,
+) -> list[tuple[int, bool]]:
     """(comparison id, left_was_a) of this annotator's live votes on ordinary comparisons they
-    have not been re-checked on yet, newest first."""
+    have not been re-checked on yet, newest first; only votes with at least `gap_items` of
+    their judgments in the project after them, or (with `gap_since`) made before that time."""
     return [
         (row[0], bool(row[1]))
         for row in sql.rows(
@@ -142,8 +150,23 @@ def recheck_candidates(*, project_id: int, annotator_id: int, limit: int) -> lis
             " WHERE j.project_id = %s AND j.annotator_id = %s AND j.kind = 'vote'"
             " AND j.superseded_at IS NULL AND c.gold_choice = '' AND j.comparison_id NOT IN"
             f" (SELECT r.comparison_id FROM {sql.LEASE} r WHERE r.annotator_id = %s"
-            " AND r.is_recheck = %s) ORDER BY j.id DESC LIMIT %s",
-            [project_id, annotator_id, annotator_id, True, limit],
+            " AND r.is_recheck = %s)"
+            f" AND (%s = 0 OR j.id < (SELECT o.id FROM {sql.JUDGMENT} o WHERE o.project_id = %s"
+            " AND o.annotator_id = %s ORDER BY o.id DESC LIMIT 1 OFFSET %s)"
+            " OR j.created_at <= %s)"
+            " ORDER BY j.id DESC LIMIT %s",
+            [
+                project_id,
+                annotator_id,
+                annotator_id,
+                True,
+                gap_items,
+                project_id,
+                annotator_id,
+                max(gap_items - 1, 0),
+                gap_since,
+                limit,
+            ],
         )
     ]
 

@@ -67,6 +67,7 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
                     file_name=upload.name,
                     file_type=file_type_guess(upload.name),
                     valid_only=form.cleaned_data["valid_only"],
+                    keep_duplicates=form.cleaned_data["keep_duplicates"],
                     created_by=request.user,
                 )
             except ImportRefused as error:
@@ -82,12 +83,12 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
                     source=upload.read(),
                     file_type=file_type_guess(upload.name),
                     valid_only=form.cleaned_data["valid_only"],
+                    keep_duplicates=form.cleaned_data["keep_duplicates"],
                 )
             except ImportRefused as error:
                 refused = error
             else:
-                skipped = f", skipped {len(result.skipped)} bad rows" if result.skipped else ""
-                messages.success(request, f"Imported {result.created} {result.kind}{skipped}.")
+                messages.success(request, result.summary())
                 return redirect("data_import", slug=project.slug)
     jobs = selectors.import_jobs_recent(project=project)
     template = "annotate/import.html#jobs" if request.htmx and request.method == "GET" else None

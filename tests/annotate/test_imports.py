@@ -303,6 +303,51 @@ def test_the_command_imports_and_lists_bad_lines(project: Project, tmp_path: Pat
     assert 'line 1: "prompt" must be text' in err.getvalue()
 
 
+def test_a_reimport_skips_the_prompts_already_there_and_says_which(
+    project: Project, tmp_path: Path
+) -> None:
+    first = _jsonl({"prompt": "Name three rivers."}, {"prompt": "What is a haiku?"})
+    assert (
+        import_file(project=project, kind="prompts", source=first, file_type="jsonl").created == 2
+    )
+    before = project.prompts.count()
+    again = _jsonl(
+        {"prompt": "name  three RIVERS."},  # the same prompt: case and spacing do not count
+        {"prompt": "A new one?"},
+        {"prompt": "A new one?"},  # a duplicate within the file
+        {"prompt": "What is a haiku?"},
+    )
+    result = import_file(project=project, kind="prompts", source=again, file_type="jsonl")
+    assert (result.created, result.duplicates) == (1, [1, 3, 4])
+    assert "skipped 3 duplicates" in result.summary() and "lines 1, 3, 4" in result.summary()
+    assert project.prompts.count() == before + 1
+    # Every row already there: refused, nothing written; kept when asked.
+    with pytest.raises(ImportRefused, match="already in the project"):
+        import_file(project=project, kind="prompts", source=first, file_type="jsonl")
+    kept = import_file(
+        project=project, kind="prompts", source=first, file_type="jsonl", keep_duplicates=True
+    )
+    assert kept.created == 2 and project.prompts.count() == before + 3
+    # The command says so too, and takes the option.
+    path = tmp_path / "again.jsonl"
+    path.write_bytes(_jsonl({"prompt": "What is a haiku?"}, {"prompt": "Yet another?"}))
+    out = StringIO()
+    call_command("data_import", project.slug, str(path), stdout=out)
+    assert "Imported 1 prompts; skipped 1 duplicate" in out.getvalue()
+
+
+def test_a_reimport_of_pairs_skips_the_pairs_already_there(project: Project) -> None:
+    row = {"prompt": "Capital of Peru?", "chosen": "Lima.", "rejected": "Cusco."}
+    other = {"prompt": "Capital of Peru?", "chosen": "Lima.", "rejected": "Arequipa."}
+    data = _jsonl(row)
+    assert import_file(project=project, kind="pairs", source=data, file_type="jsonl").created == 1
+    result = import_file(
+        project=project, kind="pairs", source=_jsonl(row, other), file_type="jsonl"
+    )
+    assert (result.created, result.duplicates) == (1, [1])
+    assert PreferencePair.objects.filter(project=project).count() == 2
+
+
 def test_a_large_file_goes_to_a_worker_that_reports_its_outcome(
     project: Project,
     lead: User,

@@ -86,7 +86,7 @@ def test_it_refuses_outsiders(comparison: Comparison, outsider: User) -> None:
         judgment_submit(comparison_id=comparison.pk, annotator=outsider, choice="a")
 
 
-def test_it_aggregates_by_majority_and_keeps_split_votes_as_ties(
+def test_it_aggregates_by_majority_with_its_agreement(
     comparison: Comparison, project: Project
 ) -> None:
     project.overlap = 3
@@ -128,3 +128,35 @@ def test_it_refuses_an_impossible_time_spent(comparison: Comparison, annotator: 
             comparison_id=comparison.pk, annotator=annotator, choice="a", time_spent_ms=-5
         )
     assert not Judgment.objects.exists()
+
+
+def test_the_migration_turns_split_votes_stored_as_ties_into_undecided(
+    project: Project,
+) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("annotate.migrations.0014_split_votes_undecided")
+    project.overlap = 2
+    project.save()
+    voters = [member_make(project, f"m{i}") for i in range(2)]
+    prompts = list(project.prompts.filter(split="train")[:2])
+    split, tied = (comparison_make(p, seed=i) for i, p in enumerate(prompts))
+    for voter, choice in zip(voters, ["a", "b"], strict=True):
+        judgment_submit(comparison_id=split.pk, annotator=voter, choice=choice)
+    for voter in voters:
+        judgment_submit(comparison_id=tied.pk, annotator=voter, choice="tie")
+    # What the aggregation stored before: the split as a tie.
+    PreferencePair.objects.create(
+        comparison=split,
+        project=project,
+        kind=PairKind.TIE,
+        chosen_id=split.response_a_id,
+        rejected_id=split.response_b_id,
+        agreement=0.5,
+        n_judgments=2,
+    )
+    migration.split_ties_remove(apps, None)
+    assert not PreferencePair.objects.filter(comparison=split).exists()
+    assert PreferencePair.objects.get(comparison=tied).kind == PairKind.TIE  # chosen as a tie

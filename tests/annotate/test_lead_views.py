@@ -3,12 +3,21 @@ settings, members; and the annotator's undo and guideline banner."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
 from django.contrib.auth.models import User
 
-from annotate.models import Comparison, Judgment, Membership, PairKind, Project, Role
+from annotate.models import (
+    Comparison,
+    Judgment,
+    Membership,
+    PairKind,
+    PreferencePair,
+    Project,
+    Role,
+)
 from annotate.services.judgments import judgment_submit
 from annotate.services.projects import project_settings_update
 from tests.factories import client_make, comparison_make, member_make
@@ -95,17 +104,21 @@ def test_it_shows_reviewers_quality_and_lets_them_adjudicate(
     assert 'data-stat="pairwise">0%' in quality and "n=1 vote pairs" in quality
     assert 'data-annotator="v1"' in quality and 'id="quality-data"' in quality
     listed = rev.get(f"/p/{project.slug}/review/").content.decode()
-    assert f'data-comparison="{comparison.pk}"' in listed
+    assert f'data-comparison="{comparison.pk}"' in listed and "data-undecided" in listed
+    # A split is undecided: no pair (nothing to export or train on), said so on its page.
+    assert not PreferencePair.objects.filter(comparison=comparison).exists()
+    undecided = rev.get(f"/p/{project.slug}/review/{comparison.pk}/").content.decode()
+    assert "Undecided:" in undecided
     bad = rev.post(f"/p/{project.slug}/review/{comparison.pk}/adjudicate/", {"choice": "left"})
-    assert bad.status_code == 422 and comparison.pair.kind == PairKind.TIE
+    assert bad.status_code == 422
+    assert not PreferencePair.objects.filter(comparison=comparison).exists()
     done = rev.post(
         f"/p/{project.slug}/review/{comparison.pk}/adjudicate/", {"choice": "a", "rationale": ""}
     )
     assert done.status_code == 302
     detail = rev.get(f"/p/{project.slug}/review/{comparison.pk}/").content.decode()
     assert "decided by rev" in detail
-    comparison.pair.refresh_from_db()
-    assert comparison.pair.kind == PairKind.PREFERENCE
+    assert PreferencePair.objects.get(comparison=comparison).kind == PairKind.PREFERENCE
     # Gold is a lead's decision; annotators see none of this.
     gold = rev.post(f"/p/{project.slug}/review/{comparison.pk}/gold/", {"gold_choice": "a"})
     assert gold.status_code == 404
@@ -128,6 +141,8 @@ def test_it_saves_settings_and_refuses_bad_ones_without_change(
         "rationale": "required",
         "gold_rate": "0.1",
         "swap_recheck_rate": "0.05",
+        "recheck_gap_items": "20",
+        "recheck_gap_minutes": "0",
         "lease_seconds": "600",
         "undo_seconds": "120",
     }
@@ -181,3 +196,111 @@ def test_it_lets_a_lead_make_a_gold_item_and_names_a_bad_answer(
     assert ok.status_code == 302
     comparison.refresh_from_db()
     assert comparison.gold_choice == "b"
+
+
+def _stat_cards(html: str) -> dict[str, str]:
+    """Each overview stat card's shown value, by its data-stat name, tags stripped."""
+    found = re.findall(r'data-stat="([a-z]+)">(.*?)</span><span class="label">', html)
+    return {name: re.sub(r"<[^>]+>", "", value).strip() for name, value in found}
+
+
+def test_it_fills_every_overview_card_with_a_number_or_says_there_is_not_enough_data(
+    project: Project, lead: User
+) -> None:
+    client = client_make(lead)
+    empty = _stat_cards(client.get(f"/p/{project.slug}/").content.decode())
+    for name in ("agreement", "left", "longer", "ties"):
+        assert empty[name] == "not enough data", name
+    project_settings_update(project=project, overlap=2)
+    prompts = list(project.prompts.filter(split="train")[:3])
+    voters = [member_make(project, f"v{i}") for i in range(2)]
+    for index, prompt in enumerate(prompts):
+        comparison = comparison_make(prompt, ("short", "a much longer answer"), seed=index)
+        for voter, choice in zip(voters, ["a", "b"] if index == 0 else ["b", "b"], strict=True):
+            judgment_submit(comparison_id=comparison.pk, annotator=voter, choice=choice)
+    cards = _stat_cards(client.get(f"/p/{project.slug}/").content.decode())
+    assert re.fullmatch(r"-?\d\.\d\d", cards["agreement"]), cards
+    for name in ("left", "longer", "ties"):
+        assert re.fullmatch(r"\d+%", cards[name]), (name, cards)
+    assert cards["longer"] == "83%" and cards["ties"] == "0%"  # 5 of 6 votes chose "b"
+
+
+def test_reviewers_browse_prompts_by_text_tag_split_language_round_and_status(
+    project: Project, lead: User, annotator: User
+) -> None:
+    from annotate.services.prompts import PromptInput, prompts_create
+
+    prompts_create(
+        project=project,
+        rows=[
+            PromptInput(messages="Wie spät ist es in Berlin?", tags=["time", "de"]),
+            PromptInput(messages="Name a river in Africa & Asia.", tags=["geo"], split="eval"),
+        ],
+    )
+    judged = project.prompts.get(messages__0__content="Question number 0: what is 0 + 0?")
+    comparison_make(judged, judged_by=annotator)
+    open_one = project.prompts.get(messages__0__content="Question number 1: what is 1 + 1?")
+    comparison_make(open_one, round_number=2, seed=1)
+    reviewer = member_make(project, "rev", role=Role.REVIEWER)
+    client = client_make(reviewer)
+
+    def listed(**query: str) -> set[str]:
+        answer = client.get(f"/p/{project.slug}/prompts/", query)
+        assert answer.status_code == 200, answer.content[:500]
+        return set(re.findall(r'data-prompt="(\d+)"', answer.content.decode()))
+
+    every = listed()
+    assert len(every) == project.prompts.count()
+    german = project.prompts.get(tags=["time", "de"])
+    river = project.prompts.get(tags=["geo"])
+    assert listed(q="berlin") == {str(german.pk)}
+    assert listed(q="africa & asia") == {str(river.pk)}  # as typed, though stored escaped
+    assert listed(tag="geo") == {str(river.pk)}
+    assert listed(split="eval") == {str(p.pk) for p in project.prompts.filter(split="eval")}
+    assert listed(language="German") == {str(german.pk)}
+    assert listed(round="2") == {str(open_one.pk)}
+    assert listed(status="judged") == {str(judged.pk)}
+    assert listed(status="open") == {str(open_one.pk)}
+    assert len(listed(status="new")) == len(every) - 2
+    bad = client.get(f"/p/{project.slug}/prompts/", {"round": "99"})
+    assert bad.status_code == 422 and "Select a valid choice" in bad.content.decode()
+
+    detail = client.get(f"/p/{project.slug}/prompts/{judged.pk}/").content.decode()
+    assert "Question number 0" in detail and "Short answer." in detail
+    assert f"{annotator.username}: A better" in detail
+    assert client_make(annotator).get(f"/p/{project.slug}/prompts/").status_code == 404
+    assert client.get(f"/p/{project.slug}/prompts/999999/").status_code == 404
+
+
+def test_my_judgments_lists_skips_rationale_and_criteria_and_opens_each_item(
+    project: Project, annotator: User
+) -> None:
+    from annotate.queue import assignment_next, comparison_skip
+
+    project_settings_update(project=project, criteria=["honesty"], rationale="optional")
+    first = comparison_make(
+        project.prompts.get(messages__0__content__startswith="Question number 0")
+    )
+    second = comparison_make(
+        project.prompts.get(messages__0__content__startswith="Question number 1"), seed=1
+    )
+    comparison_skip(comparison=second, annotator=annotator, reason="Outside my expertise")
+    shown = assignment_next(project=project, annotator=annotator)
+    assert shown is not None and shown.comparison == first
+    judgment = judgment_submit(
+        comparison_id=first.pk,
+        annotator=annotator,
+        side="right",
+        criteria={"honesty": "left"},
+        rationale="The right one is complete.",
+    )
+    client = client_make(annotator)
+    page = client.get(f"/p/{project.slug}/mine/").content.decode()
+    assert "Outside my expertise" in page and "The right one is complete." in page
+    assert "honesty: " in page and f"/p/{project.slug}/mine/{judgment.pk}/" in page
+    item = client.get(f"/p/{project.slug}/mine/{judgment.pk}/").content.decode()
+    right_text = shown.right.text
+    assert item.index(right_text) > item.index('data-side="right"')  # the sides as shown
+    assert "Right is better" in item and "honesty: left" in item
+    other = member_make(project, "other")
+    assert client_make(other).get(f"/p/{project.slug}/mine/{judgment.pk}/").status_code == 404

@@ -88,7 +88,7 @@ def test_it_reshows_a_judged_pair_with_sides_swapped_and_measures_consistency(
     assert assignment is not None and assignment.comparison == first
     original_left = assignment.left
     judgment_submit(comparison_id=first.pk, annotator=annotator, side="left")
-    project_settings_update(project=project, swap_recheck_rate=1.0)
+    project_settings_update(project=project, swap_recheck_rate=1.0, recheck_gap_items=0)
 
     recheck = assignment_next(project=project, annotator=annotator)
     assert recheck is not None and recheck.comparison == first and recheck.is_recheck
@@ -107,12 +107,47 @@ def test_it_reshows_a_judged_pair_with_sides_swapped_and_measures_consistency(
     assert nxt is not None and nxt.comparison != first and not nxt.is_recheck
 
 
+def test_it_brings_a_recheck_back_only_after_the_projects_gap(
+    project: Project, annotator: User
+) -> None:
+    comparisons = comparisons_make(project, 6)
+    project_settings_update(project=project, recheck_gap_items=3)
+    first = assignment_next(project=project, annotator=annotator)
+    assert first is not None
+    judgment_submit(comparison_id=first.comparison.pk, annotator=annotator, side="left")
+    project_settings_update(project=project, swap_recheck_rate=1.0)
+    # Right after it, it would be recognised: other pairs come first, three of them.
+    for _ in range(3):
+        shown = assignment_next(project=project, annotator=annotator)
+        assert shown is not None and not shown.is_recheck
+        judgment_submit(comparison_id=shown.comparison.pk, annotator=annotator, side="right")
+    recheck = assignment_next(project=project, annotator=annotator)
+    assert recheck is not None and recheck.is_recheck
+    assert recheck.comparison == first.comparison == comparisons[0]
+
+
+def test_it_brings_a_recheck_back_after_the_projects_minutes(
+    project: Project, annotator: User
+) -> None:
+    comparisons_make(project, 3)
+    project_settings_update(project=project, recheck_gap_items=50, recheck_gap_minutes=10)
+    first = assignment_next(project=project, annotator=annotator)
+    assert first is not None
+    vote = judgment_submit(comparison_id=first.comparison.pk, annotator=annotator, side="left")
+    project_settings_update(project=project, swap_recheck_rate=1.0)
+    shown = assignment_next(project=project, annotator=annotator)
+    assert shown is not None and not shown.is_recheck
+    Judgment.objects.filter(pk=vote.pk).update(created_at=timezone.now() - timedelta(minutes=11))
+    later = assignment_next(project=project, annotator=annotator, holds_nothing=True)
+    assert later is not None and later.is_recheck and later.comparison == first.comparison
+
+
 def test_it_does_not_let_a_recheck_lease_take_a_slot_of_the_overlap(project: Project) -> None:
     project_settings_update(project=project, overlap=2)
     (only,) = comparisons_make(project, 1)
     first, second = _annotators(project, 2)
     judgment_submit(comparison_id=only.pk, annotator=first, choice="a")
-    project_settings_update(project=project, swap_recheck_rate=1.0)
+    project_settings_update(project=project, swap_recheck_rate=1.0, recheck_gap_items=0)
     recheck = assignment_next(project=project, annotator=first)
     assert recheck is not None and recheck.is_recheck
     assert comparison_next_for_annotator(project=project, annotator=second) == only
@@ -174,8 +209,10 @@ def test_it_lets_an_adjudication_decide_a_split_vote_and_keeps_the_votes(
     first, second = _annotators(project, 2)
     judgment_submit(comparison_id=comparison.pk, annotator=first, choice="a")
     judgment_submit(comparison_id=comparison.pk, annotator=second, choice="b")
-    assert PreferencePair.objects.get(comparison=comparison).kind == PairKind.TIE
-    assert [i.comparison for i in review_queue(project=project, reason="split")] == [comparison]
+    # Undecided: no pair to export or train on, and first in the review queue.
+    assert not PreferencePair.objects.filter(comparison=comparison).exists()
+    (item,) = review_queue(project=project, reason="split")
+    assert item.comparison == comparison and item.undecided
 
     comparison_adjudicate(comparison=comparison, reviewer=lead, choice="b", rationale="B is right")
     pair = PreferencePair.objects.get(comparison=comparison)
@@ -225,8 +262,11 @@ def test_it_records_strength_criteria_and_reason_tags_in_the_layout_shown(
     (comparison,) = comparisons_make(project, 1)
     shown = assignment_next(project=project, annotator=annotator)
     assert shown is not None
-    with pytest.raises(JudgmentRejected, match="Say how much better"):
+    with pytest.raises(JudgmentRejected, match="Say how much better") as missing:
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, side="left")
+    # The service answers the API too: the values it takes, no keyboard keys.
+    assert "strength 1 (slightly), 2 (clearly) or 3" in str(missing.value)
+    assert "(7)" not in str(missing.value)
     with pytest.raises(JudgmentRejected, match="Unknown reason tags: vibes"):
         judgment_submit(
             comparison_id=comparison.pk,

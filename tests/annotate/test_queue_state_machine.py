@@ -9,6 +9,7 @@ the examples of one test share pytest-django's database without seeing each othe
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -82,6 +83,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.now = timezone.now()
         self.leases: dict[tuple[int, int], ModelLease] = {}  # (comparison, annotator)
         self.judged: list[set[int]] = [set() for _ in self.comparisons]
+        self.choices: list[list[str]] = [[] for _ in self.comparisons]  # the votes taken
         self.current: dict[int, int] = {}  # annotator → the pair on their screen
         self.last: dict[int, tuple[str, int, int]] = {}  # annotator → (key, judgment id, pair)
         self.keys = itertools.count()
@@ -211,6 +213,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert accepted, f"annotator{a}'s vote on {c} was taken beyond the overlap"
         event("submit: taken" if live else "submit: taken, without a lease")
         self.judged[c].add(a)
+        self.choices[c].append(choice)
         if (c, a) in self.leases:
             self.leases[(c, a)] = ModelLease(LeaseState.SUBMITTED)
         self.last[a] = (key, judgment.pk, c)
@@ -292,7 +295,11 @@ class QueueMachine(RuleBasedStateMachine):
             assert judgment_count == votes_here
             if votes_here >= OVERLAP:
                 assert status == ComparisonStatus.COMPLETE
-                assert pairs.get(pk) == OVERLAP, "a complete pair has no aggregate"
+                counts = sorted(Counter(self.choices[self.by_pk[pk]]).values(), reverse=True)
+                if len(counts) > 1 and counts[0] == counts[1]:
+                    assert pk not in pairs, "an evenly split vote was aggregated"
+                else:
+                    assert pairs.get(pk) == OVERLAP, "a complete pair has no aggregate"
             else:
                 assert status == ComparisonStatus.OPEN
                 assert pk not in pairs

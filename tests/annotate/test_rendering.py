@@ -39,6 +39,25 @@ def test_it_keeps_code_blocks_links_and_marks_the_text_direction() -> None:
     assert html.startswith('<div class="md" dir="auto">')
 
 
+def test_it_keeps_the_line_structure_of_model_text() -> None:
+    poem = "An old silent pond\nA frog jumps into the pond\nSplash! Silence again."
+    html = markdown_to_safe_html(poem + "\n\nBasho\n\n```\ndef f():\n    return 1\n```")
+    assert "pond<br>\nA frog" in html and "pond<br>\nSplash" in html
+    assert html.count("<p>") == 2  # the blank line still makes a paragraph
+    assert "def f():\n    return 1" in html  # code keeps its indentation
+    assert "<br>" in markdown_to_safe_html("a\r\nb") and "\r" not in markdown_to_safe_html("a\r\nb")
+
+
+def test_it_draws_guidelines_typed_with_crlf_line_endings() -> None:
+    from annotate.rendering import guideline_to_safe_html
+
+    typed = (
+        "Rules\r\n\r\n```example\r\nPrompt: Hi\r\nA: Hello\r\nB: Go away\r\nAnswer: A\r\n```\r\n"
+    )
+    html = guideline_to_safe_html(typed)
+    assert html.count('class="example-pair"') == 1 and "<code" not in html
+
+
 def test_it_draws_guideline_examples_as_sanitised_worked_pairs() -> None:
     from annotate.rendering import guideline_to_safe_html
 
@@ -49,7 +68,7 @@ def test_it_draws_guideline_examples_as_sanitised_worked_pairs() -> None:
     assert html.count('class="example-pair"') == 1
     assert "<strong>4</strong>" in html and "Answer: A is better" in html
     assert "<script" not in html and "&lt;script&gt;" in html
-    assert "B is wrong\nand rude." in html and html.rstrip().endswith("<p>End.</p>\n</div>")
+    assert "B is wrong<br>\nand rude." in html and html.rstrip().endswith("<p>End.</p>\n</div>")
 
 
 @pytest.mark.django_db

@@ -194,6 +194,14 @@ def test_it_imports_rows_all_or_nothing(project: Project, lead: User) -> None:
     listed = api.get(f"/projects/{project.slug}/prompts/", limit=1, offset=before).json()
     assert listed["count"] == before + 1
     assert listed["results"][0]["messages"] == [{"role": "user", "content": "A fine question?"}]
+    # The same row again: skipped and listed, unless kept.
+    again = api.post(f"/projects/{project.slug}/prompts/", {"rows": [rows[0], {"prompt": "New?"}]})
+    assert again.status_code == 201 and again.json()["duplicates"] == [1]
+    assert again.json()["created"] == 1
+    kept = api.post(
+        f"/projects/{project.slug}/prompts/", {"rows": [rows[0]], "keep_duplicates": True}
+    )
+    assert kept.status_code == 201 and kept.json()["duplicates"] == []
 
 
 def test_it_exports_what_the_export_page_exports(

@@ -37,6 +37,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--valid-only", action="store_true", help="import the valid rows, skip the bad ones"
         )
+        parser.add_argument(
+            "--keep-duplicates",
+            action="store_true",
+            help="import rows already in the project (same content hash) again; by default "
+            "they are skipped and their lines listed",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         project = Project.objects.filter(slug=options["project"]).first()
@@ -61,6 +67,7 @@ class Command(BaseCommand):
                 source=source,
                 file_type=file_type,
                 valid_only=options["valid_only"],
+                keep_duplicates=options["keep_duplicates"],
                 on_progress=progress,
             )
         except ImportRefused as refused:
@@ -73,8 +80,6 @@ class Command(BaseCommand):
             self.stderr.write(f"skipped {error}")
         self.stdout.write(
             self.style.SUCCESS(
-                f"Imported {result.created} {result.kind} into {project.slug}"
-                + (f", skipped {len(result.skipped)} bad rows" if result.skipped else "")
-                + f" in {time.monotonic() - started:.1f} s."
+                f"{project.slug}: {result.summary()} ({time.monotonic() - started:.1f} s)"
             )
         )
