@@ -17,15 +17,23 @@ urlpatterns = [
     path("p/<slug:slug>/annotate/<id:comparison_id>/skip/", judging_pages.skip, name="skip"),
     path("p/<slug:slug>/annotate/undo/", judging_pages.undo, name="undo"),
     path(
+        "p/<slug:slug>/annotate/<id:comparison_id>/unskip/",
+        judging_pages.skip_taken_back,
+        name="unskip",
+    ),
+    path(
         "p/<slug:slug>/annotate/guidelines-seen/",
         judging_pages.guidelines_acknowledge,
         name="guidelines_acknowledge",
     ),
     path("p/<slug:slug>/mine/", judging_pages.my_judgments, name="my_judgments"),
+    path("p/<slug:slug>/mine/<id:judgment_id>/", judging_pages.my_judgment, name="my_judgment"),
     path("p/<slug:slug>/guidelines/", judging_pages.guidelines, name="guidelines"),
     path("p/<slug:slug>/quality/", review_pages.quality, name="quality"),
     path("p/<slug:slug>/coverage/", data_pages.coverage, name="coverage"),
     path("p/<slug:slug>/review/", review_pages.review_list, name="review_list"),
+    path("p/<slug:slug>/prompts/", review_pages.prompt_list, name="prompt_list"),
+    path("p/<slug:slug>/prompts/<id:prompt_id>/", review_pages.prompt_detail, name="prompt_detail"),
     path(
         "p/<slug:slug>/review/<id:comparison_id>/", review_pages.review_detail, name="review_detail"
     ),

@@ -110,6 +110,24 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       200,         404,         200,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    # judgment_id is the lead's own judgment: nobody else's to open.
+    "my_judgment": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         404),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
+    # No skip to take back: refused with its reason.
+    "unskip": {
+        "GET":  (LOGIN,       405,         405,         405,         405,         405,         405),
+        "POST": (LOGIN,       422,         404,         422,         422,         404,         422),
+    },
+    "prompt_list": {
+        "GET":  (LOGIN,       404,         404,         200,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
+    "prompt_detail": {
+        "GET":  (LOGIN,       404,         404,         200,         200,         404,         200),
+        "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
+    },
     "guidelines": {
         "GET":  (LOGIN,       200,         404,         200,         200,         404,         200),
         "POST": (LOGIN,       404,         404,         404,         422,         404,         422),
@@ -441,6 +459,7 @@ def _world_build() -> World:
             "number": round_.number,
             "run_id": run.pk,
             "judgment_id": judged_by_lead.pk,
+            "prompt_id": prompts[0].pk,
             "version_id": base.pk,
         },
     )

@@ -18,12 +18,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotate import selectors
 from annotate.access import access_comparison, access_project
 from annotate.forms import GuidelineForm
-from annotate.models import Judgment, Project, Role
-from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
+from annotate.models import Judgment, Lease, Project, Role
+from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip, skip_undo
 from annotate.services.judgments import (
     MAX_TIME_SPENT_MS,
     STRENGTHS,
     ComparisonMissing,
+    EarlierChoice,
     JudgmentRejected,
     judgment_submit,
     judgment_undo,
@@ -35,6 +36,8 @@ from core.errors import ValidationFailed
 from core.http import AuthedRequest
 
 _ID_SENTINEL = 987654321
+_PAIR_URLS = ("judge", "skip")  # the URLs of the pair on screen
+_CRITERION_SIDES = (("left", "Left"), ("right", "Right"), ("tie", "Same"))
 
 
 @functools.lru_cache(maxsize=512)
@@ -45,13 +48,13 @@ def _annotation_urls(slug: str) -> dict[str, str]:
         name: reverse(name, args=[slug])
         for name in ("annotate", "undo", "guidelines_acknowledge", "guidelines", "my_judgments")
     }
-    urls.update({name: reverse(name, args=[slug, _ID_SENTINEL]) for name in ("judge", "skip")})
+    urls.update({name: reverse(name, args=[slug, _ID_SENTINEL]) for name in _PAIR_URLS})
     return urls
 
 
 def _pair_urls(slug: str, comparison_id: int | None) -> dict[str, str]:
     urls = dict(_annotation_urls(slug))
-    for name in ("judge", "skip"):
+    for name in _PAIR_URLS:
         # The id is the last number in the path (the slug comes before it).
         head, _, tail = urls[name].rpartition(str(_ID_SENTINEL))
         urls[name] = f"{head}{comparison_id}{tail}" if comparison_id is not None else ""
@@ -65,9 +68,13 @@ def _pair_context(
     *,
     holds_nothing: bool = False,
     judged: Judgment | None = None,
+    skipped: Lease | None = None,
+    earlier: EarlierChoice | None = None,
 ) -> dict[str, Any]:
     """What the pair fragment shows. After a submit, `judged` is the judgment just made (the
-    one undo would take back) and the annotator holds no lease any more."""
+    one undo would take back) and the annotator holds no lease any more. After a skip,
+    `skipped` is its lease: the last action, which U takes back. After an undo, `earlier` is
+    the choice taken back, shown pre-selected."""
     assignment = assignment_next(
         project=project, annotator=request.user, holds_nothing=holds_nothing
     )
@@ -101,10 +108,15 @@ def _pair_context(
         first_visit=seen == 0,
         progress=progress,
         undoable=(
-            judged
+            None
+            if skipped is not None
+            else judged
             if judged is not None and project.undo_seconds
             else judgment_undoable(project=project, annotator=request.user)
         ),
+        skipped=skipped if project.undo_seconds else None,
+        earlier=earlier if earlier is not None and assignment is not None else None,
+        criterion_sides=_CRITERION_SIDES,
         strengths=STRENGTHS,
         skip_reasons=SKIP_REASONS,
         idempotency_key=uuid.uuid4().hex,
@@ -179,8 +191,20 @@ def skip(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     reason = request.POST.get("reason", "").strip()
     if not reason:
         return _after_action(request, project, error="Say why you skip this pair.")
-    comparison_skip(comparison=comparison, annotator=request.user, reason=reason)
-    return _after_action(request, project, holds_nothing=True)
+    lease = comparison_skip(comparison=comparison, annotator=request.user, reason=reason)
+    return _after_action(request, project, holds_nothing=True, skipped=lease)
+
+
+@login_required
+@require_POST
+def skip_taken_back(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
+    """Undo a skip: the skipped pair comes back to judge."""
+    project = access_project(user=request.user, slug=slug)
+    try:
+        skip_undo(project=project, annotator=request.user, comparison_id=comparison_id)
+    except ValidationFailed as error:
+        return _after_action(request, project, error=str(error))
+    return _after_action(request, project)
 
 
 @login_required
@@ -189,10 +213,10 @@ def undo(request: AuthedRequest, slug: str) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     judgment_id = int_or_none(request.POST.get("judgment")) or 0
     try:
-        judgment_undo(project=project, annotator=request.user, judgment_id=judgment_id)
+        undone = judgment_undo(project=project, annotator=request.user, judgment_id=judgment_id)
     except JudgmentRejected as error:
         return _after_action(request, project, error=str(error))
-    return _after_action(request, project)
+    return _after_action(request, project, earlier=EarlierChoice.of(undone))
 
 
 @login_required
@@ -211,11 +235,40 @@ def guidelines_acknowledge(request: AuthedRequest, slug: str) -> HttpResponse:
 def my_judgments(request: AuthedRequest, slug: str) -> HttpResponse:
     project = access_project(user=request.user, slug=slug)
     judgments = selectors.judgments_of_annotator(project=project, annotator=request.user)
+    skips = selectors.skips_of_annotator(project=project, annotator=request.user)
     undoable = judgment_undoable(project=project, annotator=request.user)
     return render(
         request,
         "annotate/my_judgments.html",
-        page_context(request, project, judgments=judgments, undoable=undoable),
+        page_context(request, project, judgments=judgments, skips=skips, undoable=undoable),
+    )
+
+
+@login_required
+@require_GET
+def my_judgment(request: AuthedRequest, slug: str, judgment_id: int) -> HttpResponse:
+    """One of the annotator's own judgments, with the pair as they saw it."""
+    project = access_project(user=request.user, slug=slug)
+    try:
+        judgment = selectors.judgment_of_annotator(
+            project=project, annotator=request.user, judgment_id=judgment_id
+        )
+    except Judgment.DoesNotExist:
+        raise Http404("No such judgment of yours.") from None
+    comparison = judgment.comparison
+    a, b = comparison.response_a, comparison.response_b
+    left, right = (a, b) if judgment.left_was_a else (b, a)
+    return render(
+        request,
+        "annotate/my_judgment.html",
+        page_context(
+            request,
+            project,
+            judgment=judgment,
+            left=left,
+            right=right,
+            earlier=EarlierChoice.of(judgment),
+        ),
     )
 
 

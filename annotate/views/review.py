@@ -6,13 +6,14 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.core.paginator import Paginator
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import selectors
 from annotate.access import access_comparison, access_project
-from annotate.forms import AdjudicateForm, GoldForm
+from annotate.forms import AdjudicateForm, GoldForm, PromptFilterForm
 from annotate.models import Project, Role
 from annotate.quality import QualityFilters, project_quality
 from annotate.services.comparisons import (
@@ -68,10 +69,14 @@ def _review_page(
 ) -> HttpResponse:
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
     review = selectors.comparison_review(comparison=comparison)
+    disputed = selectors.review_queue(project=project, reason="split")
     context = page_context(
         request,
         project,
         review=review,
+        next_disputed=next(
+            (i.comparison for i in disputed if i.comparison.pk != comparison.pk), None
+        ),
         adjudicate_form=forms_.get("adjudicate_form") or AdjudicateForm(),
         gold_form=forms_.get("gold_form")
         or GoldForm(initial={"gold_choice": comparison.gold_choice}),
@@ -137,3 +142,51 @@ def review_gold(request: AuthedRequest, slug: str, comparison_id: int) -> HttpRe
         )
         return redirect("review_detail", slug=project.slug, comparison_id=comparison.pk)
     return _review_page(request, project, comparison.pk, gold_form=form)
+
+
+@login_required
+@require_GET
+def prompt_list(request: AuthedRequest, slug: str) -> HttpResponse:
+    """Every prompt of the project, searched and filtered, for reviewers and leads."""
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    form = PromptFilterForm(
+        request.GET or None,
+        facets=selectors.prompt_facets(project=project),
+        statuses=selectors.PROMPT_STATUSES,
+    )
+    filters = selectors.PromptFilters()
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        filters = selectors.PromptFilters(
+            text=data["q"].strip(),
+            tag=data["tag"],
+            split=data["split"],
+            language=data["language"],
+            cluster=data["cluster"],
+            round_number=data["round"],
+            status=data["status"],
+        )
+    prompts = selectors.prompts_browse(project=project, filters=filters)
+    page = Paginator(prompts, selectors.PROMPTS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "annotate/prompt_list.html",
+        page_context(request, project, form=form, page=page, query=query.urlencode()),
+        status=422 if form.is_bound and form.errors else 200,
+    )
+
+
+@login_required
+@require_GET
+def prompt_detail(request: AuthedRequest, slug: str, prompt_id: int) -> HttpResponse:
+    project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
+    prompt = project.prompts.filter(pk=prompt_id).first()
+    if prompt is None:
+        raise Http404("No such prompt in this project.")
+    return render(
+        request,
+        "annotate/prompt_detail.html",
+        page_context(request, project, detail=selectors.prompt_detail(prompt=prompt)),
+    )

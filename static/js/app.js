@@ -1,14 +1,16 @@
 // Prefloop: keyboard shortcuts and focus handling. No inline script anywhere (CSP).
 (function () {
   "use strict";
+  document.documentElement.classList.add("js");
 
-  // Keys typed into a text field are text; on a radio or checkbox only the arrows stay native.
-  function typing(target, key) {
-    if (!target) return false;
-    if (target.isContentEditable || /^(TEXTAREA|SELECT)$/.test(target.tagName)) return true;
-    if (target.tagName !== "INPUT") return false;
-    if (/^(radio|checkbox)$/.test(target.type)) return /^Arrow/.test(key) || key === " ";
-    return true;
+  // Shortcuts act only while the pair, or nothing, has the focus. On a link, a button or a form
+  // field, keys do what the browser does: Tab (onto a link) then → must not judge. Esc hands the
+  // keys back to the pair.
+  var INTERACTIVE = "a[href], button, input, select, textarea, summary, [contenteditable], " +
+    "[tabindex]:not([tabindex='-1'])";
+
+  function onControl(target) {
+    return !!(target && target.closest && target.closest(INTERACTIVE));
   }
 
   function shortcutFor(key) {
@@ -21,8 +23,122 @@
     return null;
   }
 
+  function focusPair() {
+    var pair = document.getElementById("pair");
+    if (pair) pair.focus({ preventScroll: true });
+    return pair;
+  }
+
+  // A form that undoes work asks first (data-confirm); no inline script under the CSP.
+  document.addEventListener("submit", function (event) {
+    var question = event.target.getAttribute && event.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  }, true);
+
+  // A form's method-specific fields ([data-methods]) show only while one of their methods is
+  // chosen in its "method" field.
+  function methodFieldsShow(form) {
+    var method = form.querySelector("[name=method]");
+    if (!method) return;
+    var chosen = method.tagName === "SELECT" ? method.value :
+      (form.querySelector("[name=method]:checked") || {}).value;
+    form.querySelectorAll("[data-methods]").forEach(function (input) {
+      var field = input.closest(".field") || input;
+      field.hidden = input.getAttribute("data-methods").split(" ").indexOf(chosen) === -1;
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.name === "method" && event.target.form) methodFieldsShow(event.target.form);
+  });
+  function methodFormsShow() {
+    document.querySelectorAll("form").forEach(methodFieldsShow);
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", methodFormsShow);
+  else methodFormsShow();
+
+  // Skip: S shows the reasons by the choice buttons; a reason's number (or a click) skips
+  // with it, Esc closes them.
+  function skipReasons() {
+    return document.querySelector("[data-skip-reasons]");
+  }
+  function skipOpen(open) {
+    var reasons = skipReasons();
+    if (!reasons) return;
+    reasons.classList.toggle("open", open);
+    var opener = document.querySelector("[data-skip-open]");
+    if (opener) opener.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+
+  // With strength on, the side comes first: its key marks the side and asks, by the buttons,
+  // how much better; 7/8/9 then sends both. A strength chosen first sends at the side's key.
+  var pendingSide = null;
+  function pendingSet(button) {
+    pendingClear();
+    pendingSide = button;
+    button.setAttribute("aria-pressed", "true");
+    var fieldset = button.form && button.form.querySelector("[data-strength]");
+    if (!fieldset) return;
+    fieldset.classList.add("asking");
+    var prompt = fieldset.querySelector("[data-strength-prompt]");
+    if (prompt) {
+      prompt.textContent = (button.value === "left" ? "Left" : "Right") +
+        " is better. How much better? Press 7, 8 or 9 (Esc: cancel).";
+    }
+  }
+  function pendingClear() {
+    if (!pendingSide) return;
+    pendingSide.removeAttribute("aria-pressed");
+    var fieldset = pendingSide.form && pendingSide.form.querySelector("[data-strength]");
+    if (fieldset) fieldset.classList.remove("asking");
+    pendingSide = null;
+  }
+  document.addEventListener("submit", function (event) {
+    var submitter = event.submitter;
+    if (!submitter || !submitter.hasAttribute("data-side-choice")) return;
+    var form = event.target;
+    if (!form.querySelector("[data-strength]") || form.querySelector("input[name=strength]:checked")) return;
+    // Before htmx sees it (htmx listens on the form): no request without a strength.
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    pendingSet(submitter);
+  }, true);
+  document.addEventListener("change", function (event) {
+    if (event.target.name !== "strength" || !pendingSide) return;
+    var side = pendingSide;
+    pendingClear();
+    side.click();  // a click, as htmx reads the pressed button from it
+  });
+  document.addEventListener("htmx:beforeSwap", function () {
+    pendingSide = null;
+  });
+
   document.addEventListener("keydown", function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target, event.key)) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (onControl(event.target)) {
+      if (event.key === "Escape" && document.getElementById("pair")) {
+        event.target.blur();
+        focusPair();
+      }
+      return;
+    }
+    var reasons = skipReasons();
+    if (reasons && reasons.classList.contains("open")) {
+      var pick = event.key === "Escape" ? null :
+        reasons.querySelector("[data-skip-key='" + event.key + "']");
+      if (event.key === "Escape" || pick) {
+        event.preventDefault();
+        skipOpen(false);
+        if (pick) pick.click();
+        return;
+      }
+    }
+    if (event.key === "Escape" && pendingSide) {
+      pendingClear();
+      return;
+    }
     var button = shortcutFor(event.key);
     if (!button) return;
     event.preventDefault();
@@ -30,22 +146,34 @@
   });
 
   document.addEventListener("click", function (event) {
+    var opener = event.target.closest("[data-skip-open]");
+    if (opener) {
+      var reasons = skipReasons();
+      skipOpen(!(reasons && reasons.classList.contains("open")));
+    }
     var toggle = event.target.closest("[data-toggle-guidelines]");
-    if (!toggle) return;
-    var layout = document.getElementById("annotate-layout");
-    if (!layout) return;
-    var hidden = layout.classList.toggle("guidelines-hidden");
-    toggle.setAttribute("aria-pressed", hidden ? "false" : "true");
+    if (toggle) {
+      var layout = document.getElementById("annotate-layout");
+      if (!layout) return;
+      var hidden = layout.classList.toggle("guidelines-hidden");
+      toggle.setAttribute("aria-pressed", hidden ? "false" : "true");
+    }
+    // A pointer click on the guidelines toggle or a strength choice leaves the keys with the
+    // pair (the browser would keep them on what was clicked, where arrows change the strength).
+    var keyed = event.target.closest(
+      "[data-toggle-guidelines], [data-skip-open], #pair input[data-shortcut]");
+    if (keyed && event.detail > 0) focusPair();
   });
 
-  // After a new pair is swapped in, keep the keyboard on it (the clicked button is gone).
-  // Whatever held the focus before belonged to the old pair or to nothing: unless the focus
-  // is already inside the new pair, it goes to the pair.
+  // After a new pair is swapped in, keep the keyboard on it (the clicked button is gone) and
+  // show it from its top, the prompt in view. Whatever held the focus before belonged to the
+  // old pair or to nothing: unless the focus is already inside the new pair, it goes to the
+  // pair.
   function keepFocusOnPair() {
     var pair = document.getElementById("pair");
-    if (pair && !pair.contains(document.activeElement)) {
-      pair.focus();
-    }
+    if (!pair) return;
+    if (!pair.contains(document.activeElement)) focusPair();
+    if (pair.getBoundingClientRect().top < 0) pair.scrollIntoView({ block: "start" });
   }
   // htmx's settle step makes swapped content live (its forms submit through htmx); the page
   // sets the settle delay to 0 so it runs in the same task as the swap. With htmx's default
