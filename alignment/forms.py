@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 
-from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, TRAINING_PRESETS
+from alignment.engine.spec import METHODS, SAMPLING_FIELDS, TRAINING_FIELDS, TRAINING_PRESETS
 from alignment.models import (
     DataScope,
     ModelVersion,
@@ -175,6 +175,10 @@ class TrainingRunStartForm(forms.Form):
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
         self.fields.update(form_fields(TRAINING_FIELDS))
+        for spec in TRAINING_FIELDS.values():
+            if set(spec.methods) != set(METHODS):
+                # The page shows it only while one of its methods is chosen (static/js/app.js).
+                self.fields[spec.name].widget.attrs["data-methods"] = " ".join(spec.methods)
         self.order_fields(self.field_order)
         self.fields["base_version"] = _version_field(
             versions,

@@ -32,6 +32,7 @@ from alignment.selectors.versions import model_version_tree, model_versions_for_
 from alignment.services.rounds import round_next_start, round_sign_off
 from alignment.services.training import (
     contradictions_send_back,
+    training_plan_effective,
     training_run_cancel,
     training_run_memory_estimate,
     training_run_start,
@@ -275,7 +276,14 @@ def training_run_detail(request: AuthedRequest, slug: str, run_id: int) -> HttpR
     return render(
         request,
         template,
-        page_context(request, project, run=run, progress=progress, contradictions=contradictions),
+        page_context(
+            request,
+            project,
+            run=run,
+            progress=progress,
+            contradictions=contradictions,
+            plan=training_plan_effective(run),
+        ),
     )
 
 

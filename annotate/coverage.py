@@ -37,6 +37,8 @@ from annotate.models import (
 )
 
 EMBED_BATCH = 256
+# A clustering whose silhouette is at most this has found no substantial structure.
+WEAK_SILHOUETTE = 0.25
 # A cluster is under-covered when its share of judged pairs is below this fraction of its
 # share of prompts (or it has prompts and no pairs at all).
 UNDER_COVERED_RATIO = 0.5
@@ -290,6 +292,9 @@ def _scope_report(
         **_duplicates_report(corpus=corpus, rows=rows, embeddings=embeddings, labels=labels),
         "k": clustering.k,
         "silhouette": clustering.silhouette,
+        # Kaufman and Rousseeuw: at or below 0.25, no substantial structure.
+        "weak_clustering": clustering.silhouette is not None
+        and clustering.silhouette <= WEAK_SILHOUETTE,
         "clusters": clusters,
         "evenness": _round(diversity.evenness([sizes[c["id"]] for c in clusters])),
         "vendi": _round(diversity.vendi_score(embeddings)) if len(rows) else None,
@@ -320,10 +325,12 @@ def _duplicates_report(
     first_text: dict[str, str] = {}
     for i in rows.tolist():
         first_text.setdefault(corpus.hashes[i], corpus.texts[i])
-    near_count, near = diversity.near_duplicates(embeddings, labels) if len(rows) else (0, [])
-    near = [
-        (a, b, c) for a, b, c in near if corpus.hashes[rows[a]] != corpus.hashes[rows[b]]
-    ]  # exact duplicates are reported above
+    # Exact duplicates are reported above: not near-duplicates, in the count or the list.
+    group = {h: n for n, h in enumerate(dict.fromkeys(corpus.hashes[i] for i in rows.tolist()))}
+    same = np.array([group[corpus.hashes[i]] for i in rows.tolist()], dtype=np.int64)
+    near_count, near = (
+        diversity.near_duplicates(embeddings, labels, same=same) if len(rows) else (0, [])
+    )
     return {
         "exact_duplicates": {
             "groups": len(repeated),

@@ -225,9 +225,11 @@ def near_duplicates(
     *,
     threshold: float = NEAR_DUPLICATE_COSINE,
     limit: int = MAX_NEAR_DUPLICATES,
+    same: np.ndarray | None = None,
 ) -> tuple[int, list[tuple[int, int, float]]]:
     """Pairs of rows with cosine similarity >= threshold, searched within each cluster in
-    blocks: (how many pairs, the `limit` most similar as (row, row, cosine))."""
+    blocks: (how many pairs, the `limit` most similar as (row, row, cosine)). Rows with the
+    same value in `same` (exact duplicates, say) are not a pair: neither counted nor listed."""
     found: list[tuple[float, int, int]] = []
     count = 0
     block = 2048
@@ -238,6 +240,8 @@ def near_duplicates(
             similarity = vectors[start : start + block] @ vectors.T
             i, j = np.nonzero(similarity >= threshold)
             keep = (i + start) < j  # each pair once, never a row with itself
+            if same is not None:
+                keep &= same[rows[i + start]] != same[rows[j]]
             i, j = i[keep], j[keep]
             count += len(i)
             for a, b in zip(i.tolist(), j.tolist(), strict=True):

@@ -92,6 +92,9 @@ class TrainingProgress:
 # What `on_progress` may answer: True stops training after this step (a cancelled run); the
 # adapter as it stands is saved all the same.
 ProgressCallback = Callable[[TrainingProgress], bool | None]
+# Called as each phase of a run begins ("loading the model", "reference log-probabilities",
+# "training", ...): what a run page says before and between the steps.
+PhaseCallback = Callable[[str], None]
 
 
 class RefLogpStore(Protocol):
@@ -212,6 +215,7 @@ def train(
     validation: Sequence[PreferenceExample] = (),
     ref_store: RefLogpStore | None = None,
     on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> TrainingResult:
     """Train a LoRA adapter on preference pairs and save it to ``output_dir/adapter``.
 
@@ -224,8 +228,8 @@ def train(
     ``init_adapter`` when continuing. ``validation``: held-out preference pairs, scored
     before and after training (TrainingResult.validation). ``ref_store`` (DPO): reference
     log-probabilities computed once, then reused by every epoch and by later runs with the
-    same reference. ``on_progress`` is called after every optimizer step. Raises ValueError
-    for an invalid config or no examples.
+    same reference. ``on_progress`` is called after every optimizer step, ``on_phase`` as each
+    phase begins. Raises ValueError for an invalid config or no examples.
     """
     training_config_validate(config)
     examples_validate(examples, config.method)
@@ -234,7 +238,9 @@ def train(
     from alignment.engine import training_run  # torch, transformers and TRL: loaded here
 
     with malloc_tuned_for_tensors():
-        return training_run.run(config, examples, validation, ref_store, on_progress)
+        return training_run.run(
+            config, examples, validation, ref_store, on_progress, on_phase or (lambda _: None)
+        )
 
 
 # The libraries whose kernels and tokenization a reference log-probability comes out of.

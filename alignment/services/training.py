@@ -108,6 +108,48 @@ class TrainingPlan:
         return tuple(sorted(set(self.rounds)))
 
 
+@dataclass(frozen=True)
+class EffectivePlan:
+    """Where a run's training starts and what it is measured against, as it will run (the
+    lead's choice resolved against the parent): the run page and the run's log say the same."""
+
+    continues: bool  # training continues the parent's adapter
+    starts: str
+    reference: str  # the engine's reference: "base", "start", or an adapter directory
+    reference_sha256: str | None
+    reference_text: str
+
+
+def training_plan_effective(run: TrainingRun) -> EffectivePlan:
+    base_version = run.base_version
+    continues = run.start_from == StartFrom.PARENT and not base_version.is_base
+    reference_sha256: str | None
+    if run.reference == Reference.BASE:
+        reference, reference_sha256 = "base", None
+    elif run.reference == Reference.PARENT and not continues and not base_version.is_base:
+        # A fresh adapter trained against the parent's policy.
+        reference, reference_sha256 = base_version.adapter_path, base_version.adapter_sha256
+    else:  # the parent's policy when training continues it; no reference for ORPO, SimPO
+        reference, reference_sha256 = "start", None
+    if run.reference == Reference.NONE:
+        reference_text = "none (the method uses no reference model)"
+    elif reference == "base" or (reference == "start" and not continues):
+        reference_text = "the base model"
+    else:
+        reference_text = f"{base_version.name} (its adapter, frozen)"
+    return EffectivePlan(
+        continues=continues,
+        starts=(
+            f"continuing {base_version.name}'s adapter"
+            if continues
+            else "a fresh adapter on the base model"
+        ),
+        reference=reference,
+        reference_sha256=reference_sha256 or None,
+        reference_text=reference_text,
+    )
+
+
 def training_run_start(
     *,
     project: Project,

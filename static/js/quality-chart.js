@@ -5,7 +5,9 @@
 
   var COLORS = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9"];
 
-  function bars(canvas, labels, sets, max) {
+  // Agreement (α) runs from -1 (systematic disagreement) to 1: its axis goes below 0 when a
+  // value does; shares stay on 0 to 100.
+  function bars(canvas, labels, sets, max, signed) {
     return new window.Chart(canvas, {
       type: "bar",
       data: {
@@ -18,7 +20,7 @@
         responsive: true,
         maintainAspectRatio: false,
         animation: false,
-        scales: { y: { min: 0, max: max } },
+        scales: { y: signed ? { suggestedMin: 0, max: max } : { min: 0, max: max } },
       },
     });
   }
@@ -30,8 +32,8 @@
     var charts = {
       bias: function (c) { return bars(c, data.annotators, [["Left chosen %", data.left], ["Longer chosen %", data.longer]], 100); },
       quality: function (c) { return bars(c, data.annotators, [["Gold right %", data.gold], ["With majority %", data.majority]], 100); },
-      guidelines: function (c) { return bars(c, data.guidelines, [["α", data.guideline_alpha]], 1); },
-      rounds: function (c) { return bars(c, data.rounds, [["α", data.round_alpha]], 1); },
+      guidelines: function (c) { return bars(c, data.guidelines, [["α", data.guideline_alpha]], 1, true); },
+      rounds: function (c) { return bars(c, data.rounds, [["α", data.round_alpha]], 1, true); },
     };
     document.querySelectorAll("[data-quality-chart]").forEach(function (canvas) {
       var make = charts[canvas.getAttribute("data-quality-chart")];

@@ -237,7 +237,7 @@ def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
     real_heartbeat = training_worker.job_heartbeat
 
     def lead_cancels_during_step_two(job: Any, **kwargs: Any) -> bool:
-        if kwargs["fields"]["progress_done"] == 2:  # Cancel pressed as step 2 is reported
+        if kwargs["fields"].get("progress_done") == 2:  # Cancel pressed as step 2 is reported
             answer = client.post(f"/p/{tiny_project.slug}/runs/{run.pk}/cancel/")
             assert answer.status_code == 302
         return real_heartbeat(job, **kwargs)
@@ -256,6 +256,10 @@ def test_a_cancelled_run_stops_after_its_step_and_keeps_its_adapter(
 def test_a_queued_run_cancelled_never_starts(project: Project, annotator: User) -> None:
     comparison_make(project.prompts.filter(split="train").first(), judged_by=annotator)
     run = training_run_make(project)
+    page = client_make(project.memberships.get(role="lead").user).get(
+        f"/p/{project.slug}/runs/{run.pk}/"
+    )
+    assert f'data-confirm="Cancel training run {run.pk}?' in page.content.decode()  # asks first
     assert training_run_cancel(run=run) is True
     assert training_run_execute(run_id=run.pk) is None
     assert TrainingRun.objects.get(pk=run.pk).status == JobStatus.CANCELLED
@@ -282,3 +286,34 @@ def test_a_worker_set_to_vllm_without_it_fails_the_job_saying_so(
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "pip install vllm" in job.error
     assert not Response.objects.filter(prompt__project=tiny_project).exists()
+
+
+def test_a_run_page_says_its_phase_from_the_start_and_its_plan_as_its_log_does(
+    tiny_project: Project, annotator: User, lead: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judged_round_make(tiny_project, annotator)
+    run = training_run_make(tiny_project, epochs=1, batch_size=1, max_length=96)
+    client = client_make(lead)
+    page = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/").content.decode()
+    assert "<strong>Now:</strong> waiting for a worker" in page
+    # Asked to continue the parent's adapter, a run of the base starts a fresh one: the page
+    # says what will happen, as the log does.
+    assert "A fresh adapter on the base model" in page and "Reference</dt><dd" in page
+    seen: list[str] = []
+    real_heartbeat = training_worker.job_heartbeat
+
+    def page_at_each_beat(job: Any, **kwargs: Any) -> bool:
+        alive = real_heartbeat(job, **kwargs)
+        shown = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/").content.decode()
+        now = shown.split("<strong>Now:</strong>", 1)[1].split("</p>", 1)[0].strip()
+        seen.append(now)
+        return alive
+
+    monkeypatch.setattr(training_worker, "job_heartbeat", page_at_each_beat)
+    training_run_execute(run_id=run.pk)
+    assert seen[0] == "loading the model"  # before any step
+    assert "reference log-probabilities" in seen
+    assert any(now.startswith("training, step 1 of") for now in seen), seen
+    run = TrainingRun.objects.get(pk=run.pk)
+    assert run.status == JobStatus.SUCCEEDED
+    assert "a fresh adapter on the base model; reference: the base model" in run.log_tail

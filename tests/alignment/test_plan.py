@@ -136,7 +136,8 @@ def test_the_lead_chooses_the_plan_on_the_page_and_sees_it_on_the_run(
     assert (run.start_from, run.reference, run.data_scope) == ("base", "base", "cumulative")
     shown = client.get(answer["Location"]).content.decode()
     assert (
-        "The base model (a fresh adapter)" in shown
+        "A fresh adapter on the base model" in shown
+        and "(asked: the base model (a fresh adapter))" in shown
         and "Cumulative: the pairs of every round" in shown
     )
 

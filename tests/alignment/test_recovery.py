@@ -50,7 +50,7 @@ def _die_at(monkeypatch: pytest.MonkeyPatch, *, progress_done: int) -> None:
 
     def heartbeat(job: Any, **kwargs: Any) -> bool:
         alive = real(job, **kwargs)
-        if kwargs["fields"]["progress_done"] == progress_done:
+        if kwargs["fields"].get("progress_done") == progress_done:
             raise WorkerDied
         return alive
 

@@ -64,6 +64,11 @@ def test_it_computes_clusters_duplicates_and_coverage(lead: User, annotator: Use
         "extra": 1,
         "examples": [{"text": "Question 0 about python function bug error code", "count": 2}],
     }
+    # The exact duplicate is no near-duplicate too: the count and the list agree.
+    near = data["near_duplicates"]
+    assert near["pairs"] == len(near["examples"]), near
+    assert isinstance(data["weak_clustering"], bool)
+    assert data["weak_clustering"] == (data["silhouette"] <= 0.25)
     # The code cluster holds every judged pair; the other two are flagged.
     flagged = {tuple(sorted(c["terms"][:3])): c["under_covered"] for c in data["clusters"]}
     assert sorted(flagged.values()) == [False, True, True]

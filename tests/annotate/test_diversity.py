@@ -50,6 +50,10 @@ def test_near_duplicates_are_found_within_clusters() -> None:
     labels = diversity.clusters_fit(points).labels
     count, found = diversity.near_duplicates(points, labels, threshold=0.999)
     assert count == 1 and found[0][:2] == (0, 20) and found[0][2] == pytest.approx(1.0)
+    # Rows of one group (exact duplicates) are no near-duplicate pair: not counted, not listed.
+    same = np.arange(len(points))
+    same[20] = same[0]
+    assert diversity.near_duplicates(points, labels, threshold=0.999, same=same) == (0, [])
 
 
 def test_prompt_words_are_letters_only_and_unicode_folded() -> None:
