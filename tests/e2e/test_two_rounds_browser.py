@@ -89,6 +89,10 @@ def test_two_full_rounds_from_the_ui_end_on_the_leaderboard(
     project = Project.objects.get(slug="demo")
     assert Comparison.objects.filter(project=project, round_number=1).exists()
     lead = _login(browser, live_server, "lead", "prefloop-lead")
+    # The demo's lead is also its site admin.
+    admin = lead.goto(f"{live_server.url}/admin/")
+    assert admin is not None and admin.status == 200
+    expect(lead.locator("body")).to_contain_text("Site administration")
     annotators = [
         _login(browser, live_server, f"annotator{i}", f"prefloop-annotator{i}") for i in (1, 2)
     ]

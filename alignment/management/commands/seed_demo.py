@@ -15,6 +15,7 @@ from annotate.services.projects import membership_set, project_create
 from annotate.services.prompts import prompts_create
 
 DEMO_SLUG = "demo"
+ADMIN = "lead"  # the account that is also the site's admin (/admin/)
 ACCOUNTS = [
     ("lead", "prefloop-lead", Role.LEAD),
     ("annotator1", "prefloop-annotator1", Role.ANNOTATOR),
@@ -45,6 +46,10 @@ class Command(BaseCommand):
                 if created:
                     user.set_password(password)
                     user.save(update_fields=["password"])
+                if username == ADMIN and not user.is_superuser:
+                    # The demo's lead also opens /admin/ (a demo has nobody else to).
+                    user.is_staff = user.is_superuser = True
+                    user.save(update_fields=["is_staff", "is_superuser"])
                 users[username] = user
             project = Project.objects.filter(slug=DEMO_SLUG).first()
             if project is None:
@@ -84,4 +89,5 @@ class Command(BaseCommand):
                 )
         self.stdout.write("Accounts (username / password):")
         for username, password, role in ACCOUNTS:
-            self.stdout.write(f"  {username} / {password}  ({role.label.lower()})")
+            admin = ", and the site admin at /admin/" if username == ADMIN else ""
+            self.stdout.write(f"  {username} / {password}  ({role.label.lower()}{admin})")
