@@ -383,7 +383,7 @@ def prompt_facets(*, project: Project) -> PromptFacets:
         tags=tags,
         languages=sorted(set(prompts.exclude(language="").values_list("language", flat=True))),
         clusters=sorted(
-            set(prompts.filter(cluster__isnull=False).values_list("cluster", flat=True))
+            {c for c in prompts.values_list("cluster", flat=True).distinct() if c is not None}
         ),
         rounds=sorted(
             set(Comparison.objects.filter(project=project).values_list("round_number", flat=True))
