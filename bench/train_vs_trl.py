@@ -1,9 +1,11 @@
 """Our training run against a plain TRL DPOTrainer script: same model, data and settings.
 
-python bench/train_vs_trl.py [--pairs 32] [--epochs 1] [--batch-size 4] [--response-tokens 200]
+python bench/train_vs_trl.py [--runs 3] [--pairs 32] [--epochs 1] [--batch-size 4]
+                             [--response-tokens 200]
 
-Each side runs in its own fresh Python process, one after the other, so peak RSS is the
-process's own: "prefloop" calls alignment.engine.training.train() (what a worker runs: memory
+The two sides run interleaved, T P T P T P (--runs of each), each in a fresh Python process,
+so peak RSS is the process's own and the machine's drift falls on both sides alike; the
+figures are medians with their ranges, and the ratios are of the medians. "prefloop" calls alignment.engine.training.train() (what a worker runs: memory
 pre-flight, step reports, checkpoints every --checkpoint-steps); "trl" is the script a user
 would write from TRL's documentation: the model loaded in NF4 with bf16 compute, a LoRA
 config, DPOConfig with the same hyperparameters, DPOTrainer(...).train(). Both use the same
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +48,9 @@ def _pairs(args: argparse.Namespace, path: str) -> list[dict[str, str]]:
     ]
 
 
-def run_prefloop(args: argparse.Namespace, path: str, pairs: list[dict[str, str]]) -> float:
+def run_prefloop(
+    args: argparse.Namespace, path: str, pairs: list[dict[str, str]]
+) -> tuple[float, float]:
     from alignment.engine.training import PreferenceExample, TrainingConfig, train
 
     examples = [
@@ -89,11 +94,12 @@ def run_prefloop(args: argparse.Namespace, path: str, pairs: list[dict[str, str]
             ref_store=Store(),
         )
         elapsed = time.monotonic() - started
-    print(f"prefloop: {result.steps} steps, loss {result.train_loss:.4f}", file=sys.stderr)
-    return elapsed
+    return elapsed, result.train_loss
 
 
-def run_trl(args: argparse.Namespace, path: str, pairs: list[dict[str, str]]) -> float:
+def run_trl(
+    args: argparse.Namespace, path: str, pairs: list[dict[str, str]]
+) -> tuple[float, float]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -152,8 +158,7 @@ def run_trl(args: argparse.Namespace, path: str, pairs: list[dict[str, str]]) ->
         output = trainer.train()
         trainer.save_model(out)
         elapsed = time.monotonic() - started
-    print(f"trl: {output.global_step} steps, loss {output.training_loss:.4f}", file=sys.stderr)
-    return elapsed
+    return elapsed, output.training_loss
 
 
 def child(side: str, args: argparse.Namespace) -> None:
@@ -161,15 +166,16 @@ def child(side: str, args: argparse.Namespace) -> None:
 
     path = model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=args.models_dir)
     pairs = _pairs(args, path)
-    train_s = (run_prefloop if side == "prefloop" else run_trl)(args, path, pairs)
+    train_s, loss = (run_prefloop if side == "prefloop" else run_trl)(args, path, pairs)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"train_s": train_s, "rss_mb": rss_mb}))
+    print(json.dumps({"train_s": train_s, "rss_mb": rss_mb, "loss": loss}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--runs", type=int, default=3, help="runs of each side, interleaved")
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -185,33 +191,47 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    figures: dict[str, dict[str, float]] = {}
-    for side in ("trl", "prefloop"):
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", side, *sys.argv[1:]],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        wall = time.monotonic() - started
-        print(done.stderr.strip().splitlines()[-1])
-        figures[side] = {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_s": wall}
+    runs: dict[str, list[dict[str, float]]] = {"trl": [], "prefloop": []}
+    child_args = list(sys.argv[1:])
+    for index in range(args.runs):
+        for side in ("trl", "prefloop"):
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", side, *child_args],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            figures = {**json.loads(done.stdout.strip().splitlines()[-1])}
+            figures["wall_s"] = time.monotonic() - started
+            runs[side].append(figures)
+            print(
+                f"run {index + 1} {side:9} wall {figures['wall_s']:7.1f} s, train "
+                f"{figures['train_s']:7.1f} s, peak RSS {figures['rss_mb']:6.0f} MB, loss "
+                f"{figures['loss']:.4f}",
+                flush=True,
+            )
     steps = -(-args.pairs // args.batch_size) * args.epochs
     print(
         f"{args.pairs} pairs, {args.epochs} epoch(s), batch {args.batch_size}, ~{args.response_tokens}"
         f"-token responses, max_length {args.max_length}, LoRA r {args.lora_r}, NF4, bf16: "
-        f"{steps} steps"
+        f"{steps} steps; {args.runs} runs of each side, interleaved"
     )
-    print(f"{'':10}{'wall s':>10}{'train s':>10}{'s/step':>10}{'peak RSS MB':>14}")
-    for side, f in figures.items():
-        print(
-            f"{side:10}{f['wall_s']:>10.1f}{f['train_s']:>10.1f}{f['train_s'] / steps:>10.2f}"
-            f"{f['rss_mb']:>14.0f}"
-        )
-    ours, theirs = figures["prefloop"], figures["trl"]
+    print(f"{'median (range)':16}{'wall s':>22}{'train s':>22}{'peak RSS MB':>22}{'loss':>22}")
+    medians: dict[str, dict[str, float]] = {}
+    for side, found in runs.items():
+        medians[side] = {}
+        cells = []
+        for key, digits in (("wall_s", 1), ("train_s", 1), ("rss_mb", 0), ("loss", 4)):
+            values = [f[key] for f in found]
+            medians[side][key] = statistics.median(values)
+            cells.append(
+                f"{medians[side][key]:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+            )
+        print(f"{side:16}" + "".join(f"{c:>22}" for c in cells))
+    ours, theirs = medians["prefloop"], medians["trl"]
     print(
-        f"ratio prefloop/trl: wall {ours['wall_s'] / theirs['wall_s']:.2f}, "
+        f"ratio prefloop/trl of the medians: wall {ours['wall_s'] / theirs['wall_s']:.2f}, "
         f"train {ours['train_s'] / theirs['train_s']:.2f}, "
         f"peak RSS {ours['rss_mb'] / theirs['rss_mb']:.2f}"
     )
