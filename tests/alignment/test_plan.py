@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 
 from alignment.models import DataScope, Reference, StartFrom, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.training import TrainingPlan, training_run_start
+from alignment.services.training import TrainingPlan, training_run_cancel, training_run_start
 from alignment.services.training_settings import TrainingSettings
 from annotate.models import Project
 from core.errors import ValidationFailed
@@ -63,13 +63,24 @@ def test_the_plan_decides_the_start_the_reference_and_the_data(
     assert first_loss(continued) == pytest.approx(LOG2, abs=1e-3)
     assert continued.snapshot.filters["rounds"] == [2]  # the child's round only
     assert continued.output_version.parent == child
-    # Continue it against the base: the child's lead over the base shows at once.
-    anchored = _train(tiny_project, child, TrainingPlan(reference=Reference.BASE))
+    # Cumulative, the default: rounds 1 and 2.
+    cumulative = training_run_start(
+        project=tiny_project,
+        base_version=child,
+        training=TrainingSettings(),
+        plan=TrainingPlan(reference=Reference.BASE),
+        dispatch=False,
+    )
+    assert cumulative.snapshot.filters["rounds"] == []
+    assert cumulative.snapshot.n_pairs > continued.snapshot.n_pairs
+    assert training_run_cancel(run=cumulative)  # queued only: the snapshot was the point
+    # On the pairs the child learned (round 1; which of them the first batch holds hangs on
+    # the ids the database gave): continued against the base, the child's lead over the base
+    # shows at once; a fresh adapter on the base, against the child, starts behind it.
+    learned = {"data_scope": DataScope.ROUNDS, "rounds": (1,)}
+    anchored = _train(tiny_project, child, TrainingPlan(reference=Reference.BASE, **learned))
     assert first_loss(anchored) < LOG2 - 0.01
-    assert anchored.snapshot.filters["rounds"] == []  # cumulative: rounds 1 and 2
-    assert anchored.snapshot.n_pairs > continued.snapshot.n_pairs
-    # A fresh adapter on the base, against the child: the base starts behind it.
-    fresh = _train(tiny_project, child, TrainingPlan(start_from=StartFrom.BASE))
+    fresh = _train(tiny_project, child, TrainingPlan(start_from=StartFrom.BASE, **learned))
     assert first_loss(fresh) > LOG2 + 0.01
     assert (fresh.start_from, fresh.reference) == ("base", "parent")
     assert "a fresh adapter on the base model; reference: v1 (its adapter, frozen)" in (
