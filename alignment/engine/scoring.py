@@ -79,12 +79,21 @@ def completion_logps(
                 tokens = sequences[i][0]
                 ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
                 mask[row, : len(tokens)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logps = torch.log_softmax(logits, dim=-1).gather(2, ids[:, 1:, None])[..., 0]
+            # Logits only from the first position that predicts a completion token on (the
+            # prompts' are not needed), in the model's dtype; each row's completion is then
+            # scored in float32 on its own: never a (batch, length, vocabulary) float32 tensor
+            # and its log-softmax (1.6 GB for 8 sequences of 512 tokens and a 49k vocabulary).
+            first = min(max(sequences[i][1] - 1, 0) for i in batch)
+            logits = model(
+                input_ids=ids, attention_mask=mask, logits_to_keep=width - first
+            ).logits
             for row, i in enumerate(batch):
                 tokens, start = sequences[i]
-                # logps[t] is the log-probability of token t + 1.
-                taken = logps[row, max(start - 1, 0) : len(tokens) - 1]
+                # Logit t (from `first`) predicts token first + t + 1.
+                span = slice(max(start - 1, 0) - first, len(tokens) - 1 - first)
+                targets = ids[row, span.start + first + 1 : span.stop + first + 1]
+                scores = logits[row, span].float()
+                taken = scores.gather(1, targets[:, None])[:, 0] - torch.logsumexp(scores, dim=-1)
                 sums[i] = (float(taken.sum()), max(int(taken.numel()), 1))
     return sums
 
