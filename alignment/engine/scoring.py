@@ -84,9 +84,7 @@ def completion_logps(
             # scored in float32 on its own: never a (batch, length, vocabulary) float32 tensor
             # and its log-softmax (1.6 GB for 8 sequences of 512 tokens and a 49k vocabulary).
             first = min(max(sequences[i][1] - 1, 0) for i in batch)
-            logits = model(
-                input_ids=ids, attention_mask=mask, logits_to_keep=width - first
-            ).logits
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first).logits
             for row, i in enumerate(batch):
                 tokens, start = sequences[i]
                 # Logit t (from `first`) predicts token first + t + 1.

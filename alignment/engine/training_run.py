@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from peft.helpers import disable_input_dtype_casting
 from transformers import PreTrainedModel, PrinterCallback, TrainerCallback, set_seed
 
 from alignment.engine.checkpoints import (
@@ -358,8 +359,15 @@ def _trainer_train(
     trainer: Any, config: TrainingConfig, estimate: MemoryEstimate | None, resume: str | None
 ) -> Any:
     """TRL's training, with running out of memory said in the lead's terms."""
+    # PEFT's 4-bit LoRA layer casts its input to the adapter's dtype unless autocast is on,
+    # and asks torch.is_autocast_enabled(), which answers for CUDA only: under the CPU's bf16
+    # autocast each LoRA layer made a float32 copy of its input (kept for the backward pass)
+    # that autocast then cast back to bf16 for the matmul. Without the cast the matmul is the
+    # same bf16 one. (Outside autocast, the scoring before and after, the cast is needed.)
+    cpu_autocast = bool(trainer.args.bf16) and not torch.cuda.is_available()
     try:
-        return trainer.train(resume_from_checkpoint=resume)
+        with disable_input_dtype_casting(trainer.model, active=cpu_autocast):
+            return trainer.train(resume_from_checkpoint=resume)
     except (torch.OutOfMemoryError, MemoryError) as error:
         raise MemoryError(out_of_memory_message(config, estimate)) from error
     except RuntimeError as error:  # the CPU allocator's "can't allocate memory"
