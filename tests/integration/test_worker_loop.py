@@ -270,6 +270,10 @@ def test_it_hands_an_import_whose_worker_was_killed_mid_file_to_the_next_worker(
     second = _worker_start(tmp_path, "second", **worker_env)
     try:
         job = _wait_for(ImportJob, job.pk, second)
+        # The job's success commits with its rows; the worker deletes the file just after.
+        deadline = time.monotonic() + 10
+        while Path(job.path).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         second.kill()  # before it embeds the new prompts (the coverage refresh the import asks)
         _worker_stop(second, tmp_path, "second")
