@@ -89,6 +89,7 @@ def run_prefloop(
                 lora_dropout=0.05,
                 max_length=args.max_length,
                 checkpoint_steps=args.checkpoint_steps,
+                gradient_accumulation_steps=1,  # as the TRL script: one pass a step
             ),
             examples,
             ref_store=Store(),
@@ -217,7 +218,7 @@ def main() -> None:
         f"-token responses, max_length {args.max_length}, LoRA r {args.lora_r}, NF4, bf16: "
         f"{steps} steps; {args.runs} runs of each side, interleaved"
     )
-    print(f"{'median (range)':16}{'wall s':>22}{'train s':>22}{'peak RSS MB':>22}{'loss':>22}")
+    print(f"{'median (range)':16}{'wall s':>24}{'train s':>24}{'peak RSS MB':>24}{'loss':>24}")
     medians: dict[str, dict[str, float]] = {}
     for side, found in runs.items():
         medians[side] = {}
@@ -228,7 +229,7 @@ def main() -> None:
             cells.append(
                 f"{medians[side][key]:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
             )
-        print(f"{side:16}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{side:16}" + "".join(f"{c:>24}" for c in cells))
     ours, theirs = medians["prefloop"], medians["trl"]
     print(
         f"ratio prefloop/trl of the medians: wall {ours['wall_s'] / theirs['wall_s']:.2f}, "
