@@ -339,13 +339,17 @@ def skip_undo(*, project: Project, annotator: User, comparison_id: int) -> Assig
                 "Only a skip of the last "
                 f"{max(project.undo_seconds // 60, 1)} minutes can be taken back."
             )
-        comparison = lease.comparison
-        wanted = comparison.status == ComparisonStatus.OPEN or (
-            (lease.is_recheck or comparison.is_gold)
-            and comparison.status != ComparisonStatus.RETIRED
-        )
+        comparison = lease.comparison  # locked with the lease
+        if lease.is_recheck or comparison.is_gold:  # they take no slot of the overlap
+            wanted = comparison.status != ComparisonStatus.RETIRED
+        else:
+            wanted = _slot_free(
+                comparison=comparison, project=project, annotator=annotator, now=now
+            )
         if not wanted:
-            raise ValidationFailed("That pair needs no more judgments: others completed it.")
+            raise ValidationFailed(
+                "That pair cannot come back: others have completed it or hold its last slots."
+            )
         return lease_take(
             comparison=comparison,
             annotator=annotator,

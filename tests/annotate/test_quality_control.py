@@ -344,3 +344,23 @@ def test_it_splits_ties_left_and_longer_rates_per_annotator(
     lefts = sum(not c.left_is_a for c in comparisons[:3])
     assert (row.bias.left_chosen.hits, row.bias.left_chosen.n) == (lefts, 3)
     assert (row.bias.ties.hits, row.bias.ties.n) == (1, 4)
+
+
+def test_a_skip_comes_back_only_while_the_pair_has_a_slot_for_it(project: Project) -> None:
+    from annotate.models import Lease, LeaseState
+    from annotate.queue import comparison_skip, skip_undo
+
+    (only,) = comparisons_make(project, 1)
+    first, second = _annotators(project, 2)
+    shown = assignment_next(project=project, annotator=first)
+    assert shown is not None and shown.comparison == only
+    comparison_skip(comparison=only, annotator=first, reason="Outside my expertise")
+    back = skip_undo(project=project, annotator=first, comparison_id=only.pk)
+    assert back.comparison == only
+    assert Lease.objects.get(comparison=only, annotator=first).state == LeaseState.HELD
+    # Skipped again, and the one slot (overlap 1) taken by another: it cannot come back.
+    comparison_skip(comparison=only, annotator=first, reason="Outside my expertise")
+    assert comparison_next_for_annotator(project=project, annotator=second) == only
+    with pytest.raises(ValidationFailed, match="cannot come back"):
+        skip_undo(project=project, annotator=first, comparison_id=only.pk)
+    assert Lease.objects.get(comparison=only, annotator=first).state == LeaseState.SKIPPED
