@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, F, Q
-from django.utils.html import escape
+from django.db.models import Count, F, Q, QuerySet
 
 from annotate.access import project_role, projects_for_user
 from annotate.models import (
@@ -204,20 +203,39 @@ def low_agreement_annotators(*, report: QualityReport) -> list[int]:
     ]
 
 
-def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
-    """Comparisons a reviewer should look at, for one of REVIEW_REASONS."""
-    adjudicated = Judgment.objects.filter(
+def _adjudicated() -> Any:
+    """The ids of the comparisons a live adjudication decides."""
+    return Judgment.objects.filter(
         kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True
     ).values("comparison_id")
+
+
+def _disputed(*, project: Project) -> Any:
+    """Complete comparisons not decided unanimously and not adjudicated: the undecided (an
+    even split, no pair) and majorities that were not unanimous."""
+    return (
+        Comparison.objects.filter(project=project, status=ComparisonStatus.COMPLETE, gold_choice="")
+        .filter(Q(pair__isnull=True) | Q(pair__agreement__lt=1.0))
+        .exclude(pk__in=_adjudicated())
+        .select_related("prompt", "pair")
+    )
+
+
+def next_disputed(*, project: Project, after: Comparison) -> Comparison | None:
+    """The comparison the split-votes list shows first, other than `after`: undecided ones
+    first, newest first."""
+    disputed: QuerySet[Comparison] = _disputed(project=project)
+    return (
+        disputed.exclude(pk=after.pk).order_by(F("pair__id").asc(nulls_first=True), "-id").first()
+    )
+
+
+def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
+    """Comparisons a reviewer should look at, for one of REVIEW_REASONS."""
+    adjudicated = _adjudicated()
     base = Comparison.objects.filter(project=project).select_related("prompt", "pair")
     if reason == "split":
-        # Undecided (an even split: no pair) first in mind, and majorities that were not
-        # unanimous.
-        queryset = (
-            base.filter(status=ComparisonStatus.COMPLETE, gold_choice="")
-            .filter(Q(pair__isnull=True) | Q(pair__agreement__lt=1.0))
-            .exclude(pk__in=adjudicated)
-        )
+        queryset = _disputed(project=project)
     elif reason == "gold":
         misses = Judgment.objects.filter(
             comparison__project=project,
@@ -396,14 +414,10 @@ def prompts_browse(*, project: Project, filters: PromptFilters) -> Any:
     comparisons (open ones too) and of live votes."""
     prompts = Prompt.objects.filter(project=project).defer("embedding")
     if filters.text:
-        # The stored transcript holds the text as shown (HTML-escaped, quotes or not), the
-        # same in every database.
-        text = filters.text
-        shown = {text, escape(text), text.replace("&", "&amp;").replace("<", "&lt;")}
-        found = Q()
-        for variant in shown:
-            found |= Q(html__icontains=variant.replace(">", "&gt;")) | Q(html__icontains=variant)
-        prompts = prompts.filter(found)
+        # The stored transcript holds the text as shown, the same in every database: its
+        # text nodes escape &, < and > (quotes stay as they are).
+        shown = filters.text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        prompts = prompts.filter(html__icontains=shown)
     if filters.split:
         prompts = prompts.filter(split=filters.split)
     if filters.language:

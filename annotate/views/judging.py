@@ -19,7 +19,13 @@ from annotate import selectors
 from annotate.access import access_comparison, access_project
 from annotate.forms import GuidelineForm
 from annotate.models import Judgment, Lease, Project, Role
-from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip, skip_undo
+from annotate.queue import (
+    SKIP_REASONS,
+    Assignment,
+    assignment_next,
+    comparison_skip,
+    skip_undo,
+)
 from annotate.services.judgments import (
     MAX_TIME_SPENT_MS,
     STRENGTHS,
@@ -255,9 +261,7 @@ def my_judgment(request: AuthedRequest, slug: str, judgment_id: int) -> HttpResp
         )
     except Judgment.DoesNotExist:
         raise Http404("No such judgment of yours.") from None
-    comparison = judgment.comparison
-    a, b = comparison.response_a, comparison.response_b
-    left, right = (a, b) if judgment.left_was_a else (b, a)
+    shown = Assignment(comparison=judgment.comparison, left_is_a=judgment.left_was_a)
     return render(
         request,
         "annotate/my_judgment.html",
@@ -265,8 +269,8 @@ def my_judgment(request: AuthedRequest, slug: str, judgment_id: int) -> HttpResp
             request,
             project,
             judgment=judgment,
-            left=left,
-            right=right,
+            left=shown.left,
+            right=shown.right,
             earlier=EarlierChoice.of(judgment),
         ),
     )

@@ -69,14 +69,11 @@ def _review_page(
 ) -> HttpResponse:
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
     review = selectors.comparison_review(comparison=comparison)
-    disputed = selectors.review_queue(project=project, reason="split")
     context = page_context(
         request,
         project,
         review=review,
-        next_disputed=next(
-            (i.comparison for i in disputed if i.comparison.pk != comparison.pk), None
-        ),
+        next_disputed=selectors.next_disputed(project=project, after=comparison),
         adjudicate_form=forms_.get("adjudicate_form") or AdjudicateForm(),
         gold_form=forms_.get("gold_form")
         or GoldForm(initial={"gold_choice": comparison.gold_choice}),
