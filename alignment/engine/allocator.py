@@ -7,6 +7,8 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import sys
+import threading
 from collections.abc import Iterator
 
 # mallopt(3) parameters, from glibc's malloc.h.
@@ -15,6 +17,16 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 _INT_MAX = 2**31 - 1
+
+# While a tensor workload runs: big blocks from the heap, not one mmap each; never shrink
+# the heap top; grow the heap in 1 GiB steps.
+_KEEP = ((_M_MMAP_THRESHOLD, _INT_MAX), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_TOP_PAD, 1 << 30))
+# glibc's own defaults (mallopt(3)): blocks from 128 KiB are mmapped and unmapped on free,
+# and a free top of the heap over 128 KiB goes back to the OS.
+_DEFAULTS = ((_M_MMAP_THRESHOLD, 128 * 1024), (_M_TRIM_THRESHOLD, 128 * 1024), (_M_TOP_PAD, 0))
+
+_lock = threading.Lock()
+_depth = 0  # blocks running malloc_tuned_for_tensors (a generation inside a job, say)
 
 
 @functools.cache
@@ -33,19 +45,50 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-@contextlib.contextmanager
-def malloc_tuned_for_tensors() -> Iterator[None]:
-    """Keep freed memory for reuse while the block runs; hand it back to the OS after.
+def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
+    libc = _libc()
+    if libc is None:
+        return False
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
 
-    See malloc_keep_freed_memory. Giving the memory back at the end keeps an idle
-    worker small and stops one job's leftover heap from adding to the next one's peak.
+
+@contextlib.contextmanager
+def malloc_tuned_for_tensors() -> Iterator[bool]:
+    """Keep freed memory for reuse while the block runs; after it, hand the heap's free
+    memory back to the OS and restore glibc's defaults, so nothing of it stays with the
+    process (a web process or an idle worker is as it would be without it).
+
+    A training step or a decoding step allocates and frees tensors of hundreds of MB
+    (activations, a growing KV cache). By default glibc serves each with a fresh mmap and
+    unmaps it on free, so every step page-faults its memory in again: on a 2-core VM a
+    QLoRA DPO run of 8 steps took 104 s that way against 88 s kept, and peaked higher
+    (2.26 against 2.05 GB; bench/train_vs_trl.py, docs/benchmarks.md). At the end, the
+    CUDA cache is released too where torch uses a GPU. The block yields
+    False where there is no glibc (nothing changes then). Nested blocks restore at the
+    outermost one's end.
     """
-    malloc_keep_freed_memory()
+    global _depth
+    with _lock:
+        _depth += 1
+        tuned = _mallopt(_KEEP)
     try:
-        yield
+        yield tuned
     finally:
         gc.collect()  # models and trainers sit in reference cycles
-        malloc_release_freed_memory()
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _mallopt(_DEFAULTS)
+                malloc_release_freed_memory()
+                _cuda_cache_release()
+
+
+def _cuda_cache_release() -> None:
+    """Hand the CUDA caching allocator's free blocks back to the driver after a job, so the
+    next job (or a vLLM engine beside it) starts from what is really in use."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def malloc_release_freed_memory() -> None:
@@ -53,28 +96,3 @@ def malloc_release_freed_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-@functools.cache
-def malloc_keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS.
-
-    A training step or a decoding step allocates and frees tensors of hundreds of MB
-    (logits over a 49k vocabulary, a growing KV cache). By default glibc serves each with
-    a fresh mmap and unmaps it on free, so every step page-faults its memory in again;
-    on a 2-core VM a QLoRA DPO step took 8-66 s that way against 5.2 s with this
-    (bench/engine_training.py). The cost: the process holds on to its peak heap until
-    malloc_release_freed_memory. Process-wide and idempotent; returns False where there
-    is no glibc (nothing changes then).
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    return all(
-        libc.mallopt(parameter, value) == 1
-        for parameter, value in (
-            (_M_MMAP_THRESHOLD, _INT_MAX),  # big blocks from the heap, not one mmap each
-            (_M_TRIM_THRESHOLD, _INT_MAX),  # never shrink the heap top
-            (_M_TOP_PAD, 1 << 30),  # grow the heap in 1 GiB steps
-        )
-    )

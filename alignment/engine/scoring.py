@@ -20,6 +20,7 @@ from alignment.engine.turns import turn_ids
 # Per pair: (chosen log-prob, chosen tokens, rejected log-prob, rejected tokens).
 PairLogps = list[tuple[float, int, float, int]]
 INDEX_COLUMN = "prefloop_index"  # a DPO row's example index, kept through TRL's tokenization
+LENGTH_COLUMN = "prefloop_length"  # a DPO row's longest sequence in tokens, for the sampler
 SCORE_BATCH = 8  # sequences per forward pass when scoring pairs
 
 

@@ -177,7 +177,9 @@ def model_load(
     """Load a causal LM from safetensors: NF4 4-bit (QLoRA) or full precision.
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU; for 4-bit it is the
-    compute dtype.
+    compute dtype. On a GPU the whole model goes to the current device (one job, one GPU:
+    `device_map="auto"` would split its layers across every GPU it sees), with PyTorch's
+    SDPA attention (flash or memory-efficient kernels: no score matrix kept).
     """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -189,8 +191,10 @@ def model_load(
         "use_safetensors": True,
         "trust_remote_code": trust_remote_code,
         "dtype": dtype,
-        "device_map": "auto" if on_cuda else "cpu",
+        "device_map": {"": torch.cuda.current_device()} if on_cuda else "cpu",
     }
+    if on_cuda:
+        kwargs["attn_implementation"] = "sdpa"
     if quantize_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

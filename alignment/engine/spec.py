@@ -46,6 +46,13 @@ LOSS_TYPES: dict[str, str] = {
     "sigmoid_norm": "DPO, length-normalised",
 }
 
+# The Trainer's `optim` values offered: AdamW (its default, fused), and bitsandbytes' paged 8-bit AdamW (CUDA).
+OPTIMIZERS: dict[str, str] = {
+    "adamw_torch_fused": "AdamW",
+    "paged_adamw_8bit": "Paged AdamW, 8-bit (GPU)",
+}
+GPU_OPTIMIZERS = ("paged_adamw_8bit",)
+
 # The losses TRL applies label_smoothing in; exo_pair needs it above 0.
 LABEL_SMOOTHING_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
@@ -294,6 +301,13 @@ class Hyperparameters:
         help="Tokens of prompt and response; longer pairs are truncated.",
     )
     seed: int = setting(0, label="Seed", low=0, high=SEED_MAX)
+    optimizer: str = setting(
+        "adamw_torch_fused",
+        label="Optimizer",
+        choices=OPTIMIZERS,
+        help="Paged 8-bit AdamW keeps the adapter's optimizer state in 8 bits and pages it "
+        "to the host when the GPU runs short (a CUDA GPU only).",
+    )
 
 
 TRAINING_FIELDS = field_specs(Hyperparameters)

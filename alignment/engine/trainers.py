@@ -8,26 +8,74 @@ import math
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from alignment.engine.generation import adapter_validate
-from alignment.engine.scoring import INDEX_COLUMN, train_mode
+from alignment.engine.lean_head import lean_head_add
+from alignment.engine.scoring import INDEX_COLUMN, LENGTH_COLUMN, train_mode
 from alignment.engine.training import TrainingConfig
 
 
 class StoredRefDPOTrainer(DPOTrainer):
     """DPO on rows tokenized by alignment.engine.turns, that takes the reference
     log-probabilities the rows already carry (from a RefLogpStore; NaN where none was
-    stored) and computes the missing ones only, in train mode, and scores the trained policy
-    on the training pairs as it scored the reference."""
+    stored) and computes the missing ones only, in train mode; scores with the lean head
+    (alignment.engine.lean_head); and keeps the policy's log-probabilities of each training
+    pair as the last epoch computed them (`epoch_logps`), the contradictions' input."""
 
     def __init__(self, *args: Any, reference_config: TrainingConfig, **kwargs: Any) -> None:
         # Set before TRL's __init__, which precomputes the reference log-probabilities.
         self.reference_config = reference_config
+        self.epoch_logps: dict[int, tuple[float, float]] = {}
         super().__init__(*args, **kwargs)
+        self._lean_head()
+        self.data_collator = _IndexedCollator(self.data_collator)
+
+    def _lean_head(self) -> None:
+        model: Any = self.model
+        lean_head_add(model.get_base_model() if hasattr(model, "get_base_model") else model)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
+        if LENGTH_COLUMN not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            [int(n) for n in dataset[LENGTH_COLUMN]],
+            group=self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        kept = [
+            c for c in (INDEX_COLUMN, LENGTH_COLUMN) if c not in (self._signature_columns or [])
+        ]
+        if self._signature_columns is not None and kept:
+            self._signature_columns = [*self._signature_columns, *kept]
+
+    def compute_loss(
+        self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        indices = inputs.pop(INDEX_COLUMN, None)
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        unwrapped: Any = self.accelerator.unwrap_model(model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        last = getattr(base, "last_logps", None)
+        if indices is not None and last is not None and model.training:
+            # Every epoch overwrites the one before: what is left is the last epoch's.
+            chosen, rejected = last.float().chunk(2, dim=0)
+            self.epoch_logps.update(
+                zip(
+                    indices.tolist(),
+                    zip(chosen.tolist(), rejected.tolist(), strict=True),
+                    strict=True,
+                )
+            )
+        return result
 
     def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
         if "chosen_ids" in dataset.column_names:
@@ -58,6 +106,7 @@ class StoredRefDPOTrainer(DPOTrainer):
 
     def _ref_logps_compute(self, dataset: Any, name: str, batch_size: int) -> Any:
         reference_prepare(self.model, self.reference_config)  # inside __init__: set it up now
+        self._lean_head()  # TRL's __init__ put its own head on just before
         # In train mode, as the steps will run: from_pretrained leaves the model in eval
         # mode, where bitsandbytes' 4-bit CPU layers take another kernel with other
         # numbers, and the reference would not match the policy it starts from.
@@ -65,14 +114,24 @@ class StoredRefDPOTrainer(DPOTrainer):
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def policy_logps(self) -> dict[int, tuple[float, float]]:
-        """The trained policy's summed log-probabilities of every training pair, by example
-        index, computed as TRL computed the reference's (same tokens, same truncation): with
-        `ref_model` set, `compute_ref_log_probs` leaves the adapters as they are."""
+        """The policy's summed log-probabilities of every training pair, by example index:
+        as the last epoch computed them, and for the pairs it did not (a run resumed within
+        its last epoch), one pass of the trained policy over the same tokens, computed as
+        TRL computed the reference's: with `ref_model` set, `compute_ref_log_probs` leaves
+        the adapters as they are."""
         dataset: Any = self.train_dataset
         model: Any = self.model
+        missing = [
+            row for row, i in enumerate(dataset[INDEX_COLUMN]) if int(i) not in self.epoch_logps
+        ]
+        if not missing:
+            return dict(self.epoch_logps)
+        dataset = dataset.select(missing)
         indices = [int(i) for i in dataset[INDEX_COLUMN]]
         loader = DataLoader(
-            self._remove_unused_columns(dataset, description="scoring"),
+            self._remove_unused_columns(dataset, description="scoring").remove_columns(
+                [INDEX_COLUMN]
+            ),
             batch_size=self.args.per_device_train_batch_size,
             collate_fn=self.data_collator,
             shuffle=False,
@@ -87,7 +146,43 @@ class StoredRefDPOTrainer(DPOTrainer):
                     found.extend(zip(chosen.tolist(), rejected.tolist(), strict=True))
         finally:
             self.ref_model = saved
-        return dict(zip(indices, found, strict=True))
+        return {**self.epoch_logps, **dict(zip(indices, found, strict=True))}
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Each epoch a fresh shuffle whose batches hold pairs of like length (transformers'
+    grouping: the longest first, then by length within groups of 50 optimizer steps), so a
+    short pair is not padded to a long one. Seeded by the run's seed and the epoch, which
+    accelerate sets (`set_epoch`): a resumed run sees the order it would have seen, and a run
+    with stored reference log-probabilities the order of one without."""
+
+    def __init__(self, lengths: list[int], *, group: int, seed: int) -> None:
+        self.lengths, self.group, self.seed, self.epoch = lengths, group, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.group, generator=generator))
+
+
+class _IndexedCollator:
+    """TRL's preference collator, passing on each row's example index (INDEX_COLUMN) as a
+    tensor where the rows carry one."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = self.collate(examples)
+        if examples and INDEX_COLUMN in examples[0]:
+            batch[INDEX_COLUMN] = torch.tensor([int(e[INDEX_COLUMN]) for e in examples])
+        return batch
 
 
 class TokenizedKTOTrainer(KTOTrainer):

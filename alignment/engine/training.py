@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +134,8 @@ class TrainingResult:
     resumed_from_step: int | None = None  # the checkpoint this training continued from
     # Newer checkpoints passed over on resume, each with the reason (incomplete, bad hash).
     checkpoints_skipped: tuple[str, ...] = ()
+    # Each phase of the run (see PhaseCallback) and the seconds it took, in order.
+    phase_seconds: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,9 +241,29 @@ def train(
         examples_validate(validation)  # preferences only: a tie has no side to get right
     from alignment.engine import training_run  # torch, transformers and TRL: loaded here
 
+    clock = _PhaseClock(on_phase)
     with malloc_tuned_for_tensors():
-        return training_run.run(
-            config, examples, validation, ref_store, on_progress, on_phase or (lambda _: None)
+        result = training_run.run(config, examples, validation, ref_store, on_progress, clock)
+    return dataclasses.replace(result, phase_seconds=clock.seconds())
+
+
+class _PhaseClock:
+    """Passes each phase on to `on_phase` and times it."""
+
+    def __init__(self, on_phase: PhaseCallback | None) -> None:
+        self.on_phase = on_phase
+        self.started: list[tuple[str, float]] = []
+
+    def __call__(self, phase: str) -> None:
+        self.started.append((phase, time.monotonic()))
+        if self.on_phase is not None:
+            self.on_phase(phase)
+
+    def seconds(self) -> tuple[tuple[str, float], ...]:
+        ends = [t for _, t in self.started[1:]] + [time.monotonic()]
+        return tuple(
+            (phase, round(end - start, 2))
+            for (phase, start), end in zip(self.started, ends, strict=True)
         )
 
 
@@ -290,7 +314,12 @@ def sequence_tokens(examples: Sequence[PreferenceExample], max_length: int) -> i
 
 
 def memory_preflight(
-    config: TrainingConfig, path: str, examples: Sequence[PreferenceExample], use_bf16: bool
+    config: TrainingConfig,
+    path: str,
+    examples: Sequence[PreferenceExample],
+    use_bf16: bool,
+    *,
+    on_cuda: bool = False,
 ) -> MemoryEstimate | None:
     """Refuse at once a run that cannot fit this machine, naming what to lower."""
     shape = model_shape(path)
@@ -304,6 +333,8 @@ def memory_preflight(
         lora_r=config.lora_r,
         quantize_4bit=config.quantize_4bit,
         compute_bytes=2 if use_bf16 else 4,
+        device="cuda" if on_cuda else "cpu",
+        optimizer=config.optimizer,
     )
     available = memory_available_mb()
     if estimate.total_mb > 0.9 * available:

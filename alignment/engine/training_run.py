@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel
 from peft.helpers import disable_input_dtype_casting
 from transformers import PreTrainedModel, PrinterCallback, TrainerCallback, set_seed
 
@@ -32,9 +32,11 @@ from alignment.engine.checkpoints import (
     staging_clear,
     staging_dir,
 )
+from alignment.engine.lean_head import VOCABULARY_TILE
 from alignment.engine.memory import MemoryEstimate, peak_rss_mb
 from alignment.engine.scoring import (
     INDEX_COLUMN,
+    LENGTH_COLUMN,
     contradictions,
     dpo_contradictions,
     pair_logps,
@@ -50,6 +52,7 @@ from alignment.engine.sources import (
     tokenizer_load,
     torch_threads_fit,
 )
+from alignment.engine.spec import GPU_OPTIMIZERS
 from alignment.engine.trainers import method_trainer, reference_prepare
 from alignment.engine.training import (
     ADAPTER_DIR_NAME,
@@ -83,6 +86,11 @@ def run(
 ) -> TrainingResult:
     on_phase("loading the model")
     on_cuda = cuda_available()
+    if config.optimizer in GPU_OPTIMIZERS and not on_cuda:
+        raise ValueError(
+            f"optimizer {config.optimizer} needs a CUDA GPU and this worker has none: "
+            "choose adamw_torch_fused"
+        )
     # bfloat16 on CPUs that have it natively: measured 1.5-2x faster steps than float32.
     use_bf16 = on_cuda or cpu_bf16_fast()
     set_seed(config.seed)  # LoRA weights are initialised before the Trainer seeds anything
@@ -91,7 +99,7 @@ def run(
     tokenizer = tokenizer_load(path, trust_remote_code=config.trust_remote_code)
     # Training pads on the right; left padding is for generation.
     tokenizer.padding_side = "right"
-    estimate = memory_preflight(config, path, examples, use_bf16)
+    estimate = memory_preflight(config, path, examples, use_bf16, on_cuda=on_cuda)
     model, peft_config = _model_prepare(config, path, on_cuda=on_cuda, use_bf16=use_bf16)
     compute = _compute_identity(on_cuda=on_cuda, use_bf16=use_bf16)
     on_phase("laying out the pairs")
@@ -212,10 +220,9 @@ def _model_prepare(
         trust_remote_code=config.trust_remote_code,
         dtype=torch.bfloat16 if use_bf16 else torch.float32,
     )
-    if config.quantize_4bit and on_cuda:
-        # Upcasts the unquantized weights to float32 and turns on gradient checkpointing:
-        # the usual QLoRA recipe on a GPU. On a CPU both only cost time (about 2x).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    # No prepare_model_for_kbit_training: its float32 copy of the embeddings and norms would
+    # add 2 GB to an 8B model with a 128k vocabulary; they train frozen in the compute dtype,
+    # and the Trainer turns gradient checkpointing on (_trainer_arguments).
     if config.init_adapter is not None:
         return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True), None
     return model, LoraConfig(
@@ -265,6 +272,11 @@ def _rows(
         {INDEX_COLUMN: index, "prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
         for index, (p, c, r) in kept
     ]
+    if config.method == "dpo":  # what a batch pads to (trainers.LengthGroupedSampler)
+        for row in rows:
+            row[LENGTH_COLUMN] = len(row["prompt_ids"]) + max(
+                len(row["chosen_ids"]), len(row["rejected_ids"])
+            )
     if config.method != "dpo" or ref_store is None:
         return rows, None, 0, dropped
     template = getattr(tokenizer, "chat_template", "") or ""
@@ -285,7 +297,8 @@ def _compute_identity(*, on_cuda: bool, use_bf16: bool) -> str:
         device = f"cuda:{torch.cuda.get_device_name()}:{torch.version.cuda}"
     else:
         device = f"cpu:{torch.backends.cpu.get_cpu_capability()}"
-    return f"{device}:{'bfloat16' if use_bf16 else 'float32'}"
+    # The head's kernel path (alignment.engine.lean_head) shapes the numbers too.
+    return f"{device}:{'bfloat16' if use_bf16 else 'float32'}:lean-head-{VOCABULARY_TILE}"
 
 
 def _kto_rows(
@@ -333,13 +346,19 @@ def _trainer_arguments(
         "report_to": "none",
         "use_cpu": not on_cuda,
         "bf16": use_bf16,
-        "gradient_checkpointing": on_cuda,
+        # Recompute each layer's activations in the backward pass instead of keeping them:
+        # on a CPU too, where it holds peak memory to the weights and one layer's worth.
+        "gradient_checkpointing": True,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "include_num_input_tokens_seen": "all",
+        "optim": config.optimizer,
     }
     if stored is not None:
         common["precompute_ref_log_probs"] = True  # once for every epoch, then kept
+        # No gradients are kept in the reference pass: on a GPU a batch 4 times the
+        # training one fills it better; on a CPU a bigger batch only pads more.
+        common["precompute_ref_batch_size"] = config.batch_size * (4 if on_cuda else 1)
     return common
 
 

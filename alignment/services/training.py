@@ -246,6 +246,7 @@ def training_run_memory_estimate(
         lora_r=training.lora_r,
         quantize_4bit=settings.TRAINING_QUANTIZE_4BIT,
         compute_bytes=2,
+        optimizer=training.optimizer,
     )
 
 

@@ -295,6 +295,7 @@ def _outcome_record(run: TrainingRun, result: TrainingResult, frozen: Sequence[F
                 "pairs": len(frozen),
                 "ref_logps_reused": result.ref_logps_reused,
                 "memory_estimate_mb": result.memory_estimate_mb,
+                "phases": [[phase, seconds] for phase, seconds in result.phase_seconds],
                 "attempts": run.attempts,
                 "resumed_from_step": result.resumed_from_step,
                 "model_version": version.name,

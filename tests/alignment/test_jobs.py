@@ -317,3 +317,15 @@ def test_a_run_page_says_its_phase_from_the_start_and_its_plan_as_its_log_does(
     run = TrainingRun.objects.get(pk=run.pk)
     assert run.status == JobStatus.SUCCEEDED
     assert "a fresh adapter on the base model; reference: the base model" in run.log_tail
+    # Once done, the page gives each phase's time, in the order they ran.
+    phases = [name for name, _ in run.summary["phases"]]
+    assert phases[:3] == [
+        "loading the model",
+        "laying out the pairs",
+        "reference log-probabilities",
+    ]
+    assert "training" in phases and phases[-1] == "saving the adapter"
+    assert all(seconds >= 0 for _, seconds in run.summary["phases"])
+    page = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/").content.decode()
+    table = page.split("data-phases>", 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr>") == len(phases) and "Reference log-probabilities" in table
