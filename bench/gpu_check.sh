@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# GPU smoke check of the training engine, under 10 minutes on one GPU:
-#   a QLoRA DPO run (NF4 double quantisation, bf16 compute, gradient checkpointing) that is
-#   killed with SIGKILL once its first checkpoint is complete, then started again: it must
-#   resume from that checkpoint and finish. Prints the resumed step, the steps, peak GPU
-#   memory and tokens/s, and exits non-zero when a check fails.
+# GPU smoke check of the engine, under 10 minutes on one GPU:
+#   a QLoRA DPO run (NF4 double quantisation, bf16 compute, gradient checkpointing, the lean
+#   log-probability head) that is killed with SIGKILL once its first checkpoint is complete,
+#   then started again: it must resume from that checkpoint and finish. Then the trained
+#   adapter generates: with vLLM where it is installed (an engine in this process), else with
+#   transformers. Prints the resumed step, the steps, peak GPU memory against the pre-flight
+#   estimate, training and generation tokens/s, and exits non-zero when a check fails.
 #
 # Usage (repository root, on a machine with a CUDA GPU and the project's Python packages):
 #   bash bench/gpu_check.sh [STEPS]
@@ -96,5 +98,39 @@ print(f"peak GPU memory {max(float(p['memory_mb']) for p in points):.0f} MB; "
 assert result["resumed_from_step"], "the second attempt did not resume"
 assert result["steps"] == steps, result["steps"]
 assert first_step == result["resumed_from_step"] + 1
+peak = max(float(p["memory_mb"]) for p in points)
+if result.get("memory_estimate_mb"):
+    print(f"pre-flight estimate {result['memory_estimate_mb']} MB against {peak:.0f} MB measured")
+EOF
+
+"$python" - "$work" <<'EOF'
+import json, sys, time
+from pathlib import Path
+import torch
+from alignment.engine.generation import GenerationConfig, generate
+work = Path(sys.argv[1])
+config = json.loads((work / "config.json").read_text())["training"]
+prompts = [[{"role": "user", "content": f"Give me one tip about sleeping better ({i})."}]
+           for i in range(64)]
+generation = GenerationConfig(model=config["model"], models_dir="data/models",
+    adapter=str(work / "run" / "adapter"), samples_per_prompt=4, max_new_tokens=128,
+    batch_size=64, seed=0)
+try:
+    import vllm  # noqa: F401
+    from alignment.engine.vllm_backend import generate_vllm as sample
+    backend = "vllm (in-process engine)"
+except ImportError:
+    sample, backend = generate, "transformers (vLLM not installed)"
+if torch.cuda.is_available():
+    torch.cuda.reset_peak_memory_stats()
+started = time.monotonic()
+samples = sample(generation, prompts)
+elapsed = time.monotonic() - started
+tokens = sum(s.completion_tokens for s in samples)
+assert len(samples) == 64 * 4 and all(s.text for s in samples), "empty samples"
+memory = (f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MB peak allocated by torch"
+          if torch.cuda.is_available() else "no GPU")
+print(f"generation with {backend}: {len(samples)} samples, {tokens} tokens in {elapsed:.1f} s "
+      f"= {tokens / elapsed:.0f} tokens/s (engine start included); {memory}")
 print("gpu_check: OK")
 EOF

@@ -280,5 +280,14 @@ if GENERATION_BACKEND not in ("transformers", "vllm"):
     raise ImproperlyConfigured(
         f"PREFLOOP_GENERATION_BACKEND must be transformers or vllm, not {GENERATION_BACKEND!r}"
     )
+# vLLM on a GPU worker (alignment/engine/vllm_backend.py): the URL of a `vllm serve` server
+# (its OpenAI-compatible API; adapters are loaded into it by name), or empty for an engine in
+# the worker's own process, which takes this share of the GPU's memory.
+VLLM_URL = os.environ.get("PREFLOOP_VLLM_URL", "")
+VLLM_GPU_MEMORY = float(os.environ.get("PREFLOOP_VLLM_GPU_MEMORY", "0.45"))
+if not 0 < VLLM_GPU_MEMORY <= 1:
+    raise ImproperlyConfigured(
+        f"PREFLOOP_VLLM_GPU_MEMORY must be a share of the GPU in (0, 1], not {VLLM_GPU_MEMORY}"
+    )
 # Steps between a training run's checkpoints (0: none, so a lost worker's run starts over).
 TRAINING_CHECKPOINT_STEPS = int(os.environ.get("PREFLOOP_CHECKPOINT_STEPS", "50"))

@@ -19,6 +19,12 @@ def prompt_text(tokenizer: Any, prompt: Messages) -> str:
     return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
 
+def prompt_ids(tokenizer: Any, prompt: Messages) -> list[int]:
+    """The templated prompt's token ids, ready for the assistant's turn (one BOS at most:
+    the template's own)."""
+    return _ids(tokenizer, prompt_text(tokenizer, prompt))
+
+
 def turn_ids(
     tokenizer: Any, prompt: Messages, completion: str, *, complete: bool = True
 ) -> tuple[list[int], list[int]]:

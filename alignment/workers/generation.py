@@ -3,10 +3,12 @@ form the pairs batch by batch, record the outcome."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -25,8 +27,14 @@ from annotate.models import Prompt, Purpose, Response
 from annotate.services.prompts import ResponseInput, responses_create
 from core.jobs import JobLost, job_execute, job_heartbeat, job_log, job_succeed
 
-# The generation backends a worker can be configured with (settings.GENERATION_BACKEND).
-GENERATORS = {"transformers": generate, "vllm": generate_vllm}
+
+def _generator() -> Any:
+    """The generation backend this worker is configured with (settings.GENERATION_BACKEND)."""
+    if settings.GENERATION_BACKEND == "vllm":
+        return functools.partial(
+            generate_vllm, server_url=settings.VLLM_URL, gpu_memory=settings.VLLM_GPU_MEMORY
+        )
+    return generate
 
 
 def generation_job_execute(*, job_id: int) -> GenerationJob | None:
@@ -66,7 +74,7 @@ def _generation_run(job: GenerationJob) -> None:
     )
     started = time.monotonic()
     samples = (
-        GENERATORS[settings.GENERATION_BACKEND](
+        _generator()(
             config,
             [messages_guided(p.messages, guidance) if g else p.messages for p, g in variants],
             on_progress=recorder,
