@@ -43,11 +43,11 @@ class StoredRefDPOTrainer(DPOTrainer):
         dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
         if LENGTH_COLUMN not in dataset.column_names:
             return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(
-            [int(n) for n in dataset[LENGTH_COLUMN]],
-            group=self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            seed=self.args.seed,
-        )
+        lengths = [int(n) for n in dataset[LENGTH_COLUMN]]
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        if not length_grouping_pays(lengths, group, self.args.train_batch_size, self.args.seed):
+            return super()._get_train_sampler(train_dataset)  # a plain shuffle mixes better
+        return LengthGroupedSampler(lengths, group=group, seed=self.args.seed)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -147,6 +147,32 @@ class StoredRefDPOTrainer(DPOTrainer):
         finally:
             self.ref_model = saved
         return {**self.epoch_logps, **dict(zip(indices, found, strict=True))}
+
+
+# Group by length only where it saves at least this share of the tokens a plain shuffle pads
+# every pass to: where the pairs are of about one length, a plain shuffle mixes them better.
+GROUPING_MIN_SAVING = 0.1
+
+
+def padded_tokens(lengths: list[int], order: list[int], batch: int) -> int:
+    """The tokens the passes of `batch` rows in `order` hold, each padded to its longest."""
+    return sum(
+        max(lengths[i] for i in order[start : start + batch]) * len(order[start : start + batch])
+        for start in range(0, len(order), batch)
+    )
+
+
+def length_grouping_pays(lengths: list[int], group: int, batch: int, seed: int) -> bool:
+    """Whether grouping by length pads `GROUPING_MIN_SAVING` fewer tokens than a shuffle."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    shuffled = padded_tokens(
+        lengths, torch.randperm(len(lengths), generator=generator).tolist(), batch
+    )
+    grouped = padded_tokens(
+        lengths, get_length_grouped_indices(lengths, group, generator=generator), batch
+    )
+    return grouped <= (1 - GROUPING_MIN_SAVING) * shuffled
 
 
 class LengthGroupedSampler(Sampler[int]):
