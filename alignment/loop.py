@@ -308,6 +308,10 @@ def _loop_check(
         f"trained {run.summary['steps']} steps in {phases.seconds['training']:.0f} s "
         f"(loss {run.summary['train_loss']:.3f}) → {new.name}"
     )
+    log(
+        "  training by phase: "
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run.summary.get("phases", []))
+    )
 
     with phases("head-to-head generation"):
         round2 = round_start(

@@ -124,6 +124,8 @@ def run(
         on_cuda=on_cuda,
         checkpointed=[scan.latest.step] if scan.latest else [],
     )
+    if key is not None and reused < len(rows):
+        on_phase("reference log-probabilities")  # TRL computes them as the trainer is built
     trainer = trainer_class(
         model=model,
         args=args,
@@ -132,8 +134,6 @@ def run(
         peft_config=peft_config,
         callbacks=[reporter],
     )
-    if key is not None and reused < len(rows):
-        on_phase("reference log-probabilities")
     _trainer_prepare(trainer, config, on_cuda=on_cuda)
     if key is not None and reused < len(rows):
         assert ref_store is not None

@@ -94,6 +94,10 @@ def test_it_runs_a_panel_of_rules_and_reports_each_head_to_head(
         assert re.search(
             rf"\[{phase}\] done in \d+ s; peak RSS \d+ MB \(\d+ MB at its start\)", output
         )
+    # The training run's own phases, with their times.
+    assert re.search(
+        r"training by phase: loading the model \d+ s, .*saving the adapter \d+ s", output
+    )
     # The closing table: a row per rule.
     table = [line for line in output.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in table[1:]] == [f"| {rule}" for rule in rules]
