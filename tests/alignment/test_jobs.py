@@ -329,3 +329,26 @@ def test_a_run_page_says_its_phase_from_the_start_and_its_plan_as_its_log_does(
     page = client.get(f"/p/{tiny_project.slug}/runs/{run.pk}/").content.decode()
     table = page.split("data-phases>", 1)[1].split("</table>", 1)[0]
     assert table.count("<tr>") == len(phases) and "Reference log-probabilities" in table
+
+
+def test_a_worker_set_to_a_vllm_server_generates_a_round_through_it(
+    tiny_project: Project, settings
+) -> None:
+    from tests.engine.vllm_standin import VllmStandIn
+
+    settings.GENERATION_BACKEND = "vllm"
+    job = generation_job_make(tiny_project)
+    with VllmStandIn() as server:
+        settings.VLLM_URL = server.url
+        generation_job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    completions = [body for _, path, body in server.requests if path == "/v1/completions"]
+    assert len(completions) == 1  # the whole job in one request
+    prompts = job.prompts.count()
+    assert len(completions[0]["prompt"]) == prompts
+    responses = Response.objects.filter(generation__job=job)
+    assert responses.count() == prompts * completions[0]["n"]
+    assert all("sample" in r.text for r in responses)
+    # The round's comparisons were formed from them, as with the transformers backend.
+    assert Comparison.objects.filter(project=tiny_project).exists()
