@@ -62,14 +62,16 @@ with open(work / "pairs.jsonl", "w") as f:
         f.write(json.dumps(p) + "\n")
 (work / "config.json").write_text(json.dumps({"examples": str(work / "pairs.jsonl"),
     "training": {"model": model, "models_dir": "data/models", "output_dir": str(work / "run"),
-                 "epochs": 2, "batch_size": batch, "max_length": 384, "lora_r": 16,
+                 "epochs": 2, "batch_size": batch, "gradient_accumulation_steps": 1,
+                 "max_length": 384, "lora_r": 16,
                  "lora_alpha": 32, "checkpoint_steps": 5, "quantize_4bit": True}}))
 print(f"model {model}; {len(pairs)} pairs, batch {batch}, {steps} steps")
 EOF
 
-run() { "$python" -m alignment.engine.train "$work/config.json"; }
-# First attempt: killed (SIGKILL, as a lost worker) once a checkpoint is complete.
-run > "$work/first.log" 2>&1 &
+# First attempt: killed (SIGKILL, as a lost worker) once a checkpoint is complete. Python is
+# started directly in the background, so $! is its pid (a shell function's $! would be a
+# subshell, and killing that leaves the training running).
+"$python" -m alignment.engine.train "$work/config.json" > "$work/first.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do
   if ls "$work"/run/checkpoints/*/complete.json >/dev/null 2>&1; then break; fi
@@ -82,7 +84,8 @@ wait "$pid" 2>/dev/null || true
 killed_at=$(grep -c '^step ' "$work/first.log" || true)
 echo "first attempt killed after $killed_at steps; complete checkpoints: $(ls "$work/run/checkpoints")"
 # Second attempt: resumes from the newest complete checkpoint.
-run > "$work/second.log" 2>&1 || { tail -30 "$work/second.log"; exit 1; }
+"$python" -m alignment.engine.train "$work/config.json" > "$work/second.log" 2>&1 \
+  || { tail -30 "$work/second.log"; exit 1; }
 "$python" - "$work" "$steps" <<'EOF'
 import json, sys
 from pathlib import Path
