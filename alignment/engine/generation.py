@@ -216,9 +216,9 @@ def policy_load(
         # Merged weights generate as fast as the base; an unmerged adapter adds matmuls.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         # PEFT leaves the merged weights frozen. Frozen, torch's CPU kernels took another path
-        # under inference mode: a batch of 32 prompts held 1.7 GB more than the base model
-        # does (2.6 against 1.2 GB peak RSS, 16 prompts x 2 samples). No gradient is ever
-        # computed here either way (inference mode).
+        # under inference mode that held 1.3 GB more than the base model does (2.5 against
+        # 1.2 GB peak RSS, 16 prompts x 2 samples: bench/generation_memory.py). No gradient is
+        # ever computed here either way (inference mode).
         model.requires_grad_(True)
     model.eval()
     return model
