@@ -10,7 +10,8 @@ ChunkedLogProbFunction) on the labelled positions only, in smaller tiles of posi
 computes the log-probabilities alone: the three metric fields come back as zeros (Prefloop
 reports none of them: alignment.engine.training_run._StepReporter).
 
-It also keeps the last forward's summed log-probabilities per sequence (`last_logps`), which
+It also keeps the last training forward's summed log-probabilities per sequence
+(`last_logps`; a no-grad reference forward leaves them), which
 alignment.engine.trainers reads to learn the policy's log-probabilities of the training
 pairs during the last epoch without another pass.
 
@@ -106,7 +107,8 @@ def lean_head_add(model: Any) -> bool:
         )
         # masked_scatter keeps the result connected to the graph even with no label.
         per_token = log_probs.new_zeros(mask.shape).masked_scatter(mask, log_probs)
-        self.last_logps = per_token.detach().sum(dim=1)
+        if torch.is_grad_enabled():  # the policy's training forward, not a reference pass
+            self.last_logps = per_token.detach().sum(dim=1)
         zeros = torch.zeros_like(per_token, requires_grad=False)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(

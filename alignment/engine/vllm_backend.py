@@ -35,6 +35,7 @@ from typing import Any
 
 from alignment.engine.checkpoints import file_sha256
 from alignment.engine.generation import (
+    ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     GeneratedSample,
     GenerationConfig,
@@ -290,7 +291,7 @@ def _generate_in_process(
         raise RuntimeError(NOT_INSTALLED) from error
     lora = None
     if config.adapter is not None:
-        rank = int(json.loads((Path(config.adapter) / "adapter_config.json").read_text())["r"])
+        rank = int(json.loads((Path(config.adapter) / ADAPTER_CONFIG_FILE).read_text())["r"])
         if rank > ENGINE_MAX_LORA_RANK:
             raise ValueError(
                 f"adapter rank {rank} is over the vLLM engine's {ENGINE_MAX_LORA_RANK}: "
