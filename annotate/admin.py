@@ -1,14 +1,43 @@
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from django.contrib import admin
+from django.forms import ModelForm
+from django.http import HttpRequest
 
 from annotate import models
+
+logger = logging.getLogger(__name__)
+
+# What decides which code a worker runs: a base model's files, and whether its own Python may
+# run. Only a superuser sets them; each change is logged (and in the admin's history).
+MODEL_CODE_FIELDS = ("base_model", "trust_remote_code")
 
 
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin[models.Project]):
     list_display = ["name", "slug", "base_model", "overlap", "created_at"]
     prepopulated_fields = {"slug": ["name"]}
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else fields + MODEL_CODE_FIELDS
+
+    def save_model(
+        self, request: HttpRequest, obj: models.Project, form: ModelForm[Any], change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        for field in MODEL_CODE_FIELDS:
+            if field in form.changed_data:
+                logger.warning(
+                    "Project %s: %s set to %r by %s in the admin",
+                    obj.slug,
+                    field,
+                    getattr(obj, field),
+                    request.user.get_username(),
+                )
 
 
 @admin.register(models.Membership)

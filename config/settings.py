@@ -7,6 +7,7 @@ transport under data/. DATABASE_URL switches to PostgreSQL, CELERY_BROKER_URL to
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -73,6 +74,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "annotate",
     "alignment",
 ]
@@ -88,6 +90,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: it turns a locked-out login into its answer (AXES_LOCKOUT_CALLABLE).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -142,7 +146,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
-AUTHENTICATION_BACKENDS = ["annotate.auth.Backend"]
+# Axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "annotate.auth.Backend"]
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -151,7 +156,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
+# In the image: inside it (/app/staticfiles), written at build time, never on a volume that
+# an older image's files could shadow.
+STATIC_ROOT = Path(os.environ.get("PREFLOOP_STATIC_ROOT", DATA_DIR / "staticfiles")).resolve()
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -184,7 +191,7 @@ CONTENT_SECURITY_POLICY = {
 # error shape; its schema and Swagger UI (assets from the sidecar package: no CDN) at /api/v1/.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "annotate.auth.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -218,13 +225,68 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ComparisonStatusEnum": "annotate.models.ComparisonStatus",
         "JobStatusEnum": "core.models.JobStatus",
+        "ReferenceEnum": "alignment.models.Reference",
+        "ReferenceChoiceEnum": [("parent", "The parent's policy"), ("base", "The base model")],
     },
 }
 
-SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", default=False)
-# Sessions are read on every request; the per-process cache spares most of those queries.
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Caches. With CACHE_URL (Redis) one cache for every process: sessions are read from it (and
+# written through to the database), and the API's throttles count across the web processes.
+# Without it each process has its own memory cache, so sessions are plain database sessions:
+# a session cached per process would outlive its logout in the other gunicorn workers.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL:
+    if not CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(f"CACHE_URL must be a redis:// URL, not {CACHE_URL!r}")
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "prefloop",
+        }
+    }
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+# Behind TLS (HTTPS=1, the production shape): secure cookies, a redirect to https and HSTS.
+# Behind a proxy that ends TLS, PROXY_SSL_HEADER names the header it sets to "https" (for
+# example X-Forwarded-Proto); set it only if the proxy always sets or strips that header.
+HTTPS = env_bool("HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS and env_bool("SECURE_SSL_REDIRECT", default=True)
+# The health check is asked over plain HTTP from inside the deployment (compose, a monitor).
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
+if not SECURE_HSTS_PRELOAD:
+    # Preloading puts the domain in the browsers' built-in lists, hard to undo: an operator's
+    # choice (SECURE_HSTS_PRELOAD=1), so its reminder is not one `check --deploy` repeats.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+_proxy_header = os.environ.get("PROXY_SSL_HEADER", "").strip()
+if _proxy_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+# Behind that many proxies that append to X-Forwarded-For, the client's address is the one
+# they saw (login lockouts count per address); 0: the connection's own address.
+TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+
+# Logins that resist guessing (django-axes, counts in the database, so across processes):
+# after LOGIN_FAILURE_LIMIT wrong passwords for one account, or from one address, within
+# LOGIN_COOLOFF_MINUTES, every login for it is refused (429, with Retry-After) until that long
+# has passed without a failure. The form, the admin and the API's token endpoint alike.
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "10"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "annotate.auth.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "annotate.auth.client_address"
+AXES_VERBOSE = False
+
+# API tokens expire API_TOKEN_DAYS after they were issued (the token endpoint then issues a new
+# one); a password change or a deactivation revokes them at once (annotate/signals.py).
+API_TOKEN_DAYS = int(os.environ.get("API_TOKEN_DAYS", "30"))
 
 # Celery
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
@@ -258,9 +320,21 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 JOB_HEARTBEAT_SECONDS = float(os.environ.get("JOB_HEARTBEAT_SECONDS", "30"))
 JOB_HEARTBEAT_STALE_SECONDS = int(os.environ.get("JOB_HEARTBEAT_STALE_SECONDS", "300"))
 JOB_MAX_ATTEMPTS = int(os.environ.get("JOB_MAX_ATTEMPTS", "3"))
+# The health check (core/health.py) counts a worker alive while it runs the canary task that
+# beat sends to the default queue every CANARY_SECONDS.
+CANARY_SECONDS = float(os.environ.get("CANARY_SECONDS", "60"))
 CELERY_BEAT_SCHEDULE = {
     "jobs-recover": {"task": "core.tasks.jobs_recover", "schedule": 60.0},
+    "worker-canary": {
+        "task": "core.tasks.worker_canary",
+        "schedule": CANARY_SECONDS,
+        "args": ["default"],
+        "options": {"queue": "default", "expires": CANARY_SECONDS},
+    },
 }
+# Task events, so Flower (or `celery events`) shows the queues and each task's progress.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
 
 LOGGING = {
     "version": 1,

@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from alignment.urls import api_urlpatterns as alignment_api
 from annotate.api.auth import TokenApi
 from annotate.urls import api_urlpatterns as annotate_api
+from core.health import health, health_web
 
 handler404 = "core.api.page_not_found"
 handler500 = "core.api.server_error"
@@ -29,6 +30,8 @@ api_urlpatterns = [
 ]
 
 urlpatterns = [
+    path("health/", health, name="health"),
+    path("health/web/", health_web, name="health_web"),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -230,6 +230,10 @@ def job_kind_register(model: type[Job], *, dispatch: Callable[[int], None]) -> N
     _KINDS[model] = dispatch
 
 
+def job_kinds() -> list[type[Job]]:
+    return list(_KINDS)
+
+
 def jobs_recover() -> list[tuple[Job, str]]:
     """Find jobs of every registered kind whose worker died (no heartbeat for
     JOB_HEARTBEAT_STALE_SECONDS) and hand them to the next worker, or fail them after

@@ -49,3 +49,15 @@ class Job(models.Model):
         if not self.progress_total:
             return 0
         return min(100, round(100 * self.progress_done / self.progress_total))
+
+
+class WorkerCanary(models.Model):
+    """When a worker last ran the canary task from each queue (core.tasks.worker_canary, sent
+    by Celery beat): the health check's proof that tasks are consumed, not only queued."""
+
+    queue = models.CharField(max_length=40, primary_key=True)
+    done_at = models.DateTimeField()
+    worker = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.queue}: {self.done_at:%Y-%m-%d %H:%M:%S} by {self.worker}"

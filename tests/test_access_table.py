@@ -69,6 +69,15 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
     "admin:index": {   # the admin's own views are Django's; only its gate is ours to check
         "GET":  (ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, ADMIN_LOGIN, 200),
     },
+    # Open to all, like an uptime monitor: no project's data, only counts (503: no worker here).
+    "health": {
+        "GET":  (503,         503,         503,         503,         503,         503,         503),
+        "POST": (405,         405,         405,         405,         405,         405,         405),
+    },
+    "health_web": {
+        "GET":  (200,         200,         200,         200,         200,         200,         200),
+        "POST": (405,         405,         405,         405,         405,         405,         405),
+    },
     "login": {
         "GET":  (200,         200,         200,         200,         200,         200,         200),
         "POST": (200,         200,         200,         200,         200,         200,         200),

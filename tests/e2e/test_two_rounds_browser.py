@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from playwright.sync_api import Browser, Page, expect
 from pytest_django.live_server_helper import LiveServer
 
@@ -84,8 +85,10 @@ def _train(lead: Page, live_server: LiveServer, parent: str) -> TrainingRun:
 def test_two_full_rounds_from_the_ui_end_on_the_leaderboard(
     eager_worker: None, browser: Browser, live_server: LiveServer
 ) -> None:
-    # `make demo`'s seeding, smaller: round 1 is generated as it is queued.
-    call_command("seed_demo", round_prompts=6, max_new_tokens=24, verbosity=0)
+    # `make demo`'s seeding (with DEBUG, as `make demo` runs it), smaller: round 1 is
+    # generated as it is queued.
+    with override_settings(DEBUG=True):
+        call_command("seed_demo", round_prompts=6, max_new_tokens=24, verbosity=0)
     project = Project.objects.get(slug="demo")
     assert Comparison.objects.filter(project=project, round_number=1).exists()
     lead = _login(browser, live_server, "lead", "prefloop-lead")

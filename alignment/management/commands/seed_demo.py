@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from alignment.models import Round
@@ -28,7 +32,8 @@ class Command(BaseCommand):
     help = (
         "Seed the demo project (guidelines, the built-in prompt bank, a lead, two annotators "
         "and a reviewer) "
-        "and queue round 1 generation. Safe to re-run: existing data is kept."
+        "and queue round 1 generation. Safe to re-run: existing data is kept. The demo's "
+        "passwords are public (README): without DEBUG it refuses, unless --ask-passwords."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -36,12 +41,30 @@ class Command(BaseCommand):
             "--round-prompts", type=int, default=48, help="Training prompts in round 1."
         )
         parser.add_argument("--max-new-tokens", type=int, default=200)
+        parser.add_argument(
+            "--ask-passwords",
+            action="store_true",
+            help="Ask for each new account's password instead of using the public ones.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
+        ask = options["ask_passwords"]
+        if not settings.DEBUG and not ask:
+            raise CommandError(
+                "seed_demo creates accounts whose passwords are public (README), and DEBUG is "
+                "off, so this may be a production database. For a demo run it with DEBUG=1; "
+                "to seed the demo here anyway, pass --ask-passwords and type the passwords."
+            )
+        passwords = {username: password for username, password, _role in ACCOUNTS}
+        if ask:
+            for username in passwords:
+                if not User.objects.filter(username=username).exists():
+                    passwords[username] = self._password_ask(username)
         with transaction.atomic():
             users = {}
-            for username, password, _role in ACCOUNTS:
+            for username, _public, _role in ACCOUNTS:
+                password = passwords[username]
                 user, created = User.objects.get_or_create(username=username)
                 if created:
                     user.set_password(password)
@@ -87,7 +110,23 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"Queued round {round_.number} generation ({round_.prompts.count()} prompts)."
                 )
+        if ask:
+            self.stdout.write("Accounts: " + ", ".join(username for username, *_ in ACCOUNTS))
+            return
         self.stdout.write("Accounts (username / password):")
         for username, password, role in ACCOUNTS:
             admin = ", and the site admin at /admin/" if username == ADMIN else ""
             self.stdout.write(f"  {username} / {password}  ({role.label.lower()}{admin})")
+
+    def _password_ask(self, username: str) -> str:
+        while True:
+            password = getpass.getpass(f"Password for {username}: ")
+            try:
+                validate_password(password)
+            except ValidationError as error:
+                self.stderr.write(" ".join(error.messages))
+                continue
+            if password in {public for _name, public, _role in ACCOUNTS}:
+                self.stderr.write("That is one of the demo's public passwords.")
+                continue
+            return password
