@@ -44,7 +44,8 @@ from alignment.spec_fields import serializer_fields
 from annotate.api.projects import ProjectApi
 from annotate.models import DatasetSnapshot, Project, Role
 from annotate.services.snapshots import SnapshotFilters
-from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED
+from core.api import BODY_ERRORS, ERRORS, REJECTED
+from core.http import MAX_ID
 from core.models import JobStatus
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from typing import Any
 
@@ -27,6 +26,7 @@ from alignment.services.rounds import (
 from alignment.services.training import TrainingPlan
 from alignment.services.training_settings import TrainingSettings
 from alignment.spec_fields import form_fields, form_values
+from core.http import numbers_parse
 
 
 class ModelVersionField(forms.ModelChoiceField[ModelVersion]):
@@ -108,9 +108,6 @@ class RoundStartForm(forms.Form):
         return SamplingSettings(**form_values(SAMPLING_FIELDS, self.cleaned_data))
 
 
-_ROUNDS_RE = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
-
-
 class TrainingRunStartForm(forms.Form):
     """Train a new model version on the current preference pairs."""
 
@@ -144,6 +141,7 @@ class TrainingRunStartForm(forms.Form):
     rounds = forms.CharField(
         label="Rounds listed",
         required=False,
+        max_length=2000,
         help_text="With “the rounds listed”: comma-separated round numbers, e.g. 1, 2.",
     )
     min_agreement = forms.FloatField(
@@ -191,12 +189,11 @@ class TrainingRunStartForm(forms.Form):
                     self.fields[name].initial = value
 
     def clean_rounds(self) -> tuple[int, ...]:
-        value: str = self.cleaned_data.get("rounds") or ""
-        if not value.strip():
-            return ()
-        if not _ROUNDS_RE.match(value):
-            raise forms.ValidationError("Rounds must be comma-separated round numbers, e.g. 1, 2.")
-        return tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
+        try:
+            rounds = numbers_parse(self.cleaned_data.get("rounds") or "", name="Rounds")
+        except ValueError as error:
+            raise forms.ValidationError(str(error)) from None
+        return tuple(sorted(set(rounds)))
 
     def plan(self) -> TrainingPlan:
         """The round's choices; a post without them (an older form) takes the defaults, and

@@ -11,7 +11,8 @@ from annotate.exports import FORMATS, ExportFilters
 from annotate.imports.jobs import INLINE_MAX_BYTES
 from annotate.imports.reading import MAX_FILE_BYTES, file_type_guess
 from annotate.models import Choice, Project, Role
-from annotate.services.projects import PROJECT_SETTINGS
+from annotate.services.projects import MAX_QUOTA, PROJECT_SETTINGS
+from core.http import numbers_parse
 
 MAX_LIST_ITEMS = 12
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # what an import reads at most, from any source
@@ -75,7 +76,12 @@ class ProjectSettingsForm(forms.ModelForm[Project]):
 class MemberForm(forms.Form):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=Role.choices)
-    quota = forms.IntegerField(min_value=1, required=False)
+    quota = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_QUOTA,
+        required=False,
+        help_text=f"Judgments this member may make at most (1 to {MAX_QUOTA}); empty: no limit.",
+    )
 
     def clean_username(self) -> User:
         username = self.cleaned_data["username"].strip()
@@ -115,7 +121,9 @@ class ExportForm(forms.Form):
         initial="train",
         help_text="Held-out (eval) prompts never go into training data unless you ask here.",
     )
-    rounds = CommaListField(required=False, help_text="e.g. 1, 2 (empty: every round)")
+    rounds = forms.CharField(
+        required=False, max_length=2000, help_text="e.g. 1, 2 (empty: every round)"
+    )
     min_agreement = forms.FloatField(
         min_value=0.0,
         max_value=1.0,
@@ -137,9 +145,10 @@ class ExportForm(forms.Form):
 
     def clean_rounds(self) -> tuple[int, ...]:
         try:
-            return tuple(int(item) for item in self.cleaned_data["rounds"])
-        except ValueError:
-            raise forms.ValidationError("Rounds are whole numbers, e.g. 1, 2.") from None
+            rounds = numbers_parse(self.cleaned_data["rounds"], name="Rounds")
+        except ValueError as error:
+            raise forms.ValidationError(str(error)) from None
+        return tuple(dict.fromkeys(rounds))
 
     def filters(self) -> ExportFilters:
         data = self.cleaned_data

@@ -372,9 +372,9 @@ class Judgment(models.Model):
     reason_tags = models.JSONField(default=list, blank=True)
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     guideline = models.ForeignKey(Guideline, null=True, blank=True, on_delete=models.PROTECT)
-    # Unique through a constraint, not `unique=True`: on PostgreSQL that adds a second index
-    # for LIKE queries, which nobody runs, and every submit would pay for. NULL (no key) stays
-    # outside the constraint, as many judgments have no key.
+    # Unique per annotator, through a constraint (see Meta): a key is the client's, so one
+    # annotator's key neither collides with nor reveals another's. NULL (no key) stays outside
+    # the constraint, as many judgments have no key.
     idempotency_key = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     superseded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -388,7 +388,10 @@ class Judgment(models.Model):
                 condition=Q(superseded_at__isnull=True),
                 name="judgment_one_live_per_annotator_and_kind",
             ),
-            models.UniqueConstraint(fields=["idempotency_key"], name="judgment_idempotency_key"),
+            # Also the index a submit finds its retried twin by (annotator, key).
+            models.UniqueConstraint(
+                fields=["annotator", "idempotency_key"], name="judgment_idempotency_key_annotator"
+            ),
         ]
         indexes = [
             models.Index(fields=["annotator", "created_at"]),

@@ -6,16 +6,26 @@ No views here: DRF imports the parser and the handler while it builds APIView.
 
 from __future__ import annotations
 
+import codecs
+import json
 import logging
+import re
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import (
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
-from rest_framework import exceptions, serializers
-from rest_framework.parsers import JSONParser
+from rest_framework import exceptions, parsers, serializers
 from rest_framework.response import Response
+from rest_framework.utils.json import strict_constant
 
 from core.errors import ValidationFailed
 
@@ -56,6 +66,9 @@ REJECTED = {422: OpenApiResponse(ErrorSerializer, description="Refused by the pr
 # What a view that reads a body may answer besides.
 BODY_ERRORS = {
     **ERRORS,
+    413: OpenApiResponse(
+        ErrorSerializer, description="The body is larger than the server takes (its message says)."
+    ),
     415: OpenApiResponse(ErrorSerializer, description="The body is not JSON."),
 }
 
@@ -81,6 +94,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """Every error as {"error": {status, code, message, fields?, rows?}}."""
     if isinstance(exc, ValidationFailed):
         return error_response(422, exc.code, str(exc), **exc.details())
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(413, "too_large", _too_large_message())
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return error_response(400, "too_many_fields", f"The body has too many fields: {exc}")
+    if isinstance(exc, SuspiciousOperation):
+        # What Django answers 400 to outside DRF (a malformed multipart body, ...).
+        return error_response(400, "bad_request", "The request is malformed.")
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):
@@ -112,10 +132,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return body
 
 
-# Paging ----------------------------------------------------------------------------------------
+def _too_large_message() -> str:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    size = f"{limit / 2**20:.1f} MB ({limit} bytes)" if limit else "the server's limit"
+    return f"The request body is larger than the limit of {size}."
 
-# Ids in paths and filters: larger numbers name nothing (and would overflow the database).
-MAX_ID = 2**31 - 1
+
+# Paging ----------------------------------------------------------------------------------------
 
 
 class PageQuery(serializers.Serializer[Any]):
@@ -137,31 +160,74 @@ def paged_serializer(name: str, item: type[serializers.Serializer[Any]]) -> Any:
 # Parsing ---------------------------------------------------------------------------------------
 
 
-class StrictJSONParser(JSONParser):
-    """JSON whose strings are all valid Unicode: a lone surrogate ("\\ud800") parses in Python
-    but cannot be stored, so it is refused here with the other malformed bodies."""
+# How deep a body's arrays and objects may nest. No body of this API needs more than a few
+# levels; far deeper, Python's JSON decoder runs out of stack (a RecursionError, not an answer).
+MAX_JSON_DEPTH = 64
+
+# A string (escapes included) or a bracket: what the depth check steps through.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+class StrictJSONParser(parsers.JSONParser):
+    """JSON that can be stored: nested at most MAX_JSON_DEPTH deep, and strings that are all
+    valid Unicode (a lone surrogate, "\\ud800", parses in Python but cannot be stored). Both
+    are refused here with the other malformed bodies (400)."""
 
     def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
-        data = super().parse(stream, media_type, parser_context)
+        # DRF's charset check (a text codec, or a 400); newer than the stubs.
+        encoding = parsers.get_encoding(parser_context or {})  # type: ignore[attr-defined]
+        try:
+            text = codecs.getreader(encoding)(stream).read()
+        except ValueError as exc:  # UnicodeDecodeError among them
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+        _depth_check(text)
+        try:
+            data = json.loads(text, parse_constant=strict_constant if self.strict else None)
+        except ValueError as exc:
+            raise exceptions.ParseError(f"JSON parse error - {exc}") from None
+        except RecursionError:  # the depth check makes this unreachable; kept as a 400 anyway
+            raise exceptions.ParseError(_too_deep()) from None
         _unicode_check(data)
         return data
 
 
-def _unicode_check(value: Any) -> None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise exceptions.ParseError(
-                "JSON parse error - a string is not valid Unicode."
-            ) from None
-    elif isinstance(value, dict):
-        for key, inner in value.items():
-            _unicode_check(key)
-            _unicode_check(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            _unicode_check(inner)
+def _too_deep() -> str:
+    return f"JSON parse error - arrays and objects nest more than {MAX_JSON_DEPTH} deep."
+
+
+def _depth_check(text: str) -> None:
+    """Refuse text whose brackets nest deeper than MAX_JSON_DEPTH (brackets inside strings
+    do not count), before the decoder recurses into it."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return  # too few brackets to nest that deep: the common, small body
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise exceptions.ParseError(_too_deep())
+        elif token in ("]", "}"):
+            depth -= 1
+
+
+def _unicode_check(data: Any) -> None:
+    # A stack, not recursion: the depth is bounded above, but a walk need not rely on that.
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise exceptions.ParseError(
+                    "JSON parse error - a string is not valid Unicode."
+                ) from None
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 # Django's own 404 and 500 (a URL no pattern matches, an error outside DRF): JSON under /api/,

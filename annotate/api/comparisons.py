@@ -13,7 +13,8 @@ from annotate import selectors
 from annotate.access import access_comparison
 from annotate.api.projects import MessageOut, ProjectApi
 from annotate.models import Choice, Comparison, ComparisonStatus, Judgment, JudgmentKind, Role
-from core.api import ERRORS, MAX_ID, PageQuery, paged_serializer
+from core.api import ERRORS, PageQuery, paged_serializer
+from core.http import MAX_ID
 
 
 class ResponseOut(serializers.Serializer[Any]):

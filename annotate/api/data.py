@@ -16,15 +16,16 @@ from annotate.coverage import coverage_is_stale
 from annotate.exports import FORMATS, SPLITS, ExportFilters, export_download
 from annotate.models import CoverageStats, Role
 from core.api import ERRORS
+from core.http import MAX_ID, numbers_parse
 
 
 class ExportQuery(serializers.Serializer[Any]):
     format = serializers.ChoiceField(choices=list(FORMATS), default="dpo")
     split = serializers.ChoiceField(choices=list(SPLITS), default="train")
-    rounds = serializers.RegexField(
-        r"^\s*\d{1,9}\s*(,\s*\d{1,9}\s*)*$",
+    rounds = serializers.CharField(
         required=False,
-        help_text="Comma-separated round numbers; none: every round.",
+        max_length=2000,
+        help_text=f"Comma-separated round numbers (0 to {MAX_ID}); none: every round.",
     )
     min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
     tags = serializers.CharField(
@@ -37,13 +38,19 @@ class ExportQuery(serializers.Serializer[Any]):
         help_text="Comma-separated: only pairs whose winner also won these criteria.",
     )
 
+    def validate_rounds(self, value: str) -> tuple[int, ...]:
+        try:
+            return tuple(dict.fromkeys(numbers_parse(value, name="rounds")))
+        except ValueError as error:
+            raise serializers.ValidationError(str(error)) from None
+
 
 def _export_query(request: Request) -> tuple[str, ExportFilters]:
     query = ExportQuery(data=request.query_params)
     query.is_valid(raise_exception=True)
     data = query.validated_data
     filters = ExportFilters(
-        rounds=tuple(int(n) for n in data.get("rounds", "").split(",") if n.strip()),
+        rounds=data.get("rounds", ()),
         min_agreement=data["min_agreement"],
         split=data["split"],
         tags=tuple(t.strip() for t in data.get("tags", "").split(",") if t.strip()),

@@ -26,7 +26,8 @@ from annotate.services.judgments import (
     judgment_undo,
 )
 from annotate.services.projects import guideline_acknowledge, guideline_current
-from core.api import BODY_ERRORS, ERRORS, MAX_ID, REJECTED, PageQuery, paged_serializer
+from core.api import BODY_ERRORS, ERRORS, REJECTED, PageQuery, paged_serializer
+from core.http import MAX_ID
 
 
 class RenderedHtmlField(serializers.CharField):
@@ -304,8 +305,9 @@ class GuidelineApi(ProjectApi):
         operation_id="guidelines_acknowledge",
         tags=["annotation"],
         request=AcknowledgeIn,
-        responses={200: AcknowledgedOut, **BODY_ERRORS},
+        responses={200: AcknowledgedOut, **BODY_ERRORS, **REJECTED},
         summary="Say you have read the guidelines up to a version",
+        description="Up to the current version at most: a later one is refused (422).",
     )
     def post(self, request: Request, slug: str) -> Response:
         project = self.project(request, slug)

@@ -117,7 +117,8 @@ def judgment_submit(
     Give either `choice` (a / b / tie / both_bad) or `side` (left / right / tie / both_bad, in
     the layout this annotator's lease shows; criteria values are sides too). With `project`,
     a comparison of another project is refused as missing (ComparisonMissing). A retried
-    submit with the same idempotency key returns the first judgment unchanged. Votes never
+    submit with the same idempotency key returns the first judgment unchanged; a key is the
+    annotator's own (another annotator's same key is another judgment). Votes never
     exceed the project's overlap (gold items excepted: everyone answers them); one live vote
     per (annotator, comparison). A held swapped re-check lease makes this a re-check, which
     never counts as a vote. A vote from someone without a live lease is taken only while the
@@ -163,11 +164,13 @@ def judgment_submit(
             _slot_check(comparison=comparison, judgment=judgment, state=state)
             _judgment_write(judgment=judgment, comparison=comparison, now=now)
     except IntegrityError:
-        # A concurrent twin of this submit won the race (same key or same annotator).
+        # A concurrent twin of this submit won the race (same key or same comparison).
         if idempotency_key:
-            existing = Judgment.objects.filter(idempotency_key=idempotency_key).first()
+            existing = Judgment.objects.filter(
+                annotator=annotator, idempotency_key=idempotency_key
+            ).first()
             if existing is not None:
-                return existing
+                return _twin(twin_id=existing.pk, annotator=annotator, comparison_id=comparison_id)
         raise JudgmentRejected("You have already judged this comparison.") from None
     return judgment
 
@@ -187,10 +190,11 @@ def _comparison_locked(
 
 
 def _twin(*, twin_id: int, annotator: User, comparison_id: int) -> Judgment:
-    """The judgment a retried submit with the same idempotency key already stored."""
-    twin = Judgment.objects.get(pk=twin_id)
-    if twin.annotator_id != annotator.pk or twin.comparison_id != comparison_id:
-        raise JudgmentRejected("This idempotency key belongs to another judgment.")
+    """The judgment a retried submit with the same idempotency key already stored (the key
+    is looked up among the annotator's own judgments only)."""
+    twin = Judgment.objects.get(pk=twin_id, annotator=annotator)
+    if twin.comparison_id != comparison_id:
+        raise JudgmentRejected("You used this idempotency key for another of your judgments.")
     return twin
 
 

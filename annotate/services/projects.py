@@ -29,6 +29,9 @@ PROJECT_SETTINGS = (
     "undo_seconds",
 )
 
+# The most judgments a member's quota may allow (the member form's bound too).
+MAX_QUOTA = 1_000_000
+
 
 def project_create(
     *,
@@ -69,6 +72,8 @@ def membership_set(
 ) -> Membership:
     if role not in Role.values:
         raise ValidationFailed(f"Unknown role {role!r}; expected one of {Role.values}.")
+    if quota is not None and not 1 <= quota <= MAX_QUOTA:
+        raise ValidationFailed(f"quota must be between 1 and {MAX_QUOTA}, or none.")
     membership, _ = Membership.objects.update_or_create(
         project=project, user=user, defaults={"role": role, "quota": quota}
     )
@@ -100,4 +105,13 @@ def guideline_publish(
 
 
 def guideline_acknowledge(*, project: Project, user: User, version: int) -> None:
+    """Record that ``user`` has read the guidelines up to ``version``: one of the project's,
+    never a version not yet published (ValidationFailed)."""
+    current = guideline_current(project=project)
+    if current is None:
+        raise ValidationFailed("This project has no guidelines yet.")
+    if not 1 <= version <= current.version:
+        raise ValidationFailed(
+            f"There is no guideline version {version}: the current one is {current.version}."
+        )
     Membership.objects.filter(project=project, user=user).update(guideline_seen_version=version)

@@ -53,7 +53,7 @@ class SubmitState:
     lease_left_is_a: bool | None
     lease_is_recheck: bool
     lease_live: bool
-    twin_id: int | None  # the judgment already stored under the idempotency key
+    twin_id: int | None  # this annotator's judgment already stored under the idempotency key
     guideline_id: int | None  # the project's current guideline
     live_others: int  # slots others' live leases hold
     judged_already: bool  # this annotator's live vote on it
@@ -65,13 +65,16 @@ def submit_state(
     at = sql.timestamp(now)
     row = sql.one(
         "SELECT l.state, l.left_is_a, l.is_recheck, l.expires_at > %s,"
-        f" (SELECT t.id FROM {sql.JUDGMENT} t WHERE t.idempotency_key = %s),"
+        # A key is its annotator's own: another's same key is no twin (and must not be seen).
+        f" (SELECT t.id FROM {sql.JUDGMENT} t WHERE t.annotator_id = %s"
+        " AND t.idempotency_key = %s),"
         f" (SELECT g.id FROM {sql.GUIDELINE} g WHERE g.project_id = c.project_id"
         f" ORDER BY g.version DESC LIMIT 1), {LIVE_OTHERS}, {JUDGED_BY}"
         f" FROM {sql.COMPARISON} c LEFT JOIN {sql.LEASE} l"
         " ON l.comparison_id = c.id AND l.annotator_id = %s WHERE c.id = %s",
         [
             at,
+            annotator_id,
             idempotency_key,
             *live_others_params(annotator_id=annotator_id, now=now),
             annotator_id,
