@@ -19,8 +19,8 @@ class AlignmentConfig(AppConfig):
         from annotate.signals import pair_decided
         from core.jobs import job_kind_register
 
-        job_kind_register(GenerationJob, dispatch=generation_dispatch)
-        job_kind_register(TrainingRun, dispatch=training_run_dispatch)
+        job_kind_register(GenerationJob, dispatch=generation_dispatch, queue="gpu")
+        job_kind_register(TrainingRun, dispatch=training_run_dispatch, queue="gpu")
         # annotate creates projects and knows nothing of model versions (alignment depends on
         # it, never the reverse): the base version, the root of the lineage, comes with them.
         post_save.connect(

@@ -17,6 +17,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -221,13 +222,22 @@ def job_execute(model: type[J], *, job_id: int, body: Callable[[J], None]) -> J 
 
 # Recovery --------------------------------------------------------------------------------------
 
-_KINDS: dict[type[Job], Callable[[int], None]] = {}
+
+@dataclass(frozen=True)
+class _Kind:
+    dispatch: Callable[[int], None]
+    queue: str
 
 
-def job_kind_register(model: type[Job], *, dispatch: Callable[[int], None]) -> None:
+_KINDS: dict[type[Job], _Kind] = {}
+
+
+def job_kind_register(
+    model: type[Job], *, dispatch: Callable[[int], None], queue: str = "default"
+) -> None:
     """Make `jobs_recover` look after `model`'s jobs; `dispatch(job_id)` queues one for a worker
-    (after the transaction commits)."""
-    _KINDS[model] = dispatch
+    (after the transaction commits), on the Celery queue named `queue`."""
+    _KINDS[model] = _Kind(dispatch=dispatch, queue=queue)
 
 
 def job_kinds() -> list[type[Job]]:
@@ -237,17 +247,48 @@ def job_kinds() -> list[type[Job]]:
 def jobs_recover() -> list[tuple[Job, str]]:
     """Find jobs of every registered kind whose worker died (no heartbeat for
     JOB_HEARTBEAT_STALE_SECONDS) and hand them to the next worker, or fail them after
-    JOB_MAX_ATTEMPTS attempts. What a requeued job does again is the kind's own business (a
-    training run resumes from its newest checkpoint, a generation job does the prompts not done,
-    an import starts its file over). Runs every minute (Celery beat); returns what it changed."""
-    heartbeat_before = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_SECONDS)
+    JOB_MAX_ATTEMPTS attempts; and send again the message of a job queued that long whose
+    queue holds no message at all (a broker restarted without persistence lost it). A message
+    sent twice is harmless: the second finds nothing to claim. What a requeued job does again
+    is the kind's own business (a training run resumes from its newest checkpoint, a
+    generation job does the prompts not done, an import starts its file over). Runs every
+    minute (Celery beat); returns what it changed: (job, "requeued", "failed" or "resent")."""
+    before = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_SECONDS)
     changed: list[tuple[Job, str]] = []
     with transaction.atomic():
-        for model, dispatch in _KINDS.items():
+        for model, kind in _KINDS.items():
             for job, outcome in job_requeue_stale(
-                model, heartbeat_before=heartbeat_before, max_attempts=settings.JOB_MAX_ATTEMPTS
+                model, heartbeat_before=before, max_attempts=settings.JOB_MAX_ATTEMPTS
             ):
                 if outcome == "requeued":
-                    dispatch(job.pk)
+                    kind.dispatch(job.pk)
                 changed.append((job, outcome))
+            waiting = model._default_manager.filter(status=JobStatus.QUEUED, created_at__lt=before)
+            if waiting.exists() and _queue_empty(kind.queue):
+                for job in waiting:
+                    job_log(job, "its queue held no message for it (a broker restart?): sent again")
+                    model._default_manager.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+                        log_tail=job.log_tail
+                    )
+                    kind.dispatch(job.pk)
+                    changed.append((job, "resent"))
     return changed
+
+
+def _queue_empty(queue: str) -> bool:
+    """Whether the broker's `queue` holds no message (a queue the broker does not know, after a
+    restart, holds none). False when the broker cannot be asked: then nothing is sent."""
+    from celery import current_app
+    from kombu.exceptions import ChannelError
+
+    try:
+        with current_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+            try:
+                declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+            except ChannelError:
+                return True  # "no queue" (Redis forgot its bindings): no message either
+            return int(declared.message_count) == 0
+    except Exception:
+        logger.warning("cannot ask the broker about queue %s", queue, exc_info=True)
+        return False

@@ -172,3 +172,39 @@ def test_the_database_holds_one_active_run_per_project(project: Project, annotat
     assert training_run_start(
         project=project, base_version=base, dispatch=False, training=TrainingSettings()
     )
+
+
+def _gpu_queue_count(purge: bool = False) -> int:
+    """Messages in the broker's gpu queue (0 where the broker knows no such queue)."""
+    from celery import current_app
+    from kombu.exceptions import ChannelError
+
+    with current_app.connection_for_write() as conn:
+        channel = conn.default_channel
+        if purge:
+            channel.queue_purge("gpu")
+        try:
+            return int(channel.queue_declare(queue="gpu", passive=True).message_count)
+        except ChannelError:
+            return 0
+
+
+def test_a_queued_job_whose_message_the_broker_lost_is_sent_again(
+    tiny_project: Project, settings, django_capture_on_commit_callbacks
+) -> None:
+    job = generation_job_make(tiny_project)  # queued; its message never sent (as if lost)
+    _gpu_queue_count(purge=True)
+    assert jobs_recover() == [], "queued only now: its message may be on its way"
+    GenerationJob.objects.filter(pk=job.pk).update(
+        created_at=timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_STALE_SECONDS + 1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        (changed,) = jobs_recover()
+    assert changed[0].pk == job.pk and changed[1] == "resent"
+    assert _gpu_queue_count() == 1
+    # Its message waits in the queue now: it is not sent a second time.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs_recover() == []
+    assert _gpu_queue_count(purge=True) == 0
+    job.refresh_from_db()
+    assert "sent again" in job.log_tail and job.status == JobStatus.QUEUED

@@ -7,18 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection
 
 from alignment.models import GenerationJob, ModelVersion, PairingStrategy, Round, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
@@ -29,61 +26,11 @@ from annotate.imports.jobs import import_job_start
 from annotate.models import Comparison, ImportJob, Project, Response
 from annotate.services.judgments import judgment_submit
 from core.jobs import jobs_recover
-from core.models import Job, JobStatus
-from tests.factories import MODELS_DIR, REPO, comparison_make, round_make
-
-J = TypeVar("J", bound=Job)
+from core.models import JobStatus
+from tests.factories import comparison_make, round_make
+from tests.integration.workers import wait_for, worker_start, worker_stop
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def _worker_start(tmp_path: Path, name: str, **env_overrides: str) -> subprocess.Popen[bytes]:
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DEBUG": "1",
-        # The worker must see the test database, which pytest-django created and named.
-        "DATABASE_URL": f"postgres://{db['USER'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        "PREFLOOP_DATA_DIR": str(tmp_path / "worker-data"),
-        "PREFLOOP_MODELS_DIR": str(MODELS_DIR),
-        "PREFLOOP_QUANTIZE_4BIT": "0",
-        **env_overrides,
-    }
-    log = (tmp_path / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--pool",
-            "solo",
-            "-n",
-            f"test-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _worker_stop(process: subprocess.Popen[bytes], tmp_path: Path, name: str) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    print(f"== {name}\n" + (tmp_path / f"{name}.log").read_text()[-4000:])
 
 
 @pytest.fixture
@@ -91,23 +38,9 @@ def worker(
     real_services: None, tiny_model_dir: str, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    process = _worker_start(tmp_path, "worker")
+    process = worker_start(tmp_path, "worker")
     yield process
-    _worker_stop(process, tmp_path, "worker")
-
-
-def _wait_for(model: type[J], pk: int, worker: subprocess.Popen[bytes], timeout: float = 180) -> J:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = model.objects.get(pk=pk)
-        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            assert job.status == JobStatus.SUCCEEDED, job.error
-            return job
-        assert worker.poll() is None, "the worker died"
-        time.sleep(0.5)
-    raise AssertionError(
-        f"{model.__name__} {pk} still {model.objects.get(pk=pk).status} after {timeout} s"
-    )
+    worker_stop(process, tmp_path, "worker")
 
 
 def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker(
@@ -118,7 +51,7 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
     sampling = SamplingSettings(max_new_tokens=12, temperature=1.0, batch_size=4)
 
     round1 = round_make(project, policy=base, prompts=6, sampling=sampling, dispatch=True)
-    job = _wait_for(GenerationJob, round1.generation_jobs.get().pk, worker)
+    job = wait_for(GenerationJob, round1.generation_jobs.get().pk, worker)
     assert job.progress_done == 6 and job.heartbeat_at is not None and job.metrics
     assert Response.objects.filter(policy=base.policy).count() == 12
     comparisons = list(Comparison.objects.filter(project=project, round_number=1))
@@ -131,7 +64,7 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
         base_version=base,
         training=TrainingSettings(epochs=1, batch_size=2, max_length=96),
     )
-    run = _wait_for(TrainingRun, run.pk, worker)
+    run = wait_for(TrainingRun, run.pk, worker)
     assert run.metrics and run.metrics[-1]["step"] == run.summary["steps"]
     child = ModelVersion.objects.get(produced_by=run)
     assert child.parent == base
@@ -147,7 +80,7 @@ def test_it_runs_generation_judging_training_and_the_next_round_through_a_worker
         dispatch=True,
     )
     for job in round2.generation_jobs.all():
-        _wait_for(GenerationJob, job.pk, worker)
+        wait_for(GenerationJob, job.pk, worker)
     assert Response.objects.filter(policy=child.policy).count() == 3 * 2 + 3 * 2
     assert Round.objects.get(pk=round2.pk).number == 2
     head_to_head = Comparison.objects.filter(project=project, round_number=2, purpose="eval")
@@ -169,7 +102,7 @@ def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
             prompt, texts=(f"Short {i}.", f"A much longer answer {i}."), judged_by=annotator
         )
     worker_env = {"PREFLOOP_CHECKPOINT_STEPS": "3", "JOB_HEARTBEAT_SECONDS": "0.5"}
-    first = _worker_start(tmp_path, "first", **worker_env)
+    first = worker_start(tmp_path, "first", **worker_env)
     try:
         run = training_run_start(
             project=project,
@@ -189,7 +122,7 @@ def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=20)
     finally:
-        _worker_stop(first, tmp_path, "first")
+        worker_stop(first, tmp_path, "first")
     run.refresh_from_db()
     killed_at = run.progress_done
     assert run.status == JobStatus.RUNNING and run.attempts == 1
@@ -200,11 +133,11 @@ def test_a_training_worker_killed_mid_run_is_resumed_by_the_next_worker(
     (changed,) = jobs_recover()  # what beat runs every minute
     assert changed[0].pk == run.pk and changed[1] == "requeued"
 
-    second = _worker_start(tmp_path, "second", **worker_env)
+    second = worker_start(tmp_path, "second", **worker_env)
     try:
-        run = _wait_for(TrainingRun, run.pk, second)
+        run = wait_for(TrainingRun, run.pk, second)
     finally:
-        _worker_stop(second, tmp_path, "second")
+        worker_stop(second, tmp_path, "second")
     assert isinstance(run, TrainingRun)
     resumed_from = run.summary["resumed_from_step"]
     assert run.attempts == 2 and 3 <= resumed_from <= killed_at
@@ -233,7 +166,7 @@ def test_it_hands_an_import_whose_worker_was_killed_mid_file_to_the_next_worker(
     )
     before = project.prompts.count()
     worker_env = {"JOB_HEARTBEAT_SECONDS": "0.5"}
-    first = _worker_start(tmp_path, "first", **worker_env)
+    first = worker_start(tmp_path, "first", **worker_env)
     try:
         job = import_job_start(
             project=project,
@@ -256,7 +189,7 @@ def test_it_hands_an_import_whose_worker_was_killed_mid_file_to_the_next_worker(
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=20)
     finally:
-        _worker_stop(first, tmp_path, "first")
+        worker_stop(first, tmp_path, "first")
     job.refresh_from_db()
     assert job.status == JobStatus.RUNNING and job.attempts == 1
     assert 0 < job.progress_done < rows, "the import was not mid-file when killed"
@@ -267,16 +200,16 @@ def test_it_hands_an_import_whose_worker_was_killed_mid_file_to_the_next_worker(
     (changed,) = jobs_recover()
     assert changed[0].pk == job.pk and changed[1] == "requeued"
 
-    second = _worker_start(tmp_path, "second", **worker_env)
+    second = worker_start(tmp_path, "second", **worker_env)
     try:
-        job = _wait_for(ImportJob, job.pk, second)
+        job = wait_for(ImportJob, job.pk, second)
         # The job's success commits with its rows; the worker deletes the file just after.
         deadline = time.monotonic() + 10
         while Path(job.path).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         second.kill()  # before it embeds the new prompts (the coverage refresh the import asks)
-        _worker_stop(second, tmp_path, "second")
+        worker_stop(second, tmp_path, "second")
     assert job.attempts == 2 and job.created_count == rows and job.progress_done == rows
     assert project.prompts.count() == before + rows  # every row once
     assert not Path(job.path).exists()
