@@ -44,7 +44,7 @@ from alignment.spec_fields import serializer_fields
 from annotate.api.projects import ProjectApi
 from annotate.models import DatasetSnapshot, Project, Role
 from annotate.services.snapshots import SnapshotFilters
-from core.api import BODY_ERRORS, ERRORS, REJECTED
+from core.api import BODY_ERRORS, ERRORS, REJECTED, THROTTLED, ExpensiveRequestThrottle
 from core.http import MAX_ID
 from core.models import JobStatus
 
@@ -160,6 +160,8 @@ class RoundIn(serializers.Serializer[Any]):
 
 class RoundListApi(ProjectApi):
     min_role = Role.LEAD
+    throttle_classes = [ExpensiveRequestThrottle]
+    expensive_methods = ("POST",)
 
     @extend_schema(
         operation_id="rounds_list",
@@ -176,7 +178,7 @@ class RoundListApi(ProjectApi):
         operation_id="rounds_start",
         tags=["rounds"],
         request=RoundIn,
-        responses={201: RoundOut, **BODY_ERRORS, **REJECTED},
+        responses={201: RoundOut, **BODY_ERRORS, **REJECTED, **THROTTLED},
         summary="Start the next round: choose prompts, generate, form comparisons (leads)",
     )
     def post(self, request: Request, slug: str) -> Response:
@@ -333,6 +335,8 @@ class TrainingRunIn(serializers.Serializer[Any]):
 
 class TrainingRunListApi(ProjectApi):
     min_role = Role.LEAD
+    throttle_classes = [ExpensiveRequestThrottle]
+    expensive_methods = ("POST",)
 
     @extend_schema(
         operation_id="training_runs_list",
@@ -349,7 +353,7 @@ class TrainingRunListApi(ProjectApi):
         operation_id="training_runs_start",
         tags=["training"],
         request=TrainingRunIn,
-        responses={201: TrainingRunOut, **BODY_ERRORS, **REJECTED},
+        responses={201: TrainingRunOut, **BODY_ERRORS, **REJECTED, **THROTTLED},
         summary="Train a new model version on a frozen snapshot of the pairs (leads)",
     )
     def post(self, request: Request, slug: str) -> Response:

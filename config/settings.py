@@ -202,7 +202,12 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # ?format= is the export's (dpo / kto), not a renderer choice.
     "URL_FORMAT_OVERRIDE": None,
+    # core.api.ExpensiveRequestThrottle: per user, imports, exports, rounds, training runs.
+    "DEFAULT_THROTTLE_RATES": {"expensive": os.environ.get("API_EXPENSIVE_RATE", "30/minute")},
 }
+# A request body's limit (413 from the API above it): the API's prompt import takes up to
+# 10,000 rows in one body. Files go through the import page, streamed to disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 16 * 2**20
 SPECTACULAR_SETTINGS = {
     "TITLE": "Prefloop API",
     "DESCRIPTION": (

@@ -24,7 +24,9 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, parsers, serializers
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
 from rest_framework.utils.json import strict_constant
 
 from core.errors import ValidationFailed
@@ -63,6 +65,12 @@ ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="No such object, or not yours to see."),
 }
 REJECTED = {422: OpenApiResponse(ErrorSerializer, description="Refused by the project's rules.")}
+# What a view limited by ExpensiveRequestThrottle may answer besides.
+THROTTLED = {
+    429: OpenApiResponse(
+        ErrorSerializer, description="Too many of these requests: wait Retry-After seconds."
+    )
+}
 # What a view that reads a body may answer besides.
 BODY_ERRORS = {
     **ERRORS,
@@ -136,6 +144,23 @@ def _too_large_message() -> str:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     size = f"{limit / 2**20:.1f} MB ({limit} bytes)" if limit else "the server's limit"
     return f"The request body is larger than the limit of {size}."
+
+
+# Throttling ------------------------------------------------------------------------------------
+
+
+class ExpensiveRequestThrottle(UserRateThrottle):
+    """Per user, the requests that start work or read a whole dataset (imports, exports,
+    rounds, training runs): API_EXPENSIVE_RATE. A view names them in `expensive_methods`;
+    its other methods pass. Counted in the default cache: across the web processes when
+    CACHE_URL names a shared one, else per process."""
+
+    scope = "expensive"
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        if request.method not in getattr(view, "expensive_methods", ()):
+            return True
+        return super().allow_request(request, view)
 
 
 # Paging ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from annotate.api.projects import ProjectApi
 from annotate.coverage import coverage_is_stale
 from annotate.exports import FORMATS, SPLITS, ExportFilters, export_download
 from annotate.models import CoverageStats, Role
-from core.api import ERRORS
+from core.api import ERRORS, THROTTLED, ExpensiveRequestThrottle
 from core.http import MAX_ID, numbers_parse
 
 
@@ -62,6 +62,8 @@ def _export_query(request: Request) -> tuple[str, ExportFilters]:
 
 class ExportApi(ProjectApi):
     min_role = Role.LEAD
+    throttle_classes = [ExpensiveRequestThrottle]
+    expensive_methods = ("GET",)
 
     @extend_schema(
         operation_id="export_download",
@@ -72,6 +74,7 @@ class ExportApi(ProjectApi):
                 OpenApiTypes.STR, description="One TRL row per line, streamed."
             ),
             **ERRORS,
+            **THROTTLED,
         },
         summary="The preference pairs as TRL JSONL (leads)",
     )

@@ -14,7 +14,15 @@ from annotate.api.projects import MessageOut, ProjectApi
 from annotate.imports.rows import KINDS
 from annotate.imports.writing import import_records
 from annotate.models import Prompt, Role, Split
-from core.api import BODY_ERRORS, ERRORS, REJECTED, PageQuery, paged_serializer
+from core.api import (
+    BODY_ERRORS,
+    ERRORS,
+    REJECTED,
+    THROTTLED,
+    ExpensiveRequestThrottle,
+    PageQuery,
+    paged_serializer,
+)
 
 
 class PromptOut(serializers.Serializer[Any]):
@@ -74,6 +82,8 @@ class ImportOut(serializers.Serializer[Any]):
 
 class PromptListApi(ProjectApi):
     min_role = Role.REVIEWER
+    throttle_classes = [ExpensiveRequestThrottle]
+    expensive_methods = ("POST",)
 
     @extend_schema(
         operation_id="prompts_list",
@@ -101,7 +111,7 @@ class PromptListApi(ProjectApi):
         operation_id="prompts_import",
         tags=["prompts"],
         request=ImportIn,
-        responses={201: ImportOut, **BODY_ERRORS, **REJECTED},
+        responses={201: ImportOut, **BODY_ERRORS, **REJECTED, **THROTTLED},
         summary="Import prompts or existing pairs (leads); all or nothing unless valid_only",
     )
     def post(self, request: Request, slug: str) -> Response:
