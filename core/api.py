@@ -20,6 +20,7 @@ from django.core.exceptions import (
     TooManyFieldsSent,
     TooManyFilesSent,
 )
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
@@ -30,6 +31,7 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.utils.json import strict_constant
 
 from core.errors import ValidationFailed
+from core.http import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, database_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """Every error as {"error": {status, code, message, fields?, rows?}}."""
     if isinstance(exc, ValidationFailed):
         return error_response(422, exc.code, str(exc), **exc.details())
+    if isinstance(exc, DatabaseError) and database_unavailable(exc):
+        logger.warning("API request: the database is unavailable (%s)", exc)
+        unavailable = error_response(503, "unavailable", DATABASE_UNAVAILABLE)
+        unavailable["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return unavailable
     if isinstance(exc, RequestDataTooBig):
         return error_response(413, "too_large", _too_large_message())
     if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):

@@ -1,14 +1,68 @@
-"""What the URL patterns, the forms and the API share: the request type, the id converter, and
-the bounds of a number typed into a form or a query (an id, a round number)."""
+"""What the URL patterns, the forms and the API share: the request type, the id converter, the
+bounds of a number typed into a form or a query (an id, a round number), and the answer when
+the database is away (a restart, a failover): 503 with Retry-After, not a 500."""
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 
 from django.contrib.auth.models import User
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import register_converter
 from django_htmx.middleware import HtmxDetails
+
+# A connection the database refused or dropped: it comes back on its own (Django opens a new
+# connection for the next request), so the client is told to retry.
+DATABASE_UNAVAILABLE = "The database is not answering (a restart?): try again in a few seconds."
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` is the database being away rather than a statement failing."""
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(error, InterfaceError):
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    text = str(error).lower()
+    return any(
+        sign in text
+        for sign in (
+            "connection",
+            "shutting down",
+            "starting up",
+            "administrator command",
+            "server closed",
+            "database is locked",
+        )
+    )
+
+
+logger = logging.getLogger(__name__)
+
+
+class DatabaseUnavailableMiddleware:
+    """A page whose request met the database away answers 503 with Retry-After (the API's own
+    handler answers in its error shape)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not database_unavailable(exception):
+            return None
+        logger.warning(
+            "%s %s: the database is unavailable (%s)", request.method, request.path, exception
+        )
+        response = HttpResponse(DATABASE_UNAVAILABLE, status=503, content_type="text/plain")
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
 
 
 class AuthedRequest(HttpRequest):

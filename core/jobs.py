@@ -12,6 +12,7 @@ worker, and `job_execute` is the one way a worker runs a job of any kind.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import traceback
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -187,7 +189,7 @@ def job_fail(job: Job, *, error: BaseException, also: Sequence[str] = ()) -> Non
     """Record the error, with the kind's own outcome fields named in `also`, unless the job is
     not this attempt's any more."""
     job.error = (
-        f"{type(error).__name__}: {error}\n\n"
+        f"{_error_summary(error)}\n\n"
         + "".join(traceback.format_exception(error))[-LOG_TAIL_CHARS:]
     )
     job.finished_at = timezone.now()
@@ -199,6 +201,17 @@ def job_fail(job: Job, *, error: BaseException, also: Sequence[str] = ()) -> Non
     )
     if failed:
         job.status = JobStatus.FAILED
+
+
+def _error_summary(error: BaseException) -> str:
+    """The error's first line, which the job's page shows: what to do where we know it."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = f" under {Path(error.filename).parent}" if error.filename else ""
+        return (
+            f"The disk is full{where} (OSError: no space left on device). Free space, then "
+            "start the job again; a training run resumes from its last whole checkpoint."
+        )
+    return f"{type(error).__name__}: {error}"
 
 
 def job_execute(model: type[J], *, job_id: int, body: Callable[[J], None]) -> J | None:
