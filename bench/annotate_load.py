@@ -454,7 +454,10 @@ async def annotator_cycle(
     stop_at: float,
     empty_poll_s: float,
     flow: str,
+    think_s: tuple[float, float] | None = None,
 ) -> None:
+    """Judge until `stop_at`; with `think_s`, read each pair for that many seconds (uniform)
+    before submitting, as a person does (bench/soak.py)."""
     next_path = f"/p/{PROJECT_SLUG}/annotate/"
     htmx = {"HX-Request": "true"}
     carried: PairPage | None = None  # the next pair a submit's answer already carries
@@ -477,6 +480,10 @@ async def annotator_cycle(
             run.empty.append(time.perf_counter())
             await asyncio.sleep(min(empty_poll_s, max(0.0, stop_at - time.perf_counter())))
             continue
+        if think_s is not None:
+            await asyncio.sleep(min(rng.uniform(*think_s), max(0.0, stop_at - time.perf_counter())))
+            if time.perf_counter() >= stop_at:
+                break
         key = page.fields.get("idempotency_key", "")
         form = {**page.fields, "choice": rng.choice(CHOICES)}
         headers = {**htmx, "X-CSRFToken": page.fields["csrfmiddlewaretoken"]}
@@ -756,11 +763,19 @@ INVARIANT_SQL = {
         WHERE c.project_id = {p} AND c.status <> 'retired' AND {plain}
           AND (CASE WHEN c.status = 'complete' THEN 1 ELSE 0 END)
            <> (CASE WHEN c.judgment_count >= pr.overlap THEN 1 ELSE 0 END)""",
-    "complete_without_pair": """
+    # Complete, and its votes have one most voted choice, yet no pair (a split is undecided:
+    # no pair until an adjudication or another vote, annotate/services/pairs.py).
+    "decided_without_pair": """
         SELECT COUNT(*) FROM annotate_comparison c
         LEFT JOIN annotate_preferencepair pp ON pp.comparison_id = c.id
         WHERE c.project_id = {p} AND c.status = 'complete' AND c.gold_choice = ''
-          AND pp.id IS NULL""",
+          AND pp.id IS NULL
+          AND 1 = (SELECT COUNT(*) FROM (
+                SELECT COUNT(*) AS n FROM annotate_judgment j
+                WHERE j.comparison_id = c.id AND {vote} GROUP BY j.choice) AS t
+              WHERE t.n = (SELECT MAX(m.n) FROM (
+                SELECT COUNT(*) AS n FROM annotate_judgment j
+                WHERE j.comparison_id = c.id AND {vote} GROUP BY j.choice) AS m))""",
 }
 OPEN_SLOTS_SQL = """
     SELECT COALESCE(SUM(pr.overlap - c.judgment_count), 0) FROM annotate_comparison c
