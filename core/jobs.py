@@ -270,13 +270,21 @@ def jobs_recover() -> list[tuple[Job, str]]:
     changed: list[tuple[Job, str]] = []
     with transaction.atomic():
         for model, kind in _KINDS.items():
+            # Those queued before this pass (a job it requeues has its message on the way).
+            waiting = model._default_manager.filter(
+                pk__in=list(
+                    model._default_manager.filter(
+                        status=JobStatus.QUEUED, created_at__lt=before
+                    ).values_list("pk", flat=True)
+                ),
+                status=JobStatus.QUEUED,
+            )
             for job, outcome in job_requeue_stale(
                 model, heartbeat_before=before, max_attempts=settings.JOB_MAX_ATTEMPTS
             ):
                 if outcome == "requeued":
                     kind.dispatch(job.pk)
                 changed.append((job, outcome))
-            waiting = model._default_manager.filter(status=JobStatus.QUEUED, created_at__lt=before)
             if waiting.exists() and _queue_empty(kind.queue):
                 for job in waiting:
                     job_log(job, "its queue held no message for it (a broker restart?): sent again")
