@@ -4,7 +4,9 @@ directory (one module per step: reading, rows, writing, jobs; errors).
 Everything is read and validated before anything is written. Each bad row is reported with
 its line (JSONL, CSV) or row number (a dataset) and what is wrong with it; the whole import is
 refused when any row is bad, unless the caller asks for the valid rows only. Then one
-transaction writes them all, or nothing.
+transaction writes them all, or nothing. A file is read as a stream, twice (the checks, then
+the writes, a chunk at a time), each row bounded before it becomes Python objects: what an
+import holds follows its chunk and its longest row, not the file.
 
 Prompt rows: {"prompt": "text" | [messages]} (or "messages", or "text"), with optional "tags"
 (a list, or comma-separated in CSV), "id", "split" (train / eval) and "source".

@@ -1,10 +1,12 @@
-"""Checking records: each becomes a prompt or a pair to write, or a RowError naming what is\nwrong; nothing is written here."""
+"""Checking records: each becomes a prompt or a pair to write, or a RowError naming what is
+wrong; nothing is written here."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,19 @@ class _Bad(ValueError):
     """One row's problem (becomes a RowError with its line)."""
 
 
+# A lone UTF-16 surrogate (JSON's escaped "\ud800", in a file or an API body) makes a str
+# that cannot be encoded: not text anything downstream can hash, store or show.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unicode_check(value: str, what: str) -> None:
+    if not value.isascii() and (found := _SURROGATE.search(value)):
+        raise _Bad(
+            f'"{what}" is not valid Unicode (a lone surrogate, U+{ord(found.group()):04X}, '
+            f"at character {found.start()})"
+        )
+
+
 def _text(record: Mapping[str, Any], key: str, *, required: bool = False, limit: int = 0) -> str:
     value = record.get(key)
     if value is None:
@@ -44,6 +59,7 @@ def _text(record: Mapping[str, Any], key: str, *, required: bool = False, limit:
         raise _Bad(f'"{key}" must be text, not {type(value).__name__}')
     if "\x00" in value:
         raise _Bad(f'"{key}" contains a NUL character')
+    _unicode_check(value, key)
     if limit and len(value) > limit:
         raise _Bad(f'"{key}" is longer than {limit} characters')
     return value
@@ -61,6 +77,8 @@ def _tags(record: Mapping[str, Any]) -> list[str]:
         raise _Bad(f"more than {MAX_TAGS} tags")
     if any(len(tag) > MAX_TAG_CHARS or "\x00" in tag for tag in value):
         raise _Bad(f"a tag is longer than {MAX_TAG_CHARS} characters or contains NUL")
+    for tag in value:
+        _unicode_check(tag, "tags")
     return list(dict.fromkeys(value))
 
 
@@ -77,9 +95,12 @@ def _messages(value: Any, what: str) -> list[dict[str, str]]:
     if not isinstance(value, str | list):
         raise _Bad(f'"{what}" must be text or a list of messages')
     try:
-        return prompt_messages_normalise(value)
+        messages = prompt_messages_normalise(value)
     except ValidationFailed as error:
         raise _Bad(f'"{what}": {error}') from None
+    for message in messages:
+        _unicode_check(message["content"], what)
+    return messages
 
 
 def prompt_row_parse(record: Mapping[str, Any]) -> PromptInput:
@@ -116,6 +137,7 @@ def _answer(value: Any, what: str) -> str:
         raise _Bad(f'"{what}" must be a non-empty text')
     if "\x00" in value:
         raise _Bad(f'"{what}" contains a NUL character')
+    _unicode_check(value, what)
     if len(value) > MAX_MESSAGE_CHARS:
         raise _Bad(f'"{what}" is longer than {MAX_MESSAGE_CHARS} characters')
     return value
@@ -156,18 +178,19 @@ class Validated:
     errors: list[RowError] = field(default_factory=list)
 
 
-def import_validate(
+def rows_check(
     *,
     project: Project,
     kind: str,
     records: Iterable[tuple[int, Any]],
     on_progress: Callable[[int], None] | None = None,
-) -> Validated:
-    """Parse and check every record; nothing is written."""
+) -> Iterator[tuple[int, Any]]:
+    """Parse and check each record as it comes: (line, PromptInput | PairInput), or (line,
+    RowError) for a bad one; nothing is written. `on_progress` hears the count of records
+    read every 10,000."""
     if kind not in PARSERS:
         raise ImportRefused([], f"Unknown import kind {kind!r}; expected one of {list(KINDS)}.")
     parse = PARSERS[kind]
-    result = Validated()
     seen_ids: dict[str, int] = {}
     existing_ids = set(
         Prompt.objects.filter(project=project)
@@ -176,34 +199,54 @@ def import_validate(
     )
     for count, (line, record) in enumerate(records, start=1):
         if count > MAX_ROWS:
-            result.errors.append(RowError(line, f"more than {MAX_ROWS} rows; split the file"))
-            break
+            yield line, RowError(line, f"more than {MAX_ROWS} rows; split the file")
+            return
         if on_progress is not None and count % 10_000 == 0:
             on_progress(count)
         if isinstance(record, RowError):
-            result.errors.append(record)
+            yield line, record
             continue
         if not isinstance(record, Mapping):  # a JSON line or an API row of another kind
             what = type(record).__name__
-            result.errors.append(RowError(line, f"a row must be a JSON object, not {what}"))
+            yield line, RowError(line, f"a row must be a JSON object, not {what}")
             continue
         try:
             row = parse(record)
         except _Bad as error:
-            result.errors.append(RowError(line, str(error)))
+            yield line, RowError(line, str(error))
             continue
         external_id = (row.prompt if kind == "pairs" else row).external_id
         if external_id:
             if external_id in seen_ids:
-                result.errors.append(
-                    RowError(line, f'id "{external_id}" repeats line {seen_ids[external_id]}')
+                yield (
+                    line,
+                    RowError(line, f'id "{external_id}" repeats line {seen_ids[external_id]}'),
                 )
                 continue
             if external_id in existing_ids:
-                result.errors.append(
-                    RowError(line, f'id "{external_id}" is already a prompt of this project')
+                yield (
+                    line,
+                    RowError(line, f'id "{external_id}" is already a prompt of this project'),
                 )
                 continue
             seen_ids[external_id] = line
-        result.rows.append((line, row))
+        yield line, row
+
+
+def import_validate(
+    *,
+    project: Project,
+    kind: str,
+    records: Iterable[tuple[int, Any]],
+    on_progress: Callable[[int], None] | None = None,
+) -> Validated:
+    """Parse and check every record, keeping them all; nothing is written."""
+    result = Validated()
+    for line, row in rows_check(
+        project=project, kind=kind, records=records, on_progress=on_progress
+    ):
+        if isinstance(row, RowError):
+            result.errors.append(row)
+        else:
+            result.rows.append((line, row))
     return result

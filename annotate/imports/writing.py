@@ -1,23 +1,24 @@
-"""Writing an import: everything checked first, then one transaction writes every row, or\nnothing."""
+"""Writing an import: everything checked first, then one transaction writes every row, a
+chunk at a time, or nothing."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 
 from annotate.coverage import coverage_refresh_request
 from annotate.imports.errors import ImportRefused, RowError
-from annotate.imports.reading import records_read
-from annotate.imports.rows import PairInput, import_validate
+from annotate.imports.reading import Source, records_read
+from annotate.imports.rows import PairInput, rows_check
 from annotate.models import (
     Comparison,
     ComparisonStatus,
     PairKind,
+    Policy,
     PolicyKind,
     PreferencePair,
     Project,
@@ -70,63 +71,168 @@ def import_records(
     on_progress: Callable[[int], None] | None = None,
     on_written: Callable[[ImportResult], None] | None = None,
 ) -> ImportResult:
-    """Validate everything, then write the rows in one transaction. With any bad row the
-    import is refused (ImportRefused, nothing written) unless `valid_only`. Rows already in
-    the project, or earlier in the same file, are left out and reported (by content hash:
-    case, Unicode form and spacing do not count) unless `keep_duplicates`. `on_written` runs
-    in that transaction after the writes (a job records its success there)."""
-    validated = import_validate(
-        project=project, kind=kind, records=records, on_progress=on_progress
+    """Import rows held in memory (an API body); see `_import`."""
+    rows = records if isinstance(records, Sequence) else list(records)
+    return _import(
+        project=project,
+        kind=kind,
+        records=lambda: rows,
+        valid_only=valid_only,
+        keep_duplicates=keep_duplicates,
+        round_number=round_number,
+        on_progress=on_progress,
+        on_written=on_written,
     )
-    if validated.errors and not valid_only:
-        raise ImportRefused(validated.errors)
-    if not validated.rows:
-        raise ImportRefused(validated.errors, "No valid rows to import.")
-    numbered = list(validated.rows)
-    duplicates: list[int] = []
-    if not keep_duplicates:
-        numbered, duplicates = _duplicates_drop(project=project, kind=kind, rows=numbered)
-        if not numbered:
-            raise ImportRefused(
-                validated.errors,
-                f"Every row is already in the project ({len(duplicates)} duplicates); nothing "
-                "to import. Ask to keep duplicates to import them again.",
-            )
-    rows = [row for _, row in numbered]
-    with transaction.atomic():
-        if kind == "prompts":
-            prompts_create(project=project, rows=rows)
-        else:
-            _pairs_write(project=project, rows=rows, round_number=round_number)
-        coverage_refresh_request(project=project)  # embed and count the new prompts
-        result = ImportResult(
-            kind=kind, created=len(rows), skipped=validated.errors, duplicates=duplicates
-        )
-        if on_written is not None:
-            on_written(result)
-    return result
 
 
 def import_file(
     *,
     project: Project,
     kind: str,
-    source: bytes | Path,
+    source: Source,
     file_type: str,
     valid_only: bool = False,
     keep_duplicates: bool = False,
     on_progress: Callable[[int], None] | None = None,
     on_written: Callable[[ImportResult], None] | None = None,
 ) -> ImportResult:
-    return import_records(
+    """Import a file (its bytes, its path, or an open binary file), read as a stream twice:
+    once to check it, once to write it; see `_import`."""
+    return _import(
         project=project,
         kind=kind,
-        records=records_read(source, file_type),
+        records=lambda: records_read(source, file_type),
         valid_only=valid_only,
         keep_duplicates=keep_duplicates,
         on_progress=on_progress,
         on_written=on_written,
     )
+
+
+# Rows written at once, at most: what an import holds, besides the lines it reports.
+WRITE_CHUNK = 1000
+WRITE_CHUNK_CHARS = 2 * 2**20
+
+
+def _import(
+    *,
+    project: Project,
+    kind: str,
+    records: Callable[[], Iterable[tuple[int, Any]]],
+    valid_only: bool = False,
+    keep_duplicates: bool = False,
+    round_number: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+    on_written: Callable[[ImportResult], None] | None = None,
+) -> ImportResult:
+    """Check every row, then write the rows in one transaction. With any bad row the import
+    is refused (ImportRefused, nothing written) unless `valid_only`. Rows already in the
+    project, or earlier in the same file, are left out and reported (by content hash: case,
+    Unicode form and spacing do not count) unless `keep_duplicates`. `on_written` runs in that
+    transaction after the writes (a job records its success there).
+
+    `records` gives a fresh pass over the rows each call: the first pass keeps only the
+    errors, the second writes the rows a chunk at a time, so neither holds the file."""
+    errors: list[RowError] = []
+    checked = 0
+    for _, row in rows_check(
+        project=project, kind=kind, records=records(), on_progress=on_progress
+    ):
+        checked += 1
+        if isinstance(row, RowError):
+            errors.append(row)
+    if errors and not valid_only:
+        raise ImportRefused(errors)
+    if checked == len(errors):
+        raise ImportRefused(errors, "No valid rows to import.")
+
+    def beat(count: int) -> None:  # the rows were counted by the first pass
+        if on_progress is not None:
+            on_progress(checked)
+
+    with transaction.atomic():
+        # The second pass's verdict is the one kept: the project may have changed since the
+        # first (an id taken by another import meanwhile).
+        errors = []
+        writer = _ChunkWriter(
+            project=project, kind=kind, keep_duplicates=keep_duplicates, round_number=round_number
+        )
+        for line, row in rows_check(
+            project=project, kind=kind, records=records(), on_progress=beat
+        ):
+            if isinstance(row, RowError):
+                errors.append(row)
+            else:
+                writer.add(line, row)
+        writer.flush()
+        if errors and not valid_only:
+            raise ImportRefused(errors)
+        if not writer.created:
+            if writer.duplicates:
+                raise ImportRefused(
+                    errors,
+                    f"Every row is already in the project ({len(writer.duplicates)} "
+                    "duplicates); nothing to import. Ask to keep duplicates to import them again.",
+                )
+            raise ImportRefused(errors, "No valid rows to import.")
+        coverage_refresh_request(project=project)  # embed and count the new prompts
+        result = ImportResult(
+            kind=kind, created=writer.created, skipped=errors, duplicates=writer.duplicates
+        )
+        if on_written is not None:
+            on_written(result)
+    return result
+
+
+class _ChunkWriter:
+    """Writes an import's rows a chunk at a time, in the caller's transaction; a row already
+    in the project is left out (unless asked to keep it), which finds the duplicates earlier
+    in the file too: their chunks are written by then."""
+
+    def __init__(
+        self, *, project: Project, kind: str, keep_duplicates: bool, round_number: int
+    ) -> None:
+        self.project, self.kind = project, kind
+        self.keep_duplicates, self.round_number = keep_duplicates, round_number
+        self.created = 0
+        self.duplicates: list[int] = []
+        self._chunk: list[tuple[int, Any]] = []
+        self._chunk_chars = 0
+        self._policy: Policy | None = None
+
+    def add(self, line: int, row: PromptInput | PairInput) -> None:
+        self._chunk.append((line, row))
+        self._chunk_chars += _row_chars(row)
+        if len(self._chunk) >= WRITE_CHUNK or self._chunk_chars >= WRITE_CHUNK_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        chunk, self._chunk, self._chunk_chars = self._chunk, [], 0
+        if not self.keep_duplicates:
+            chunk, duplicates = _duplicates_drop(project=self.project, kind=self.kind, rows=chunk)
+            self.duplicates.extend(duplicates)
+        if not chunk:
+            return
+        rows = [row for _, row in chunk]
+        if self.kind == "prompts":
+            prompts_create(project=self.project, rows=rows)
+        else:
+            if self._policy is None:
+                self._policy = _imported_policy(project=self.project)
+            _pairs_write(
+                project=self.project,
+                policy=self._policy,
+                rows=rows,
+                round_number=self.round_number,
+            )
+        self.created += len(rows)
+
+
+def _row_chars(row: PromptInput | PairInput) -> int:
+    if isinstance(row, PairInput):
+        return _row_chars(row.prompt) + len(row.chosen) + len(row.rejected)
+    messages = row.messages  # normalised by the checks: a list of messages
+    return len(messages) if isinstance(messages, str) else sum(len(m["content"]) for m in messages)
 
 
 def _prompt_key(prompt: PromptInput) -> str | None:
@@ -153,21 +259,39 @@ def _duplicates_drop(
     wanted = sorted({key for key in prompt_keys if key is not None})
     seen: set[str] = set()
     for start in range(0, len(wanted), _LOOKUP_CHUNK):
-        chunk = wanted[start : start + _LOOKUP_CHUNK]
-        if kind == "prompts":
-            seen.update(
-                Prompt.objects.filter(project=project, content_hash__in=chunk).values_list(
-                    "content_hash", flat=True
-                )
+        # Looked up by hash alone, the project checked here: with the project in the query,
+        # SQLite walks every prompt of the project for each chunk (its index on the project
+        # is the one it picks), and the project grows with each chunk an import writes.
+        found = {
+            prompt_id: content_hash
+            for prompt_id, project_id, content_hash in Prompt.objects.filter(
+                content_hash__in=wanted[start : start + _LOOKUP_CHUNK]
             )
-        else:
+            .order_by()
+            .values_list("id", "project_id", "content_hash")
+            if project_id == project.pk
+        }
+        if kind == "prompts":
+            seen.update(found.values())
+            continue
+        prompt_ids = list(found)  # a prompt's text may be that of many pairs' prompts
+        for first in range(0, len(prompt_ids), _LOOKUP_CHUNK):
             seen.update(
-                _pair_key(*found)
-                for found in PreferencePair.objects.filter(
-                    project=project,
-                    kind=PairKind.PREFERENCE,
-                    comparison__prompt__content_hash__in=chunk,
-                ).values_list("comparison__prompt__content_hash", "chosen__text", "rejected__text")
+                _pair_key(found[prompt_id], chosen, rejected)
+                for project_id, pair_kind, prompt_id, chosen, rejected in (
+                    PreferencePair.objects.filter(
+                        comparison__prompt_id__in=prompt_ids[first : first + _LOOKUP_CHUNK]
+                    )
+                    .order_by()
+                    .values_list(
+                        "project_id",
+                        "kind",
+                        "comparison__prompt_id",
+                        "chosen__text",
+                        "rejected__text",
+                    )
+                )
+                if project_id == project.pk and pair_kind == PairKind.PREFERENCE
             )
     kept: list[tuple[int, Any]] = []
     duplicates: list[int] = []
@@ -184,13 +308,18 @@ def _duplicates_drop(
     return kept, duplicates
 
 
-def _pairs_write(*, project: Project, rows: Sequence[PairInput], round_number: int) -> None:
-    policy = project.policies.filter(name=IMPORTED_POLICY).first() or policy_create(
+def _imported_policy(*, project: Project) -> Policy:
+    return project.policies.filter(name=IMPORTED_POLICY).first() or policy_create(
         project=project,
         name=IMPORTED_POLICY,
         kind=PolicyKind.EXTERNAL,
         description="Responses of imported preference pairs.",
     )
+
+
+def _pairs_write(
+    *, project: Project, policy: Policy, rows: Sequence[PairInput], round_number: int
+) -> None:
     batch = 2000
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]

@@ -80,7 +80,7 @@ def data_import(request: AuthedRequest, slug: str) -> HttpResponse:
                 result = import_file(
                     project=Project.objects.get(pk=project.pk),
                     kind=form.cleaned_data["kind"],
-                    source=upload.read(),
+                    source=upload,  # streamed, as a worker reads a large file
                     file_type=file_type_guess(upload.name),
                     valid_only=form.cleaned_data["valid_only"],
                     keep_duplicates=form.cleaned_data["keep_duplicates"],

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from annotate.imports.errors import ImportRefused
-from annotate.imports.reading import file_type_guess
+from annotate.imports.reading import FILE_TYPES, file_type_guess
 from annotate.imports.rows import KINDS
 from annotate.imports.writing import import_file
 from annotate.models import Project
@@ -19,20 +19,22 @@ from annotate.models import Project
 class Command(BaseCommand):
     help = (
         "Import prompts or existing preference pairs (TRL conversational or standard layout, "
-        "or chosen/rejected conversations with an implicit prompt) from JSONL, CSV or a "
-        "Hugging Face datasets directory. Every row is checked first; with any bad row "
+        "or chosen/rejected conversations with an implicit prompt) from JSONL, CSV, Parquet or "
+        "a Hugging Face datasets directory. Every row is checked first; with any bad row "
         "nothing is written and each bad row is listed with its line, unless --valid-only."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("project", help="the project's slug")
-        parser.add_argument("source", type=Path, help="a .jsonl or .csv file, or a directory")
+        parser.add_argument(
+            "source", type=Path, help="a .jsonl, .csv or .parquet file, or a directory"
+        )
         parser.add_argument("--kind", choices=KINDS, default="prompts")
         parser.add_argument(
             "--file-type",
-            choices=("jsonl", "csv", "dataset"),
+            choices=FILE_TYPES,
             default=None,
-            help="default: from the name (.jsonl/.json, .csv; a directory is a dataset)",
+            help="default: from the name (.jsonl/.json, .csv, .parquet; a directory is a dataset)",
         )
         parser.add_argument(
             "--valid-only", action="store_true", help="import the valid rows, skip the bad ones"
