@@ -252,10 +252,10 @@ if CACHE_URL:
             "KEY_PREFIX": "prefloop",
         }
     }
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    SESSION_ENGINE = "annotate.sessions.cached_db"
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    SESSION_ENGINE = "django.contrib.sessions.backends.db"
+    SESSION_ENGINE = "annotate.sessions.db"
 
 # Behind TLS (HTTPS=1, the production shape): secure cookies, a redirect to https and HSTS.
 # Behind a proxy that ends TLS, PROXY_SSL_HEADER names the header it sets to "https" (for
