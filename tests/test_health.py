@@ -52,6 +52,8 @@ def test_the_web_check_needs_no_worker_and_fails_without_a_broker(
     db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert Client().get("/health/web/").status_code == 200
+    # No broker at that address (Celery reads CELERY_BROKER_URL from the environment first).
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setattr(current_app.conf, "broker_url", "redis://127.0.0.1:1/0")
     response = Client().get("/health/web/")
     assert response.status_code == 503
