@@ -1,9 +1,10 @@
-"""Inter-annotator agreement for categorical labels: Krippendorff's alpha and Cohen's kappa."""
+"""Inter-annotator agreement: Krippendorff's alpha and Cohen's kappa for categorical labels,
+Kendall's tau-b for two rankings of the same items."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import combinations
@@ -136,3 +137,24 @@ def alpha_by_group(
         group: krippendorff_alpha_nominal(list(labels.values()) for labels in by_unit.values())
         for group, by_unit in units.items()
     }
+
+
+def kendall_tau_b(first: Mapping[Hashable, int], second: Mapping[Hashable, int]) -> Agreement:
+    """Kendall's tau-b between two rankings (item → rank, ties share a rank) over the items
+    both rank: +1 the same order, -1 the reverse. Ties are corrected for (tau-b), so two
+    annotators who tie the same items still reach 1. `n` is the number of items both rank;
+    the value is None when either ranking puts every common item level."""
+    items = [item for item in first if item in second]
+    concordant = discordant = tied_first = tied_second = 0
+    for x, y in combinations(items, 2):
+        a = (first[x] > first[y]) - (first[x] < first[y])
+        b = (second[x] > second[y]) - (second[x] < second[y])
+        tied_first += a == 0
+        tied_second += b == 0
+        concordant += a * b > 0
+        discordant += a * b < 0
+    pairs = len(items) * (len(items) - 1) // 2
+    denominator = ((pairs - tied_first) * (pairs - tied_second)) ** 0.5
+    if denominator == 0:
+        return Agreement(None, len(items))
+    return Agreement((concordant - discordant) / denominator, len(items))
