@@ -423,26 +423,12 @@ def _fill(path: Path) -> int:
 
 
 def _tiny_model(path: Path) -> Path:
-    """A random 2-layer Llama with SmolLM2's tokenizer (as the tests build it)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+    """The tests' tiny random Llama, with the packaged SmolLM2's tokenizer."""
     from alignment.engine.sources import PACKAGED_SMOLLM2, model_path_resolve
-    from tests.factories import MODELS_DIR
+    from tests.factories import MODELS_DIR, tiny_llama_make
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=MODELS_DIR)
-    )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(path), safe_serialization=True)
-    tokenizer.save_pretrained(str(path))
-    return path
+    tokenizer = model_path_resolve(source=PACKAGED_SMOLLM2, models_dir=MODELS_DIR)
+    return tiny_llama_make(path, tokenizer, hidden=32)
 
 
 DRILLS = {

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 
 from annotate.models import Project
 from annotate.services.prompts import PromptInput
-from tests.factories import MODELS_DIR, project_make, user_make
+from tests.factories import MODELS_DIR, project_make, tiny_llama_make, user_make
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -50,29 +50,8 @@ def smollm2_path(models_dir: Path) -> str:
 
 
 def _tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str, hidden: int) -> str:
-    """A random 2-layer Llama with SmolLM2's tokenizer: seconds to train, nonsense to read."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
     path = tmp_path_factory.mktemp(f"tiny-llama-{hidden}")
-    LlamaForCausalLM(config).save_pretrained(str(path), safe_serialization=True)
-    tokenizer.save_pretrained(str(path))
-    return str(path)
+    return str(tiny_llama_make(path, smollm2_path, hidden=hidden))
 
 
 @pytest.fixture(scope="session")

@@ -257,6 +257,32 @@ def training_run_make(
 # The engine on its own (no database) -----------------------------------------------------------
 
 
+def tiny_llama_make(path: Path, tokenizer_path: str, *, hidden: int) -> Path:
+    """A random 2-layer Llama at `path` with the tokenizer at `tokenizer_path` (SmolLM2's):
+    seconds to train, nonsense to read."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
 def preference_examples_make(count: int) -> list[PreferenceExample]:
     """`count` pairs in which the short answer is preferred to the long one."""
     return [

@@ -22,15 +22,11 @@ from rest_framework.authtoken.models import Token
 from alignment.engine.spec import SEED_MAX
 from alignment.models import Round, TrainingRun
 from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.rounds import round_start
-from alignment.services.training import training_run_start
-from alignment.services.training_settings import TrainingSettings
 from annotate.models import Membership, Project
-from annotate.services.judgments import judgment_submit
 from annotate.services.projects import MAX_QUOTA
 from core.api import MAX_JSON_DEPTH, StrictJSONParser
 from core.http import MAX_ID
-from tests.factories import RUN_FORM, client_make, comparison_make
+from tests.factories import RUN_FORM, client_make
 
 pytestmark = pytest.mark.django_db
 
@@ -40,34 +36,6 @@ TOO_DEEP = {
     "objects": '{"a":' * 100_000 + "1" + "}" * 100_000,
     "just over the bound": '{"rows": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}",
 }
-
-
-@pytest.fixture
-def objects(project: Project, lead: User, annotator: User) -> dict[str, Any]:
-    """The project's objects the API's paths name, so every request reaches its body."""
-    prompts = list(project.prompts.filter(split="train").order_by("id"))
-    comparison = comparison_make(prompts[0], seed=0)
-    judged = comparison_make(prompts[1], seed=1)
-    judgment = judgment_submit(comparison_id=judged.pk, annotator=annotator, choice="a")
-    base = model_version_base_ensure(project=project)
-    round_ = round_start(
-        project=project, policy=base, train_prompts=prompts[2:4], created_by=lead, dispatch=False
-    )
-    run = training_run_start(
-        project=project,
-        base_version=base,
-        training=TrainingSettings(),
-        created_by=lead,
-        dispatch=False,
-    )
-    return {
-        "slug": project.slug,
-        "comparison_id": comparison.pk,
-        "judgment_id": judgment.pk,
-        "number": round_.number,
-        "run_id": run.pk,
-        "base_id": base.pk,
-    }
 
 
 def _body_operations() -> list[tuple[str, str, str]]:

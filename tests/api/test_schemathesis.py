@@ -26,15 +26,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from alignment.services.model_versions import model_version_base_ensure
-from alignment.services.rounds import round_start
-from alignment.services.training import training_run_start
-from alignment.services.training_settings import TrainingSettings
-from annotate.coverage import coverage_refresh
-from annotate.models import Project
-from annotate.services.judgments import judgment_submit
-from tests.factories import comparison_make, embed_bag_of_words
-
 pytestmark = pytest.mark.django_db(transaction=False)
 
 APP = get_wsgi_application()
@@ -44,33 +35,6 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-
-
-@pytest.fixture
-def objects(project: Project, lead: User, annotator: User) -> dict[str, Any]:
-    prompts = list(project.prompts.filter(split="train").order_by("id"))
-    comparison = comparison_make(prompts[0], seed=0)
-    judged = comparison_make(prompts[1], seed=1)
-    judgment = judgment_submit(comparison_id=judged.pk, annotator=annotator, choice="a")
-    base = model_version_base_ensure(project=project)
-    round_ = round_start(
-        project=project, policy=base, train_prompts=prompts[2:4], created_by=lead, dispatch=False
-    )
-    run = training_run_start(
-        project=project,
-        base_version=base,
-        training=TrainingSettings(),
-        created_by=lead,
-        dispatch=False,
-    )
-    coverage_refresh(project=project, embed=embed_bag_of_words)
-    return {
-        "slug": project.slug,
-        "comparison_id": comparison.pk,
-        "judgment_id": judgment.pk,
-        "number": round_.number,
-        "run_id": run.pk,
-    }
 
 
 # The schema view reads no database: loading it at collection gives one test per operation.
