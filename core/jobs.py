@@ -271,22 +271,16 @@ def jobs_recover() -> list[tuple[Job, str]]:
     with transaction.atomic():
         for model, kind in _KINDS.items():
             # Those queued before this pass (a job it requeues has its message on the way).
-            waiting = model._default_manager.filter(
-                pk__in=list(
-                    model._default_manager.filter(
-                        status=JobStatus.QUEUED, created_at__lt=before
-                    ).values_list("pk", flat=True)
-                ),
-                status=JobStatus.QUEUED,
-            )
+            queued = model._default_manager.filter(status=JobStatus.QUEUED)
+            waiting_ids = list(queued.filter(created_at__lt=before).values_list("pk", flat=True))
             for job, outcome in job_requeue_stale(
                 model, heartbeat_before=before, max_attempts=settings.JOB_MAX_ATTEMPTS
             ):
                 if outcome == "requeued":
                     kind.dispatch(job.pk)
                 changed.append((job, outcome))
-            if waiting.exists() and _queue_empty(kind.queue):
-                for job in waiting:
+            if waiting_ids and _queue_empty(kind.queue):
+                for job in queued.filter(pk__in=waiting_ids):
                     job_log(job, "its queue held no message for it (a broker restart?): sent again")
                     model._default_manager.filter(pk=job.pk, status=JobStatus.QUEUED).update(
                         log_tail=job.log_tail
