@@ -32,7 +32,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # prompt, round, policy, guideline, judgments, pair, snapshot, run, version
+    kind: str  # prompt, round, policy, ranking, guideline, judgments, pair, snapshot, run, version
     title: str
     items: list[Item] = field(default_factory=list)
     url: str = ""
@@ -141,10 +141,31 @@ def _judgment_steps(project: Project, comparison: Comparison) -> list[Step]:
     steps: list[Step] = []
     judgments = list(
         Judgment.objects.filter(comparison=comparison)
-        .select_related("annotator", "guideline")
+        .select_related("annotator", "guideline", "source")
         .order_by("id")
     )
     versions = sorted({j.guideline.version for j in judgments if j.guideline})
+    if comparison.ranking_id:
+        # A pair a ranking implies: its votes are the annotators' rankings, with their ranks.
+        steps.append(
+            Step(
+                "ranking",
+                f"Implied by ranking {comparison.ranking_id}",
+                [
+                    Item(
+                        j.annotator.get_username(),
+                        f"ranking judgment {j.source_id}: "
+                        + (
+                            "ranks " + ", ".join(map(str, j.source.ranks)) + " in the order shown"
+                            if j.source and j.source.ranks
+                            else "all bad"
+                        ),
+                    )
+                    for j in judgments
+                    if j.source_id
+                ],
+            )
+        )
     steps.append(
         Step(
             "guideline",

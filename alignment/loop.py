@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from statistics import mean
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
 from alignment.engine.memory import peak_rss_mb, peak_rss_reset, rss_mb
-from alignment.engine.rules import JudgeRule
+from alignment.engine.rules import JudgeRule, ranks_by_rule
 from alignment.engine.stats import WinRate, win_rate
 from alignment.models import (
     DataScope,
@@ -101,6 +102,8 @@ class LoopCheckReport:
     train_judgments: int
     train_pairs: int
     train_ties: int
+    # The simulated annotators' time on round 1 under the reading model (READING_CHARS_PER_S).
+    train_reading_minutes: float
     train_skipped: int
     training_steps: int
     train_loss: float
@@ -126,15 +129,33 @@ def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
     return users
 
 
+# The reading model of the annotators' time: reading time proportional to the characters shown
+# (the prompt and every response), at about 250 words a minute.
+READING_CHARS_PER_S = 25.0
+
+
+@dataclass(frozen=True)
+class JudgingWork:
+    """What simulated annotators did: judgments made and the characters they were shown."""
+
+    judgments: int
+    chars_read: int
+
+    @property
+    def reading_minutes(self) -> float:
+        return self.chars_read / READING_CHARS_PER_S / 60
+
+
 def judge_by_rule(
     *,
     project: Project,
     annotators: Sequence[User],
     rule: JudgeRule,
     skip_both_truncated: bool = False,
-) -> int:
-    """Let simulated annotators work the queue until nothing is left; returns judgments made."""
-    made = 0
+) -> JudgingWork:
+    """Let simulated annotators work the queue until nothing is left: a pair by the rule's
+    verdict, a ranking by the rule's ranks (engine.rules.ranks_by_rule)."""
+    made = chars = 0
     idle = 0
     turn = 0
     while idle < len(annotators):
@@ -146,22 +167,29 @@ def judge_by_rule(
             continue
         idle = 0
         comparison = assignment.comparison
-        left, right = assignment.left, assignment.right
-        if skip_both_truncated and left.finish_reason == right.finish_reason == CUT_OFF:
+        # The rule sees what a person sees: the prompt and the texts in the order shown.
+        shown = list(assignment.shown) or [assignment.left, assignment.right]
+        if skip_both_truncated and all(r.finish_reason == CUT_OFF for r in shown):
             comparison_skip(
                 comparison=comparison,
                 annotator=annotator,
-                reason="both responses cut off at the token limit",
+                reason=(
+                    "every response cut off at the token limit"
+                    if assignment.shown
+                    else "both responses cut off at the token limit"
+                ),
             )
             continue
-        # The rule sees what a person sees: the prompt and the left and right texts.
-        verdict = rule.judge(comparison.prompt.text, left.text, right.text)
-        side = {"a": "left", "b": "right", "tie": "tie"}[verdict]
-        judgment_submit(
-            comparison_id=comparison.pk, annotator=annotator, side=side, time_spent_ms=0
-        )
+        prompt = comparison.prompt.text
+        chars += len(prompt) + sum(len(r.text) for r in shown)
+        if assignment.shown:
+            answer: dict[str, Any] = {"ranks": ranks_by_rule(rule, prompt, [r.text for r in shown])}
+        else:
+            verdict = rule.judge(prompt, shown[0].text, shown[1].text)
+            answer = {"side": {"a": "left", "b": "right", "tie": "tie"}[verdict]}
+        judgment_submit(comparison_id=comparison.pk, annotator=annotator, time_spent_ms=0, **answer)
         made += 1
-    return made
+    return JudgingWork(judgments=made, chars_read=chars)
 
 
 def _jobs_execute(jobs: Sequence[GenerationJob]) -> None:
@@ -289,7 +317,7 @@ def _loop_check(
     )
 
     with phases("judging"):
-        train_judgments = judge_by_rule(
+        work = judge_by_rule(
             project=project,
             annotators=annotators,
             rule=rule,
@@ -298,7 +326,10 @@ def _loop_check(
     pairs = PreferencePair.objects.filter(project=project)
     train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
     train_ties = pairs.exclude(kind=PairKind.PREFERENCE).count()
-    log(f"judged {train_judgments}: {train_pairs} preference pairs, {train_ties} ties")
+    log(
+        f"judged {work.judgments}: {train_pairs} preference pairs, {train_ties} ties; "
+        f"{work.reading_minutes:.1f} annotator minutes reading ({work.chars_read} characters)"
+    )
 
     with phases("training"):
         run = _train(project=project, base=base, settings=settings)
@@ -325,7 +356,7 @@ def _loop_check(
         )
         _jobs_execute(list(round2.generation_jobs.order_by("id")))
     with phases("head-to-head judging"):
-        judged = judge_by_rule(project=project, annotators=annotators, rule=rule)
+        judged = judge_by_rule(project=project, annotators=annotators, rule=rule).judgments
     log(
         f"head to head: {judged} comparisons judged in {phases.seconds['head-to-head judging']:.0f} s"
     )
@@ -335,7 +366,8 @@ def _loop_check(
         rule=rule,
         rounds=(round1, round2),
         run=run,
-        counts=(train_judgments, train_pairs, train_ties),
+        counts=(work.judgments, train_pairs, train_ties),
+        reading_minutes=work.reading_minutes,
         phases=phases,
         generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
     )
@@ -377,6 +409,7 @@ def _report(
     rounds: tuple[Round, Round],
     run: TrainingRun,
     counts: tuple[int, int, int],
+    reading_minutes: float,
     phases: _Phases,
     generation_tokens_per_s: float,
 ) -> LoopCheckReport:
@@ -392,12 +425,13 @@ def _report(
         project_slug=project.slug,
         rule=rule.name,
         property_name=rule.property_name,
-        train_comparisons=Comparison.objects.filter(
-            project=project, round_number=round1.number
-        ).count(),
+        train_comparisons=Comparison.objects.filter(project=project, round_number=round1.number)
+        .items()
+        .count(),
         train_judgments=train_judgments,
         train_pairs=train_pairs,
         train_ties=train_ties,
+        train_reading_minutes=round(reading_minutes, 2),
         train_skipped=Lease.objects.filter(comparison__project=project, state=LeaseState.SKIPPED)
         .values("comparison")
         .distinct()

@@ -65,6 +65,10 @@ class PairSelection(models.TextChoices):
         "winner_stays",
         "Winner stays: each pair's winner meets the next sample (up to K - 1 pairs per prompt)",
     )
+    RANKING = (
+        "ranking",
+        "Rank all K samples (K from 3 to 6): one ranking, up to K(K-1)/2 pairs per prompt",
+    )
 
 
 class Round(models.Model):

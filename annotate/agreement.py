@@ -10,6 +10,8 @@ from fractions import Fraction
 from itertools import combinations
 from typing import Any, Protocol, TypeVar
 
+H = TypeVar("H", bound=Hashable)
+
 
 class _Ordered(Hashable, Protocol):
     def __lt__(self, other: Any, /) -> bool: ...
@@ -139,7 +141,7 @@ def alpha_by_group(
     }
 
 
-def kendall_tau_b(first: Mapping[Hashable, int], second: Mapping[Hashable, int]) -> Agreement:
+def kendall_tau_b(first: Mapping[H, int], second: Mapping[H, int]) -> Agreement:
     """Kendall's tau-b between two rankings (item → rank, ties share a rank) over the items
     both rank: +1 the same order, -1 the reverse. Ties are corrected for (tau-b), so two
     annotators who tie the same items still reach 1. `n` is the number of items both rank;

@@ -6,7 +6,11 @@ trainers take them unchanged):
   {"prompt": [messages...], "chosen": [{"role": "assistant", ...}], "rejected": [...]}
 - `kto`: unpaired, one row per response: {"prompt": [...], "completion": [...], "label": bool}.
   A pair gives its chosen response label true and its rejected one false; a tie gives both
-  true (equally acceptable), "both bad" both false.
+  true (equally acceptable), "both bad" both false. A ranking gives two rows, not two per
+  implied pair: its best response (aggregated over its implied pairs, by wins minus losses)
+  true and its worst false; judged all bad, each of its responses false.
+
+Pairs implied by a ranking are pairs like the others in `dpo` (one row each).
 
 Filters: rounds, agreement, prompt split, tags, and criteria (the winner must also have won
 each named criterion by the majority of its votes' per-criterion choices).
@@ -33,12 +37,14 @@ from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 
 from annotate.models import (
+    Comparison,
     Guideline,
     Judgment,
     JudgmentKind,
     PairKind,
     PreferencePair,
     Project,
+    Response,
     Split,
 )
 from core.errors import ValidationFailed
@@ -99,6 +105,8 @@ def export_pairs(*, project: Project, format: str, filters: ExportFilters) -> Qu
         pairs = pairs.filter(comparison__prompt__split=Split(filters.split))
     if filters.rounds:
         pairs = pairs.filter(comparison__round_number__in=filters.rounds)
+    if format == "kto":
+        pairs = pairs.filter(comparison__ranking__isnull=True)  # rankings: best and worst
     return pairs.order_by("id").values_list(
         "id",
         "kind",
@@ -113,6 +121,7 @@ def export_pairs(*, project: Project, format: str, filters: ExportFilters) -> Qu
         "rejected__text",
         "chosen_id",
         "comparison__response_a_id",
+        "comparison__ranking_id",
     )
 
 
@@ -182,6 +191,7 @@ class CardFigures:
     counters, a bitmap of the prompts seen, and samples for the length quantiles."""
 
     pairs_by_kind: Counter[str] = field(default_factory=Counter)
+    from_rankings: int = 0  # of the pairs, those a ranking implies
     rows: int = 0
     rounds: Counter[int] = field(default_factory=Counter)
     # Agreement is k/n with small n: few distinct values, so counting them is exact.
@@ -229,6 +239,86 @@ def export_rows(
             yield from _pair_rows(row, format=format, figures=figures)
         if kept:
             figures.guideline_versions |= _guideline_versions(kept)
+    if format == "kto" and not filters.criteria:
+        yield from _ranking_rows(project=project, filters=filters, figures=figures)
+
+
+def ranking_best_worst(
+    pairs: list[tuple[str, int, int]], responses: list[int]
+) -> tuple[list[int], list[int]]:
+    """(desirable, undesirable) responses of one ranking from its decided implied pairs
+    (kind, chosen, rejected): the one with the most wins minus losses and the one with the
+    fewest, each only if no other response scores level with it; every response undesirable
+    when every pair was judged both bad."""
+    if pairs and all(kind == PairKind.BOTH_BAD for kind, _, _ in pairs):
+        return [], list(responses)
+    score = Counter(dict.fromkeys(responses, 0))
+    for kind, chosen, rejected in pairs:
+        if kind == PairKind.PREFERENCE:
+            score[chosen] += 1
+            score[rejected] -= 1
+    ordered = sorted(score.values())
+    if len(ordered) < 2 or ordered[0] == ordered[-1]:
+        return [], []
+    best = [r for r in responses if score[r] == ordered[-1]]
+    worst = [r for r in responses if score[r] == ordered[0]]
+    return (best if len(best) == 1 else []), (worst if len(worst) == 1 else [])
+
+
+def _ranking_rows(
+    *, project: Project, filters: ExportFilters, figures: CardFigures
+) -> Iterator[dict[str, Any]]:
+    """KTO rows of the rankings whose implied pairs pass the filters: best true, worst false."""
+    pairs = PreferencePair.objects.filter(
+        project=project,
+        comparison__ranking__isnull=False,
+        agreement__gte=filters.min_agreement,
+    )
+    if filters.split != "all":
+        pairs = pairs.filter(comparison__prompt__split=Split(filters.split))
+    if filters.rounds:
+        pairs = pairs.filter(comparison__round_number__in=filters.rounds)
+    wanted_tags = set(filters.tags)
+    by_ranking: dict[int, list[tuple[str, int, int]]] = {}
+    for ranking_id, kind, chosen, rejected in pairs.values_list(
+        "comparison__ranking_id", "kind", "chosen_id", "rejected_id"
+    ).iterator(chunk_size=CHUNK):
+        assert ranking_id is not None  # (filtered on: every pair here is implied)
+        by_ranking.setdefault(ranking_id, []).append((kind, chosen, rejected))
+    ids = sorted(by_ranking)
+    for start in range(0, len(ids), CHUNK):
+        chunk = list(
+            Comparison.objects.filter(pk__in=ids[start : start + CHUNK])
+            .select_related("prompt")
+            .order_by("id")
+        )
+        texts = dict(
+            Response.objects.filter(pk__in=[r for c in chunk for r in c.responses]).values_list(
+                "id", "text"
+            )
+        )
+        for ranking in chunk:
+            prompt = ranking.prompt
+            if wanted_tags and not wanted_tags.intersection(prompt.tags or ()):
+                continue
+            implied = by_ranking[ranking.pk]
+            if not filters.include_ties and all(k == PairKind.BOTH_BAD for k, _, _ in implied):
+                continue  # all bad: left out with the ties and both-bad pairs
+            good, bad = ranking_best_worst(implied, list(ranking.responses))
+            if not good and not bad:
+                continue
+            figures.pairs_by_kind["ranking (best and worst)"] += 1
+            figures.rounds[ranking.round_number] += 1
+            if figures.prompt_first_seen(prompt.pk):
+                figures.prompt_chars.add(sum(len(m.get("content", "")) for m in prompt.messages))
+            for label, picked in ((True, good), (False, bad)):
+                for response_id in picked:
+                    figures.rows += 1
+                    yield {
+                        "prompt": prompt.messages,
+                        "completion": _assistant(texts[response_id]),
+                        "label": label,
+                    }
 
 
 def _pair_rows(
@@ -238,6 +328,7 @@ def _pair_rows(
     _, kind, agreement, n_judgments, _, round_number, prompt_id = row[:7]
     messages, chosen, rejected = row[8:11]
     figures.pairs_by_kind[kind] += 1
+    figures.from_rankings += row[13] is not None
     figures.rounds[round_number] += 1
     figures.agreement[round(agreement, 4)] += 1
     figures.judgments += n_judgments
@@ -430,7 +521,8 @@ def dataset_card(
         "",
         "## Counts",
         f"- rows: {figures.rows}",
-        f"- pairs: {sum(figures.pairs_by_kind.values())} ({kinds})",
+        f"- pairs: {sum(figures.pairs_by_kind.values())} ({kinds})"
+        + (f"; {figures.from_rankings} implied by rankings" if figures.from_rankings else ""),
         f"- distinct prompts: {figures.distinct_prompts}",
         f"- judgments behind them: {figures.judgments}",
         "- rounds: "

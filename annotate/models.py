@@ -4,6 +4,13 @@ Sides: a comparison holds responses `a` and `b` in a fixed order; `left_is_a` sa
 the annotator sees on the left (randomised at creation). Judgments store the choice in terms
 of `a`/`b` (what was preferred), plus the side layout the annotator saw, so left/right bias
 can be measured without ambiguity.
+
+Rankings (a judging mode): a ranking comparison holds K responses (`responses`, 3 to 6) and is
+the queue's item, under the same leases, overlap, skips, undo, gold and re-checks as a pair.
+It owns one *implied* comparison per two of its responses (`ranking` points back), never
+handed out: an annotator's ranking (a judgment with `shown` and `ranks`) writes one implied
+judgment on each, and from there aggregation, pairs, review, snapshots, exports and lineage
+are the pairs' own. Each annotator sees the K responses in their own order (annotate.queue).
 """
 
 from __future__ import annotations
@@ -239,12 +246,23 @@ class Choice(models.TextChoices):
     B = "b", "B better"
     TIE = "tie", "Tie"
     BOTH_BAD = "both_bad", "Both bad"
+    RANKED = "ranked", "Ranked"  # a ranking's judgment: its `ranks` say the rest
 
 
 class ComparisonStatus(models.TextChoices):
     OPEN = "open", "Open"
     COMPLETE = "complete", "Complete"
     RETIRED = "retired", "Retired"
+
+
+class ComparisonQuerySet(models.QuerySet["Comparison"]):
+    def items(self) -> ComparisonQuerySet:
+        """What annotators are handed: pairs and rankings, not the pairs rankings imply."""
+        return self.filter(ranking__isnull=True)
+
+    def pairwise(self) -> ComparisonQuerySet:
+        """Comparisons of two responses, implied ones included: what has a pair."""
+        return self.filter(responses=[])
 
 
 class Comparison(models.Model):
@@ -264,6 +282,12 @@ class Comparison(models.Model):
     # How the two responses were picked from more samples: strategy, K, picked, score.
     selection = models.JSONField(default=dict, blank=True)
     gold_choice = models.CharField(max_length=10, choices=Choice, blank=True)
+    # A ranking: the ids of its K responses (response_a and response_b are the first two).
+    responses = models.JSONField(default=list, blank=True)
+    # An implied pair: the ranking comparison it belongs to (not a queue item of its own).
+    ranking = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="implied"
+    )
     status = models.CharField(
         max_length=10, choices=ComparisonStatus, default=ComparisonStatus.OPEN
     )
@@ -271,6 +295,8 @@ class Comparison(models.Model):
     judgment_count = models.PositiveSmallIntegerField(default=0)
     sent_back_count = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ComparisonQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -296,6 +322,10 @@ class Comparison(models.Model):
     def is_gold(self) -> bool:
         return bool(self.gold_choice)
 
+    @property
+    def is_ranking(self) -> bool:
+        return bool(self.responses)
+
 
 class LeaseState(models.TextChoices):
     HELD = "held", "Held"
@@ -309,6 +339,8 @@ class Lease(models.Model):
 
     `left_is_a` is the side layout this annotator is shown: the comparison's own, or the
     swapped one when the lease re-shows a judged pair to check the annotator's consistency.
+    For a ranking it says whether the annotator's own order is shown as drawn (True) or
+    reversed (a re-check).
     """
 
     # Both indexed by the indexes below that lead with them: a lease changes state a few
@@ -348,6 +380,7 @@ class JudgmentKind(models.TextChoices):
     VOTE = "vote", "Vote"
     RECHECK = "recheck", "Swapped re-check"  # the same pair re-shown with sides swapped
     ADJUDICATION = "adjudication", "Adjudication"  # a reviewer's decision, wins aggregation
+    IMPLIED = "implied", "Implied by a ranking"  # one pair of a ranking vote (`source`)
 
 
 class Judgment(models.Model):
@@ -366,6 +399,14 @@ class Judgment(models.Model):
     kind = models.CharField(max_length=12, choices=JudgmentKind, default=JudgmentKind.VOTE)
     choice = models.CharField(max_length=10, choices=Choice)
     left_was_a = models.BooleanField(help_text="The side layout the annotator saw.")
+    # A ranking's judgment: the response ids in the order shown, and the rank of each (1 the
+    # best; tied responses share one). Empty for a pair, and for a ranking judged "all bad".
+    shown = models.JSONField(default=list, blank=True)
+    ranks = models.JSONField(default=list, blank=True)
+    # An implied judgment: the ranking judgment it was derived from.
+    source = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="implied"
+    )
     strength = models.PositiveSmallIntegerField(null=True, blank=True)
     criteria = models.JSONField(default=dict, blank=True, help_text="criterion name → choice")
     rationale = models.TextField(blank=True)

@@ -6,6 +6,12 @@ report also splits agreement and bias by each of them.
 
 Superseded judgments (undone, sent back) are left out; adjudications are a reviewer's
 decision, not an annotation, and are left out too.
+
+Rankings count as one judgment each; their pair figures (agreement, left/longer bias, ties,
+gold, majority) are over the pairs they imply, where "left" is the response shown earlier.
+Their own figures: Kendall's tau between annotators who ranked the same responses, and
+between the order shown and the ranks given (0 without position bias; positive when the
+responses shown first are ranked better).
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from django.db.models.functions import Length
 from annotate.agreement import (
     Agreement,
     kappa_by_annotator_pair,
+    kendall_tau_b,
     krippendorff_alpha_nominal,
 )
 from annotate.models import Choice, Judgment, JudgmentKind, Project
+from annotate.ranking import ranking_pairs
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,23 @@ class _Row:
     gold_choice: str
     len_a: int
     len_b: int
+    shown: list[int]  # a ranking's judgment: the order shown, and the ranks in that order
+    ranks: list[int]
+
+    @property
+    def is_ranking(self) -> bool:
+        return bool(self.shown)
+
+    @property
+    def is_pair_vote(self) -> bool:
+        """A vote on two responses: on a pair, or one a ranking implies."""
+        return self.kind == JudgmentKind.IMPLIED or (
+            self.kind == JudgmentKind.VOTE and not self.is_ranking
+        )
+
+    @property
+    def ranked(self) -> dict[int, int]:
+        return dict(zip(self.shown, self.ranks, strict=False)) if self.ranks else {}
 
     @property
     def chose_left(self) -> bool | None:
@@ -85,6 +110,19 @@ class _Row:
 
 
 @dataclass(frozen=True)
+class Mean:
+    total: float
+    n: int
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+    def __str__(self) -> str:
+        return "—" if self.value is None else f"{self.value:+.2f}"
+
+
+@dataclass(frozen=True)
 class Bias:
     """Biases and quality signals of a set of judgments (one annotator's, or everyone's)."""
 
@@ -97,6 +135,9 @@ class Bias:
     gold_correct: Rate  # gold items answered as their known answer
     consistent: Rate  # swapped re-checks answered as the first time
     with_majority: Rate  # votes that agree with the other annotators' majority
+    rankings: int = 0  # of `judgments`, how many were rankings
+    position_tau: Mean = Mean(0.0, 0)  # rankings: tau between the order shown and the ranks
+    tau_with_others: Mean = Mean(0.0, 0)  # rankings: tau with others' rankings of the same
 
 
 @dataclass(frozen=True)
@@ -125,6 +166,7 @@ class GroupQuality:
 class QualityReport:
     filters: QualityFilters
     judgments: int
+    rankings: int  # of the judgments
     pairwise_agreement: Rate  # pairs of votes on one comparison that agree
     alpha: Agreement
     alpha_by_criterion: dict[str, Agreement]
@@ -158,7 +200,7 @@ def _rows(*, project: Project) -> list[_Row]:
         Judgment.objects.filter(
             comparison__project=project,
             superseded_at__isnull=True,
-            kind__in=[JudgmentKind.VOTE, JudgmentKind.RECHECK],
+            kind__in=[JudgmentKind.VOTE, JudgmentKind.RECHECK, JudgmentKind.IMPLIED],
         )
         .annotate(
             len_a=Length("comparison__response_a__text"),
@@ -179,24 +221,48 @@ def _rows(*, project: Project) -> list[_Row]:
             "comparison__gold_choice",
             "len_a",
             "len_b",
+            "shown",
+            "ranks",
         )
         .order_by("id")
     )
     return [_Row(*values) for values in queryset]
 
 
-def _bias(rows: Sequence[_Row], *, votes_by_comparison: dict[int, list[_Row]]) -> Bias:
-    votes = [r for r in rows if r.kind == JudgmentKind.VOTE]
+def _bias(
+    rows: Sequence[_Row],
+    *,
+    votes_by_comparison: dict[int, list[_Row]],
+    rankings_by_comparison: dict[int, list[_Row]],
+) -> Bias:
+    judged = [r for r in rows if r.kind == JudgmentKind.VOTE]
+    votes = [r for r in rows if r.is_pair_vote]
     plain = [r for r in votes if not r.gold_choice]
     lefts = [r.chose_left for r in plain if r.chose_left is not None]
     longers = [r.chose_longer for r in plain if r.chose_longer is not None]
-    times = [r.time_spent_ms for r in votes if r.time_spent_ms is not None]
+    times = [r.time_spent_ms for r in judged if r.time_spent_ms is not None]
     gold = [r.choice == r.gold_choice for r in votes if r.gold_choice]
-    first_answer = {(r.comparison_id, r.annotator_id): r.choice for r in votes}
-    rechecks = [
-        r.choice == first_answer[(r.comparison_id, r.annotator_id)]
-        for r in rows
-        if r.kind == JudgmentKind.RECHECK and (r.comparison_id, r.annotator_id) in first_answer
+    first_answer = {(r.comparison_id, r.annotator_id): r for r in judged}
+    rechecks: list[bool] = []
+    for r in rows:
+        first = first_answer.get((r.comparison_id, r.annotator_id))
+        if r.kind != JudgmentKind.RECHECK or first is None:
+            continue
+        rechecks += _same_answers(first, r)
+    rankings = [r for r in judged if r.is_ranking and r.ranks and not r.gold_choice]
+    position = [
+        tau.value
+        for r in rankings
+        if (
+            tau := kendall_tau_b(dict(enumerate(r.ranks)), {i: i for i in range(len(r.ranks))})
+        ).value
+        is not None
+    ]
+    with_others = [
+        tau.value
+        for r in rankings
+        for other in rankings_by_comparison.get(r.comparison_id, [])
+        if other is not r and (tau := kendall_tau_b(r.ranked, other.ranked)).value is not None
     ]
     with_majority = []
     for row in plain:
@@ -206,7 +272,7 @@ def _bias(rows: Sequence[_Row], *, votes_by_comparison: dict[int, list[_Row]]) -
         if others and (len(others) == 1 or others[0][1] > others[1][1]):
             with_majority.append(row.choice == others[0][0])
     return Bias(
-        judgments=len(votes),
+        judgments=len(judged),
         left_chosen=Rate(sum(lefts), len(lefts)),
         chosen_longer=Rate(sum(longers), len(longers)),
         ties=Rate(sum(r.choice == Choice.TIE for r in plain), len(plain)),
@@ -215,27 +281,49 @@ def _bias(rows: Sequence[_Row], *, votes_by_comparison: dict[int, list[_Row]]) -
         gold_correct=Rate(sum(gold), len(gold)),
         consistent=Rate(sum(rechecks), len(rechecks)),
         with_majority=Rate(sum(with_majority), len(with_majority)),
+        rankings=sum(1 for r in judged if r.is_ranking),
+        position_tau=Mean(sum(position), len(position)),
+        tau_with_others=Mean(sum(with_others), len(with_others)),
     )
+
+
+def _same_answers(first: _Row, again: _Row) -> list[bool]:
+    """A swapped re-check against the first answer: one outcome for a pair, one per implied
+    pair for a ranking (all bad answers every pair alike)."""
+    if not first.is_ranking:
+        return [again.choice == first.choice]
+    if not first.ranks or not again.ranks:
+        return [first.ranks == again.ranks] * (len(first.shown) * (len(first.shown) - 1) // 2)
+    before = ranking_pairs(first.ranked, shown=sorted(first.shown))
+    after = ranking_pairs(again.ranked, shown=sorted(first.shown))
+    return [(b.chosen, b.tie) == (a.chosen, a.tie) for b, a in zip(before, after, strict=True)]
 
 
 def _alpha(rows: Sequence[_Row]) -> Agreement:
     units: dict[int, list[str]] = defaultdict(list)
     for row in rows:
-        if row.kind == JudgmentKind.VOTE and not row.gold_choice:
+        if row.is_pair_vote and not row.gold_choice:
             units[row.comparison_id].append(row.choice)
     return krippendorff_alpha_nominal(units.values())
 
 
-def _votes_by_comparison(rows: Sequence[_Row]) -> dict[int, list[_Row]]:
+def _votes_by_comparison(rows: Sequence[_Row], *, rankings: bool = False) -> dict[int, list[_Row]]:
+    """Pair votes (with `rankings`: ranking votes) of non-gold items, by comparison."""
     grouped: dict[int, list[_Row]] = defaultdict(list)
     for row in rows:
-        if row.kind == JudgmentKind.VOTE and not row.gold_choice:
+        if row.gold_choice:
+            continue
+        if (row.is_ranking and row.kind == JudgmentKind.VOTE) if rankings else row.is_pair_vote:
             grouped[row.comparison_id].append(row)
     return grouped
 
 
 def _groups(
-    rows: Sequence[_Row], key: str, label: str, votes: dict[int, list[_Row]]
+    rows: Sequence[_Row],
+    key: str,
+    label: str,
+    votes: dict[int, list[_Row]],
+    rankings: dict[int, list[_Row]],
 ) -> list[GroupQuality]:
     grouped: dict[int | None, list[_Row]] = defaultdict(list)
     for row in rows:
@@ -245,7 +333,7 @@ def _groups(
             label=label.format(value if value is not None else "—"),
             value=value,
             alpha=_alpha(group),
-            bias=_bias(group, votes_by_comparison=votes),
+            bias=_bias(group, votes_by_comparison=votes, rankings_by_comparison=rankings),
         )
         for value, group in sorted(grouped.items(), key=lambda item: (item[0] is None, item[0]))
     ]
@@ -261,6 +349,7 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
         and (filters.round_number is None or r.round_number == filters.round_number)
     ]
     votes = _votes_by_comparison(rows)
+    rankings = _votes_by_comparison(rows, rankings=True)
     agree = pairs = 0
     for group in votes.values():
         for first, second in combinations(group, 2):
@@ -274,25 +363,26 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
         (r.comparison_id, r.annotator_id, r.choice) for group in votes.values() for r in group
     )
     criteria_units: dict[str, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for group in votes.values():
+    for group in (*votes.values(), *rankings.values()):
         for row in group:
             for name, value in row.criteria.items():
                 criteria_units[name][row.comparison_id].append(value)
     return QualityReport(
         filters=filters,
         judgments=sum(1 for r in rows if r.kind == JudgmentKind.VOTE),
+        rankings=sum(1 for r in rows if r.kind == JudgmentKind.VOTE and r.is_ranking),
         pairwise_agreement=Rate(agree, pairs),
         alpha=_alpha(rows),
         alpha_by_criterion={
             name: krippendorff_alpha_nominal(criteria_units[name].values())
             for name in project.criteria
         },
-        overall=_bias(rows, votes_by_comparison=votes),
+        overall=_bias(rows, votes_by_comparison=votes, rankings_by_comparison=rankings),
         annotators=[
             AnnotatorQuality(
                 annotator_id=annotator_id,
                 username=names[annotator_id],
-                bias=_bias(group, votes_by_comparison=votes),
+                bias=_bias(group, votes_by_comparison=votes, rankings_by_comparison=rankings),
             )
             for annotator_id, group in sorted(by_annotator.items(), key=lambda i: names[i[0]])
         ],
@@ -300,8 +390,8 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
             KappaRow(first=names[a], second=names[b], kappa=kappa)
             for (a, b), kappa in kappas.items()
         ],
-        by_guideline=_groups(rows, "guideline_version", "Guidelines v{}", votes),
-        by_round=_groups(rows, "round_number", "Round {}", votes),
+        by_guideline=_groups(rows, "guideline_version", "Guidelines v{}", votes, rankings),
+        by_round=_groups(rows, "round_number", "Round {}", votes, rankings),
         guideline_versions=sorted({r.guideline_version for r in every if r.guideline_version}),
         round_numbers=sorted({r.round_number for r in every}),
     )

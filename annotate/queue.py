@@ -33,6 +33,7 @@ from annotate.models import (
     Project,
     Response,
 )
+from annotate.services.rankings import ranking_shown
 from annotate.sql import queue as sql_queue
 from core.errors import ValidationFailed
 
@@ -60,6 +61,22 @@ class Assignment:
     # How many pairs the claim found available (this one included), counted up to
     # AVAILABLE_CAP + 1; None when it did not look (a held lease, a gold item, a re-check).
     available: int | None = field(default=None, compare=False)
+    # A ranking's responses in the order this annotator is shown them (empty for a pair).
+    shown: tuple[Response, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def of(
+        cls, *, comparison: Comparison, annotator_id: int, left_is_a: bool, is_recheck: bool
+    ) -> Assignment:
+        """The assignment as this annotator sees it: a ranking's responses in their order."""
+        shown: tuple[Response, ...] = ()
+        if comparison.is_ranking:
+            order = ranking_shown(
+                comparison=comparison, annotator_id=annotator_id, left_is_a=left_is_a
+            )
+            found = Response.objects.in_bulk(order)
+            shown = tuple(found[response_id] for response_id in order)
+        return cls(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck, shown=shown)
 
     @property
     def left(self) -> Response:
@@ -103,7 +120,9 @@ def lease_held(*, project: Project, annotator: User, now: datetime) -> Assignmen
     if held is None:
         return None
     comparison, left_is_a, is_recheck = held
-    return Assignment(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck)
+    return Assignment.of(
+        comparison=comparison, annotator_id=annotator.pk, left_is_a=left_is_a, is_recheck=is_recheck
+    )
 
 
 def lease_take(
@@ -125,7 +144,9 @@ def lease_take(
         left_is_a=left_is_a,
         is_recheck=is_recheck,
     )
-    return Assignment(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck)
+    return Assignment.of(
+        comparison=comparison, annotator_id=annotator.pk, left_is_a=left_is_a, is_recheck=is_recheck
+    )
 
 
 # How many gold items or past votes a pick draws from.

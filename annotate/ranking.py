@@ -8,6 +8,7 @@ where the ranks are level.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from itertools import combinations
@@ -63,3 +64,11 @@ def ranking_pairs(ranks: Mapping[T, int], *, shown: list[T]) -> list[ImpliedPair
         else:
             pairs.append(ImpliedPair(first, second, (a, b), tie=a == b))
     return pairs
+
+
+def shown_order(items: list[T], *, seed: str, reverse: bool = False) -> list[T]:
+    """The order one annotator is shown a ranking's items in: drawn from `seed` (so the same on
+    every refresh and after an undo), reversed for a swapped re-check."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return order[::-1] if reverse else order

@@ -118,10 +118,14 @@ def project_overview(*, project: Project) -> ProjectOverview:
         train=Count("id", filter=Q(split=Split.TRAIN)),
         eval=Count("id", filter=Q(split=Split.EVAL)),
     )
-    comparisons = Comparison.objects.filter(project=project).aggregate(
-        total=Count("id"),
-        open=Count("id", filter=Q(status=ComparisonStatus.OPEN)),
-        complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)),
+    comparisons = (
+        Comparison.objects.filter(project=project)
+        .items()
+        .aggregate(
+            total=Count("id"),
+            open=Count("id", filter=Q(status=ComparisonStatus.OPEN)),
+            complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)),
+        )
     )
     kinds = dict(
         PreferencePair.objects.filter(project=project)
@@ -132,6 +136,7 @@ def project_overview(*, project: Project) -> ProjectOverview:
     rounds = [
         dict(row)
         for row in Comparison.objects.filter(project=project)
+        .items()
         .values("round_number", "purpose")
         .annotate(
             comparisons=Count("id"),
@@ -189,6 +194,7 @@ def comparison_undecided(comparison: Comparison, *, has_pair: bool) -> bool:
     return (
         comparison.status == ComparisonStatus.COMPLETE
         and not comparison.is_gold
+        and not comparison.is_ranking
         and comparison.judgment_count > 0
         and not has_pair
     )
@@ -215,6 +221,7 @@ def _disputed(*, project: Project) -> Any:
     even split, no pair) and majorities that were not unanimous."""
     return (
         Comparison.objects.filter(project=project, status=ComparisonStatus.COMPLETE, gold_choice="")
+        .pairwise()
         .filter(Q(pair__isnull=True) | Q(pair__agreement__lt=1.0))
         .exclude(pk__in=_adjudicated())
         .select_related("prompt", "pair")
@@ -233,14 +240,14 @@ def next_disputed(*, project: Project, after: Comparison) -> Comparison | None:
 def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
     """Comparisons a reviewer should look at, for one of REVIEW_REASONS."""
     adjudicated = _adjudicated()
-    base = Comparison.objects.filter(project=project).select_related("prompt", "pair")
+    base = Comparison.objects.filter(project=project).pairwise().select_related("prompt", "pair")
     if reason == "split":
         queryset = _disputed(project=project)
     elif reason == "gold":
         misses = Judgment.objects.filter(
             comparison__project=project,
             comparison__gold_choice__gt="",
-            kind=JudgmentKind.VOTE,
+            kind__in=[JudgmentKind.VOTE, JudgmentKind.IMPLIED],
             superseded_at__isnull=True,
         ).exclude(choice=F("comparison__gold_choice"))
         queryset = base.filter(pk__in=misses.values("comparison_id"))
@@ -261,7 +268,7 @@ def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
     counts: dict[int, dict[str, int]] = {c.pk: {} for c in comparisons}
     for comparison_id, choice, n in (
         Judgment.objects.filter(comparison__in=comparisons, superseded_at__isnull=True)
-        .filter(kind=JudgmentKind.VOTE)
+        .filter(kind__in=[JudgmentKind.VOTE, JudgmentKind.IMPLIED])
         .values_list("comparison_id", "choice")
         .annotate(n=Count("id"))
         .values_list("comparison_id", "choice", "n")
@@ -311,7 +318,7 @@ def judgments_of_annotator(
     """An annotator's own judgments, newest first: all they may see of anyone's judgments."""
     return list(
         Judgment.objects.filter(comparison__project=project, annotator=annotator)
-        .exclude(kind=JudgmentKind.ADJUDICATION)
+        .exclude(kind__in=[JudgmentKind.ADJUDICATION, JudgmentKind.IMPLIED])
         .select_related("comparison__prompt", "guideline")
         .order_by("-created_at", "-id")[:limit]
     )
@@ -332,7 +339,7 @@ def judgment_of_annotator(*, project: Project, annotator: User, judgment_id: int
     """One of the annotator's own judgments (Judgment.DoesNotExist for anyone else's)."""
     return (
         Judgment.objects.filter(comparison__project=project, annotator=annotator)
-        .exclude(kind=JudgmentKind.ADJUDICATION)
+        .exclude(kind__in=[JudgmentKind.ADJUDICATION, JudgmentKind.IMPLIED])
         .select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
         .select_related("guideline")
         .get(pk=judgment_id)
@@ -478,6 +485,7 @@ def prompt_detail(*, prompt: Prompt) -> PromptDetail:
     """A prompt with every response to it and every comparison of them, with its judgments."""
     comparisons = list(
         Comparison.objects.filter(prompt=prompt)
+        .pairwise()
         .select_related("response_a__policy", "response_b__policy")
         .order_by("round_number", "id")
     )

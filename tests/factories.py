@@ -41,6 +41,7 @@ from annotate.services.prompts import (
     prompts_create,
     responses_create,
 )
+from annotate.services.rankings import ranking_create
 
 # The checkout, and where the packaged models are converted to (what a worker is told too).
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +164,28 @@ def comparison_make(
     if judged_by is not None:
         judgment_submit(comparison_id=comparison.pk, annotator=judged_by, choice=choice)
     return comparison
+
+
+def ranking_make(
+    prompt: Prompt,
+    texts: Sequence[str] = (
+        "Short.",
+        "A little longer.",
+        "Longer than both of those.",
+        "Long " * 9,
+    ),
+    *,
+    round_number: int = 1,
+    policy: Policy | None = None,
+) -> Comparison:
+    """Responses to `prompt` (one per text) and the ranking of them, in that order."""
+    responses = responses_create(
+        policy=policy or policy_for(prompt.project),
+        rows=[
+            ResponseInput(prompt_id=prompt.pk, text=text, generation_params={}) for text in texts
+        ],
+    )
+    return ranking_create(responses=responses, round_number=round_number)
 
 
 def comparisons_make(project: Project, count: int, *, round_number: int = 1) -> list[Comparison]:

@@ -6,8 +6,9 @@ import importlib
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Literal, cast
 
 from core.text import words
@@ -226,3 +227,18 @@ def rule_load(spec: str) -> JudgeRule:
         measure=measure,
         description=" ".join(doc.split("\n\n")[0].split()),
     )
+
+
+def ranks_by_rule(rule: JudgeRule, prompt: str, texts: Sequence[str]) -> list[int]:
+    """Ranks (1 the best; level scores share one) of `texts`, in their order, by a rule that
+    judges pairs: each text's wins minus losses against every other (a Copeland score), so
+    any pairwise rule ranks, transitive or not. Each pair is judged in the order given."""
+    score = [0] * len(texts)
+    for i, j in combinations(range(len(texts)), 2):
+        verdict = rule.judge(prompt, texts[i], texts[j])
+        if verdict != "tie":
+            winner, loser = (i, j) if verdict == "a" else (j, i)
+            score[winner] += 1
+            score[loser] -= 1
+    levels = sorted(set(score), reverse=True)
+    return [levels.index(s) + 1 for s in score]

@@ -37,6 +37,7 @@ def round_list_for_project(*, project: Project) -> list[RoundRow]:
     )
     created = dict(
         Comparison.objects.filter(project=project)
+        .items()
         .values_list("round_number")
         .annotate(n=Count("id"))
         .values_list("round_number", "n")
@@ -101,14 +102,18 @@ def round_detail_get(*, project: Project, number: int) -> RoundDetail | None:
 
 
 def round_comparison_counts(*, project: Project, round_number: int) -> RoundComparisonCounts:
-    counts = Comparison.objects.filter(project=project, round_number=round_number).aggregate(
+    counts = (
+        Comparison.objects.filter(project=project, round_number=round_number).items()
+    ).aggregate(
         created=Count("id"),
         judged=Count("id", filter=Q(judgment_count__gt=0)),
         complete=Count("id", filter=Q(status=ComparisonStatus.COMPLETE)),
     )
-    judgments = Comparison.objects.filter(project=project, round_number=round_number).aggregate(
-        n=Count("judgments")
-    )["n"]
+    judgments = (
+        Comparison.objects.filter(project=project, round_number=round_number)
+        .items()
+        .aggregate(n=Count("judgments"))["n"]
+    )
     return RoundComparisonCounts(
         created=counts["created"] or 0,
         judged=counts["judged"] or 0,

@@ -22,7 +22,9 @@ from annotate.models import (
     Purpose,
     Response,
 )
+from annotate.ranking import K_MAX, K_MIN
 from annotate.services.comparisons import comparison_create
+from annotate.services.rankings import ranking_create
 from core.models import JobStatus
 from core.text import CUT_OFF
 
@@ -36,6 +38,9 @@ def on_policy_pairs_create(
     by_prompt: dict[int, list[Response]] = defaultdict(list)
     for response in responses:
         by_prompt[response.prompt_id].append(response)
+    if round_.pair_selection == PairSelection.RANKING:
+        _rankings_create(by_prompt, round_, counts)
+        return
     if round_.pair_selection != PairSelection.ADJACENT:
         _selected_pairs_create(by_prompt, round_, rng, counts)
         return
@@ -66,6 +71,28 @@ def _on_policy_pair_create(
         selection=selection,
     )
     counts["comparisons"] += 1
+
+
+def _rankings_create(
+    by_prompt: dict[int, list[Response]], round_: Round, counts: dict[str, int]
+) -> None:
+    """One ranking per prompt of its distinct samples (K_MIN to K_MAX of them); a prompt whose
+    samples say only two different things gets a pair, one with fewer nothing."""
+    for group in by_prompt.values():
+        distinct = list({r.text.strip(): r for r in reversed(group)}.values())[::-1][:K_MAX]
+        counts["identical_skipped"] += len(group) - len(distinct)
+        if len(distinct) >= K_MIN:
+            ranking_create(
+                responses=distinct,
+                round_number=round_.number,
+                purpose=Purpose.TRAIN,
+                pairing_strategy=PairingStrategy.ON_POLICY,
+                selection={"strategy": PairSelection.RANKING, "k": len(group)},
+            )
+            counts["comparisons"] += 1
+        elif len(distinct) == 2:
+            first, second = distinct
+            _on_policy_pair_create(first, second, round_, random.Random(), counts)
 
 
 def _selected_pairs_create(

@@ -21,6 +21,7 @@ from alignment.models import (
 )
 from annotate.coverage import prompts_for_coverage
 from annotate.models import Project, Prompt, Purpose, Split
+from annotate.ranking import K_MAX, K_MIN
 from core.errors import ValidationFailed
 
 
@@ -243,6 +244,10 @@ def _round_check(
         raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
     if pair_selection not in PairSelection.values:
         raise ValidationFailed(f"pair_selection must be one of {', '.join(PairSelection.values)}.")
+    if pair_selection == PairSelection.RANKING and not K_MIN <= samples_per_prompt <= K_MAX:
+        raise ValidationFailed(
+            f"A ranking orders {K_MIN} to {K_MAX} samples per prompt, not {samples_per_prompt}."
+        )
     if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
         raise ValidationFailed(
             "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."

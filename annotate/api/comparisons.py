@@ -32,6 +32,13 @@ class ComparisonOut(serializers.Serializer[Any]):
     status = serializers.ChoiceField(choices=ComparisonStatus.choices)
     judgment_count = serializers.IntegerField()
     gold_choice = serializers.CharField(allow_blank=True)
+    responses = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="A ranking's response ids (empty for a pair).",
+    )
+    ranking_id = serializers.IntegerField(
+        allow_null=True, help_text="A pair a ranking implies: that ranking's id."
+    )
     created_at = serializers.DateTimeField()
 
 
@@ -84,11 +91,20 @@ class JudgmentOut(serializers.Serializer[Any]):
     reason_tags = serializers.ListField(child=serializers.CharField())
     time_spent_ms = serializers.IntegerField(allow_null=True)
     guideline_version = serializers.IntegerField(source="guideline.version", allow_null=True)
+    shown = serializers.ListField(
+        child=serializers.IntegerField(), help_text="A ranking's response ids in the order shown."
+    )
+    ranks = serializers.ListField(
+        child=serializers.IntegerField(), help_text="A ranking's ranks, in the order shown."
+    )
+    source_id = serializers.IntegerField(
+        allow_null=True, help_text="An implied judgment: the ranking judgment it comes from."
+    )
     superseded = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
 
     def get_side(self, judgment: Judgment) -> str:
-        if judgment.choice in (Choice.TIE, Choice.BOTH_BAD):
+        if judgment.choice in (Choice.TIE, Choice.BOTH_BAD, Choice.RANKED):
             return str(judgment.choice)
         return "left" if (judgment.choice == Choice.A) == judgment.left_was_a else "right"
 

@@ -17,6 +17,7 @@ from annotate.api.comparisons import JudgmentOut
 from annotate.api.projects import MessageOut, ProjectApi
 from annotate.models import Judgment, JudgmentKind, Project, Role
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
+from annotate.ranking import K_MAX, K_MIN
 from annotate.rendering import rendered_html
 from annotate.services.judgments import (
     MAX_TIME_SPENT_MS,
@@ -44,12 +45,37 @@ class SideOut(serializers.Serializer[Any]):
     )
 
 
+class ShownOut(SideOut):
+    id = serializers.IntegerField()
+
+
 class AssignmentOut(serializers.Serializer[Any]):
     # Of an annotate.queue.Assignment. (Comments, not docstrings: the schema shows those.)
     comparison_id = serializers.IntegerField(source="comparison.pk")
+    kind = serializers.ChoiceField(
+        choices=["pair", "ranking"],
+        help_text="A pair: choose a side. A ranking: give ranks to `responses`.",
+    )
     prompt = MessageOut(many=True, source="comparison.prompt.messages")
-    left = SideOut()
-    right = SideOut()
+    left = SideOut(allow_null=True, help_text="A pair's left response (null for a ranking).")
+    right = SideOut(allow_null=True)
+    responses = ShownOut(
+        many=True,
+        source="shown",
+        help_text="A ranking's responses in the order you are shown them (empty for a pair): "
+        "submit `ranks` in this order.",
+    )
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        ranking = instance.comparison.is_ranking
+        return {
+            "comparison_id": instance.comparison.pk,
+            "kind": "ranking" if ranking else "pair",
+            "prompt": MessageOut(instance.comparison.prompt.messages, many=True).data,
+            "left": None if ranking else SideOut(instance.left).data,
+            "right": None if ranking else SideOut(instance.right).data,
+            "responses": ShownOut(instance.shown, many=True).data,
+        }
 
 
 class ProgressOut(serializers.Serializer[Any]):
@@ -93,10 +119,10 @@ class AssignmentApi(ProjectApi):
         operation_id="assignment_next",
         tags=["annotation"],
         responses={200: AssignmentPageOut, **ERRORS},
-        summary="The pair to judge next, held for you under a lease",
+        summary="The pair (or ranking) to judge next, held for you under a lease",
         description=(
-            "Asking again while the lease lives returns the same pair with the same sides. "
-            "Judge it with POST comparisons/{id}/judgments/ or skip it."
+            "Asking again while the lease lives returns the same pair with the same sides (a "
+            "ranking: the same order). Judge it with POST comparisons/{id}/judgments/ or skip it."
         ),
     )
     def get(self, request: Request, slug: str) -> Response:
@@ -121,13 +147,26 @@ class AssignmentApi(ProjectApi):
 
 class JudgmentIn(serializers.Serializer[Any]):
     choice = serializers.ChoiceField(
-        choices=["left", "right", "tie", "both_bad"], help_text="The side, as you were shown it."
+        choices=["left", "right", "tie", "both_bad"],
+        required=False,
+        help_text="A pair: the side, as you were shown it. A ranking: both_bad for all bad.",
+    )
+    ranks = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=K_MAX),
+        required=False,
+        min_length=K_MIN,
+        max_length=K_MAX,
+        help_text="A ranking: one rank per response, in the order shown (1 the best; equal "
+        "ranks are a tie). Give either this or choice.",
     )
     strength = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=3)
     criteria = serializers.DictField(
-        child=serializers.ChoiceField(choices=["left", "right", "tie"]),
+        child=serializers.ChoiceField(
+            choices=["left", "right", "tie", *(str(k) for k in range(1, K_MAX + 1))]
+        ),
         required=False,
-        help_text="criterion name → side, for the project's criteria.",
+        help_text="criterion name → side, for the project's criteria (a ranking: the shown "
+        "position, 1 to K, of the best response on it, or tie).",
     )
     rationale = serializers.CharField(required=False, allow_blank=True, max_length=4000)
     reason_tags = serializers.ListField(
@@ -142,6 +181,15 @@ class JudgmentIn(serializers.Serializer[Any]):
     time_spent_ms = serializers.IntegerField(
         required=False, allow_null=True, min_value=0, max_value=MAX_TIME_SPENT_MS
     )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("choice" in attrs) == ("ranks" in attrs):
+            raise serializers.ValidationError(
+                {"choice": "Give a choice (a pair, or both_bad for a ranking) or ranks, not both."}
+                if "choice" in attrs
+                else {"choice": "This field is required (or ranks, for a ranking)."}
+            )
+        return attrs
 
 
 class JudgmentCreateApi(ProjectApi):
@@ -164,7 +212,8 @@ class JudgmentCreateApi(ProjectApi):
                 comparison_id=comparison_id,
                 annotator=user,
                 project=project,
-                side=data["choice"],
+                side=data.get("choice", ""),
+                ranks=data.get("ranks"),
                 idempotency_key=data.get("idempotency_key"),
                 strength=data.get("strength"),
                 criteria=data.get("criteria") or {},
@@ -241,7 +290,9 @@ class JudgmentListApi(ProjectApi):
         assert isinstance(user, User)
         role = project_role(user=user, project=project)
         if role == Role.ANNOTATOR:
-            judgments = judgments.filter(annotator=user).exclude(kind=JudgmentKind.ADJUDICATION)
+            judgments = judgments.filter(annotator=user).exclude(
+                kind__in=[JudgmentKind.ADJUDICATION, JudgmentKind.IMPLIED]
+            )
         elif "annotator" in data:
             judgments = judgments.filter(annotator__username=data["annotator"])
         judgments = judgments.order_by("-id")

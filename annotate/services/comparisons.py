@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate import sql
@@ -71,6 +71,10 @@ def comparison_adjudicate(
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
         )
+        if comparison.is_ranking:
+            raise JudgmentRejected(
+                "A ranking is decided pair by pair: adjudicate the pairs it implies."
+            )
         choice_value = choice_validate(project=comparison.project, choice=choice)
         if len(rationale) > MAX_RATIONALE_CHARS:
             raise JudgmentRejected(f"A note is at most {MAX_RATIONALE_CHARS} characters.")
@@ -91,17 +95,21 @@ def comparison_adjudicate(
 
 
 def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Comparison:
-    """Re-open a comparison for fresh judgments; the old ones stay on record, superseded."""
+    """Re-open a comparison for fresh judgments; the old ones stay on record, superseded. A
+    pair implied by a ranking sends the whole ranking back (the ranking is what is judged)."""
     with transaction.atomic():
         comparison = (
-            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+            Comparison.objects.select_for_update()
+            .select_related("project")
+            .get(pk=comparison.ranking_id or comparison.pk)
         )
         if comparison.is_gold:
             raise ValidationFailed("A gold item is answered by everyone; it cannot be sent back.")
         now = timezone.now()
-        superseded = comparison.judgments.filter(superseded_at__isnull=True).update(
-            superseded_at=now, updated_at=now
-        )
+        superseded = Judgment.objects.filter(
+            Q(comparison=comparison) | Q(comparison__ranking=comparison),
+            superseded_at__isnull=True,
+        ).update(superseded_at=now, updated_at=now)
         if not superseded:
             raise ValidationFailed("This comparison has no judgments to send back.")
         # Released leases let the same annotators be offered the pair again.
@@ -110,7 +118,10 @@ def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Compariso
         comparison.status = ComparisonStatus.OPEN
         comparison.sent_back_count = F("sent_back_count") + 1
         comparison.save(update_fields=["judgment_count", "status", "sent_back_count"])
-        PreferencePair.objects.filter(comparison=comparison).delete()
+        comparison.implied.update(judgment_count=0, status=ComparisonStatus.OPEN)
+        PreferencePair.objects.filter(
+            Q(comparison=comparison) | Q(comparison__ranking=comparison)
+        ).delete()
     comparison.refresh_from_db()
     return comparison
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from annotate import sql
@@ -26,7 +26,9 @@ from annotate.models import (
     RationaleMode,
 )
 from annotate.queue import lease_take
+from annotate.ranking import RankingInvalid
 from annotate.services.pairs import pair_aggregate
+from annotate.services.rankings import implied_judgments, ranking_shown, ranks_validate
 from annotate.signals import pair_decided
 from annotate.sql import judgments as sql_judgments
 from core.errors import ValidationFailed
@@ -81,19 +83,26 @@ class EarlierChoice:
     criteria: dict[str, str]
     rationale: str
     reason_tags: list[str]
+    ranks: list[int]  # a ranking's, in the order shown (the same order comes back)
 
     @classmethod
     def of(cls, judgment: Judgment) -> EarlierChoice:
         left_is_a = judgment.left_was_a
+        if judgment.shown:
+            position = {str(r): str(i) for i, r in enumerate(judgment.shown, start=1)}
+            criteria = {name: position.get(v, v) for name, v in judgment.criteria.items()}
+        else:
+            criteria = {
+                name: side_from_choice(left_is_a=left_is_a, choice=value)
+                for name, value in judgment.criteria.items()
+            }
         return cls(
             side=side_from_choice(left_is_a=left_is_a, choice=judgment.choice),
             strength=judgment.strength,
-            criteria={
-                name: side_from_choice(left_is_a=left_is_a, choice=value)
-                for name, value in judgment.criteria.items()
-            },
+            criteria=criteria,
             rationale=judgment.rationale,
             reason_tags=list(judgment.reason_tags),
+            ranks=list(judgment.ranks),
         )
 
 
@@ -104,6 +113,7 @@ def judgment_submit(
     project: Project | None = None,
     choice: str = "",
     side: str = "",
+    ranks: Sequence[int] | None = None,
     idempotency_key: str | None = None,
     strength: int | None = None,
     criteria: Mapping[str, str] | None = None,
@@ -115,7 +125,10 @@ def judgment_submit(
     """Record one annotator's judgment of a comparison.
 
     Give either `choice` (a / b / tie / both_bad) or `side` (left / right / tie / both_bad, in
-    the layout this annotator's lease shows; criteria values are sides too). With `project`,
+    the layout this annotator's lease shows; criteria values are sides too). A ranking takes
+    `ranks` instead: one per response in the order this annotator is shown them (1 the best,
+    equal ranks a tie; criteria values are the shown position, 1 to K, of the best on it), or
+    both_bad ("all bad"); a vote also writes the implied judgment of each pair. With `project`,
     a comparison of another project is refused as missing (ComparisonMissing). A retried
     submit with the same idempotency key returns the first judgment unchanged; a key is the
     annotator's own (another annotator's same key is another judgment). Votes never
@@ -127,8 +140,10 @@ def judgment_submit(
     The judging hot path: plain SQL (annotate/sql), five statements for a vote in three
     round trips (the writes batched).
     """
-    if bool(choice) == bool(side):
-        raise JudgmentRejected("Give exactly one of a choice (a/b/tie/both_bad) or a side.")
+    if sum((bool(choice), bool(side), ranks is not None)) != 1:
+        raise JudgmentRejected(
+            "Give exactly one of a choice (a/b/tie/both_bad), a side, or ranks (a ranking)."
+        )
     now = now or timezone.now()
     try:
         with sql.atomic():
@@ -151,6 +166,7 @@ def judgment_submit(
                 state=state,
                 side=side,
                 choice=choice,
+                ranks=ranks,
                 criteria=criteria or {},
                 details={
                     "strength": strength,
@@ -205,24 +221,42 @@ def _judgment_build(
     state: sql_judgments.SubmitState,
     side: str,
     choice: str,
+    ranks: Sequence[int] | None,
     criteria: Mapping[str, str],
     details: dict[str, Any],
     idempotency_key: str | None,
     now: datetime,
 ) -> Judgment:
-    """The judgment as the annotator meant it, in the sides their lease showed; validated."""
+    """The judgment as the annotator meant it, in the sides (or the order) their lease showed;
+    validated."""
     project = comparison.project
     held = state.lease_state == LeaseState.HELD
     is_recheck = held and state.lease_live and state.lease_is_recheck
-    left_is_a = bool(state.lease_left_is_a) if held else comparison.left_is_a
-    if side:
-        choice = choice_from_side(left_is_a=left_is_a, side=side)
-        criteria = {
-            name: choice_from_side(left_is_a=left_is_a, side=value)
-            for name, value in criteria.items()
-        }
-    choice_value = choice_validate(project=project, choice=choice)
-    _details_validate(project=project, choice=choice_value, criteria=criteria, **details)
+    left_is_a = bool(state.lease_left_is_a) if held else True
+    shown: list[int] = []
+    dense: list[int] = []
+    if comparison.is_ranking:
+        shown = ranking_shown(comparison=comparison, annotator_id=annotator.pk, left_is_a=left_is_a)
+        choice_value, dense, criteria = _ranking_read(
+            project=project, shown=shown, ranks=ranks, choice=choice or side, criteria=criteria
+        )
+        allowed = {str(r) for r in shown} | {Choice.TIE}
+    else:
+        if ranks is not None:
+            raise JudgmentRejected("This comparison is a pair: choose a side, not ranks.")
+        if not held:
+            left_is_a = comparison.left_is_a
+        if side:
+            choice = choice_from_side(left_is_a=left_is_a, side=side)
+            criteria = {
+                name: choice_from_side(left_is_a=left_is_a, side=value)
+                for name, value in criteria.items()
+            }
+        choice_value = choice_validate(project=project, choice=choice)
+        allowed = {Choice.A, Choice.B, Choice.TIE}
+    _details_validate(
+        project=project, choice=choice_value, criteria=criteria, allowed=allowed, **details
+    )
     return Judgment(
         comparison=comparison,
         project=project,
@@ -230,6 +264,8 @@ def _judgment_build(
         kind=JudgmentKind.RECHECK if is_recheck else JudgmentKind.VOTE,
         choice=choice_value,
         left_was_a=left_is_a,
+        shown=shown,
+        ranks=dense,
         strength=details["strength"] if choice_value in (Choice.A, Choice.B) else None,
         criteria=dict(criteria),
         rationale=details["rationale"].strip(),
@@ -240,6 +276,37 @@ def _judgment_build(
         superseded_at=None,
         created_at=now,
         updated_at=now,
+    )
+
+
+def _ranking_read(
+    *,
+    project: Project,
+    shown: list[int],
+    ranks: Sequence[int] | None,
+    choice: str,
+    criteria: Mapping[str, str],
+) -> tuple[Choice, list[int], dict[str, str]]:
+    """A ranking's choice (ranked, or both_bad for "all bad"), its ranks made dense, and its
+    criteria from shown positions (1 to K) to response ids."""
+    if ranks is None:
+        if choice != Choice.BOTH_BAD:
+            raise JudgmentRejected(
+                "This comparison is a ranking: give ranks, one per response in the order shown, "
+                "or judge them all bad (both_bad)."
+            )
+        choice_value, dense = choice_validate(project=project, choice=choice), []
+    else:
+        try:
+            dense = ranks_validate(shown=shown, ranks=ranks)
+        except RankingInvalid as error:
+            raise JudgmentRejected(str(error)) from None
+        choice_value = Choice.RANKED
+    by_position = {str(i): str(r) for i, r in enumerate(shown, start=1)}
+    return (
+        choice_value,
+        dense,
+        {name: by_position.get(str(value), str(value)) for name, value in criteria.items()},
     )
 
 
@@ -275,7 +342,8 @@ def _judgment_write(*, judgment: Judgment, comparison: Comparison, now: datetime
         ),
         sql_judgments.judgment_insert(judgment),
     ]
-    if judgment.kind == JudgmentKind.VOTE:
+    ranking_vote = judgment.kind == JudgmentKind.VOTE and comparison.is_ranking
+    if judgment.kind == JudgmentKind.VOTE and not ranking_vote:
         inserted = votes_changed(comparison=comparison, delta=1, writes=writes)
     else:
         inserted = sql.batch(writes)
@@ -283,6 +351,11 @@ def _judgment_write(*, judgment: Judgment, comparison: Comparison, now: datetime
     judgment.pk = inserted[0]
     judgment._state.adding = False
     judgment._state.db = "default"
+    if ranking_vote:
+        # The implied judgments first: counting the vote aggregates the pairs they make.
+        implied = list(Comparison.objects.filter(ranking_id=comparison.pk).order_by("id"))
+        Judgment.objects.bulk_create(implied_judgments(judgment=judgment, implied=implied))
+        votes_changed(comparison=comparison, delta=1)
 
 
 def live_adjudications(comparison: Comparison) -> QuerySet[Judgment]:
@@ -311,6 +384,9 @@ def votes_changed(
     returned = sql.batch([sql_judgments.comparison_counted(comparison=comparison), *writes])
     if comparison.is_gold:
         return returned
+    if comparison.is_ranking:
+        _implied_settle(ranking=comparison, delta=delta, complete=complete)
+        return returned
     if complete:
         pair = pair_aggregate(comparison=comparison)
         if pair is not None:
@@ -318,6 +394,21 @@ def votes_changed(
     elif was_complete or delta <= 0:
         PreferencePair.objects.filter(comparison=comparison).delete()
     return returned
+
+
+def _implied_settle(*, ranking: Comparison, delta: int, complete: bool) -> None:
+    """A ranking's implied comparisons follow its count and status; a complete ranking's pairs
+    are aggregated from the implied votes (an implied pair a reviewer decided keeps that
+    decision), an incomplete one's are gone."""
+    implied = Comparison.objects.filter(ranking_id=ranking.pk)
+    implied.update(judgment_count=F("judgment_count") + delta, status=ranking.status)
+    for pair_comparison in implied.select_related("project"):
+        if complete or live_adjudications(pair_comparison).exists():
+            pair = pair_aggregate(comparison=pair_comparison)
+            if complete and pair is not None:
+                pair_decided.send(sender=Comparison, comparison=pair_comparison, pair=pair)
+        else:
+            PreferencePair.objects.filter(comparison=pair_comparison).delete()
 
 
 def choice_validate(*, project: Project, choice: str) -> Choice:
@@ -336,6 +427,7 @@ def _details_validate(
     choice: Choice,
     strength: int | None,
     criteria: Mapping[str, str],
+    allowed: set[str],
     rationale: str,
     reason_tags: Sequence[str],
     time_spent_ms: int | None,
@@ -352,7 +444,6 @@ def _details_validate(
     unknown = set(criteria) - set(project.criteria)
     if unknown:
         raise JudgmentRejected(f"Unknown criteria: {', '.join(sorted(unknown))}.")
-    allowed = {Choice.A, Choice.B, Choice.TIE}
     bad = {name for name, value in criteria.items() if value not in allowed}
     if bad:
         raise JudgmentRejected(f"Criteria with an unknown choice: {', '.join(sorted(bad))}.")
@@ -400,6 +491,7 @@ def judgment_undo(*, project: Project, annotator: User, judgment_id: int) -> Jud
         now = timezone.now()
         last.superseded_at = now
         last.save(update_fields=["superseded_at", "updated_at"])
+        last.implied.update(superseded_at=now, updated_at=now)
         if last.kind == JudgmentKind.VOTE:
             votes_changed(comparison=comparison, delta=-1)
         lease_take(

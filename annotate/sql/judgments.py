@@ -27,6 +27,8 @@ _LOCKED_FIELDS = (
     "prompt_id",
     "round_number",
     "selection",
+    # A ranking's responses (annotate.services.rankings).
+    "responses",
 )
 
 Statement = tuple[str, Sequence[Any]]
@@ -110,8 +112,8 @@ def judgment_insert(judgment: Judgment) -> Statement:
     return (
         f"INSERT INTO {sql.JUDGMENT} (comparison_id, project_id, annotator_id, kind, choice,"
         " left_was_a, strength, criteria, rationale, reason_tags, time_spent_ms, guideline_id,"
-        " idempotency_key, superseded_at, created_at, updated_at) VALUES (%s, %s, %s, %s, %s,"
-        " %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s) RETURNING id",
+        " idempotency_key, shown, ranks, superseded_at, created_at, updated_at) VALUES (%s, %s,"
+        " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s) RETURNING id",
         [
             judgment.comparison_id,
             judgment.project_id,
@@ -126,6 +128,8 @@ def judgment_insert(judgment: Judgment) -> Statement:
             judgment.time_spent_ms,
             judgment.guideline_id,
             judgment.idempotency_key,
+            json.dumps(judgment.shown),
+            json.dumps(judgment.ranks),
             sql.timestamp(judgment.created_at),
             sql.timestamp(judgment.updated_at),
         ],

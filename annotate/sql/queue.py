@@ -40,7 +40,7 @@ _UNTOUCHED = (
 # The columns an assignment is drawn from: the comparison, its prompt and both responses.
 _PAIR_COLUMNS = (
     "c.id, c.project_id, c.prompt_id, c.response_a_id, c.response_b_id, c.left_is_a,"
-    " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count,"
+    " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count, c.responses,"
     " p.messages, p.html, p.html_version, ra.text, ra.html, ra.html_version,"
     " rb.text, rb.html, rb.html_version"
 )
@@ -60,6 +60,7 @@ _COMPARISON_FIELDS = (
     "gold_choice",
     "status",
     "judgment_count",
+    "responses",
 )
 
 
@@ -102,7 +103,7 @@ def available_ids(
         for row in sql.rows(
             f"SELECT c.id FROM {sql.COMPARISON} c"
             " WHERE c.project_id = %s AND c.status = 'open' AND c.judgment_count < %s"
-            f" AND c.gold_choice = ''{_UNTOUCHED} AND c.judgment_count + {LIVE_OTHERS} < %s"
+            f" AND c.gold_choice = '' AND c.ranking_id IS NULL{_UNTOUCHED} AND c.judgment_count + {LIVE_OTHERS} < %s"
             " ORDER BY c.round_number DESC, c.judgment_count DESC, c.id LIMIT %s",
             [
                 project_id,
@@ -124,8 +125,9 @@ def gold_ids(*, project_id: int, annotator_id: int, limit: int) -> list[int]:
     return [
         row[0]
         for row in sql.rows(
-            f"SELECT c.id FROM {sql.COMPARISON} c WHERE c.project_id = %s"
-            f" AND c.gold_choice <> '' AND c.status <> 'retired'{_UNTOUCHED} ORDER BY c.id LIMIT %s",
+            f"SELECT c.id FROM {sql.COMPARISON} c WHERE c.project_id = %s AND c.gold_choice <> ''"
+            f" AND c.status <> 'retired' AND c.ranking_id IS NULL{_UNTOUCHED}"
+            " ORDER BY c.id LIMIT %s",
             [project_id, project_id, annotator_id, annotator_id, limit],
         )
     ]

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotate import selectors
 from annotate.access import access_comparison, access_project
 from annotate.forms import GuidelineForm
-from annotate.models import Judgment, Lease, Project, Role
+from annotate.models import Judgment, Lease, Project, Response, Role
 from annotate.queue import (
     SKIP_REASONS,
     Assignment,
@@ -122,7 +122,11 @@ def _pair_context(
         ),
         skipped=skipped if project.undo_seconds else None,
         earlier=earlier if earlier is not None and assignment is not None else None,
-        criterion_sides=_CRITERION_SIDES,
+        criterion_sides=(
+            [(str(i), str(i)) for i in range(1, len(assignment.shown) + 1)] + [("tie", "Same")]
+            if assignment is not None and assignment.shown
+            else _CRITERION_SIDES
+        ),
         strengths=STRENGTHS,
         skip_reasons=SKIP_REASONS,
         idempotency_key=uuid.uuid4().hex,
@@ -169,12 +173,16 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
         for name in project.criteria
         if request.POST.get(f"criterion-{name}")
     }
+    side = request.POST.get("choice", "")
+    # A ranking's form sends one rank per response shown (all bad: the choice both_bad).
+    ranks = None if side else [int_or_none(r) or 0 for r in request.POST.getlist("rank")] or None
     try:
         judgment = judgment_submit(
             comparison_id=comparison_id,
             annotator=request.user,
             project=project,
-            side=request.POST.get("choice", "") or "missing",
+            side=side or ("" if ranks is not None else "missing"),
+            ranks=ranks,
             idempotency_key=(request.POST.get("idempotency_key") or None),
             strength=int_or_none(request.POST.get("strength")),
             criteria=criteria,
@@ -262,6 +270,7 @@ def my_judgment(request: AuthedRequest, slug: str, judgment_id: int) -> HttpResp
     except Judgment.DoesNotExist:
         raise Http404("No such judgment of yours.") from None
     shown = Assignment(comparison=judgment.comparison, left_is_a=judgment.left_was_a)
+    found = Response.objects.in_bulk(judgment.shown)
     return render(
         request,
         "annotate/my_judgment.html",
@@ -271,6 +280,13 @@ def my_judgment(request: AuthedRequest, slug: str, judgment_id: int) -> HttpResp
             judgment=judgment,
             left=shown.left,
             right=shown.right,
+            # A ranking's responses as the annotator saw them, each with its rank (none: all bad).
+            ranked=[
+                (found[pk], rank)
+                for pk, rank in zip(
+                    judgment.shown, judgment.ranks or [None] * len(judgment.shown), strict=True
+                )
+            ],
             earlier=EarlierChoice.of(judgment),
         ),
     )

@@ -115,6 +115,117 @@
     pendingSide = null;
   });
 
+  // A ranking (form[data-ranking]): a response's number (or a click on its button) gives it the
+  // next rank; T makes the next pick level with the last; Backspace takes the last pick back;
+  // Enter saves, ranking last the one response left. The ranks go in hidden inputs, one per
+  // response in the order shown.
+  var tiePending = false;
+  function rankingForm() {
+    return document.querySelector("form[data-ranking]");
+  }
+  function rankCards(form) {
+    return Array.prototype.slice.call(form.querySelectorAll("[data-position]"));
+  }
+  function rankOf(card) {
+    var value = card.querySelector("[data-rank-input]").value;
+    return value ? parseInt(value, 10) : 0;
+  }
+  function rankingShow(form) {
+    var cards = rankCards(form);
+    var picked = cards.filter(rankOf).sort(function (a, b) { return rankOf(a) - rankOf(b); });
+    cards.forEach(function (card) {
+      var rank = rankOf(card);
+      card.classList.toggle("selected", rank > 0);
+      card.querySelector("[data-rank-badge]").textContent = rank ? "Rank " + rank : "";
+    });
+    var tie = form.querySelector("[data-rank-tie]");
+    if (tie) tie.setAttribute("aria-pressed", tiePending ? "true" : "false");
+    var status = form.querySelector("[data-ranking-status]");
+    if (!status) return;
+    // Best first, ">" between ranks, "=" between tied responses: "3 > 1 = 4 > 2".
+    var order = "";
+    picked.forEach(function (card, i) {
+      if (i) order += rankOf(card) === rankOf(picked[i - 1]) ? " = " : " > ";
+      order += card.getAttribute("data-position");
+    });
+    var left = cards.length - picked.length;
+    status.textContent = !picked.length ? "Press the number of the best response, then the next best." :
+      "Ranked: " + order + ". " + (left > 1 ? (tiePending ? "The next is level with the last." :
+        "Press the number of the next best.") : left === 1 ? "Enter saves, the last one ranked last." :
+        "Enter saves the ranking.");
+  }
+  function rankPick(form, position) {
+    var card = form.querySelector("[data-position='" + position + "']");
+    if (!card || rankOf(card)) return;
+    var ranks = rankCards(form).map(rankOf);
+    var last = Math.max.apply(null, ranks.concat([0]));
+    var picked = ranks.filter(Boolean).length;
+    // Ranks stay dense: a tie takes the last rank, the next pick the one after it.
+    card.querySelector("[data-rank-input]").value = String(tiePending && last ? last : last + 1);
+    card.setAttribute("data-picked", String(picked + 1));
+    tiePending = false;
+    rankingShow(form);
+  }
+  function rankBack(form) {
+    var cards = rankCards(form).filter(rankOf);
+    if (tiePending) { tiePending = false; rankingShow(form); return; }
+    if (!cards.length) return;
+    cards.sort(function (a, b) {
+      return parseInt(b.getAttribute("data-picked"), 10) - parseInt(a.getAttribute("data-picked"), 10);
+    });
+    cards[0].querySelector("[data-rank-input]").value = "";
+    cards[0].removeAttribute("data-picked");
+    rankingShow(form);
+  }
+  function rankingStart() {
+    var form = rankingForm();
+    tiePending = false;
+    if (!form) return;
+    var earlier = (form.getAttribute("data-earlier-ranks") || "").split(" ").filter(Boolean);
+    var cards = rankCards(form);
+    if (earlier.length === cards.length) {
+      cards.forEach(function (card, i) {
+        card.querySelector("[data-rank-input]").value = earlier[i];
+        card.setAttribute("data-picked", earlier[i]);
+      });
+    }
+    rankingShow(form);
+  }
+  document.addEventListener("click", function (event) {
+    var form = rankingForm();
+    if (!form || !form.contains(event.target)) return;
+    var pick = event.target.closest("[data-rank-pick]");
+    if (pick) rankPick(form, pick.getAttribute("data-rank-pick"));
+    if (event.target.closest("[data-rank-tie]")) {
+      tiePending = !tiePending && rankCards(form).some(rankOf);
+      rankingShow(form);
+    }
+    if (event.target.closest("[data-rank-back]")) rankBack(form);
+    if ((pick || event.target.closest("[data-rank-tie], [data-rank-back]")) && event.detail > 0) focusPair();
+  });
+  // Saving: the one response left takes the next rank; with more left, nothing is sent.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute || !form.hasAttribute("data-ranking")) return;
+    if (event.submitter && event.submitter.name === "choice") return;  // all bad
+    var cards = rankCards(form);
+    var open = cards.filter(function (card) { return !rankOf(card); });
+    if (open.length === 1) {
+      tiePending = false;
+      rankPick(form, open[0].getAttribute("data-position"));
+      open = [];
+    }
+    if (open.length) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      var status = form.querySelector("[data-ranking-status]");
+      if (status) status.textContent = "Rank every response first: " + open.length + " still unranked.";
+    }
+  }, true);
+  document.addEventListener("htmx:afterSettle", rankingStart);
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", rankingStart);
+  else rankingStart();
+
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (onControl(event.target)) {

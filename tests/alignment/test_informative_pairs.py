@@ -181,3 +181,37 @@ def test_guidance_needs_an_even_k_and_on_policy_pairs(tiny_project: Project) -> 
             dispatch=False,
         )
     assert not tiny_project.rounds.exists()
+
+
+def test_a_ranking_round_ranks_each_prompts_samples_and_simulated_annotators_rank_by_rule(
+    tiny_project: Project, annotator: User
+) -> None:
+    base = model_version_base_ensure(project=tiny_project)
+    job = _round(tiny_project, base, "ranking")
+    generation_job_execute(job_id=job.pk)
+    Response.objects.filter(prompt__project=tiny_project).update(finish_reason="stop")
+    rankings = list(Comparison.objects.filter(project=tiny_project).items())
+    assert len(rankings) == 3  # one per prompt, of its distinct samples
+    for ranking in rankings:
+        assert ranking.is_ranking and 3 <= len(ranking.responses) <= 4
+        assert ranking.selection == {"strategy": "ranking", "k": 4}
+    work = judge_by_rule(project=tiny_project, annotators=[annotator], rule=BUILTIN_RULES["longer"])
+    assert work.judgments == 3 and work.chars_read > 0
+    # The rule's ranks: every implied pair of unequal lengths went to the longer one.
+    for pair in PreferencePair.objects.filter(project=tiny_project).select_related(
+        "chosen", "rejected"
+    ):
+        if pair.kind == "preference":
+            assert len(pair.chosen.text) > len(pair.rejected.text)
+        else:
+            assert len(pair.chosen.text) == len(pair.rejected.text)
+    assert PreferencePair.objects.filter(project=tiny_project).count() == sum(
+        len(r.responses) * (len(r.responses) - 1) // 2 for r in rankings
+    )
+
+
+def test_ranks_by_rule_orders_by_wins_and_levels_equal_scores() -> None:
+    from alignment.engine.rules import ranks_by_rule
+
+    longer = BUILTIN_RULES["longer"]
+    assert ranks_by_rule(longer, "q", ["bb", "a", "cccc", "dd"]) == [2, 3, 1, 2]

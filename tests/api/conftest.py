@@ -12,7 +12,7 @@ from alignment.services.training_settings import TrainingSettings
 from annotate.coverage import coverage_refresh
 from annotate.models import Project
 from annotate.services.judgments import judgment_submit
-from tests.factories import comparison_make, embed_bag_of_words
+from tests.factories import comparison_make, embed_bag_of_words, ranking_make
 
 
 @pytest.fixture
@@ -35,9 +35,11 @@ def objects(project: Project, lead: User, annotator: User) -> dict[str, Any]:
         dispatch=False,
     )
     coverage_refresh(project=project, embed=embed_bag_of_words)
+    ranking = ranking_make(prompts[4], ("One.", "Two, longer.", "Three, the longest of all."))
     return {
         "slug": project.slug,
         "comparison_id": comparison.pk,
+        "ranking_id": ranking.pk,
         "judgment_id": judgment.pk,
         "number": round_.number,
         "run_id": run.pk,

@@ -81,3 +81,32 @@ def test_it_answers_every_generated_request_without_a_server_error(
     for token in tokens:  # a lead's, then an annotator's
         with django_capture_on_commit_callbacks(execute=False):
             case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=CHECKS)
+
+
+# The operations that take a comparison again, with it pinned to a ranking (issue 21): its
+# bodies (ranks, all bad) and its answers (the responses in the order shown).
+ranking_operations = schema.include(
+    operation_id=["assignment_next", "judgments_create", "comparisons_skip", "comparisons_retrieve"]
+)
+
+
+@ranking_operations.parametrize()
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
+def test_it_answers_every_generated_request_about_a_ranking_without_a_server_error(
+    case: Any, objects: dict[str, Any], tokens: list[str], django_capture_on_commit_callbacks: Any
+) -> None:
+    pinned = {**objects, "comparison_id": objects["ranking_id"]}
+    for name in case.path_parameters or {}:
+        if name in pinned:
+            case.path_parameters[name] = pinned[name]
+    for token in tokens:
+        with django_capture_on_commit_callbacks(execute=False):
+            case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=CHECKS)

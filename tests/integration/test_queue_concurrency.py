@@ -34,7 +34,7 @@ from annotate.models import (
 )
 from annotate.queue import available_ids, comparison_next_for_annotator, comparison_skip
 from annotate.services.judgments import JudgmentRejected, judgment_submit
-from tests.factories import comparisons_make, member_make, project_make
+from tests.factories import comparisons_make, member_make, project_make, ranking_make
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -49,9 +49,17 @@ DEADLINE_S = 60.0
 TWIN_SLOTS = threading.BoundedSemaphore(8)
 
 
-def _project_with_queue() -> tuple[Project, list[Comparison], list[User]]:
+def _project_with_queue(mode: str) -> tuple[Project, list[Comparison], list[User]]:
+    """COMPARISONS pairs, or as many rankings of 4 responses (mode "ranking")."""
     project = project_make("concurrency", prompts=[f"Question {i}?" for i in range(4)], overlap=2)
-    comparisons = comparisons_make(project, COMPARISONS)
+    if mode == "ranking":
+        prompts = list(project.prompts.all())
+        comparisons = [
+            ranking_make(prompts[i % 4], [f"Answer {j} to {i}." for j in range(4)])
+            for i in range(COMPARISONS)
+        ]
+    else:
+        comparisons = comparisons_make(project, COMPARISONS)
     users = [member_make(project, f"annotator{i:02d}", login=False) for i in range(ANNOTATORS)]
     return project, comparisons, users
 
@@ -80,12 +88,19 @@ class ClientLog:
 
 
 def _submit(
-    log: ClientLog, *, index: int, user: User, comparison: Comparison, key: str, choice: str
+    log: ClientLog,
+    *,
+    index: int,
+    user: User,
+    comparison: Comparison,
+    key: str,
+    choice: str | list[int],
 ) -> int | str:
-    """The judgment id, or the refusal's message."""
+    """The judgment id, or the refusal's message. A list `choice` is a ranking's ranks."""
+    answer: dict[str, Any] = {"ranks": choice} if isinstance(choice, list) else {"choice": choice}
     try:
         judgment = judgment_submit(
-            comparison_id=comparison.pk, annotator=user, choice=choice, idempotency_key=key
+            comparison_id=comparison.pk, annotator=user, idempotency_key=key, **answer
         )
     except JudgmentRejected as error:
         return f"annotator{index:02d} key {key} on comparison {comparison.pk}: {error}"
@@ -139,6 +154,7 @@ def _work_left(*, project: Project, user: User) -> bool:
     skipped = Lease.objects.filter(annotator=user, state=LeaseState.SKIPPED).values("comparison_id")
     return (
         Comparison.objects.filter(project=project, status=ComparisonStatus.OPEN)
+        .items()
         .exclude(pk__in=judged)
         .exclude(pk__in=skipped)
         .exists()
@@ -175,7 +191,11 @@ def _annotator(
                     "user": user,
                     "comparison": comparison,
                     "key": key,
-                    "choice": rng.choice(["a", "b", "tie"]),
+                    "choice": (
+                        [rng.randint(1, 4) for _ in comparison.responses]
+                        if comparison.is_ranking
+                        else rng.choice(["a", "b", "tie"])
+                    ),
                 }
                 roll = rng.random()
                 if index % SKIPPER_EVERY == 0 and not skipped:
@@ -203,10 +223,11 @@ def _annotator(
     return work
 
 
+@pytest.mark.parametrize("mode", ["pair", "ranking"])
 def test_it_keeps_every_vote_exactly_once_under_concurrent_annotators(
-    real_services: None,
+    real_services: None, mode: str
 ) -> None:
-    project, comparisons, users = _project_with_queue()
+    project, comparisons, users = _project_with_queue(mode)
     log = ClientLog()
     start = threading.Barrier(ANNOTATORS)
     threads = [
@@ -224,7 +245,8 @@ def test_it_keeps_every_vote_exactly_once_under_concurrent_annotators(
     seconds = time.monotonic() - began
     assert not any(thread.is_alive() for thread in threads), "an annotator thread hung"
 
-    judgments = Judgment.objects.filter(comparison__project=project)
+    # The annotators' own judgments (a ranking's implied ones are checked below).
+    judgments = Judgment.objects.filter(comparison__project=project).exclude(kind="implied")
     total = judgments.count()
     keys = {key for _, key, _, _ in log.submits}
     ids_by_key: dict[str, set[int]] = defaultdict(set)
@@ -235,6 +257,7 @@ def test_it_keeps_every_vote_exactly_once_under_concurrent_annotators(
     )
     real_counts = dict(
         Comparison.objects.filter(project=project)
+        .items()
         .annotate(n=Count("judgments"))
         .values_list("id", "n")
     )
@@ -244,7 +267,7 @@ def test_it_keeps_every_vote_exactly_once_under_concurrent_annotators(
         skips_per_comparison[comparison_id] += 1
     # Skipped by so many that fewer than `overlap` annotators were left to judge it.
     unreachable = {c for c, n in skips_per_comparison.items() if n > ANNOTATORS - OVERLAP}
-    refreshed = {c.pk: c for c in Comparison.objects.filter(project=project)}
+    refreshed = {c.pk: c for c in Comparison.objects.filter(project=project).items()}
     assert set(refreshed) == {c.pk for c in comparisons}
     lost = sum(
         1
@@ -278,12 +301,25 @@ def test_it_keeps_every_vote_exactly_once_under_concurrent_annotators(
     assert total == OVERLAP * COMPARISONS
     for comparison in refreshed.values():
         assert comparison.judgment_count == real_counts[comparison.pk], comparison
-    for comparison in refreshed.values():
-        if real_counts[comparison.pk] >= OVERLAP:
+    decided = list(refreshed.values())
+    if mode == "ranking":
+        # Each ranking vote implied one judgment per pair, all live, on its implied pairs.
+        implied = Judgment.objects.filter(comparison__project=project, kind="implied")
+        assert implied.count() == 6 * total
+        assert set(implied.values_list("source_id", flat=True)) == set(
+            judgments.values_list("id", flat=True)
+        )
+        decided = list(Comparison.objects.filter(project=project, ranking__isnull=False))
+        assert len(decided) == 6 * COMPARISONS
+        for pair in decided:
+            assert pair.judgment_count == OVERLAP
+            assert pair.judgments.filter(kind="implied").count() == OVERLAP
+    for comparison in decided:
+        if comparison.judgment_count >= OVERLAP:
             assert comparison.status == ComparisonStatus.COMPLETE, comparison
             pairs = PreferencePair.objects.filter(comparison=comparison)
             votes = Counter(
-                judgments.filter(comparison=comparison, superseded_at__isnull=True)
+                Judgment.objects.filter(comparison=comparison, superseded_at__isnull=True)
                 .exclude(kind="recheck")
                 .values_list("choice", flat=True)
             ).most_common()
@@ -328,7 +364,7 @@ def _waiting_on_locks() -> int:
 def test_it_waits_for_briefly_locked_rows_instead_of_answering_nothing_left(
     real_services: None,
 ) -> None:
-    project, _, users = _project_with_queue()
+    project, _, users = _project_with_queue("pair")
     locked, release = threading.Event(), threading.Event()
     holder = threading.Thread(
         target=_hold_row_locks(project=project, locked=locked, release=release)
@@ -349,7 +385,7 @@ def test_it_waits_for_briefly_locked_rows_instead_of_answering_nothing_left(
 def test_it_answers_a_retried_submit_that_waited_behind_its_twin_with_the_same_judgment(
     real_services: None,
 ) -> None:
-    project, comparisons, users = _project_with_queue()
+    project, comparisons, users = _project_with_queue("pair")
     comparison, user = comparisons[0], users[0]
     locked, release = threading.Event(), threading.Event()
     holder = threading.Thread(

@@ -9,10 +9,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from alignment.engine.rules import BUILTIN_RULES, PANEL, JudgeRule, rule_load
 from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, FieldSpec
-from alignment.loop import LoopCheckReport, LoopCheckSettings, loop_check_run
+from alignment.loop import (
+    READING_CHARS_PER_S,
+    LoopCheckReport,
+    LoopCheckSettings,
+    loop_check_run,
+)
 from alignment.models import PairSelection
 from alignment.services.rounds import SamplingSettings
 from alignment.services.training_settings import TrainingSettings
+from annotate.ranking import K_MAX, K_MIN
 from core.errors import ValidationFailed
 
 # The loop check's own counts; the sampling and training options come from their spec.
@@ -90,6 +96,16 @@ class Command(BaseCommand):
             + ".",
         )
         parser.add_argument(
+            "--ranking",
+            type=int,
+            choices=range(K_MIN, K_MAX + 1),
+            metavar="K",
+            default=None,
+            help=f"Rank K samples per training prompt ({K_MIN} to {K_MAX}) instead of judging "
+            "pairs: sets --samples-per-prompt to K and the pair selection to ranking; the "
+            "simulated annotators rank by the rule's wins and losses over every two samples.",
+        )
+        parser.add_argument(
             "--guided",
             action=argparse.BooleanOptionalAction,
             default=defaults.guided,
@@ -132,6 +148,9 @@ class Command(BaseCommand):
             sampling.validate()
         except (ValueError, ValidationFailed) as error:
             raise CommandError(str(error)) from None
+        if options["ranking"] is not None:
+            options["samples_per_prompt"] = options["ranking"]
+            options["pair_selection"] = PairSelection.RANKING
         settings = LoopCheckSettings(
             model=options["model"],
             sampling=sampling,
@@ -174,15 +193,16 @@ class Command(BaseCommand):
         """One row per rule: what reached training, the head-to-head, the property, the time."""
         self.stdout.write("")
         self.stdout.write(
-            "| rule | pairs | ties | skipped | steps | win rate (95% CI) | property v0 → v1 "
+            "| rule | pairs | ties | skipped | reading min | steps | win rate (95% CI) "
+            "| property v0 → v1 "
             "| generation, training, head-to-head (s) | total (s) | peak RSS (MB) |"
         )
-        self.stdout.write("|---|---|---|---|---|---|---|---|---|---|")
+        self.stdout.write("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in reports:
             h2h, sec = r.head_to_head, r.seconds
             self.stdout.write(
                 f"| {r.rule} | {r.train_pairs} | {r.train_ties} | {r.train_skipped} "
-                f"| {r.training_steps} | {h2h.rate:.1%} ({h2h.low:.1%} to {h2h.high:.1%}) "
+                f"| {r.train_reading_minutes:.1f} | {r.training_steps} | {h2h.rate:.1%} ({h2h.low:.1%} to {h2h.high:.1%}) "
                 f"| {r.parent_policy.property_mean:.3g} → {r.new_policy.property_mean:.3g} "
                 f"| {sec['round 1 generation']:.0f}, {sec['training']:.0f}, "
                 f"{sec['head-to-head generation']:.0f} | {sec['total']:.0f} "
@@ -197,7 +217,13 @@ class Command(BaseCommand):
         self.stdout.write(
             f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
             f"{report.train_pairs} preference pairs, {report.train_ties} ties, "
-            f"{report.train_skipped} skipped (both responses cut off)"
+            f"{report.train_skipped} skipped (every response cut off)"
+        )
+        self.stdout.write(
+            f"  annotator time (reading model, {READING_CHARS_PER_S:.0f} characters/s): "
+            f"{report.train_reading_minutes:.1f} min, "
+            f"{report.train_pairs / max(report.train_reading_minutes, 1e-9):.1f} preference pairs "
+            "a minute"
         )
         self.stdout.write(
             f"  training: {report.training_steps} steps, final loss {report.train_loss:.4f}"
