@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from annotate.exports import FORMATS, ExportFilters
 from annotate.imports.jobs import INLINE_MAX_BYTES
 from annotate.imports.reading import MAX_FILE_BYTES, file_type_guess
-from annotate.models import Choice, Project, Role
+from annotate.models import PAIR_CHOICES, Project, Role
 from annotate.services.projects import MAX_QUOTA, PROJECT_SETTINGS
 from core.http import numbers_parse
 
@@ -102,13 +102,13 @@ class GuidelineForm(forms.Form):
 
 class AdjudicateForm(forms.Form):
     # No answer chosen in advance: a reviewer picks one on purpose.
-    choice = forms.ChoiceField(choices=[("", "Choose the answer…"), *Choice.choices])
+    choice = forms.ChoiceField(choices=[("", "Choose the answer…"), *PAIR_CHOICES])
     rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
 class GoldForm(forms.Form):
     gold_choice = forms.ChoiceField(
-        choices=[("", "Not a gold item"), *Choice.choices], required=False
+        choices=[("", "Not a gold item"), *PAIR_CHOICES], required=False
     )
 
 

@@ -249,6 +249,10 @@ class Choice(models.TextChoices):
     RANKED = "ranked", "Ranked"  # a ranking's judgment: its `ranks` say the rest
 
 
+# The answers to a pair (a ranking's "ranked" is not one).
+PAIR_CHOICES = [(value, label) for value, label in Choice.choices if value != Choice.RANKED]
+
+
 class ComparisonStatus(models.TextChoices):
     OPEN = "open", "Open"
     COMPLETE = "complete", "Complete"

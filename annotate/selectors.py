@@ -23,6 +23,7 @@ from annotate.models import (
     PreferencePair,
     Project,
     Prompt,
+    Response,
     Split,
 )
 from annotate.quality import QualityReport, project_quality
@@ -295,6 +296,74 @@ class ComparisonReview:
     @property
     def undecided(self) -> bool:
         return comparison_undecided(self.comparison, has_pair=self.pair is not None)
+
+
+@dataclass(frozen=True)
+class RankedResponse:
+    response: Response
+    score: int  # wins minus losses over its decided implied pairs
+    gold_rank: int | None  # a gold ranking's known order (from its pairs' answers)
+
+
+@dataclass(frozen=True)
+class RankingVote:
+    judgment: Judgment
+    ranks: list[int | None]  # the rank it gave each response, in the ranking's order
+
+
+@dataclass(frozen=True)
+class RankingReview:
+    """A ranking as a reviewer sees it: its responses in their stored order, each annotator's
+    ranks of them, and the pairs it implies with what they aggregated to."""
+
+    comparison: Comparison
+    responses: list[RankedResponse]
+    votes: list[RankingVote]
+    implied: list[tuple[Comparison, PreferencePair | None]]
+
+
+def ranking_review(*, comparison: Comparison) -> RankingReview:
+    found = Response.objects.in_bulk(comparison.responses)
+    implied = list(comparison.implied.select_related("pair").order_by("id"))
+    pairs = [(c, getattr(c, "pair", None)) for c in implied]
+    score = dict.fromkeys(comparison.responses, 0)
+    gold = dict.fromkeys(comparison.responses, 0)
+    for c, pair in pairs:
+        if pair is not None and pair.kind == PairKind.PREFERENCE:
+            score[pair.chosen_id] += 1
+            score[pair.rejected_id] -= 1
+        if c.gold_choice in (Choice.A, Choice.B):
+            winner, loser = (
+                (c.response_a_id, c.response_b_id)
+                if c.gold_choice == Choice.A
+                else (c.response_b_id, c.response_a_id)
+            )
+            gold[winner] += 1
+            gold[loser] -= 1
+    levels = sorted(set(gold.values()), reverse=True)
+    responses = [
+        RankedResponse(
+            response=found[pk],
+            score=score[pk],
+            gold_rank=levels.index(gold[pk]) + 1 if comparison.is_gold else None,
+        )
+        for pk in comparison.responses
+    ]
+    votes = [
+        RankingVote(
+            judgment=j,
+            ranks=[
+                dict(zip(j.shown, j.ranks, strict=False)).get(pk) for pk in comparison.responses
+            ],
+        )
+        for j in comparison.judgments.select_related("annotator", "guideline").order_by("id")
+    ]
+    return RankingReview(
+        comparison=comparison,
+        responses=responses,
+        votes=votes,
+        implied=pairs,
+    )
 
 
 def comparison_review(*, comparison: Comparison) -> ComparisonReview:

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from annotate import sql
 from annotate.models import (
+    PAIR_CHOICES,
     Choice,
     Comparison,
     ComparisonStatus,
@@ -22,6 +23,7 @@ from annotate.models import (
     Purpose,
     Response,
 )
+from annotate.ranking import RankingInvalid
 from annotate.services.judgments import (
     MAX_RATIONALE_CHARS,
     JudgmentRejected,
@@ -30,6 +32,7 @@ from annotate.services.judgments import (
     votes_changed,
 )
 from annotate.services.projects import guideline_current
+from annotate.services.rankings import implied_choice, ranks_validate
 from core.errors import ValidationFailed
 
 
@@ -128,10 +131,9 @@ def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Compariso
 
 def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparison:
     """Make a comparison a gold item with a known answer ("" turns it back into a normal one)."""
-    if gold_choice and gold_choice not in Choice.values:
-        raise ValidationFailed(
-            f"Unknown gold answer {gold_choice!r}; expected one of {Choice.values}."
-        )
+    allowed = [value for value, _ in PAIR_CHOICES]
+    if gold_choice and gold_choice not in allowed:
+        raise ValidationFailed(f"Unknown gold answer {gold_choice!r}; expected one of {allowed}.")
     with sql.atomic():
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
@@ -139,5 +141,44 @@ def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparis
         comparison.gold_choice = gold_choice
         comparison.save(update_fields=["gold_choice"])
         if not gold_choice:
+            votes_changed(comparison=comparison, delta=0)
+    return comparison
+
+
+def ranking_gold_set(*, comparison: Comparison, ranks: list[int] | None) -> Comparison:
+    """Make a ranking a gold item with a known order: `ranks` of its responses in their stored
+    order (1 the best, ties level), or None to make it an ordinary item again. Everyone ranks
+    a gold ranking, outside the overlap; each implied pair carries the answer the known order
+    gives it, so an annotator's ranking is scored pair by pair (annotate.quality)."""
+    with sql.atomic():
+        comparison = (
+            Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
+        )
+        if not comparison.is_ranking:
+            raise ValidationFailed("Only a ranking takes a known order; a pair takes an answer.")
+        known: dict[int, int] = {}
+        if ranks is not None:
+            try:
+                known = dict(
+                    zip(
+                        comparison.responses,
+                        ranks_validate(shown=comparison.responses, ranks=ranks),
+                        strict=True,
+                    )
+                )
+            except RankingInvalid as error:
+                raise ValidationFailed(str(error)) from None
+        comparison.gold_choice = Choice.RANKED if known else ""
+        comparison.save(update_fields=["gold_choice"])
+        for pair in comparison.implied.all():
+            pair.gold_choice = (
+                implied_choice(
+                    ranks=known, all_bad=False, a=pair.response_a_id, b=pair.response_b_id
+                )
+                if known
+                else ""
+            )
+            pair.save(update_fields=["gold_choice"])
+        if not known:
             votes_changed(comparison=comparison, delta=0)
     return comparison

@@ -15,6 +15,7 @@ from django.utils import timezone
 from annotate import sql
 from annotate.access import project_role
 from annotate.models import (
+    PAIR_CHOICES,
     Choice,
     Comparison,
     ComparisonStatus,
@@ -412,8 +413,9 @@ def _implied_settle(*, ranking: Comparison, delta: int, complete: bool) -> None:
 
 
 def choice_validate(*, project: Project, choice: str) -> Choice:
-    if choice not in Choice.values:
-        raise JudgmentRejected(f"Unknown choice {choice!r}; expected one of {Choice.values}.")
+    allowed = [value for value, _ in PAIR_CHOICES]
+    if choice not in allowed:
+        raise JudgmentRejected(f"Unknown choice {choice!r}; expected one of {allowed}.")
     if choice == Choice.TIE and not project.allow_tie:
         raise JudgmentRejected("This project does not allow ties.")
     if choice == Choice.BOTH_BAD and not project.allow_both_bad:

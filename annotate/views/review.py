@@ -20,6 +20,7 @@ from annotate.services.comparisons import (
     comparison_adjudicate,
     comparison_gold_set,
     comparison_send_back,
+    ranking_gold_set,
 )
 from annotate.views.pages import int_or_none, page_context
 from core.errors import ValidationFailed
@@ -68,6 +69,18 @@ def _review_page(
     request: AuthedRequest, project: Project, comparison_id: int, **forms_: Any
 ) -> HttpResponse:
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    if comparison.is_ranking:
+        return render(
+            request,
+            "annotate/review_ranking.html",
+            page_context(
+                request,
+                project,
+                review=selectors.ranking_review(comparison=comparison),
+                gold_error=forms_.get("gold_error", ""),
+            ),
+            status=422 if forms_.get("gold_error") else 200,
+        )
     review = selectors.comparison_review(comparison=comparison)
     context = page_context(
         request,
@@ -78,7 +91,7 @@ def _review_page(
         gold_form=forms_.get("gold_form")
         or GoldForm(initial={"gold_choice": comparison.gold_choice}),
     )
-    invalid = any(form.errors for form in forms_.values())
+    invalid = any(form.errors for form in forms_.values() if hasattr(form, "errors"))
     return render(request, "annotate/review_detail.html", context, status=422 if invalid else 200)
 
 
@@ -130,6 +143,18 @@ def review_send_back(request: AuthedRequest, slug: str, comparison_id: int) -> H
 def review_gold(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     project = access_project(user=request.user, slug=slug, min_role=Role.LEAD)
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
+    if comparison.is_ranking:
+        # A known order: one rank per response ("" everywhere: no longer a gold item).
+        given = [request.POST.get(f"rank-{pk}", "").strip() for pk in comparison.responses]
+        try:
+            ranking_gold_set(
+                comparison=comparison,
+                ranks=[int_or_none(r) or 0 for r in given] if any(given) else None,
+            )
+        except ValidationFailed as error:
+            return _review_page(request, project, comparison.pk, gold_error=str(error))
+        messages.success(request, "Now a gold item." if any(given) else "No longer a gold item.")
+        return redirect("review_detail", slug=project.slug, comparison_id=comparison.pk)
     form = GoldForm(request.POST)
     if form.is_valid():
         comparison_gold_set(comparison=comparison, gold_choice=form.cleaned_data["gold_choice"])

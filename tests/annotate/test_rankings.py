@@ -252,6 +252,11 @@ def test_a_swapped_recheck_shows_the_order_reversed_and_implies_nothing(
     again = judgment_submit(comparison_id=first.pk, annotator=annotator, ranks=[4, 3, 2, 1])
     assert again.kind == JudgmentKind.RECHECK and not again.implied.exists()
     assert Judgment.objects.filter(kind=JudgmentKind.IMPLIED).count() == 6
+    # The same order of the responses both times: consistent on each of the 6 pairs.
+    from annotate.quality import project_quality
+
+    consistent = project_quality(project=project).overall.consistent
+    assert (consistent.hits, consistent.n) == (6, 6)
 
 
 def test_ranking_create_needs_one_prompt(project: Project) -> None:
@@ -399,4 +404,42 @@ def test_a_ranking_is_adjudicated_pair_by_pair_and_its_pairs_lineage_shows_the_r
     assert f"Implied by ranking {ranking.pk}" in page
     assert f"ranking judgment {judgment.pk}: ranks {', '.join(map(str, judgment.ranks))}" in page
     review = client.get(f"/p/{project.slug}/review/{implied.pk}/").content.decode()
-    assert f"one pair of ranking {ranking.pk}" in review
+    assert f"ranking {ranking.pk}</a>" in review and "data-implied" in review
+
+
+def test_a_gold_ranking_goes_to_everyone_and_scores_each_implied_pair(
+    project: Project, annotator: User, lead: User
+) -> None:
+    from annotate.quality import project_quality
+    from tests.factories import client_make
+
+    project.gold_rate = 1.0
+    project.save()
+    ranking = ranking_make(project.prompts.filter(split="train").first(), TEXTS)
+    client = client_make(lead)
+    # A lead gives the known order on the ranking's review page: TEXTS best first.
+    answer = {f"rank-{pk}": str(i) for i, pk in enumerate(ranking.responses, start=1)}
+    bad = client.post(
+        f"/p/{project.slug}/review/{ranking.pk}/gold/",
+        {**answer, f"rank-{ranking.responses[0]}": "9"},
+    )
+    assert bad.status_code == 422 and b"whole number from 1 to 4, not 9" in bad.content
+    ranking.refresh_from_db()
+    assert not ranking.is_gold
+    assert client.post(f"/p/{project.slug}/review/{ranking.pk}/gold/", answer).status_code == 302
+    ranking.refresh_from_db()
+    assert ranking.gold_choice == Choice.RANKED
+    assert set(ranking.implied.values_list("gold_choice", flat=True)) == {Choice.A}
+    page = client.get(f"/p/{project.slug}/review/{ranking.pk}/").content.decode()
+    assert 'id="implied"' in page and f'name="rank-{ranking.responses[3]}"' in page
+    other = member_make(project, "other", login=False)
+    for user, order in ((annotator, list(TEXTS)), (other, list(TEXTS[::-1]))):
+        assignment = assignment_next(project=project, annotator=user)
+        assert assignment is not None and assignment.comparison.pk == ranking.pk
+        judgment_submit(
+            comparison_id=ranking.pk, annotator=user, ranks=_texts_ranked(assignment.shown, order)
+        )
+    report = {a.username: a.bias for a in project_quality(project=project).annotators}
+    assert (report["ann"].gold_correct.hits, report["ann"].gold_correct.n) == (6, 6)
+    assert (report["other"].gold_correct.hits, report["other"].gold_correct.n) == (0, 6)
+    assert not PreferencePair.objects.exists()  # a gold item makes no training pair
