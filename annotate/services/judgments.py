@@ -233,7 +233,8 @@ def _judgment_build(
     project = comparison.project
     held = state.lease_state == LeaseState.HELD
     is_recheck = held and state.lease_live and state.lease_is_recheck
-    left_is_a = bool(state.lease_left_is_a) if held else True
+    # (A ranking's `left_is_a` is True: the annotator's own order, as drawn.)
+    left_is_a = bool(state.lease_left_is_a) if held else comparison.left_is_a
     shown: list[int] = []
     dense: list[int] = []
     if comparison.is_ranking:
@@ -245,8 +246,6 @@ def _judgment_build(
     else:
         if ranks is not None:
             raise JudgmentRejected("This comparison is a pair: choose a side, not ranks.")
-        if not held:
-            left_is_a = comparison.left_is_a
         if side:
             choice = choice_from_side(left_is_a=left_is_a, side=side)
             criteria = {

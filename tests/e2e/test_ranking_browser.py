@@ -96,7 +96,7 @@ def test_it_ranks_items_by_keyboard_and_stores_the_ranks_shown(
         for position, rank in wanted.items():
             if position in [int(k) for k in keys[:-1] if k.isdigit()]:
                 assert badges[position - 1] == f"Rank {rank}"
-        shots = os.environ.get("PREFLOOP_SCREENSHOTS")  # for the docs: where to save them
+        shots = os.environ.get("PREFLOOP_SCREENS_DIR")  # for the docs: where to save them
         if shots and not seen:
             name = f"ranking-{viewport['width']}x{viewport['height']}.png"
             # (caret="initial": hiding the caret would inject a style the CSP refuses)
