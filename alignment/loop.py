@@ -312,7 +312,7 @@ def _loop_check(
         round1_jobs = list(round1.generation_jobs.all())
         _jobs_execute(round1_jobs)
     log(
-        f"round 1: {Comparison.objects.filter(project=project).count()} comparisons "
+        f"round 1: {Comparison.objects.filter(project=project).items().count()} comparisons "
         f"in {phases.seconds['round 1 generation']:.0f} s"
     )
 

@@ -29,6 +29,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal
 
@@ -268,7 +269,8 @@ def ranking_best_worst(
 def _ranking_rows(
     *, project: Project, filters: ExportFilters, figures: CardFigures
 ) -> Iterator[dict[str, Any]]:
-    """KTO rows of the rankings whose implied pairs pass the filters: best true, worst false."""
+    """KTO rows of the rankings whose implied pairs pass the filters: best true, worst false.
+    The pairs are read in ranking order, CHUNK rankings at a time, so memory stays flat."""
     pairs = PreferencePair.objects.filter(
         project=project,
         comparison__ranking__isnull=False,
@@ -278,47 +280,54 @@ def _ranking_rows(
         pairs = pairs.filter(comparison__prompt__split=Split(filters.split))
     if filters.rounds:
         pairs = pairs.filter(comparison__round_number__in=filters.rounds)
+    rows = (
+        pairs.order_by("comparison__ranking_id", "id")
+        .values_list("comparison__ranking_id", "kind", "chosen_id", "rejected_id")
+        .iterator(chunk_size=CHUNK)
+    )
+    batch: dict[int, list[tuple[str, int, int]]] = {}
+    for ranking_id, group in groupby(rows, key=lambda row: row[0]):
+        batch[ranking_id] = [(kind, chosen, rejected) for _, kind, chosen, rejected in group]
+        if len(batch) == CHUNK:
+            yield from _ranking_batch_rows(batch, filters=filters, figures=figures)
+            batch = {}
+    yield from _ranking_batch_rows(batch, filters=filters, figures=figures)
+
+
+def _ranking_batch_rows(
+    batch: dict[int, list[tuple[str, int, int]]], *, filters: ExportFilters, figures: CardFigures
+) -> Iterator[dict[str, Any]]:
+    rankings = list(
+        Comparison.objects.filter(pk__in=list(batch)).select_related("prompt").order_by("id")
+    )
+    texts = dict(
+        Response.objects.filter(pk__in=[r for c in rankings for r in c.responses]).values_list(
+            "id", "text"
+        )
+    )
     wanted_tags = set(filters.tags)
-    by_ranking: dict[int, list[tuple[str, int, int]]] = {}
-    for ranking_id, kind, chosen, rejected in pairs.values_list(
-        "comparison__ranking_id", "kind", "chosen_id", "rejected_id"
-    ).iterator(chunk_size=CHUNK):
-        assert ranking_id is not None  # (filtered on: every pair here is implied)
-        by_ranking.setdefault(ranking_id, []).append((kind, chosen, rejected))
-    ids = sorted(by_ranking)
-    for start in range(0, len(ids), CHUNK):
-        chunk = list(
-            Comparison.objects.filter(pk__in=ids[start : start + CHUNK])
-            .select_related("prompt")
-            .order_by("id")
-        )
-        texts = dict(
-            Response.objects.filter(pk__in=[r for c in chunk for r in c.responses]).values_list(
-                "id", "text"
-            )
-        )
-        for ranking in chunk:
-            prompt = ranking.prompt
-            if wanted_tags and not wanted_tags.intersection(prompt.tags or ()):
-                continue
-            implied = by_ranking[ranking.pk]
-            if not filters.include_ties and all(k == PairKind.BOTH_BAD for k, _, _ in implied):
-                continue  # all bad: left out with the ties and both-bad pairs
-            good, bad = ranking_best_worst(implied, list(ranking.responses))
-            if not good and not bad:
-                continue
-            figures.pairs_by_kind["ranking (best and worst)"] += 1
-            figures.rounds[ranking.round_number] += 1
-            if figures.prompt_first_seen(prompt.pk):
-                figures.prompt_chars.add(sum(len(m.get("content", "")) for m in prompt.messages))
-            for label, picked in ((True, good), (False, bad)):
-                for response_id in picked:
-                    figures.rows += 1
-                    yield {
-                        "prompt": prompt.messages,
-                        "completion": _assistant(texts[response_id]),
-                        "label": label,
-                    }
+    for ranking in rankings:
+        prompt = ranking.prompt
+        if wanted_tags and not wanted_tags.intersection(prompt.tags or ()):
+            continue
+        implied = batch[ranking.pk]
+        if not filters.include_ties and all(k == PairKind.BOTH_BAD for k, _, _ in implied):
+            continue  # all bad: left out with the ties and both-bad pairs
+        good, bad = ranking_best_worst(implied, list(ranking.responses))
+        if not good and not bad:
+            continue
+        figures.pairs_by_kind["ranking (best and worst)"] += 1
+        figures.rounds[ranking.round_number] += 1
+        if figures.prompt_first_seen(prompt.pk):
+            figures.prompt_chars.add(sum(len(m.get("content", "")) for m in prompt.messages))
+        for label, picked in ((True, good), (False, bad)):
+            for response_id in picked:
+                figures.rows += 1
+                yield {
+                    "prompt": prompt.messages,
+                    "completion": _assistant(texts[response_id]),
+                    "label": label,
+                }
 
 
 def _pair_rows(

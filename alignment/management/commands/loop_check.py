@@ -217,7 +217,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
             f"{report.train_pairs} preference pairs, {report.train_ties} ties, "
-            f"{report.train_skipped} skipped (every response cut off)"
+            f"{report.train_skipped} skipped (every response shown cut off)"
         )
         self.stdout.write(
             f"  annotator time (reading model, {READING_CHARS_PER_S:.0f} characters/s): "
