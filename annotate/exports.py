@@ -48,6 +48,7 @@ from annotate.models import (
     Response,
     Split,
 )
+from annotate.ranking import wins_minus_losses
 from core.errors import ValidationFailed
 
 FORMATS = {
@@ -253,11 +254,10 @@ def ranking_best_worst(
     when every pair was judged both bad."""
     if pairs and all(kind == PairKind.BOTH_BAD for kind, _, _ in pairs):
         return [], list(responses)
-    score = Counter(dict.fromkeys(responses, 0))
-    for kind, chosen, rejected in pairs:
-        if kind == PairKind.PREFERENCE:
-            score[chosen] += 1
-            score[rejected] -= 1
+    score = wins_minus_losses(
+        responses,
+        ((chosen, rejected) for kind, chosen, rejected in pairs if kind == PairKind.PREFERENCE),
+    )
     ordered = sorted(score.values())
     if len(ordered) < 2 or ordered[0] == ordered[-1]:
         return [], []

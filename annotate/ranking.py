@@ -9,7 +9,7 @@ where the ranks are level.
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Generic, TypeVar
@@ -72,3 +72,13 @@ def shown_order(items: list[T], *, seed: str, reverse: bool = False) -> list[T]:
     order = list(items)
     random.Random(seed).shuffle(order)
     return order[::-1] if reverse else order
+
+
+def wins_minus_losses(items: Iterable[T], decided: Iterable[tuple[T, T]]) -> dict[T, int]:
+    """Each item's wins minus losses over decided (winner, loser) pairs: a ranking's order as
+    its pairs give it (a Copeland score), 0 for an item that never won or lost."""
+    score = dict.fromkeys(items, 0)
+    for winner, loser in decided:
+        score[winner] += 1
+        score[loser] -= 1
+    return score

@@ -28,6 +28,7 @@ from annotate.models import (
 )
 from annotate.quality import QualityReport, project_quality
 from annotate.queue import AVAILABLE_CAP, remaining_for_annotator
+from annotate.ranking import wins_minus_losses
 from annotate.sql import access as sql_access
 
 
@@ -326,20 +327,25 @@ def ranking_review(*, comparison: Comparison) -> RankingReview:
     found = Response.objects.in_bulk(comparison.responses)
     implied = list(comparison.implied.select_related("pair").order_by("id"))
     pairs = [(c, getattr(c, "pair", None)) for c in implied]
-    score = dict.fromkeys(comparison.responses, 0)
-    gold = dict.fromkeys(comparison.responses, 0)
-    for c, pair in pairs:
-        if pair is not None and pair.kind == PairKind.PREFERENCE:
-            score[pair.chosen_id] += 1
-            score[pair.rejected_id] -= 1
-        if c.gold_choice in (Choice.A, Choice.B):
-            winner, loser = (
-                (c.response_a_id, c.response_b_id)
-                if c.gold_choice == Choice.A
-                else (c.response_b_id, c.response_a_id)
-            )
-            gold[winner] += 1
-            gold[loser] -= 1
+    score = wins_minus_losses(
+        comparison.responses,
+        (
+            (pair.chosen_id, pair.rejected_id)
+            for _, pair in pairs
+            if pair is not None and pair.kind == PairKind.PREFERENCE
+        ),
+    )
+    # A gold ranking's known order, as its pairs' answers give it.
+    gold = wins_minus_losses(
+        comparison.responses,
+        (
+            (c.response_a_id, c.response_b_id)
+            if c.gold_choice == Choice.A
+            else (c.response_b_id, c.response_a_id)
+            for c, _ in pairs
+            if c.gold_choice in (Choice.A, Choice.B)
+        ),
+    )
     levels = sorted(set(gold.values()), reverse=True)
     responses = [
         RankedResponse(

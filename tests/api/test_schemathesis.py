@@ -61,6 +61,18 @@ def tokens(lead: User, annotator: User) -> list[str]:
     return [_token(lead), _token(annotator)]
 
 
+def _call_pinned(case: Any, pinned: dict[str, Any], tokens: list[str], capture: Any) -> None:
+    """The case with its path parameters pinned to real objects, sent as a lead and then as
+    an annotator, every answer checked."""
+    for name in case.path_parameters or {}:
+        if name in pinned:
+            case.path_parameters[name] = pinned[name]
+    # Jobs a request dispatches stay in their on_commit queue: no worker runs here.
+    for token in tokens:  # a lead's, then an annotator's
+        with capture(execute=False):
+            case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=CHECKS)
+
+
 @schema.parametrize()
 @settings(
     max_examples=20,
@@ -74,13 +86,7 @@ def tokens(lead: User, annotator: User) -> list[str]:
 def test_it_answers_every_generated_request_without_a_server_error(
     case: Any, objects: dict[str, Any], tokens: list[str], django_capture_on_commit_callbacks: Any
 ) -> None:
-    for name in case.path_parameters or {}:
-        if name in objects:
-            case.path_parameters[name] = objects[name]
-    # Jobs a request dispatches stay in their on_commit queue: no worker runs here.
-    for token in tokens:  # a lead's, then an annotator's
-        with django_capture_on_commit_callbacks(execute=False):
-            case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=CHECKS)
+    _call_pinned(case, objects, tokens, django_capture_on_commit_callbacks)
 
 
 # The operations that take a comparison again, with it pinned to a ranking (issue 21): its
@@ -104,9 +110,4 @@ def test_it_answers_every_generated_request_about_a_ranking_without_a_server_err
     case: Any, objects: dict[str, Any], tokens: list[str], django_capture_on_commit_callbacks: Any
 ) -> None:
     pinned = {**objects, "comparison_id": objects["ranking_id"]}
-    for name in case.path_parameters or {}:
-        if name in pinned:
-            case.path_parameters[name] = pinned[name]
-    for token in tokens:
-        with django_capture_on_commit_callbacks(execute=False):
-            case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=CHECKS)
+    _call_pinned(case, pinned, tokens, django_capture_on_commit_callbacks)
