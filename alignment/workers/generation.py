@@ -89,17 +89,20 @@ def _generation_run(job: GenerationJob) -> None:
         with transaction.atomic():
             on_policy_pairs_create(list(ours.order_by("id")), round_, recorder.rng, recorder.counts)
     job.progress_done = len(every_prompt)
-    job_succeed(
-        job,
-        summary={
-            **recorder.counts,
-            "tokens_generated": tokens,
-            "elapsed_s": round(elapsed, 2),
-            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
-        },
-    )
-    if job.purpose == Purpose.EVAL:
-        head_to_head_pairs_form(round_=round_)
+    # The head-to-head pairs are formed in the transaction that records the last held-out job's
+    # success: whoever sees both jobs succeeded sees their pairs too.
+    with transaction.atomic():
+        job_succeed(
+            job,
+            summary={
+                **recorder.counts,
+                "tokens_generated": tokens,
+                "elapsed_s": round(elapsed, 2),
+                "tokens_per_s": round(tokens / elapsed, 2) if elapsed else 0.0,
+            },
+        )
+        if job.purpose == Purpose.EVAL:
+            head_to_head_pairs_form(round_=round_)
 
 
 def _engine_config(job: GenerationJob) -> GenerationConfig:

@@ -354,15 +354,20 @@ def test_a_large_file_goes_to_a_worker_that_reports_its_outcome(
     settings: Any,
     tmp_path: Path,
     django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings.DATA_DIR = tmp_path
+    # A file over the inline limit, made small: what is measured is where it goes, not how
+    # fast 4 MB are read (the real limit is checked in test_the_inline_limit_is_4_mb).
+    inline_max = 256 * 2**10
+    monkeypatch.setattr("annotate.views.data.INLINE_MAX_BYTES", inline_max)
     client = client_make(lead)
     before = project.prompts.count()
     rows = [
-        {"prompt": f"Question {i} about something rather long, padded out?"} for i in range(80_000)
+        {"prompt": f"Question {i} about something rather long, padded out?"} for i in range(5_000)
     ]
     data = _jsonl(*rows, {"prompt": 7})
-    assert len(data) > INLINE_MAX_BYTES
+    assert len(data) > inline_max
     upload = SimpleUploadedFile("big.jsonl", data)
     with django_capture_on_commit_callbacks() as dispatched:
         answer = client.post(
@@ -378,13 +383,27 @@ def test_a_large_file_goes_to_a_worker_that_reports_its_outcome(
     with django_capture_on_commit_callbacks(execute=False):
         done = import_job_execute(job_id=job.pk)
     assert done is not None and done.status == JobStatus.SUCCEEDED
-    assert (done.created_count, done.error_count, done.progress_done) == (80_000, 1, 80_001)
-    assert [line for line, _ in done.errors] == [80_001]
-    assert project.prompts.count() == before + 80_000
+    assert (done.created_count, done.error_count, done.progress_done) == (5_000, 1, 5_001)
+    assert [line for line, _ in done.errors] == [5_001]
+    assert project.prompts.count() == before + 5_000
     assert not Path(job.path).exists()
     assert import_job_execute(job_id=job.pk) is None  # a redelivered message does nothing
     page = client.get(f"/p/{project.slug}/import/")
     assert b'data-status="succeeded"' in page.content and b"every 2s" not in page.content
+
+
+def test_the_inline_limit_is_4_mb(
+    project: Project, lead: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.DATA_DIR = tmp_path
+    client = client_make(lead)
+    data = b"x" * (INLINE_MAX_BYTES + 1)
+    answer = client.post(
+        f"/p/{project.slug}/import/",
+        {"kind": "prompts", "file": SimpleUploadedFile("big.jsonl", data)},
+    )
+    assert answer.status_code == 302 and INLINE_MAX_BYTES == 4 * 2**20
+    assert ImportJob.objects.get(project=project).file_bytes == len(data)
 
 
 def test_a_worker_refuses_a_large_file_with_bad_rows_and_writes_nothing(
