@@ -10,7 +10,8 @@ class AlignmentConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_save
 
-        from alignment.models import GenerationJob, TrainingRun
+        from alignment.models import GenerationJob, JudgeJob, TrainingRun
+        from alignment.services.judges import judge_job_dispatch
         from alignment.services.model_versions import base_version_on_project_created
         from alignment.services.pairs import ladder_step
         from alignment.services.rounds import generation_dispatch
@@ -21,6 +22,8 @@ class AlignmentConfig(AppConfig):
 
         job_kind_register(GenerationJob, dispatch=generation_dispatch, queue="gpu")
         job_kind_register(TrainingRun, dispatch=training_run_dispatch, queue="gpu")
+        # Rules and endpoints need no GPU; the local judge is a small model on CPU.
+        job_kind_register(JudgeJob, dispatch=judge_job_dispatch)
         # annotate creates projects and knows nothing of model versions (alignment depends on
         # it, never the reverse): the base version, the root of the lineage, comes with them.
         post_save.connect(

@@ -11,6 +11,8 @@ from django.db.models import QuerySet
 from alignment.engine.spec import METHODS, SAMPLING_FIELDS, TRAINING_FIELDS, TRAINING_PRESETS
 from alignment.models import (
     DataScope,
+    Judge,
+    JudgeMode,
     ModelVersion,
     PairingStrategy,
     PairSelection,
@@ -209,3 +211,45 @@ class TrainingRunStartForm(forms.Form):
     def settings_mapping(self) -> dict[str, Any]:
         """The settings given; a field left empty takes the engine's default."""
         return form_values(TRAINING_FIELDS, self.cleaned_data)
+
+
+class JudgeAddForm(forms.ModelForm[Judge]):
+    """Add a model judge; the service (alignment.services.judges) checks it can work."""
+
+    class Meta:
+        model = Judge
+        fields = [
+            "name",
+            "kind",
+            "mode",
+            "rule",
+            "base_url",
+            "model_name",
+            "api_key_env",
+            "requests_per_minute",
+            "timeout_seconds",
+            "max_retries",
+            "usd_per_million_input",
+            "usd_per_million_output",
+        ]
+        labels = {
+            "base_url": "Endpoint base URL",
+            "api_key_env": "API key's environment variable",
+            "usd_per_million_input": "USD per million input tokens",
+            "usd_per_million_output": "USD per million output tokens",
+        }
+        help_texts = {
+            "rule": "A rule judge: a builtin (shorter, no_lists, asks_followup, ...) or "
+            "package.module:function.",
+            "model_name": "An LLM judge: the model the endpoint serves, as it names it.",
+        }
+
+
+class JudgeRunForm(forms.Form):
+    mode = forms.ChoiceField(choices=JudgeMode.choices, label="What its answers do")
+    round_number = forms.IntegerField(
+        required=False, min_value=1, label="Round", help_text="Only this round (empty: all)."
+    )
+    limit = forms.IntegerField(
+        required=False, min_value=1, help_text="At most this many comparisons (empty: all)."
+    )

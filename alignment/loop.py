@@ -1,7 +1,8 @@
 """The headless loop check: one full round with simulated annotators, end to end.
 
 Round 1 samples the base policy on training prompts; simulated annotators judge the pairs by
-a rule through the same queue and judgment service people use; a QLoRA DPO run trains on the
+a rule through the same queue and judgment service people use (or a model judge votes on them,
+as a worker runs it, `--judge`); a QLoRA DPO run trains on the
 aggregated pairs; a head-to-head round then samples the new checkpoint and its parent on
 held-out prompts, and the same rule judges them blind. The report says whether the new
 policy learned the rule: its win rate over the parent with a 95 % interval, and the rule's
@@ -27,6 +28,7 @@ from alignment.engine.stats import WinRate, win_rate
 from alignment.models import (
     DataScope,
     GenerationJob,
+    JudgeMode,
     ModelVersion,
     PairingStrategy,
     PairSelection,
@@ -34,15 +36,19 @@ from alignment.models import (
     TrainingRun,
 )
 from alignment.selectors.leaderboard import round_head_to_head
+from alignment.services.judges import judge_add, judge_run_start
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import SamplingSettings, round_start
 from alignment.services.training import TrainingPlan, training_run_start
 from alignment.services.training_settings import TrainingSettings
 from alignment.workers.generation import generation_job_execute
+from alignment.workers.judging import judge_job_execute
 from alignment.workers.training import training_run_execute
 from annotate.demo_data import demo_guidelines, demo_prompts
 from annotate.models import (
     Comparison,
+    Judgment,
+    JudgmentKind,
     Lease,
     LeaseState,
     PairKind,
@@ -83,6 +89,26 @@ class LoopCheckSettings:
     skip_both_truncated: bool = True
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    # A model judge votes on the training pairs instead of the simulated annotators (the rule
+    # still judges the head-to-head: it is what the check measures).
+    judge: ModelJudgeSettings | None = None
+
+
+@dataclass(frozen=True)
+class ModelJudgeSettings:
+    """A model judge for the loop check (alignment.models.Judge's fields)."""
+
+    kind: str  # rule, llm or local
+    rule: str = ""
+    base_url: str = ""
+    model_name: str = ""
+    api_key_env: str = ""
+    requests_per_minute: int = 600
+
+    @property
+    def name(self) -> str:
+        what = {"rule": self.rule, "llm": self.model_name, "local": "packaged model"}[self.kind]
+        return f"{self.kind} judge ({what})"
 
 
 @dataclass(frozen=True)
@@ -115,6 +141,8 @@ class LoopCheckReport:
     training_seconds_per_step: float
     peak_rss_mb: float
     peak_rss_mb_by_phase: dict[str, float]
+    # With a model judge: its pass's summary, and how often its votes matched the rule's.
+    judge: dict[str, Any] | None = None
 
 
 def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
@@ -190,6 +218,43 @@ def judge_by_rule(
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, time_spent_ms=0, **answer)
         made += 1
     return JudgingWork(judgments=made, chars_read=chars)
+
+
+def judge_by_model(
+    *, project: Project, judge: ModelJudgeSettings, rule: JudgeRule
+) -> dict[str, Any]:
+    """A model judge votes on the queue as a worker would run it (alignment.workers.judging):
+    its pass's summary, and the share of its votes that the rule would have given."""
+    added = judge_add(
+        project=project,
+        name=judge.name,
+        kind=judge.kind,
+        mode=JudgeMode.VOTE,
+        rule=judge.rule,
+        base_url=judge.base_url,
+        model_name=judge.model_name,
+        api_key_env=judge.api_key_env,
+        requests_per_minute=judge.requests_per_minute,
+    )
+    job = judge_run_start(judge=added, dispatch=False)
+    judge_job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    if job.status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"judge job {job.pk} {job.status}: {job.error}")
+    votes = Judgment.objects.filter(
+        annotator=added.user, kind=JudgmentKind.VOTE, superseded_at__isnull=True
+    ).select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
+    matched = [
+        rule.judge(
+            v.comparison.prompt.text, v.comparison.response_a.text, v.comparison.response_b.text
+        )
+        == v.choice
+        for v in votes
+    ]
+    return {
+        **job.summary,
+        "agreement_with_rule": sum(matched) / len(matched) if matched else 0.0,
+    }
 
 
 def _jobs_execute(jobs: Sequence[GenerationJob]) -> None:
@@ -316,12 +381,24 @@ def _loop_check(
         f"in {phases.seconds['round 1 generation']:.0f} s"
     )
 
+    judge_figures = None
     with phases("judging"):
-        work = judge_by_rule(
-            project=project,
-            annotators=annotators,
-            rule=rule,
-            skip_both_truncated=settings.skip_both_truncated,
+        if settings.judge is not None:
+            judge_figures = judge_by_model(project=project, judge=settings.judge, rule=rule)
+            work = JudgingWork(judgments=int(judge_figures["answered"]), chars_read=0)
+        else:
+            work = judge_by_rule(
+                project=project,
+                annotators=annotators,
+                rule=rule,
+                skip_both_truncated=settings.skip_both_truncated,
+            )
+    if judge_figures is not None:
+        log(
+            f"{settings.judge.name if settings.judge else ''}: {judge_figures['answered']} votes, "
+            f"{judge_figures['uncertain']} uncertain, {judge_figures['failed']} without an "
+            f"answer; the rule's verdict on {judge_figures['agreement_with_rule']:.0%} of them, "
+            f"{judge_figures['seconds_per_pair']:.2f} s a pair"
         )
     pairs = PreferencePair.objects.filter(project=project)
     train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
@@ -370,6 +447,7 @@ def _loop_check(
         reading_minutes=work.reading_minutes,
         phases=phases,
         generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
+        judge=judge_figures,
     )
 
 
@@ -412,6 +490,7 @@ def _report(
     reading_minutes: float,
     phases: _Phases,
     generation_tokens_per_s: float,
+    judge: dict[str, Any] | None = None,
 ) -> LoopCheckReport:
     """The figures of a finished check: the head-to-head counted as the round's page counts
     it (the new version against its parent), each policy's responses under the rule."""
@@ -447,4 +526,5 @@ def _report(
         # The peak of this process (it did a worker's jobs): the highest phase's.
         peak_rss_mb=max(phases.peak_mb.values()),
         peak_rss_mb_by_phase=phases.peak_mb,
+        judge=judge,
     )

@@ -1,4 +1,5 @@
-"""The machine side of the loop: model versions, rounds, generation jobs, training runs."""
+"""The machine side of the loop: model versions, rounds, generation jobs, training runs, model
+judges."""
 
 from __future__ import annotations
 
@@ -230,3 +231,81 @@ class RefLogp(models.Model):
 
     def __str__(self) -> str:
         return f"Reference log-probs of {self.chosen_id} over {self.rejected_id}"
+
+
+class JudgeKind(models.TextChoices):
+    RULE = "rule", "A rule (module:function or a builtin)"
+    LLM = "llm", "An LLM behind an OpenAI-compatible endpoint"
+    LOCAL = "local", "The project's own model on the worker (weak: for the offline demo)"
+
+
+class JudgeMode(models.TextChoices):
+    SUGGEST = "suggest", "Suggestions, shown to annotators after they vote"
+    VOTE = "vote", "One vote toward the overlap"
+    FILL = "fill", "Fills in comparisons no person reached"
+
+
+class Judge(models.Model):
+    """A model judge: a project member of kind "model" (its own account, which cannot log in)
+    whose answers go through the judgment service like anyone's. What its answers do is its
+    `mode`. It runs on a worker (JudgeJob), never in a request."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="judges")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="judge"
+    )
+    name = models.CharField(max_length=60)
+    kind = models.CharField(max_length=10, choices=JudgeKind)
+    mode = models.CharField(max_length=10, choices=JudgeMode, default=JudgeMode.SUGGEST)
+    rule = models.CharField(max_length=300, blank=True, help_text="A rule judge's rule.")
+    base_url = models.CharField(
+        max_length=500, blank=True, help_text="An LLM judge's endpoint, e.g. http://host:8000/v1"
+    )
+    model_name = models.CharField(max_length=200, blank=True)
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The environment variable on the worker that holds the API key (the key "
+        "itself is never stored).",
+    )
+    requests_per_minute = models.PositiveIntegerField(default=60)
+    timeout_seconds = models.PositiveIntegerField(default=60)
+    max_retries = models.PositiveSmallIntegerField(default=4)
+    usd_per_million_input = models.FloatField(default=0.0)
+    usd_per_million_output = models.FloatField(default=0.0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="judge_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+
+class JudgeJob(Job):
+    """One pass of a judge over the project's comparisons (what its mode lets it answer).
+    A worker lost mid-pass is found by its stale heartbeat; the next attempt answers only
+    what is still unanswered. `summary` holds the counts, tokens, cost and the asks' position
+    agreement."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="jobs")
+    mode = models.CharField(max_length=10, choices=JudgeMode)
+    round_number = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Only this round's comparisons (all when empty)."
+    )
+    limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many comparisons."
+    )
+
+    class Meta(Job.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Judge job {self.pk} ({self.judge.name})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from alignment.workers.generation import generation_job_execute
+from alignment.workers.judging import judge_job_execute
 from alignment.workers.training import training_run_execute
 
 
@@ -16,3 +17,8 @@ def generation_job_run(job_id: int) -> None:
 @shared_task(name="alignment.tasks.training_run_run")
 def training_run_run(run_id: int) -> None:
     training_run_execute(run_id=run_id)
+
+
+@shared_task(name="alignment.tasks.judge_job_run")
+def judge_job_run(job_id: int) -> None:
+    judge_job_execute(job_id=job_id)

@@ -41,6 +41,8 @@ urlpatterns: list[URLPattern] = [
         name="lineage_version",
     ),
     path("p/<slug:slug>/leaderboard/", views.leaderboard, name="leaderboard"),
+    path("p/<slug:slug>/judges/", views.judge_list, name="judge_list"),
+    path("p/<slug:slug>/judges/<id:judge_id>/run/", views.judge_run, name="judge_run"),
 ]
 
 # Under /api/v1/ (config/urls.py), namespace "api".

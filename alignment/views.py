@@ -1,4 +1,5 @@
-"""The lead's pages of the machine side: rounds, generation jobs, training runs, model versions.
+"""The lead's pages of the machine side: rounds, generation jobs, training runs, model versions,
+model judges.
 
 Every view gates on `access_project(..., min_role=Role.LEAD)`: outside that, a 404.
 """
@@ -15,8 +16,9 @@ from django.views.decorators.vary import vary_on_headers
 
 from alignment import lineage
 from alignment.engine.spec import TRAINING_PRESETS
-from alignment.forms import RoundStartForm, TrainingRunStartForm
-from alignment.models import PairSelection
+from alignment.forms import JudgeAddForm, JudgeRunForm, RoundStartForm, TrainingRunStartForm
+from alignment.models import JudgeMode, PairSelection
+from alignment.selectors.judges import access_judge, judges_for_project
 from alignment.selectors.leaderboard import leaderboard_get, round_head_to_head
 from alignment.selectors.review import round_review_get
 from alignment.selectors.rounds import round_detail_get, round_drift, round_list_for_project
@@ -29,6 +31,7 @@ from alignment.selectors.runs import (
     training_run_progress,
 )
 from alignment.selectors.versions import model_version_tree, model_versions_for_project
+from alignment.services.judges import judge_add, judge_run_start
 from alignment.services.rounds import round_next_start, round_sign_off
 from alignment.services.training import (
     contradictions_send_back,
@@ -369,3 +372,69 @@ def leaderboard(request: AuthedRequest, slug: str) -> HttpResponse:
     return render(
         request, "alignment/leaderboard.html", page_context(request, project, board=board)
     )
+
+
+# Model judges ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@vary_on_headers("HX-Request")
+def judge_list(request: AuthedRequest, slug: str) -> HttpResponse:
+    project = _lead_project(request, slug)
+    form = JudgeAddForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                judge = judge_add(project=project, created_by=request.user, **form.cleaned_data)
+            except ValidationFailed as error:
+                form.add_error(None, str(error))
+            else:
+                messages.success(request, f"Added {judge.name}. Run it to have it judge.")
+                return redirect("judge_list", slug=project.slug)
+        status = 422
+    rows = judges_for_project(project=project)
+    context = page_context(
+        request,
+        project,
+        rows=rows,
+        form=form,
+        mode_choices=JudgeMode.choices,
+        active=any(row.last is not None and row.last.is_active for row in rows),
+    )
+    if request.htmx and request.method == "GET":
+        return render(request, "alignment/judge_list.html#judges", context)
+    return render(request, "alignment/judge_list.html", context, status=status)
+
+
+@login_required
+@require_POST
+def judge_run(request: AuthedRequest, slug: str, judge_id: int) -> HttpResponse:
+    project = _lead_project(request, slug)
+    judge = access_judge(project=project, judge_id=judge_id)
+    form = JudgeRunForm(request.POST)
+    if not form.is_valid():
+        messages.error(
+            request,
+            "; ".join(
+                f"{name}: {' '.join(map(str, errors))}" for name, errors in form.errors.items()
+            ),
+        )
+        return redirect("judge_list", slug=project.slug)
+    try:
+        judge_run_start(
+            judge=judge,
+            mode=form.cleaned_data["mode"],
+            round_number=form.cleaned_data["round_number"],
+            limit=form.cleaned_data["limit"],
+            created_by=request.user,
+        )
+    except ValidationFailed as error:
+        messages.error(request, str(error))
+    else:
+        messages.info(
+            request,
+            f"{judge.name} is queued ({judge.get_mode_display().lower()}): a worker runs it.",
+        )
+    return redirect("judge_list", slug=project.slug)

@@ -49,6 +49,7 @@ from annotate.models import (
     Split,
 )
 from annotate.ranking import wins_minus_losses
+from annotate.services.model_judgments import model_judge_counts
 from core.errors import ValidationFailed
 
 FORMATS = {
@@ -204,6 +205,8 @@ class CardFigures:
     prompt_chars: Sample = field(default_factory=lambda: Sample(seed=1))
     chosen_minus_rejected_chars: Sample = field(default_factory=lambda: Sample(seed=2))
     guideline_versions: set[int] = field(default_factory=set)
+    # Model judges whose answers count in the exported pairs: name → [votes, fill-ins].
+    model_judges: dict[str, list[int]] = field(default_factory=dict)
 
     def prompt_first_seen(self, prompt_id: int) -> bool:
         byte, bit = divmod(prompt_id, 8)
@@ -241,6 +244,10 @@ def export_rows(
             yield from _pair_rows(row, format=format, figures=figures)
         if kept:
             figures.guideline_versions |= _guideline_versions(kept)
+            for judge in model_judge_counts(comparison_ids=kept):
+                counts = figures.model_judges.setdefault(judge["judge"], [0, 0])
+                counts[0] += judge["votes"]
+                counts[1] += judge["fills"]
     if format == "kto" and not filters.criteria:
         yield from _ranking_rows(project=project, filters=filters, figures=figures)
 
@@ -364,7 +371,7 @@ def _guideline_versions(comparison_ids: list[int]) -> set[int]:
             superseded_at__isnull=True,
             guideline__isnull=False,
         )
-        .exclude(kind=JudgmentKind.RECHECK)
+        .exclude(kind__in=[JudgmentKind.RECHECK, JudgmentKind.SUGGESTION])
         .values_list("guideline__version", flat=True)
         .distinct()
     )
@@ -551,6 +558,18 @@ def dataset_card(
         "- versions the judgments were made under: "
         + (", ".join(f"v{v}" for v in guideline_versions) or "—"),
         f"- current version: v{current.version}" if current else "- current version: —",
+        "",
+        "## Model judges",
+        (
+            "- "
+            + "; ".join(
+                f"{name} (a model): {votes} votes, {fills} fill-ins"
+                for name, (votes, fills) in sorted(figures.model_judges.items())
+            )
+            + " (suggestions never decide a pair)"
+            if figures.model_judges
+            else "- none: every pair was decided by people"
+        ),
         "",
         "## Filters",
         "```json",

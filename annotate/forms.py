@@ -67,6 +67,13 @@ class ProjectSettingsForm(forms.ModelForm[Project]):
     overlap = forms.IntegerField(min_value=1, max_value=20)
     lease_seconds = forms.IntegerField(min_value=30, max_value=24 * 3600)
     undo_seconds = forms.IntegerField(min_value=0, max_value=24 * 3600)
+    judge_kappa_min = forms.FloatField(
+        min_value=-1,
+        max_value=1,
+        label="Flag a model judge below this κ",
+        help_text="A model judge whose Cohen's κ against the people's majority falls below "
+        "this is flagged on the Quality page (-1 to 1; default 0.4).",
+    )
 
     class Meta:
         model = Project

@@ -71,6 +71,11 @@ class Project(models.Model):
         default=0,
         help_text="Or no sooner than this many minutes later, whichever comes first (0: off).",
     )
+    judge_kappa_min = models.FloatField(
+        default=0.4,
+        help_text="A model judge whose Cohen's kappa against the people's majority falls below "
+        "this is flagged on the Quality page.",
+    )
     lease_seconds = models.PositiveIntegerField(default=600)
     undo_seconds = models.PositiveIntegerField(
         default=300, help_text="How long an annotator may undo or edit their last judgment."
@@ -94,12 +99,20 @@ class Project(models.Model):
         return self.name
 
 
+class MemberKind(models.TextChoices):
+    PERSON = "person", "Person"
+    # A model judge's account (alignment.models.Judge): it cannot log in, and its judgments
+    # are marked as a model's wherever they show.
+    MODEL = "model", "Model judge"
+
+
 class Membership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
     )
     role = models.CharField(max_length=10, choices=Role, default=Role.ANNOTATOR)
+    kind = models.CharField(max_length=10, choices=MemberKind, default=MemberKind.PERSON)
     quota = models.PositiveIntegerField(null=True, blank=True)
     guideline_seen_version = models.PositiveIntegerField(
         default=0, help_text="The newest guideline version this member has acknowledged."
@@ -385,6 +398,26 @@ class JudgmentKind(models.TextChoices):
     RECHECK = "recheck", "Swapped re-check"  # the same pair re-shown with sides swapped
     ADJUDICATION = "adjudication", "Adjudication"  # a reviewer's decision, wins aggregation
     IMPLIED = "implied", "Implied by a ranking"  # one pair of a ranking vote (`source`)
+    # A model judge's answer shown to annotators once they have voted: never counted.
+    SUGGESTION = "suggestion", "Model suggestion"
+    # A model judge's answer to a comparison no person reached: decides it alone, as an
+    # adjudication does, and is replaced when the comparison is sent back.
+    FILL = "fill", "Model fill-in"
+
+
+class JudgmentQuerySet(models.QuerySet["Judgment"]):
+    def with_by_model(self) -> JudgmentQuerySet:
+        """Each judgment with `by_model`: whether a model judge made it (a member of kind
+        "model" of its project)."""
+        return self.annotate(
+            by_model=models.Exists(
+                Membership.objects.filter(
+                    project_id=models.OuterRef("project_id"),
+                    user_id=models.OuterRef("annotator_id"),
+                    kind=MemberKind.MODEL,
+                )
+            )
+        )
 
 
 class Judgment(models.Model):
@@ -424,6 +457,8 @@ class Judgment(models.Model):
     superseded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = JudgmentQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -499,6 +534,9 @@ class DatasetSnapshot(models.Model):
     # pair's outcome can change with later judgments; the run trains on this, not on that.
     responses = models.JSONField(default=dict, blank=True)
     filters = models.JSONField(default=dict, blank=True)
+    # The model judges whose answers decided some of its pairs, and how they counted:
+    # [{"judge": name, "votes": n, "fills": n}] (suggestions never decide a pair).
+    model_judges = models.JSONField(default=list, blank=True)
     content_hash = models.CharField(max_length=64)
     n_pairs = models.PositiveIntegerField()
     created_by = models.ForeignKey(

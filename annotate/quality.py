@@ -7,6 +7,12 @@ report also splits agreement and bias by each of them.
 Superseded judgments (undone, sent back) are left out; adjudications are a reviewer's
 decision, not an annotation, and are left out too.
 
+Model judges (members of kind "model") are measured apart, against the people: their answers
+(votes, suggestions, fill-ins) never enter the people's figures. Each judge gets Krippendorff's
+alpha with the people on the pairs both answered, Cohen's kappa against the people's majority,
+its left and length bias measured as a person's, and its accuracy on gold items; a judge whose
+kappa falls below the project's `judge_kappa_min` is flagged.
+
 Rankings count as one judgment each; their pair figures (agreement, left/longer bias, ties,
 gold, majority) are over the pairs they imply, where "left" is the response shown earlier.
 Their own figures: Kendall's tau between annotators who ranked the same responses, and
@@ -19,14 +25,16 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.db.models.functions import Length
 
 from annotate.agreement import (
     Agreement,
+    cohen_kappa,
     kappa_by_annotator_pair,
     kendall_tau_b,
     krippendorff_alpha_nominal,
@@ -80,6 +88,7 @@ class _Row:
     len_b: int
     shown: list[int]  # a ranking's judgment: the order shown, and the ranks in that order
     ranks: list[int]
+    by_model: bool = False  # a model judge's
 
     @property
     def is_ranking(self) -> bool:
@@ -163,6 +172,19 @@ class GroupQuality:
 
 
 @dataclass(frozen=True)
+class JudgeQuality:
+    """A model judge against the people."""
+
+    annotator_id: int
+    name: str
+    answers: int  # votes, suggestions and fill-ins
+    alpha_with_people: Agreement  # on the non-gold pairs both the judge and people answered
+    kappa_with_majority: Agreement  # against the people's majority where they have one
+    bias: Bias  # left, longer, ties, gold, with the people's majority: as for a person
+    flagged: bool  # kappa below the project's judge_kappa_min
+
+
+@dataclass(frozen=True)
 class QualityReport:
     filters: QualityFilters
     judgments: int
@@ -177,6 +199,8 @@ class QualityReport:
     by_round: list[GroupQuality]
     guideline_versions: list[int] = field(default_factory=list)
     round_numbers: list[int] = field(default_factory=list)
+    judges: list[JudgeQuality] = field(default_factory=list)
+    judge_kappa_min: float = 0.0
 
     def chart_data(self) -> dict[str, Any]:
         """What the quality page draws, as plain JSON."""
@@ -195,13 +219,23 @@ class QualityReport:
         }
 
 
+# A model judge's answers, measured as a person's votes are.
+_MODEL_ANSWERS = (JudgmentKind.SUGGESTION, JudgmentKind.FILL)
+
+
 def _rows(*, project: Project) -> list[_Row]:
     queryset = (
         Judgment.objects.filter(
             comparison__project=project,
             superseded_at__isnull=True,
-            kind__in=[JudgmentKind.VOTE, JudgmentKind.RECHECK, JudgmentKind.IMPLIED],
+            kind__in=[
+                JudgmentKind.VOTE,
+                JudgmentKind.RECHECK,
+                JudgmentKind.IMPLIED,
+                *_MODEL_ANSWERS,
+            ],
         )
+        .with_by_model()
         .annotate(
             len_a=Length("comparison__response_a__text"),
             len_b=Length("comparison__response_b__text"),
@@ -223,10 +257,17 @@ def _rows(*, project: Project) -> list[_Row]:
             "len_b",
             "shown",
             "ranks",
+            "by_model",
         )
         .order_by("id")
     )
-    return [_Row(*values) for values in queryset]
+    rows = []
+    for values in queryset:
+        row = _Row(*values)
+        if row.kind in _MODEL_ANSWERS:
+            row = replace(row, kind=JudgmentKind.VOTE)
+        rows.append(row)
+    return rows
 
 
 def _bias(
@@ -339,15 +380,57 @@ def _groups(
     ]
 
 
+def _judges(
+    rows: Sequence[_Row],
+    *,
+    votes: dict[int, list[_Row]],
+    rankings: dict[int, list[_Row]],
+    kappa_min: float,
+) -> list[JudgeQuality]:
+    """Each model judge against the people (`votes`: the people's pair votes)."""
+    by_judge: dict[int, list[_Row]] = defaultdict(list)
+    for row in rows:
+        by_judge[row.annotator_id].append(row)
+    majority = {}
+    for comparison_id, group in votes.items():
+        counted = Counter(r.choice for r in group).most_common(2)
+        if len(counted) == 1 or counted[0][1] > counted[1][1]:
+            majority[comparison_id] = counted[0][0]
+    names = dict(User.objects.filter(pk__in=by_judge).values_list("pk", "first_name"))
+    report = []
+    for annotator_id, answers in by_judge.items():
+        plain = [r for r in answers if r.is_pair_vote and not r.gold_choice]
+        kappa = cohen_kappa(
+            (r.choice, majority[r.comparison_id]) for r in plain if r.comparison_id in majority
+        )
+        report.append(
+            JudgeQuality(
+                annotator_id=annotator_id,
+                name=names.get(annotator_id) or answers[0].username,
+                answers=len(answers),
+                alpha_with_people=krippendorff_alpha_nominal(
+                    [r.choice, *(p.choice for p in votes[r.comparison_id])]
+                    for r in plain
+                    if r.comparison_id in votes
+                ),
+                kappa_with_majority=kappa,
+                bias=_bias(answers, votes_by_comparison=votes, rankings_by_comparison=rankings),
+                flagged=kappa.value is not None and kappa.value < kappa_min,
+            )
+        )
+    return sorted(report, key=lambda j: j.name)
+
+
 def project_quality(*, project: Project, filters: QualityFilters | None = None) -> QualityReport:
     filters = filters or QualityFilters()
     every = _rows(project=project)
-    rows = [
+    chosen = [
         r
         for r in every
         if (filters.guideline_version is None or r.guideline_version == filters.guideline_version)
         and (filters.round_number is None or r.round_number == filters.round_number)
     ]
+    rows = [r for r in chosen if not r.by_model]
     votes = _votes_by_comparison(rows)
     rankings = _votes_by_comparison(rows, rankings=True)
     agree = pairs = 0
@@ -394,4 +477,11 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
         by_round=_groups(rows, "round_number", "Round {}", votes, rankings),
         guideline_versions=sorted({r.guideline_version for r in every if r.guideline_version}),
         round_numbers=sorted({r.round_number for r in every}),
+        judges=_judges(
+            [r for r in chosen if r.by_model],
+            votes=votes,
+            rankings=rankings,
+            kappa_min=project.judge_kappa_min,
+        ),
+        judge_kappa_min=project.judge_kappa_min,
     )

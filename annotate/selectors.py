@@ -29,6 +29,7 @@ from annotate.models import (
 from annotate.quality import QualityReport, project_quality
 from annotate.queue import AVAILABLE_CAP, remaining_for_annotator
 from annotate.ranking import wins_minus_losses
+from annotate.services.judgments import side_from_choice
 from annotate.sql import access as sql_access
 
 
@@ -374,7 +375,10 @@ def ranking_review(*, comparison: Comparison) -> RankingReview:
 
 def comparison_review(*, comparison: Comparison) -> ComparisonReview:
     judgments = list(
-        comparison.judgments.select_related("annotator", "guideline").order_by("created_at", "id")
+        Judgment.objects.filter(comparison=comparison)
+        .with_by_model()
+        .select_related("annotator", "guideline")
+        .order_by("created_at", "id")
     )
     live_adjudications = [
         j for j in judgments if j.kind == JudgmentKind.ADJUDICATION and j.superseded_at is None
@@ -585,3 +589,39 @@ def prompt_detail(*, prompt: Prompt) -> PromptDetail:
             for c in comparisons
         ],
     )
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A model judge's answer to a pair, in the sides one annotator saw."""
+
+    judge: str
+    side: str  # left / right / tie / both_bad
+    agrees: bool  # with that annotator's vote
+
+    @property
+    def words(self) -> str:
+        return _SIDE_WORDS[self.side]
+
+
+_SIDE_WORDS = {"left": "left", "right": "right", "tie": "a tie", "both_bad": "both bad"}
+
+
+def suggestions_after_vote(*, judgment: Judgment) -> list[Suggestion]:
+    """What the model judges suggested on the pair just judged, for the annotator who judged
+    it: shown only after their vote, never before (it would anchor them)."""
+    if judgment.shown or judgment.kind not in (JudgmentKind.VOTE, JudgmentKind.RECHECK):
+        return []
+    found = Judgment.objects.filter(
+        comparison_id=judgment.comparison_id,
+        kind=JudgmentKind.SUGGESTION,
+        superseded_at__isnull=True,
+    ).select_related("annotator")
+    return [
+        Suggestion(
+            judge=s.annotator.first_name or s.annotator.username,
+            side=side_from_choice(left_is_a=judgment.left_was_a, choice=s.choice),
+            agrees=s.choice == judgment.choice,
+        )
+        for s in found.order_by("id")
+    ]

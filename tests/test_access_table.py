@@ -18,6 +18,7 @@ from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from alignment.models import GenerationJob, Round, TrainingRun
+from alignment.services.judges import judge_add
 from alignment.services.model_versions import model_version_base_ensure
 from alignment.services.rounds import round_start
 from alignment.services.training import training_run_start
@@ -250,6 +251,15 @@ TABLE: dict[str, dict[str, tuple[Expected, ...]]] = {
         "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
         "POST": (LOGIN,       405,         405,         405,         405,         405,         405),
     },
+    # An empty body is a form error; a run without its mode names the problem in a redirect's message.
+    "judge_list": {
+        "GET":  (LOGIN,       404,         404,         404,         200,         404,         200),
+        "POST": (LOGIN,       404,         404,         404,         422,         404,         422),
+    },
+    "judge_run": {
+        "GET":  (LOGIN,       405,         405,         405,         405,         405,         405),
+        "POST": (LOGIN,       404,         404,         404,         302,         404,         302),
+    },
     # The API: the same gates as the pages, 401 without credentials. POSTs send an empty JSON
     # object, a validation error (400) wherever a body is asked for.
     "api:token": {  # username and password for a token: open to all, like the login page
@@ -457,6 +467,7 @@ def _world_build() -> World:
         created_by=users["lead"],
         dispatch=False,
     )
+    judge = judge_add(project=project, name="Rule", kind="rule", rule="shorter")
     # Fresh statistics: the coverage page asks a worker for them only when they are stale.
     coverage_refresh(project=project, embed=embed_bag_of_words)
     return World(
@@ -468,6 +479,7 @@ def _world_build() -> World:
             "number": round_.number,
             "run_id": run.pk,
             "judgment_id": judged_by_lead.pk,
+            "judge_id": judge.pk,
             "prompt_id": prompts[0].pk,
             "version_id": base.pk,
         },

@@ -12,7 +12,16 @@ from rest_framework.response import Response
 from annotate import selectors
 from annotate.access import access_comparison
 from annotate.api.projects import MessageOut, ProjectApi
-from annotate.models import Choice, Comparison, ComparisonStatus, Judgment, JudgmentKind, Role
+from annotate.models import (
+    Choice,
+    Comparison,
+    ComparisonStatus,
+    Judgment,
+    JudgmentKind,
+    MemberKind,
+    Membership,
+    Role,
+)
 from core.api import ERRORS, PageQuery, paged_serializer
 from core.http import MAX_ID
 
@@ -101,6 +110,9 @@ class JudgmentOut(serializers.Serializer[Any]):
         allow_null=True, help_text="An implied judgment: the ranking judgment it comes from."
     )
     superseded = serializers.SerializerMethodField()
+    by_model = serializers.SerializerMethodField(
+        help_text="Made by a model judge (a member of kind model), not a person."
+    )
     created_at = serializers.DateTimeField()
 
     def get_side(self, judgment: Judgment) -> str:
@@ -110,6 +122,16 @@ class JudgmentOut(serializers.Serializer[Any]):
 
     def get_superseded(self, judgment: Judgment) -> bool:
         return judgment.superseded_at is not None
+
+    def get_by_model(self, judgment: Judgment) -> bool:
+        known = getattr(judgment, "by_model", None)  # Judgment.objects.with_by_model()
+        if known is None:
+            known = Membership.objects.filter(
+                project_id=judgment.project_id,
+                user_id=judgment.annotator_id,
+                kind=MemberKind.MODEL,
+            ).exists()
+        return bool(known)
 
 
 @extend_schema_serializer(component_name="PairSummary")

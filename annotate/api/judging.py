@@ -283,8 +283,10 @@ class JudgmentListApi(ProjectApi):
         query = JudgmentQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         data = query.validated_data
-        judgments = Judgment.objects.filter(project=project).select_related(
-            "annotator", "guideline"
+        judgments = (
+            Judgment.objects.filter(project=project)
+            .with_by_model()
+            .select_related("annotator", "guideline")
         )
         user = request.user
         assert isinstance(user, User)

@@ -28,7 +28,7 @@ from annotate.services.judgments import (
     MAX_RATIONALE_CHARS,
     JudgmentRejected,
     choice_validate,
-    live_adjudications,
+    live_decisions,
     votes_changed,
 )
 from annotate.services.projects import guideline_current
@@ -82,7 +82,7 @@ def comparison_adjudicate(
         if len(rationale) > MAX_RATIONALE_CHARS:
             raise JudgmentRejected(f"A note is at most {MAX_RATIONALE_CHARS} characters.")
         now = timezone.now()
-        live_adjudications(comparison).update(superseded_at=now, updated_at=now)
+        live_decisions(comparison).update(superseded_at=now, updated_at=now)
         judgment = Judgment.objects.create(
             comparison=comparison,
             project_id=comparison.project_id,

@@ -358,8 +358,11 @@ def _judgment_write(*, judgment: Judgment, comparison: Comparison, now: datetime
         votes_changed(comparison=comparison, delta=1)
 
 
-def live_adjudications(comparison: Comparison) -> QuerySet[Judgment]:
-    return comparison.judgments.filter(kind=JudgmentKind.ADJUDICATION, superseded_at__isnull=True)
+def live_decisions(comparison: Comparison) -> QuerySet[Judgment]:
+    """What decides the comparison alone: a reviewer's adjudication, or a model's fill-in."""
+    return comparison.judgments.filter(
+        kind__in=[JudgmentKind.ADJUDICATION, JudgmentKind.FILL], superseded_at__isnull=True
+    )
 
 
 def votes_changed(
@@ -376,7 +379,7 @@ def votes_changed(
     complete = False
     if not comparison.is_gold:
         # A new vote is only taken while the comparison is open, hence not adjudicated.
-        adjudicated = delta <= 0 and live_adjudications(comparison).exists()
+        adjudicated = delta <= 0 and live_decisions(comparison).exists()
         complete = adjudicated or comparison.judgment_count >= comparison.project.overlap
         if comparison.status != ComparisonStatus.RETIRED:
             comparison.status = ComparisonStatus.COMPLETE if complete else ComparisonStatus.OPEN
@@ -403,7 +406,7 @@ def _implied_settle(*, ranking: Comparison, delta: int, complete: bool) -> None:
     implied = Comparison.objects.filter(ranking_id=ranking.pk)
     implied.update(judgment_count=F("judgment_count") + delta, status=ranking.status)
     for pair_comparison in implied.select_related("project"):
-        if complete or live_adjudications(pair_comparison).exists():
+        if complete or live_decisions(pair_comparison).exists():
             pair = pair_aggregate(comparison=pair_comparison)
             if complete and pair is not None:
                 pair_decided.send(sender=Comparison, comparison=pair_comparison, pair=pair)
@@ -487,7 +490,7 @@ def judgment_undo(*, project: Project, annotator: User, judgment_id: int) -> Jud
                 f"{project.undo_seconds // 60} minutes."
             )
         comparison = Comparison.objects.select_for_update().get(pk=last.comparison_id)
-        if live_adjudications(comparison).exists():
+        if live_decisions(comparison).exists():
             raise JudgmentRejected("A reviewer has already decided this comparison.")
         now = timezone.now()
         last.superseded_at = now

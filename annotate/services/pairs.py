@@ -17,8 +17,9 @@ from annotate.sql import pairs as sql_pairs
 
 
 def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
-    """Majority vote of the comparison's live votes; an adjudication decides alone. None (and
-    no pair stored) without votes, or when the most voted choices are level (undecided).
+    """Majority vote of the comparison's live votes; an adjudication decides alone, and so
+    does a model's fill-in (it is only made where no person voted). None (and no pair
+    stored) without votes, or when the most voted choices are level (undecided).
 
     Agreement is the share of votes that agree with the outcome (with an adjudication: the
     share of annotators who agreed with the reviewer).
@@ -27,8 +28,10 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
     if not judgments:
         PreferencePair.objects.filter(comparison=comparison).delete()
         return None
-    adjudications = [j for j in judgments if j[0] == JudgmentKind.ADJUDICATION]
-    votes = Counter(choice for _, choice in (adjudications[-1:] or judgments))
+    deciding = [j for j in judgments if j[0] == JudgmentKind.ADJUDICATION] or [
+        j for j in judgments if j[0] == JudgmentKind.FILL
+    ]
+    votes = Counter(choice for _, choice in (deciding[-1:] or judgments))
     top = votes_decided(votes)
     if top is None:
         PreferencePair.objects.filter(comparison=comparison).delete()

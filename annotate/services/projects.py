@@ -27,6 +27,7 @@ PROJECT_SETTINGS = (
     "recheck_gap_minutes",
     "lease_seconds",
     "undo_seconds",
+    "judge_kappa_min",
 )
 
 # The most judgments a member's quota may allow (the member form's bound too).
@@ -61,6 +62,8 @@ def project_settings_update(*, project: Project, **changes: Any) -> Project:
     for name in ("gold_rate", "swap_recheck_rate"):
         if name in changes and not 0 <= changes[name] <= 1:
             raise ValidationFailed(f"{name} must be between 0 and 1.")
+    if "judge_kappa_min" in changes and not -1 <= changes["judge_kappa_min"] <= 1:
+        raise ValidationFailed("judge_kappa_min must be between -1 and 1 (a kappa).")
     for name, value in changes.items():
         setattr(project, name, value)
     project.save(update_fields=list(changes))

@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib.auth.models import User
 
 from annotate.models import DatasetSnapshot, PairKind, PreferencePair, Project, Purpose, Split
+from annotate.services.model_judgments import model_judge_counts
 from core.errors import ValidationFailed
 
 
@@ -115,6 +116,7 @@ def snapshot_create(
             for pair in [*training, *validation]
         },
         filters=filters.as_json(),
+        model_judges=model_judge_counts(comparison_ids=[p.comparison_id for p in pairs]),
         content_hash=snapshot_content_hash(training, validation),
         n_pairs=len(training),
         created_by=created_by,

@@ -7,12 +7,13 @@ from annotate.models import PreferencePair
 
 
 def live_choices(*, comparison_id: int) -> list[tuple[str, str]]:
-    """(kind, choice) of the comparison's live votes and adjudications, oldest first."""
+    """(kind, choice) of the comparison's live votes, adjudications and fill-ins, oldest
+    first."""
     return [
         (kind, choice)
         for kind, choice in sql.rows(
             f"SELECT kind, choice FROM {sql.JUDGMENT} WHERE comparison_id = %s"
-            " AND superseded_at IS NULL AND kind <> 'recheck' ORDER BY id",
+            " AND superseded_at IS NULL AND kind NOT IN ('recheck', 'suggestion') ORDER BY id",
             [comparison_id],
         )
     ]

@@ -121,6 +121,9 @@ def _pair_context(
             else judgment_undoable(project=project, annotator=request.user)
         ),
         skipped=skipped if project.undo_seconds else None,
+        # What model judges suggested on the pair just judged: only now, after the vote.
+        suggestions=selectors.suggestions_after_vote(judgment=judged) if judged else [],
+        judged_comparison=judged.comparison_id if judged else None,
         earlier=earlier if earlier is not None and assignment is not None else None,
         criterion_sides=(
             [(str(i), str(i)) for i in range(1, len(assignment.shown) + 1)] + [("tie", "Same")]

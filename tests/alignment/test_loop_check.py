@@ -117,3 +117,35 @@ def test_it_skips_pairs_cut_off_on_both_sides_and_says_when_nothing_is_left(
     assert not Judgment.objects.filter(comparison__project=project).exists()
     skipped = {lease.skip_reason for lease in Lease.objects.filter(comparison__project=project)}
     assert skipped == {"both responses cut off at the token limit"}
+
+
+def test_a_model_judge_votes_on_the_training_pairs_instead_of_the_annotators(
+    tiny_settings, tiny_model_dir: str, tmp_path: Path
+) -> None:
+    output, report = _run(tiny_model_dir, tmp_path, "shorter", "--judge", "rule:shorter")
+    project = Project.objects.get(slug=report["project_slug"])
+    judge = project.judges.get()
+    round1 = Comparison.objects.filter(project=project, round_number=1).items()
+    # Every training pair was judged once, by the judge, through the judgment service; the
+    # simulated annotators judged only the head-to-head.
+    train_votes = Judgment.objects.filter(comparison__in=round1)
+    assert train_votes.count() == round1.count() == report["train_judgments"] > 0
+    assert set(train_votes.values_list("annotator", flat=True)) == {judge.user_id}
+    assert report["judge"]["answered"] == round1.count()
+    # The same rule asked twice with the sides swapped: always consistent, always the rule's.
+    assert report["judge"]["agreement_with_rule"] == 1.0 and report["judge"]["asks_agree"] == 1.0
+    assert "model judge:" in output and "match the rule on 100.0%" in output
+    h2h = Judgment.objects.filter(comparison__project=project, comparison__round_number=2)
+    assert h2h.exists() and judge.user_id not in set(h2h.values_list("annotator", flat=True))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--judge", "oracle"], "use 'local', 'rule:NAME'"),
+        (["--judge", "llm"], "needs --judge-url and --judge-model"),
+    ],
+)
+def test_it_names_a_judge_it_cannot_use(tiny_settings, args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("loop_check", *args)

@@ -145,15 +145,20 @@ def test_it_saves_settings_and_refuses_bad_ones_without_change(
         "recheck_gap_minutes": "0",
         "lease_seconds": "600",
         "undo_seconds": "120",
+        "judge_kappa_min": "0.6",
     }
     bad = client.post(f"/p/{project.slug}/settings/", {**form, "gold_rate": "1.5"})
     assert bad.status_code == 422 and "less than or equal to 1" in bad.content.decode()
+    bad = client.post(f"/p/{project.slug}/settings/", {**form, "judge_kappa_min": "-2"})
+    assert bad.status_code == 422 and "greater than or equal to -1" in bad.content.decode()
     project.refresh_from_db()
     assert project.name == "Test project" and project.gold_rate == 0.0
+    assert project.judge_kappa_min == 0.4
     assert client.post(f"/p/{project.slug}/settings/", form).status_code == 302
     project.refresh_from_db()
     assert (project.name, project.overlap, project.allow_both_bad) == ("Renamed", 3, False)
     assert project.criteria == ["helpfulness", "honesty"] and project.undo_seconds == 120
+    assert project.judge_kappa_min == 0.6
 
 
 def test_it_adds_members_and_names_an_unknown_user(

@@ -13,6 +13,7 @@ from alignment.loop import (
     READING_CHARS_PER_S,
     LoopCheckReport,
     LoopCheckSettings,
+    ModelJudgeSettings,
     loop_check_run,
 )
 from alignment.models import PairSelection
@@ -52,6 +53,30 @@ def _option(parser: CommandParser, flag: str, dest: str, spec: FieldSpec) -> Non
         default=spec.default,
         metavar=spec.kind.__name__.upper(),
         help=text.replace("%", "%%"),  # argparse formats help with %
+    )
+
+
+def _judge_settings(options: dict[str, Any]) -> ModelJudgeSettings | None:
+    spec = options["judge"]
+    if not spec:
+        return None
+    kind, _, rule = spec.partition(":")
+    if kind == "rule" and rule:
+        return ModelJudgeSettings(kind="rule", rule=rule)
+    if kind == "local" and not rule:
+        return ModelJudgeSettings(kind="local")
+    if kind == "llm" and not rule:
+        if not options["judge_url"] or not options["judge_model"]:
+            raise CommandError("--judge llm needs --judge-url and --judge-model.")
+        return ModelJudgeSettings(
+            kind="llm",
+            base_url=options["judge_url"],
+            model_name=options["judge_model"],
+            api_key_env=options["judge_key_env"],
+        )
+    raise CommandError(
+        f"--judge {spec!r}: use 'local', 'rule:NAME' (e.g. rule:shorter) or 'llm' with "
+        "--judge-url and --judge-model."
     )
 
 
@@ -120,6 +145,26 @@ class Command(BaseCommand):
         for spec in TRAINING_FIELDS.values():
             _option(parser, "--train-" + spec.name.replace("_", "-"), "train_" + spec.name, spec)
         parser.add_argument(
+            "--judge",
+            default=None,
+            metavar="KIND",
+            help="Let a model judge vote on the training pairs instead of the simulated "
+            "annotators (the rule still judges the head-to-head): 'local' (the packaged "
+            "model, weak), 'rule:NAME' (a rule through the judge's machinery, asked twice with "
+            "the sides swapped) or 'llm' (an OpenAI-compatible endpoint: --judge-url, "
+            "--judge-model, --judge-key-env). The report adds the judge's agreement with the "
+            "rule.",
+        )
+        parser.add_argument(
+            "--judge-url", default="", help="The LLM judge's base URL, e.g. http://host:8000/v1."
+        )
+        parser.add_argument("--judge-model", default="", help="The model the endpoint serves.")
+        parser.add_argument(
+            "--judge-key-env",
+            default="",
+            help="The environment variable holding the endpoint's API key (none when empty).",
+        )
+        parser.add_argument(
             "--judge-both-truncated",
             action="store_true",
             help="Judge training pairs whose two responses were both cut off (skipped by default).",
@@ -148,6 +193,7 @@ class Command(BaseCommand):
             sampling.validate()
         except (ValueError, ValidationFailed) as error:
             raise CommandError(str(error)) from None
+        judge = _judge_settings(options)
         if options["ranking"] is not None:
             options["samples_per_prompt"] = options["ranking"]
             options["pair_selection"] = PairSelection.RANKING
@@ -158,6 +204,7 @@ class Command(BaseCommand):
             skip_both_truncated=not options["judge_both_truncated"],
             pair_selection=options["pair_selection"],
             guided=options["guided"],
+            judge=judge,
             **{name: options[name] for name in _COUNTS},
         )
         reports = [
@@ -225,6 +272,16 @@ class Command(BaseCommand):
             f"{report.train_pairs / max(report.train_reading_minutes, 1e-9):.1f} preference pairs "
             "a minute"
         )
+        if report.judge is not None:
+            j = report.judge
+            self.stdout.write(
+                f"  model judge: {j['answered']} votes, {j['uncertain']} uncertain, "
+                f"{j['failed']} without an answer; its votes match the rule on "
+                f"{j['agreement_with_rule']:.1%}; the two asks agree on "
+                f"{(j['asks_agree'] or 0):.1%}; one ask picks the response shown first "
+                f"{(j['first_shown_share_one_ask'] or 0):.1%} of the time; "
+                f"{j['seconds_per_pair']:.2f} s a pair, ${j['cost_usd']:.4f}"
+            )
         self.stdout.write(
             f"  training: {report.training_steps} steps, final loss {report.train_loss:.4f}"
         )
