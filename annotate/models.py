@@ -459,6 +459,9 @@ class Judgment(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = JudgmentQuerySet.as_manager()
+    # Not a column: set by judgment_submit (in the statement it reads anyway) when model judges
+    # suggested answers on the comparison; the judging page shows them only then.
+    suggested = False
 
     class Meta:
         ordering = ["id"]
@@ -481,6 +484,13 @@ class Judgment(models.Model):
                 fields=["project", "annotator", "comparison"],
                 condition=Q(kind="vote", superseded_at__isnull=True),
                 name="judgment_live_votes",
+            ),
+            # The model judges' live suggestions on a comparison: what every submit asks
+            # (sql/judgments.submit_state), from an index that holds only them (often none).
+            models.Index(
+                fields=["comparison"],
+                condition=Q(kind="suggestion", superseded_at__isnull=True),
+                name="judgment_live_suggestions",
             ),
         ]
 

@@ -31,6 +31,7 @@ from annotate.queue import AVAILABLE_CAP, remaining_for_annotator
 from annotate.ranking import wins_minus_losses
 from annotate.services.judgments import side_from_choice
 from annotate.sql import access as sql_access
+from annotate.sql import judgments as sql_judgments
 
 
 @dataclass(frozen=True)
@@ -609,19 +610,17 @@ _SIDE_WORDS = {"left": "left", "right": "right", "tie": "a tie", "both_bad": "bo
 
 def suggestions_after_vote(*, judgment: Judgment) -> list[Suggestion]:
     """What the model judges suggested on the pair just judged, for the annotator who judged
-    it: shown only after their vote, never before (it would anchor them)."""
-    if judgment.shown or judgment.kind not in (JudgmentKind.VOTE, JudgmentKind.RECHECK):
+    it: shown only after their vote, never before (it would anchor them). Read only where the
+    submit found some (`Judgment.suggested`): the judging hot path pays nothing otherwise."""
+    if not judgment.suggested or judgment.shown:
         return []
-    found = Judgment.objects.filter(
-        comparison_id=judgment.comparison_id,
-        kind=JudgmentKind.SUGGESTION,
-        superseded_at__isnull=True,
-    ).select_related("annotator")
+    if judgment.kind not in (JudgmentKind.VOTE, JudgmentKind.RECHECK):
+        return []
     return [
         Suggestion(
-            judge=s.annotator.first_name or s.annotator.username,
-            side=side_from_choice(left_is_a=judgment.left_was_a, choice=s.choice),
-            agrees=s.choice == judgment.choice,
+            judge=name,
+            side=side_from_choice(left_is_a=judgment.left_was_a, choice=choice),
+            agrees=choice == judgment.choice,
         )
-        for s in found.order_by("id")
+        for name, choice in sql_judgments.suggestions(comparison_id=judgment.comparison_id)
     ]

@@ -180,6 +180,7 @@ def judgment_submit(
             )
             _slot_check(comparison=comparison, judgment=judgment, state=state)
             _judgment_write(judgment=judgment, comparison=comparison, now=now)
+            judgment.suggested = state.suggested
     except IntegrityError:
         # A concurrent twin of this submit won the race (same key or same comparison).
         if idempotency_key:

@@ -59,6 +59,7 @@ class SubmitState:
     guideline_id: int | None  # the project's current guideline
     live_others: int  # slots others' live leases hold
     judged_already: bool  # this annotator's live vote on it
+    suggested: bool  # a model judge's live suggestion on it (shown after the vote)
 
 
 def submit_state(
@@ -71,7 +72,9 @@ def submit_state(
         f" (SELECT t.id FROM {sql.JUDGMENT} t WHERE t.annotator_id = %s"
         " AND t.idempotency_key = %s),"
         f" (SELECT g.id FROM {sql.GUIDELINE} g WHERE g.project_id = c.project_id"
-        f" ORDER BY g.version DESC LIMIT 1), {LIVE_OTHERS}, {JUDGED_BY}"
+        f" ORDER BY g.version DESC LIMIT 1), {LIVE_OTHERS}, {JUDGED_BY},"
+        f" EXISTS (SELECT 1 FROM {sql.JUDGMENT} s WHERE s.comparison_id = c.id"
+        " AND s.kind = 'suggestion' AND s.superseded_at IS NULL)"
         f" FROM {sql.COMPARISON} c LEFT JOIN {sql.LEASE} l"
         " ON l.comparison_id = c.id AND l.annotator_id = %s WHERE c.id = %s",
         [
@@ -85,7 +88,7 @@ def submit_state(
         ],
     )
     assert row is not None
-    state, left_is_a, recheck, live, twin, guideline, others, judged = row
+    state, left_is_a, recheck, live, twin, guideline, others, judged, suggested = row
     return SubmitState(
         lease_state=state,
         lease_left_is_a=None if left_is_a is None else bool(left_is_a),
@@ -95,7 +98,21 @@ def submit_state(
         guideline_id=guideline,
         live_others=int(others),
         judged_already=bool(judged),
+        suggested=bool(suggested),
     )
+
+
+def suggestions(*, comparison_id: int) -> list[tuple[str, str]]:
+    """(judge's name, choice) of the model judges' live suggestions on a comparison."""
+    return [
+        (name or username, choice)
+        for name, username, choice in sql.rows(
+            f"SELECT u.first_name, u.username, s.choice FROM {sql.JUDGMENT} s"
+            f" JOIN {sql.USER} u ON u.id = s.annotator_id WHERE s.comparison_id = %s"
+            " AND s.kind = 'suggestion' AND s.superseded_at IS NULL ORDER BY s.id",
+            [comparison_id],
+        )
+    ]
 
 
 def lease_submitted(*, comparison_id: int, annotator_id: int, now: datetime) -> Statement:
