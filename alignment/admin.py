@@ -28,3 +28,15 @@ class GenerationJobAdmin(admin.ModelAdmin[models.GenerationJob]):
 class TrainingRunAdmin(admin.ModelAdmin[models.TrainingRun]):
     list_display = ["id", "project", "base_version", "status", "progress_done", "progress_total"]
     list_filter = ["status"]
+
+
+@admin.register(models.Judge)
+class JudgeAdmin(admin.ModelAdmin[models.Judge]):
+    list_display = ["name", "project", "kind", "mode", "rule", "model_name", "created_at"]
+    list_filter = ["project", "kind", "mode"]
+
+
+@admin.register(models.JudgeJob)
+class JudgeJobAdmin(admin.ModelAdmin[models.JudgeJob]):
+    list_display = ["id", "judge", "mode", "status", "progress_done", "progress_total"]
+    list_filter = ["status", "mode"]

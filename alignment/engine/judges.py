@@ -343,7 +343,7 @@ class LocalModelAsker:
         with torch.no_grad():
             logits = self.model(
                 input_ids=torch.tensor([ids[shared:]], device=device),
-                past_key_values=self._cache,
+                cache=self._cache,
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[0, -1]
