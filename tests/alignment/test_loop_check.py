@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from io import StringIO
 from pathlib import Path
@@ -149,3 +150,28 @@ def test_a_model_judge_votes_on_the_training_pairs_instead_of_the_annotators(
 def test_it_names_a_judge_it_cannot_use(tiny_settings, args: list[str], message: str) -> None:
     with pytest.raises(CommandError, match=message):
         call_command("loop_check", *args)
+
+
+def test_it_migrates_a_fresh_database_before_it_starts(tmp_path: Path) -> None:
+    """As the README shows it, right after `make install`: no `migrate` run yet."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")},
+        "PREFLOOP_DATA_DIR": str(tmp_path),
+        "DEBUG": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "loop_check", "--judge", "oracle"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "applying" in result.stdout and "database migrations first" in result.stdout
+    # It got as far as its own arguments: the database has its tables.
+    assert result.returncode == 1 and "use 'local', 'rule:NAME'" in result.stderr
+    assert "no such table" not in result.stderr and (tmp_path / "prefloop.sqlite3").is_file()

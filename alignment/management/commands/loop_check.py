@@ -5,7 +5,10 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
 from alignment.engine.rules import BUILTIN_RULES, PANEL, JudgeRule, rule_load
 from alignment.engine.spec import SAMPLING_FIELDS, TRAINING_FIELDS, FieldSpec
@@ -183,6 +186,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self._migrated()
         names = PANEL if options["panel"] else tuple(options["rule"].split(","))
         try:
             rules = [rule_load(name.strip()) for name in names]
@@ -221,6 +225,15 @@ class Command(BaseCommand):
         if below:
             rates = ", ".join(f"{r.rule} {r.head_to_head.rate:.1%}" for r in below)
             raise CommandError(f"win rate below the required {minimum:.1%}: {rates}")
+
+    def _migrated(self) -> None:
+        """The check makes its own project in the configured database: a fresh checkout's
+        database gets its tables first, as `make loop-check` gives them."""
+        executor = MigrationExecutor(connection)
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        if plan:
+            self.stdout.write(f"applying {len(plan)} database migrations first")
+            call_command("migrate", interactive=False, verbosity=0)
 
     def _check(
         self, settings: LoopCheckSettings, rule: JudgeRule, index: int, count: int
