@@ -404,8 +404,13 @@ def _loop_check(
     train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
     train_ties = pairs.exclude(kind=PairKind.PREFERENCE).count()
     log(
-        f"judged {work.judgments}: {train_pairs} preference pairs, {train_ties} ties; "
-        f"{work.reading_minutes:.1f} annotator minutes reading ({work.chars_read} characters)"
+        f"judged {work.judgments}: {train_pairs} preference pairs, {train_ties} ties"
+        + (
+            ""
+            if judge_figures is not None
+            else f"; {work.reading_minutes:.1f} annotator minutes reading "
+            f"({work.chars_read} characters)"
+        )
     )
 
     with phases("training"):

@@ -231,13 +231,20 @@ def rule_load(spec: str) -> JudgeRule:
 
 def ranks_by_rule(rule: JudgeRule, prompt: str, texts: Sequence[str]) -> list[int]:
     """Ranks (1 the best; level scores share one) of `texts`, in their order, by a rule that
-    judges pairs: each text's wins minus losses against every other (a Copeland score), so
-    any pairwise rule ranks, transitive or not. Each pair is judged in the order given."""
-    score = [0] * len(texts)
-    for i, j in combinations(range(len(texts)), 2):
-        verdict = rule.judge(prompt, texts[i], texts[j])
-        if verdict != "tie":
-            winner, loser = (i, j) if verdict == "a" else (j, i)
+    judges pairs (ranks_from_verdicts). Each pair is judged in the order given."""
+    return ranks_from_verdicts(len(texts), lambda i, j: rule.judge(prompt, texts[i], texts[j]))
+
+
+def ranks_from_verdicts(count: int, verdict: Callable[[int, int], Verdict | None]) -> list[int]:
+    """Ranks (1 the best; level scores share one) of `count` items from a pairwise judge:
+    each item's wins minus losses against every other (a Copeland score), so any pairwise
+    judge ranks, transitive or not. `verdict(i, j)` (i < j) says "a" for i, "b" for j, "tie",
+    or None where it cannot tell (counted as a tie)."""
+    score = [0] * count
+    for i, j in combinations(range(count), 2):
+        said = verdict(i, j)
+        if said in ("a", "b"):
+            winner, loser = (i, j) if said == "a" else (j, i)
             score[winner] += 1
             score[loser] -= 1
     levels = sorted(set(score), reverse=True)

@@ -18,10 +18,11 @@ from alignment.engine.judges import (
     OpenAIAsker,
     PairVerdict,
     RuleAsker,
+    Verdict,
     judge_pair,
     local_asker_load,
 )
-from alignment.engine.rules import rule_load
+from alignment.engine.rules import ranks_from_verdicts, rule_load
 from alignment.models import Judge, JudgeJob, JudgeKind, JudgeMode
 from annotate.models import (
     Comparison,
@@ -253,6 +254,56 @@ class _Pass:
                     job_log(job, f"comparison {comparison_id}: not answered ({error})")
             self._beat()
 
+    def _rank(self, comparison: Comparison, shown: list[Any]) -> None:
+        """A ranking, in the order this judge is shown it: each two of its responses judged as
+        a pair is, ranked by wins minus losses (engine.rules.ranks_from_verdicts); an
+        uncertain pair counts as level. A pair without an answer skips the whole ranking."""
+        judge = self.job.judge
+        verdicts: list[PairVerdict] = []
+
+        def verdict(i: int, j: int) -> Verdict | None:
+            found = judge_pair(
+                self.asker,
+                guidelines=self.guidelines,
+                prompt=comparison.prompt.messages,
+                a=shown[i].text,
+                b=shown[j].text,
+            )
+            verdicts.append(found)
+            return found.verdict
+
+        try:
+            ranks = ranks_from_verdicts(len(shown), verdict)
+        except JudgeFailed as error:
+            self.tally.failed += 1
+            job_log(self.job, f"ranking {comparison.pk}: no answer ({error})")
+            comparison_skip(
+                comparison=comparison, annotator=judge.user, reason="the model gave no answer"
+            )
+            self._beat()
+            return
+        for found in verdicts:
+            self.tally.add(found)
+        self.tally.uncertain += sum(found.verdict is None for found in verdicts)
+        try:
+            judgment_submit(
+                comparison_id=comparison.pk,
+                annotator=judge.user,
+                ranks=ranks,
+                rationale=f"Model judge {judge.name}: ranked by its verdicts on each two, "
+                f"asked both ways round ({len(verdicts)} pairs).",
+            )
+        except JudgmentRejected as error:
+            self.tally.passed += 1
+            job_log(self.job, f"ranking {comparison.pk}: vote refused ({error})")
+            comparison_skip(comparison=comparison, annotator=judge.user, reason=str(error)[:200])
+            self._beat()
+            return
+        self.tally.answered += 1
+        if not self.job.limit:
+            self.job.progress_total += 1
+        self._beat()
+
     def votes(self) -> None:
         """Work the queue as an annotator does, one vote each, until it hands out nothing."""
         job, judge = self.job, self.job.judge
@@ -264,12 +315,7 @@ class _Pass:
                 break
             comparison = assignment.comparison
             if comparison.is_ranking:
-                comparison_skip(
-                    comparison=comparison,
-                    annotator=judge.user,
-                    reason="a model judge answers pairs, not rankings",
-                )
-                self.tally.passed += 1
+                self._rank(comparison, list(assignment.shown))
                 continue
             answer = self._ask(comparison)
             refused = "the model gave no answer"

@@ -41,7 +41,7 @@ from annotate.services.snapshots import SnapshotFilters, snapshot_create
 from core.errors import ValidationFailed
 from core.jobs import jobs_recover
 from core.models import JobStatus
-from tests.factories import client_make, comparison_make, member_make
+from tests.factories import client_make, comparison_make, member_make, ranking_make
 from tests.openai_standin import Reply, prefers_shorter, standin_server
 
 pytestmark = pytest.mark.django_db
@@ -454,3 +454,21 @@ def test_a_models_answers_are_marked_in_the_api_the_review_page_and_the_dataset_
         project=project, format="dpo", file_type="jsonl", filters=ExportFilters(), figures=figures
     )
     assert "- Filler (a model): 0 votes, 1 fill-ins" in card
+
+
+def test_a_voting_judge_ranks_a_ranking_by_its_verdicts_on_each_two(project: Project) -> None:
+    texts = ("A middling answer here.", "Short.", "The longest answer of the four, by far.", "Mid.")
+    ranking = ranking_make(project.prompts.filter(split="train")[0], texts)
+    judge = judge_add(
+        project=project, name="Rule", kind=JudgeKind.RULE, rule="shorter", mode=JudgeMode.VOTE
+    )
+    job = _run(judge)
+    assert job.summary["answered"] == 1 and job.summary["pairs_asked"] == 6
+    vote = Judgment.objects.get(comparison=ranking, kind=JudgmentKind.VOTE)
+    length = {r.pk: len(r.text) for r in ranking.prompt.responses.all()}
+    by_length = sorted(vote.shown, key=lambda pk: length[pk])
+    assert [vote.ranks[vote.shown.index(pk)] for pk in by_length] == [1, 2, 3, 4]
+    # Its six implied pairs are decided as the rule decides them (overlap 1).
+    pairs = PreferencePair.objects.filter(comparison__ranking=ranking)
+    assert pairs.count() == 6
+    assert all(length[p.chosen_id] < length[p.rejected_id] for p in pairs)

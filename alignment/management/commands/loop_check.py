@@ -279,13 +279,14 @@ class Command(BaseCommand):
             f"{report.train_pairs} preference pairs, {report.train_ties} ties, "
             f"{report.train_skipped} skipped (every response shown cut off)"
         )
-        self.stdout.write(
-            f"  annotator time (reading model, {READING_CHARS_PER_S:.0f} characters/s): "
-            f"{report.train_reading_minutes:.1f} min, "
-            f"{report.train_pairs / max(report.train_reading_minutes, 1e-9):.1f} preference pairs "
-            "a minute"
-        )
-        if report.judge is not None:
+        if report.judge is None:
+            self.stdout.write(
+                f"  annotator time (reading model, {READING_CHARS_PER_S:.0f} characters/s): "
+                f"{report.train_reading_minutes:.1f} min, "
+                f"{report.train_pairs / max(report.train_reading_minutes, 1e-9):.1f} preference "
+                "pairs a minute"
+            )
+        else:
             j = report.judge
             self.stdout.write(
                 f"  model judge: {j['answered']} votes, {j['uncertain']} uncertain, "
