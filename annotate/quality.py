@@ -41,6 +41,7 @@ from annotate.agreement import (
 )
 from annotate.models import Choice, Judgment, JudgmentKind, Project
 from annotate.ranking import ranking_pairs
+from annotate.services.pairs import votes_decided
 
 
 @dataclass(frozen=True)
@@ -309,9 +310,10 @@ def _bias(
     for row in plain:
         others = Counter(
             o.choice for o in votes_by_comparison.get(row.comparison_id, []) if o is not row
-        ).most_common(2)
-        if others and (len(others) == 1 or others[0][1] > others[1][1]):
-            with_majority.append(row.choice == others[0][0])
+        )
+        majority = votes_decided(others) if others else None
+        if majority is not None:
+            with_majority.append(row.choice == majority)
     return Bias(
         judgments=len(judged),
         left_chosen=Rate(sum(lefts), len(lefts)),
@@ -391,11 +393,11 @@ def _judges(
     by_judge: dict[int, list[_Row]] = defaultdict(list)
     for row in rows:
         by_judge[row.annotator_id].append(row)
-    majority = {}
-    for comparison_id, group in votes.items():
-        counted = Counter(r.choice for r in group).most_common(2)
-        if len(counted) == 1 or counted[0][1] > counted[1][1]:
-            majority[comparison_id] = counted[0][0]
+    majority = {
+        comparison_id: top
+        for comparison_id, group in votes.items()
+        if (top := votes_decided(Counter(r.choice for r in group))) is not None
+    }
     names = dict(User.objects.filter(pk__in=by_judge).values_list("pk", "first_name"))
     report = []
     for annotator_id, answers in by_judge.items():

@@ -254,11 +254,10 @@ class _Pass:
                     job_log(job, f"comparison {comparison_id}: not answered ({error})")
             self._beat()
 
-    def _rank(self, comparison: Comparison, shown: list[Any]) -> None:
-        """A ranking, in the order this judge is shown it: each two of its responses judged as
-        a pair is, ranked by wins minus losses (engine.rules.ranks_from_verdicts); an
-        uncertain pair counts as level. A pair without an answer skips the whole ranking."""
-        judge = self.job.judge
+    def _ranks(self, comparison: Comparison, shown: list[Any]) -> dict[str, Any] | None:
+        """A ranking's answer, in the order this judge is shown it: each two of its responses
+        judged as a pair is, ranked by wins minus losses (engine.rules.ranks_from_verdicts);
+        an uncertain pair counts as level. None (logged) when a pair gets no answer."""
         verdicts: list[PairVerdict] = []
 
         def verdict(i: int, j: int) -> Verdict | None:
@@ -277,35 +276,19 @@ class _Pass:
         except JudgeFailed as error:
             self.tally.failed += 1
             job_log(self.job, f"ranking {comparison.pk}: no answer ({error})")
-            comparison_skip(
-                comparison=comparison, annotator=judge.user, reason="the model gave no answer"
-            )
-            self._beat()
-            return
+            return None
         for found in verdicts:
             self.tally.add(found)
         self.tally.uncertain += sum(found.verdict is None for found in verdicts)
-        try:
-            judgment_submit(
-                comparison_id=comparison.pk,
-                annotator=judge.user,
-                ranks=ranks,
-                rationale=f"Model judge {judge.name}: ranked by its verdicts on each two, "
-                f"asked both ways round ({len(verdicts)} pairs).",
-            )
-        except JudgmentRejected as error:
-            self.tally.passed += 1
-            job_log(self.job, f"ranking {comparison.pk}: vote refused ({error})")
-            comparison_skip(comparison=comparison, annotator=judge.user, reason=str(error)[:200])
-            self._beat()
-            return
-        self.tally.answered += 1
-        if not self.job.limit:
-            self.job.progress_total += 1
-        self._beat()
+        return {
+            "ranks": ranks,
+            "rationale": f"Model judge {self.job.judge.name}: ranked by its verdicts on each "
+            f"two, asked both ways round ({len(verdicts)} pairs).",
+        }
 
     def votes(self) -> None:
-        """Work the queue as an annotator does, one vote each, until it hands out nothing."""
+        """Work the queue as an annotator does, one vote each, until it hands out nothing. An
+        item the judge gives no answer, or whose vote is refused, is skipped with the reason."""
         job, judge = self.job, self.job.judge
         project = job.project
         job.progress_total = job.limit or 0
@@ -315,25 +298,21 @@ class _Pass:
                 break
             comparison = assignment.comparison
             if comparison.is_ranking:
-                self._rank(comparison, list(assignment.shown))
-                continue
-            answer = self._ask(comparison)
+                answer = self._ranks(comparison, list(assignment.shown))
+            else:
+                asked = self._ask(comparison)
+                answer = None if asked is None else {"choice": asked[0], "rationale": asked[1]}
             refused = "the model gave no answer"
             if answer is not None:
                 try:
-                    judgment_submit(
-                        comparison_id=comparison.pk,
-                        annotator=judge.user,
-                        choice=answer[0],
-                        rationale=answer[1],
-                    )
+                    judgment_submit(comparison_id=comparison.pk, annotator=judge.user, **answer)
                     self.tally.answered += 1
                     refused = ""
                 except JudgmentRejected as error:
+                    self.tally.passed += 1
                     refused = str(error)
                     job_log(job, f"comparison {comparison.pk}: vote refused ({error})")
             if refused:
-                self.tally.passed += answer is not None
                 comparison_skip(comparison=comparison, annotator=judge.user, reason=refused[:200])
             if not job.limit:
                 job.progress_total += 1

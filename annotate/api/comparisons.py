@@ -18,10 +18,9 @@ from annotate.models import (
     ComparisonStatus,
     Judgment,
     JudgmentKind,
-    MemberKind,
-    Membership,
     Role,
 )
+from annotate.services.model_judgments import model_member
 from core.api import ERRORS, PageQuery, paged_serializer
 from core.http import MAX_ID
 
@@ -126,11 +125,7 @@ class JudgmentOut(serializers.Serializer[Any]):
     def get_by_model(self, judgment: Judgment) -> bool:
         known = getattr(judgment, "by_model", None)  # Judgment.objects.with_by_model()
         if known is None:
-            known = Membership.objects.filter(
-                project_id=judgment.project_id,
-                user_id=judgment.annotator_id,
-                kind=MemberKind.MODEL,
-            ).exists()
+            known = model_member(project_id=judgment.project_id, user_id=judgment.annotator_id)
         return bool(known)
 
 

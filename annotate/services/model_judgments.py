@@ -29,10 +29,15 @@ from annotate.services.projects import guideline_current
 MAX_MODEL_NOTE_CHARS = 1000
 
 
+def model_member(*, project_id: int, user_id: int) -> bool:
+    """Whether the user is a model judge of the project (a member of kind "model")."""
+    return Membership.objects.filter(
+        project_id=project_id, user_id=user_id, kind=MemberKind.MODEL
+    ).exists()
+
+
 def _model_member_check(*, comparison: Comparison, judge: User) -> None:
-    if not Membership.objects.filter(
-        project_id=comparison.project_id, user=judge, kind=MemberKind.MODEL
-    ).exists():
+    if not model_member(project_id=comparison.project_id, user_id=judge.pk):
         raise JudgmentRejected("Only a model judge of this project makes suggestions and fill-ins.")
 
 
