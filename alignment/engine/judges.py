@@ -222,9 +222,10 @@ class OpenAIAsker:
             raise JudgeFailed(
                 f"malformed answer: no choices[0].message.content in {json.dumps(reply)[:200]}"
             ) from None
-        usage = reply.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
+        usage = reply.get("usage")
+        usage = usage if isinstance(usage, dict) else {}  # optional; a server may omit it
+        prompt_tokens = _count(usage.get("prompt_tokens"))
+        completion_tokens = _count(usage.get("completion_tokens"))
         self.usage.prompt_tokens += prompt_tokens
         self.usage.completion_tokens += completion_tokens
         return Answer(
@@ -287,6 +288,11 @@ class OpenAIAsker:
             self._next_at = start + gap
         if start > now:
             self.sleep(start - now)
+
+
+def _count(value: Any) -> int:
+    """A token count from a reply's usage; 0 for anything that is not one."""
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 def _seconds(header: str | None) -> float | None:

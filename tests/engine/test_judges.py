@@ -167,6 +167,15 @@ def test_a_malformed_answer_is_no_answer_and_says_why(reply: Reply) -> None:
     assert len(server.requests) == 1  # a malformed answer is not retried
 
 
+@pytest.mark.parametrize("usage", [b'"lots"', b"[1]", b'{"prompt_tokens": "x"}', b"null"])
+def test_a_reply_with_odd_usage_still_answers_and_counts_no_tokens(usage: bytes) -> None:
+    body = b'{"choices": [{"message": {"content": "B"}}], "usage": ' + usage + b"}"
+    with standin_server(lambda _: Reply(body=body)) as server:
+        asker, _ = _asker(server.base_url)
+        assert asker.ask(JudgeAsk("", PROMPT, SHORT, LONG)).position == "second"
+    assert (asker.usage.prompt_tokens, asker.usage.completion_tokens) == (0, 0)
+
+
 def test_a_refused_request_makes_the_judge_unusable_at_once() -> None:
     with standin_server(lambda body: Reply(status=401)) as server:
         asker, _ = _asker(server.base_url)
