@@ -44,6 +44,7 @@ def lineage_of_comparison(*, project: Project, comparison: Comparison) -> list[S
     steps += [
         _response_step(project, side, response)
         for side, response in (("A", comparison.response_a), ("B", comparison.response_b))
+        if response is not None  # a rating has one response
     ]
     steps += _judgment_steps(project, comparison)
     pair = PreferencePair.objects.filter(comparison=comparison).first()

@@ -23,7 +23,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from alignment.engine.memory import peak_rss_mb, peak_rss_reset, rss_mb
-from alignment.engine.rules import JudgeRule, ranks_by_rule
+from alignment.engine.rules import JudgeRule, ranks_by_rule, rate_by_rule
 from alignment.engine.stats import WinRate, win_rate
 from alignment.models import (
     DataScope,
@@ -182,7 +182,8 @@ def judge_by_rule(
     skip_both_truncated: bool = False,
 ) -> JudgingWork:
     """Let simulated annotators work the queue until nothing is left: a pair by the rule's
-    verdict, a ranking by the rule's ranks (engine.rules.ranks_by_rule)."""
+    verdict, a ranking by the rule's ranks (engine.rules.ranks_by_rule), a rating by the rule's
+    verdicts against the other rated answers to its prompt in its round (rate_by_rule)."""
     made = chars = 0
     idle = 0
     turn = 0
@@ -196,7 +197,9 @@ def judge_by_rule(
         idle = 0
         comparison = assignment.comparison
         # The rule sees what a person sees: the prompt and the texts in the order shown.
-        shown = list(assignment.shown) or [assignment.left, assignment.right]
+        shown = list(assignment.shown) or [
+            r for r in (assignment.left, assignment.right) if r is not None
+        ]
         if skip_both_truncated and all(r.finish_reason == CUT_OFF for r in shown):
             comparison_skip(
                 comparison=comparison,
@@ -204,6 +207,8 @@ def judge_by_rule(
                 reason=(
                     "every response cut off at the token limit"
                     if assignment.shown
+                    else "the response cut off at the token limit"
+                    if assignment.rated is not None
                     else "both responses cut off at the token limit"
                 ),
             )
@@ -212,6 +217,17 @@ def judge_by_rule(
         chars += len(prompt) + sum(len(r.text) for r in shown)
         if assignment.shown:
             answer: dict[str, Any] = {"ranks": ranks_by_rule(rule, prompt, [r.text for r in shown])}
+        elif assignment.rated is not None:
+            others = (
+                Comparison.objects.filter(
+                    prompt_id=comparison.prompt_id, round_number=comparison.round_number
+                )
+                .ratings()
+                .exclude(pk=comparison.pk)
+                .values_list("response_a__text", flat=True)
+            )
+            good = rate_by_rule(rule, prompt, assignment.rated.text, list(others))
+            answer = {"side": "good" if good else "bad"}
         else:
             verdict = rule.judge(prompt, shown[0].text, shown[1].text)
             answer = {"side": {"a": "left", "b": "right", "tie": "tie"}[verdict]}
@@ -245,9 +261,7 @@ def judge_by_model(
         annotator=added.user, kind=JudgmentKind.VOTE, superseded_at__isnull=True
     ).select_related("comparison__prompt", "comparison__response_a", "comparison__response_b")
     matched = [
-        rule.judge(
-            v.comparison.prompt.text, v.comparison.response_a.text, v.comparison.response_b.text
-        )
+        rule.judge(v.comparison.prompt.text, v.comparison.response_a.text, v.comparison.pair_b.text)
         == v.choice
         for v in votes
     ]
@@ -402,9 +416,11 @@ def _loop_check(
         )
     pairs = PreferencePair.objects.filter(project=project)
     train_pairs = pairs.filter(kind=PairKind.PREFERENCE).count()
-    train_ties = pairs.exclude(kind=PairKind.PREFERENCE).count()
+    train_ties = pairs.filter(kind__in=[PairKind.TIE, PairKind.BOTH_BAD]).count()
+    rated = {str(kind): pairs.filter(kind=kind).count() for kind in (PairKind.GOOD, PairKind.BAD)}
     log(
         f"judged {work.judgments}: {train_pairs} preference pairs, {train_ties} ties"
+        + (f", {rated['good']} rated good, {rated['bad']} rated bad" if any(rated.values()) else "")
         + (
             ""
             if judge_figures is not None

@@ -70,6 +70,11 @@ class PairSelection(models.TextChoices):
         "ranking",
         "Rank all K samples (K from 3 to 6): one ranking, up to K(K-1)/2 pairs per prompt",
     )
+    RATING = (
+        "rating",
+        "Rate each sample on its own (good / bad or 1-5): K desirable or undesirable labels "
+        "per prompt, for KTO",
+    )
 
 
 class Round(models.Model):

@@ -451,7 +451,12 @@ def _pairs_of_scope(
         "response_chars": response_chars,
         "summary": {
             "total": len(rows),
-            "by_kind": [(kind, kinds.get(kind, 0)) for kind in PairKind.values],
+            # A rating's kinds only where the project has ratings.
+            "by_kind": [
+                (kind, kinds.get(kind, 0))
+                for kind in PairKind.values
+                if kinds.get(kind) or kind not in (PairKind.GOOD, PairKind.BAD)
+            ],
             # Which side won, by the comparison's own order: far from half is a position or
             # policy imbalance in what was generated, not necessarily in the judging.
             "chosen_a_share": _round(

@@ -8,7 +8,8 @@ trainers take them unchanged):
   A pair gives its chosen response label true and its rejected one false; a tie gives both
   true (equally acceptable), "both bad" both false. A ranking gives two rows, not two per
   implied pair: its best response (aggregated over its implied pairs, by wins minus losses)
-  true and its worst false; judged all bad, each of its responses false.
+  true and its worst false; judged all bad, each of its responses false. A rating gives one
+  row: its response, true when rated desirable (good), false when undesirable (bad).
 
 Pairs implied by a ranking are pairs like the others in `dpo` (one row each).
 
@@ -99,8 +100,10 @@ def export_pairs(*, project: Project, format: str, filters: ExportFilters) -> Qu
     if format not in FORMATS:
         raise ExportError(f"Unknown format {format!r}; expected one of {sorted(FORMATS)}.")
     kinds = [PairKind.PREFERENCE]
-    if format == "kto" and filters.include_ties and not filters.criteria:
-        kinds += [PairKind.TIE, PairKind.BOTH_BAD]
+    if format == "kto" and not filters.criteria:
+        kinds += [PairKind.GOOD, PairKind.BAD]  # ratings: unpaired by nature
+        if filters.include_ties:
+            kinds += [PairKind.TIE, PairKind.BOTH_BAD]
     pairs = PreferencePair.objects.filter(
         project=project, kind__in=kinds, agreement__gte=filters.min_agreement
     )
@@ -355,6 +358,10 @@ def _pair_rows(
     if format == "dpo":
         figures.rows += 1
         yield {"prompt": messages, "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+        return
+    if kind in (PairKind.GOOD, PairKind.BAD):  # a rating: its one response
+        figures.rows += 1
+        yield {"prompt": messages, "completion": _assistant(chosen), "label": kind == PairKind.GOOD}
         return
     first_label = kind != PairKind.BOTH_BAD  # chosen of a pair, or either of a tie
     second_label = kind == PairKind.TIE

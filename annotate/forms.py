@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from annotate.exports import FORMATS, ExportFilters
 from annotate.imports.jobs import INLINE_MAX_BYTES
 from annotate.imports.reading import MAX_FILE_BYTES, file_type_guess
-from annotate.models import PAIR_CHOICES, Project, Role
+from annotate.models import PAIR_CHOICES, RATING_CHOICES, SCORE_MAX, SCORE_MIN, Project, Role
 from annotate.services.projects import MAX_QUOTA, PROJECT_SETTINGS
 from core.http import numbers_parse
 
@@ -67,6 +67,12 @@ class ProjectSettingsForm(forms.ModelForm[Project]):
     overlap = forms.IntegerField(min_value=1, max_value=20)
     lease_seconds = forms.IntegerField(min_value=30, max_value=24 * 3600)
     undo_seconds = forms.IntegerField(min_value=0, max_value=24 * 3600)
+    rating_threshold = forms.IntegerField(
+        min_value=SCORE_MIN,
+        max_value=SCORE_MAX,
+        help_text="Ratings on the 1-5 scale: a score from this up is good, below it bad "
+        "(ratings made already keep their label).",
+    )
     judge_kappa_min = forms.FloatField(
         min_value=-1,
         max_value=1,
@@ -112,11 +118,25 @@ class AdjudicateForm(forms.Form):
     choice = forms.ChoiceField(choices=[("", "Choose the answer…"), *PAIR_CHOICES])
     rationale = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
+    def __init__(self, *args: Any, rating: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if rating:  # a rating's answers: good or bad
+            field = self.fields["choice"]
+            assert isinstance(field, forms.ChoiceField)
+            field.choices = [("", "Choose the answer…"), *RATING_CHOICES]
+
 
 class GoldForm(forms.Form):
     gold_choice = forms.ChoiceField(
         choices=[("", "Not a gold item"), *PAIR_CHOICES], required=False
     )
+
+    def __init__(self, *args: Any, rating: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if rating:
+            field = self.fields["gold_choice"]
+            assert isinstance(field, forms.ChoiceField)
+            field.choices = [("", "Not a gold item"), *RATING_CHOICES]
 
 
 class ExportForm(forms.Form):

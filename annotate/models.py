@@ -11,6 +11,11 @@ It owns one *implied* comparison per two of its responses (`ranking` points back
 handed out: an annotator's ranking (a judgment with `shown` and `ranks`) writes one implied
 judgment on each, and from there aggregation, pairs, review, snapshots, exports and lineage
 are the pairs' own. Each annotator sees the K responses in their own order (annotate.queue).
+
+Ratings (a judging mode): a rating comparison holds one response (`response_a`; `response_b`
+is None) rated on its own, good or bad (or 1-5, good from the project's threshold up), under
+the same queue, leases, overlap, skips, undo, gold and re-checks. Its votes aggregate to a
+desirable or undesirable label (a PreferencePair of kind good / bad), which KTO trains on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ class RationaleMode(models.TextChoices):
     OFF = "off", "Not asked"
     OPTIONAL = "optional", "Optional"
     REQUIRED = "required", "Required"
+
+
+class RatingScale(models.TextChoices):
+    GOOD_BAD = "good_bad", "Good / bad"
+    FIVE = "five", "A score from 1 to 5, good from the threshold up"
+
+
+# The 1-5 scale's bounds (a rating's score).
+SCORE_MIN, SCORE_MAX = 1, 5
 
 
 class Project(models.Model):
@@ -71,6 +85,14 @@ class Project(models.Model):
         default=0,
         help_text="Or no sooner than this many minutes later, whichever comes first (0: off).",
     )
+    # Ratings (single responses): good / bad, or a score on 1-5 that is good from the
+    # threshold up.
+    rating_scale = models.CharField(
+        max_length=10, choices=RatingScale, default=RatingScale.GOOD_BAD
+    )
+    rating_threshold = models.PositiveSmallIntegerField(
+        default=4, help_text="On the 1-5 scale, a score from this up is good, below it bad."
+    )
     judge_kappa_min = models.FloatField(
         default=0.4,
         help_text="A model judge whose Cohen's kappa against the people's majority falls below "
@@ -92,6 +114,10 @@ class Project(models.Model):
             models.CheckConstraint(
                 condition=Q(swap_recheck_rate__gte=0, swap_recheck_rate__lte=1),
                 name="project_swap_recheck_rate_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(rating_threshold__gte=SCORE_MIN, rating_threshold__lte=SCORE_MAX),
+                name="project_rating_threshold_range",
             ),
         ]
 
@@ -260,10 +286,18 @@ class Choice(models.TextChoices):
     TIE = "tie", "Tie"
     BOTH_BAD = "both_bad", "Both bad"
     RANKED = "ranked", "Ranked"  # a ranking's judgment: its `ranks` say the rest
+    GOOD = "good", "Good"  # a rating's (of one response)
+    BAD = "bad", "Bad"
 
 
-# The answers to a pair (a ranking's "ranked" is not one).
-PAIR_CHOICES = [(value, label) for value, label in Choice.choices if value != Choice.RANKED]
+# The answers to a pair (a ranking's "ranked" is not one, nor a rating's).
+PAIR_CHOICES = [
+    (value, label)
+    for value, label in Choice.choices
+    if value not in (Choice.RANKED, Choice.GOOD, Choice.BAD)
+]
+# The answers to a rating.
+RATING_CHOICES = [(Choice.GOOD.value, Choice.GOOD.label), (Choice.BAD.value, Choice.BAD.label)]
 
 
 class ComparisonStatus(models.TextChoices):
@@ -277,9 +311,18 @@ class ComparisonQuerySet(models.QuerySet["Comparison"]):
         """What annotators are handed: pairs and rankings, not the pairs rankings imply."""
         return self.filter(ranking__isnull=True)
 
-    def pairwise(self) -> ComparisonQuerySet:
-        """Comparisons of two responses, implied ones included: what has a pair."""
+    def with_outcome(self) -> ComparisonQuerySet:
+        """What its own votes decide (into a PreferencePair): pairs, the pairs rankings imply,
+        ratings; not the rankings themselves."""
         return self.filter(responses=[])
+
+    def pairwise(self) -> ComparisonQuerySet:
+        """Comparisons of two responses, implied ones included."""
+        return self.with_outcome().filter(response_b__isnull=False)
+
+    def ratings(self) -> ComparisonQuerySet:
+        """Ratings: one response each."""
+        return self.filter(response_b__isnull=True)
 
 
 class Comparison(models.Model):
@@ -290,7 +333,10 @@ class Comparison(models.Model):
     )
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
     response_a = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
-    response_b = models.ForeignKey(Response, on_delete=models.CASCADE, related_name="+")
+    # None for a rating: one response (`response_a`) rated on its own.
+    response_b = models.ForeignKey(
+        Response, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     left_is_a = models.BooleanField(default=True)
     # The round is alignment's concept; annotate only knows its number (alignment → annotate).
     round_number = models.PositiveIntegerField(default=0)
@@ -342,6 +388,21 @@ class Comparison(models.Model):
     @property
     def is_ranking(self) -> bool:
         return bool(self.responses)
+
+    @property
+    def is_rating(self) -> bool:
+        return self.response_b_id is None
+
+    @property
+    def pair_b(self) -> Response:
+        """Response B, where the code holds a pair (a rating has none: an AssertionError)."""
+        assert self.response_b is not None, f"comparison {self.pk} is a rating"
+        return self.response_b
+
+    @property
+    def pair_b_id(self) -> int:
+        assert self.response_b_id is not None, f"comparison {self.pk} is a rating"
+        return self.response_b_id
 
 
 class LeaseState(models.TextChoices):
@@ -445,6 +506,9 @@ class Judgment(models.Model):
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="implied"
     )
     strength = models.PositiveSmallIntegerField(null=True, blank=True)
+    # A rating's score on the project's 1-5 scale (its choice: good or bad by the threshold
+    # then); None on the good / bad scale and for pairs.
+    score = models.PositiveSmallIntegerField(null=True, blank=True)
     criteria = models.JSONField(default=dict, blank=True, help_text="criterion name → choice")
     rationale = models.TextField(blank=True)
     reason_tags = models.JSONField(default=list, blank=True)
@@ -508,6 +572,10 @@ class PairKind(models.TextChoices):
     PREFERENCE = "preference", "Chosen / rejected"
     TIE = "tie", "Tie"
     BOTH_BAD = "both_bad", "Both bad"
+    # A rating's outcome: its one response (`chosen` and `rejected` both) is desirable or
+    # undesirable; only KTO trains on it.
+    GOOD = "good", "Desirable (rated)"
+    BAD = "bad", "Undesirable (rated)"
 
 
 class PreferencePair(models.Model):

@@ -18,6 +18,12 @@ gold, majority) are over the pairs they imply, where "left" is the response show
 Their own figures: Kendall's tau between annotators who ranked the same responses, and
 between the order shown and the ranks given (0 without position bias; positive when the
 responses shown first are ranked better).
+
+Ratings (one response rated good or bad) are measured apart from the pairs: their own alpha
+(nominal, good / bad) and agreement between two ratings of one response, and per annotator how
+many they rated, how often good, their mean score on the 1-5 scale. Gold items, swapped
+re-checks (a re-shown response rated again) and agreement with the others' majority count
+ratings and pair votes alike.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ class _Row:
     len_b: int
     shown: list[int]  # a ranking's judgment: the order shown, and the ranks in that order
     ranks: list[int]
+    score: int | None  # a rating's, on the 1-5 scale
     by_model: bool = False  # a model judge's
 
     @property
@@ -96,11 +103,19 @@ class _Row:
         return bool(self.shown)
 
     @property
+    def is_rating(self) -> bool:
+        return self.choice in (Choice.GOOD, Choice.BAD)
+
+    @property
     def is_pair_vote(self) -> bool:
         """A vote on two responses: on a pair, or one a ranking implies."""
         return self.kind == JudgmentKind.IMPLIED or (
-            self.kind == JudgmentKind.VOTE and not self.is_ranking
+            self.kind == JudgmentKind.VOTE and not self.is_ranking and not self.is_rating
         )
+
+    @property
+    def is_rating_vote(self) -> bool:
+        return self.kind == JudgmentKind.VOTE and self.is_rating
 
     @property
     def ranked(self) -> dict[int, int]:
@@ -148,6 +163,9 @@ class Bias:
     rankings: int = 0  # of `judgments`, how many were rankings
     position_tau: Mean = Mean(0.0, 0)  # rankings: tau between the order shown and the ranks
     tau_with_others: Mean = Mean(0.0, 0)  # rankings: tau with others' rankings of the same
+    ratings: int = 0  # of `judgments`, how many rated one response
+    rated_good: Rate = Rate(0, 0)  # of the ratings (not gold), how many said good
+    mean_score: Mean = Mean(0.0, 0)  # of the ratings on the 1-5 scale
 
 
 @dataclass(frozen=True)
@@ -191,7 +209,7 @@ class QualityReport:
     judgments: int
     rankings: int  # of the judgments
     pairwise_agreement: Rate  # pairs of votes on one comparison that agree
-    alpha: Agreement
+    alpha: Agreement  # of the pair votes
     alpha_by_criterion: dict[str, Agreement]
     overall: Bias
     annotators: list[AnnotatorQuality]
@@ -202,6 +220,9 @@ class QualityReport:
     round_numbers: list[int] = field(default_factory=list)
     judges: list[JudgeQuality] = field(default_factory=list)
     judge_kappa_min: float = 0.0
+    ratings: int = 0  # of the judgments
+    rating_alpha: Agreement = field(default_factory=lambda: Agreement(None, 0))  # good / bad
+    rating_agreement: Rate = Rate(0, 0)  # pairs of ratings of one response that agree
 
     def chart_data(self) -> dict[str, Any]:
         """What the quality page draws, as plain JSON."""
@@ -258,6 +279,7 @@ def _rows(*, project: Project) -> list[_Row]:
             "len_b",
             "shown",
             "ranks",
+            "score",
             "by_model",
         )
         .order_by("id")
@@ -280,10 +302,13 @@ def _bias(
     judged = [r for r in rows if r.kind == JudgmentKind.VOTE]
     votes = [r for r in rows if r.is_pair_vote]
     plain = [r for r in votes if not r.gold_choice]
+    rated = [r for r in judged if r.is_rating]
+    rated_plain = [r for r in rated if not r.gold_choice]
+    scores = [r.score for r in rated if r.score is not None]
     lefts = [r.chose_left for r in plain if r.chose_left is not None]
     longers = [r.chose_longer for r in plain if r.chose_longer is not None]
     times = [r.time_spent_ms for r in judged if r.time_spent_ms is not None]
-    gold = [r.choice == r.gold_choice for r in votes if r.gold_choice]
+    gold = [r.choice == r.gold_choice for r in (*votes, *rated) if r.gold_choice]
     first_answer = {(r.comparison_id, r.annotator_id): r for r in judged}
     rechecks: list[bool] = []
     for r in rows:
@@ -307,7 +332,7 @@ def _bias(
         if other is not r and (tau := kendall_tau_b(r.ranked, other.ranked)).value is not None
     ]
     with_majority = []
-    for row in plain:
+    for row in (*plain, *rated_plain):
         others = Counter(
             o.choice for o in votes_by_comparison.get(row.comparison_id, []) if o is not row
         )
@@ -327,6 +352,9 @@ def _bias(
         rankings=sum(1 for r in judged if r.is_ranking),
         position_tau=Mean(sum(position), len(position)),
         tau_with_others=Mean(sum(with_others), len(with_others)),
+        ratings=len(rated),
+        rated_good=Rate(sum(r.choice == Choice.GOOD for r in rated_plain), len(rated_plain)),
+        mean_score=Mean(sum(scores), len(scores)),
     )
 
 
@@ -342,23 +370,40 @@ def _same_answers(first: _Row, again: _Row) -> list[bool]:
     return [(b.chosen, b.tie) == (a.chosen, a.tie) for b, a in zip(before, after, strict=True)]
 
 
-def _alpha(rows: Sequence[_Row]) -> Agreement:
+def _alpha(rows: Sequence[_Row], *, ratings: bool = False) -> Agreement:
+    """Of the pair votes (with `ratings`: of the ratings' good / bad), on non-gold items."""
     units: dict[int, list[str]] = defaultdict(list)
     for row in rows:
-        if row.is_pair_vote and not row.gold_choice:
+        if (row.is_rating_vote if ratings else row.is_pair_vote) and not row.gold_choice:
             units[row.comparison_id].append(row.choice)
     return krippendorff_alpha_nominal(units.values())
 
 
-def _votes_by_comparison(rows: Sequence[_Row], *, rankings: bool = False) -> dict[int, list[_Row]]:
-    """Pair votes (with `rankings`: ranking votes) of non-gold items, by comparison."""
+def _votes_by_comparison(rows: Sequence[_Row], *, of: str = "pairs") -> dict[int, list[_Row]]:
+    """The votes of non-gold items, by comparison: `of` pairs (and the pairs rankings imply),
+    rankings, or ratings."""
     grouped: dict[int, list[_Row]] = defaultdict(list)
     for row in rows:
-        if row.gold_choice:
-            continue
-        if (row.is_ranking and row.kind == JudgmentKind.VOTE) if rankings else row.is_pair_vote:
+        wanted = (
+            row.is_pair_vote
+            if of == "pairs"
+            else row.is_rating_vote
+            if of == "ratings"
+            else row.is_ranking and row.kind == JudgmentKind.VOTE
+        )
+        if not row.gold_choice and wanted:
             grouped[row.comparison_id].append(row)
     return grouped
+
+
+def _agreeing(groups: dict[int, list[_Row]]) -> Rate:
+    """Of every two votes on one comparison, how many agree."""
+    agree = pairs = 0
+    for group in groups.values():
+        for first, second in combinations(group, 2):
+            pairs += 1
+            agree += first.choice == second.choice
+    return Rate(agree, pairs)
 
 
 def _groups(
@@ -434,12 +479,10 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
     ]
     rows = [r for r in chosen if not r.by_model]
     votes = _votes_by_comparison(rows)
-    rankings = _votes_by_comparison(rows, rankings=True)
-    agree = pairs = 0
-    for group in votes.values():
-        for first, second in combinations(group, 2):
-            pairs += 1
-            agree += first.choice == second.choice
+    rankings = _votes_by_comparison(rows, of="rankings")
+    ratings = _votes_by_comparison(rows, of="ratings")
+    # A vote's majority: the other votes on its comparison (a pair's or a rating's).
+    answers = {**votes, **ratings}
     by_annotator: dict[int, list[_Row]] = defaultdict(list)
     for row in rows:
         by_annotator[row.annotator_id].append(row)
@@ -456,18 +499,18 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
         filters=filters,
         judgments=sum(1 for r in rows if r.kind == JudgmentKind.VOTE),
         rankings=sum(1 for r in rows if r.kind == JudgmentKind.VOTE and r.is_ranking),
-        pairwise_agreement=Rate(agree, pairs),
+        pairwise_agreement=_agreeing(votes),
         alpha=_alpha(rows),
         alpha_by_criterion={
             name: krippendorff_alpha_nominal(criteria_units[name].values())
             for name in project.criteria
         },
-        overall=_bias(rows, votes_by_comparison=votes, rankings_by_comparison=rankings),
+        overall=_bias(rows, votes_by_comparison=answers, rankings_by_comparison=rankings),
         annotators=[
             AnnotatorQuality(
                 annotator_id=annotator_id,
                 username=names[annotator_id],
-                bias=_bias(group, votes_by_comparison=votes, rankings_by_comparison=rankings),
+                bias=_bias(group, votes_by_comparison=answers, rankings_by_comparison=rankings),
             )
             for annotator_id, group in sorted(by_annotator.items(), key=lambda i: names[i[0]])
         ],
@@ -475,8 +518,8 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
             KappaRow(first=names[a], second=names[b], kappa=kappa)
             for (a, b), kappa in kappas.items()
         ],
-        by_guideline=_groups(rows, "guideline_version", "Guidelines v{}", votes, rankings),
-        by_round=_groups(rows, "round_number", "Round {}", votes, rankings),
+        by_guideline=_groups(rows, "guideline_version", "Guidelines v{}", answers, rankings),
+        by_round=_groups(rows, "round_number", "Round {}", answers, rankings),
         guideline_versions=sorted({r.guideline_version for r in every if r.guideline_version}),
         round_numbers=sorted({r.round_number for r in every}),
         judges=_judges(
@@ -486,4 +529,7 @@ def project_quality(*, project: Project, filters: QualityFilters | None = None) 
             kappa_min=project.judge_kappa_min,
         ),
         judge_kappa_min=project.judge_kappa_min,
+        ratings=sum(1 for r in rows if r.is_rating_vote),
+        rating_alpha=_alpha(rows, ratings=True),
+        rating_agreement=_agreeing(ratings),
     )

@@ -79,14 +79,21 @@ class Assignment:
         return cls(comparison=comparison, left_is_a=left_is_a, is_recheck=is_recheck, shown=shown)
 
     @property
-    def left(self) -> Response:
+    def left(self) -> Response | None:
+        """A pair's left response (None for a rating)."""
         c = self.comparison
-        return c.response_a if self.left_is_a else c.response_b
+        return c.response_a if self.left_is_a or c.is_rating else c.response_b
 
     @property
-    def right(self) -> Response:
+    def right(self) -> Response | None:
         c = self.comparison
-        return c.response_b if self.left_is_a else c.response_a
+        return None if c.is_rating else c.response_b if self.left_is_a else c.response_a
+
+    @property
+    def rated(self) -> Response | None:
+        """A rating's one response (None for a pair or a ranking)."""
+        c = self.comparison
+        return c.response_a if c.is_rating else None
 
 
 def available_ids(

@@ -225,7 +225,7 @@ def _disputed(*, project: Project) -> Any:
     even split, no pair) and majorities that were not unanimous."""
     return (
         Comparison.objects.filter(project=project, status=ComparisonStatus.COMPLETE, gold_choice="")
-        .pairwise()
+        .with_outcome()
         .filter(Q(pair__isnull=True) | Q(pair__agreement__lt=1.0))
         .exclude(pk__in=_adjudicated())
         .select_related("prompt", "pair")
@@ -244,7 +244,9 @@ def next_disputed(*, project: Project, after: Comparison) -> Comparison | None:
 def review_queue(*, project: Project, reason: str) -> list[ReviewItem]:
     """Comparisons a reviewer should look at, for one of REVIEW_REASONS."""
     adjudicated = _adjudicated()
-    base = Comparison.objects.filter(project=project).pairwise().select_related("prompt", "pair")
+    base = (
+        Comparison.objects.filter(project=project).with_outcome().select_related("prompt", "pair")
+    )
     if reason == "split":
         queryset = _disputed(project=project)
     elif reason == "gold":
@@ -565,7 +567,7 @@ def prompt_detail(*, prompt: Prompt) -> PromptDetail:
     """A prompt with every response to it and every comparison of them, with its judgments."""
     comparisons = list(
         Comparison.objects.filter(prompt=prompt)
-        .pairwise()
+        .with_outcome()
         .select_related("response_a__policy", "response_b__policy")
         .order_by("round_number", "id")
     )

@@ -42,6 +42,7 @@ from annotate.services.prompts import (
     responses_create,
 )
 from annotate.services.rankings import ranking_create
+from annotate.services.ratings import rating_create
 
 # The checkout, and where the packaged models are converted to (what a worker is told too).
 REPO = Path(__file__).resolve().parent.parent
@@ -186,6 +187,26 @@ def ranking_make(
         ],
     )
     return ranking_create(responses=responses, round_number=round_number)
+
+
+def ratings_make(
+    prompt: Prompt,
+    texts: Sequence[str] = ("A fine answer.", "A poor one."),
+    *,
+    round_number: int = 1,
+    gold_choice: str = "",
+) -> list[Comparison]:
+    """Responses to `prompt` (one per text) and a rating of each, in that order."""
+    responses = responses_create(
+        policy=policy_for(prompt.project),
+        rows=[
+            ResponseInput(prompt_id=prompt.pk, text=text, generation_params={}) for text in texts
+        ],
+    )
+    return [
+        rating_create(response=response, round_number=round_number, gold_choice=gold_choice)
+        for response in responses
+    ]
 
 
 def comparisons_make(project: Project, count: int, *, round_number: int = 1) -> list[Comparison]:

@@ -235,6 +235,14 @@ def ranks_by_rule(rule: JudgeRule, prompt: str, texts: Sequence[str]) -> list[in
     return ranks_from_verdicts(len(texts), lambda i, j: rule.judge(prompt, texts[i], texts[j]))
 
 
+def rate_by_rule(rule: JudgeRule, prompt: str, text: str, others: Sequence[str]) -> bool:
+    """A rating by a rule that judges pairs: `text` is good when it wins against more of
+    `others` (other answers to the same prompt, the standard it is held to) than it loses to;
+    bad otherwise, and with nothing to hold it to. Each pair is judged with `text` first."""
+    verdicts = [rule.judge(prompt, text, other) for other in others]
+    return verdicts.count("a") > verdicts.count("b")
+
+
 def ranks_from_verdicts(count: int, verdict: Callable[[int, int], Verdict | None]) -> list[int]:
     """Ranks (1 the best; level scores share one) of `count` items from a pairwise judge:
     each item's wins minus losses against every other (a Copeland score), so any pairwise

@@ -34,7 +34,9 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 # The methods and their losses are defined with the hyperparameters (alignment.engine.spec).
 REFERENCE_FREE = ("orpo", "simpo")
 REFERENCES = ("start", "base")  # or the path of an adapter directory
-PAIR_KINDS = ("preference", "tie", "both_bad")
+PAIR_KINDS = ("preference", "tie", "both_bad", "good", "bad")
+# A rating's kinds: one response, desirable or not (`chosen` holds it, `rejected` repeats it).
+RATING_KINDS = ("good", "bad")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class PreferenceExample:
     chosen: str
     rejected: str
     # "tie": both equally good, "both_bad": neither acceptable; only KTO trains on them (as
-    # two desirable or two undesirable completions).
+    # two desirable or two undesirable completions). "good" / "bad": a rating of one response
+    # (`chosen`, repeated as `rejected`), one desirable or undesirable completion for KTO.
     kind: str = "preference"
     # False for a response cut off at the token limit: trained and scored without the end of
     # its turn (alignment.engine.turns).

@@ -57,6 +57,7 @@ from alignment.engine.trainers import method_trainer, reference_prepare
 from alignment.engine.training import (
     ADAPTER_DIR_NAME,
     ADAPTER_WEIGHTS_FILE,
+    RATING_KINDS,
     REFERENCE_FREE,
     Contradiction,
     PhaseCallback,
@@ -313,6 +314,11 @@ def _kto_rows(
     unpaired = []
     for index, (prompt, chosen, rejected) in kept:
         kind = examples[index].kind
+        if kind in RATING_KINDS:  # one response, rated desirable or not
+            unpaired.append(
+                {"prompt_ids": prompt, "completion_ids": chosen, "label": kind == "good"}
+            )
+            continue
         # A pair's chosen answer is desirable and its rejected one not; a tie's two are
         # desirable, a both-bad pair's two undesirable.
         for completion, label in ((chosen, kind != "both_bad"), (rejected, kind == "tie")):

@@ -25,6 +25,7 @@ from annotate.models import (
 from annotate.ranking import K_MAX, K_MIN
 from annotate.services.comparisons import comparison_create
 from annotate.services.rankings import ranking_create
+from annotate.services.ratings import rating_create
 from core.models import JobStatus
 from core.text import CUT_OFF
 
@@ -40,6 +41,9 @@ def on_policy_pairs_create(
         by_prompt[response.prompt_id].append(response)
     if round_.pair_selection == PairSelection.RANKING:
         _rankings_create(by_prompt, round_, counts)
+        return
+    if round_.pair_selection == PairSelection.RATING:
+        _ratings_create(by_prompt, round_, counts)
         return
     if round_.pair_selection != PairSelection.ADJACENT:
         _selected_pairs_create(by_prompt, round_, rng, counts)
@@ -93,6 +97,24 @@ def _rankings_create(
         elif len(distinct) == 2:
             first, second = distinct
             _on_policy_pair_create(first, second, round_, random.Random(), counts)
+
+
+def _ratings_create(
+    by_prompt: dict[int, list[Response]], round_: Round, counts: dict[str, int]
+) -> None:
+    """One rating per distinct sample of each prompt (a repeated text is rated once)."""
+    for group in by_prompt.values():
+        distinct = list({r.text.strip(): r for r in reversed(group)}.values())[::-1]
+        counts["identical_skipped"] += len(group) - len(distinct)
+        for response in distinct:
+            rating_create(
+                response=response,
+                round_number=round_.number,
+                purpose=Purpose.TRAIN,
+                pairing_strategy=PairingStrategy.ON_POLICY,
+                selection={"strategy": PairSelection.RATING, "k": len(group)},
+            )
+            counts["comparisons"] += 1
 
 
 def _selected_pairs_create(
@@ -190,7 +212,7 @@ def ladder_step(
     )
     if champion not in index:
         return None
-    met = {frozenset((index[r.response_a_id], index[r.response_b_id])) for r in rungs}
+    met = {frozenset((index[r.response_a_id], index[r.pair_b_id])) for r in rungs}
     opponent = ladder_next(
         index[champion],
         [r.text for r in samples],

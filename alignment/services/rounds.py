@@ -240,7 +240,8 @@ def _round_check(
     head_to_head = strategy in (PairingStrategy.HEAD_TO_HEAD, PairingStrategy.BOTH)
     if on_policy and not train_prompts:
         raise ValidationFailed("On-policy pairs need training prompts; the project has none left.")
-    if samples_per_prompt < 1 or (on_policy and samples_per_prompt < 2):
+    rating = pair_selection == PairSelection.RATING
+    if samples_per_prompt < 1 or (on_policy and not rating and samples_per_prompt < 2):
         raise ValidationFailed("On-policy pairs need at least 2 samples per prompt.")
     if pair_selection not in PairSelection.values:
         raise ValidationFailed(f"pair_selection must be one of {', '.join(PairSelection.values)}.")
@@ -248,7 +249,9 @@ def _round_check(
         raise ValidationFailed(
             f"A ranking orders {K_MIN} to {K_MAX} samples per prompt, not {samples_per_prompt}."
         )
-    if pair_selection != PairSelection.ADJACENT and samples_per_prompt < 3:
+    if pair_selection not in (PairSelection.ADJACENT, PairSelection.RATING) and (
+        samples_per_prompt < 3
+    ):
         raise ValidationFailed(
             "Choosing the pair to show needs at least 3 samples per prompt (K > 2)."
         )

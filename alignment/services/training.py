@@ -202,9 +202,10 @@ def training_run_start(
 
 
 def _method_pair_kinds(training: TrainingSettings) -> tuple[str, ...]:
-    """KTO learns from ties (both desirable) and both-bad pairs (both undesirable) as well."""
+    """KTO learns from ties (both desirable), both-bad pairs (both undesirable) and ratings
+    (one response, desirable or not) as well."""
     if training.method == "kto":
-        return (PairKind.PREFERENCE, PairKind.TIE, PairKind.BOTH_BAD)
+        return (PairKind.PREFERENCE, PairKind.TIE, PairKind.BOTH_BAD, PairKind.GOOD, PairKind.BAD)
     return (PairKind.PREFERENCE,)
 
 

@@ -183,7 +183,7 @@ class _Pass:
                 guidelines=self.guidelines,
                 prompt=comparison.prompt.messages,
                 a=comparison.response_a.text,
-                b=comparison.response_b.text,
+                b=comparison.pair_b.text,
             )
         except JudgeFailed as error:
             self.tally.failed += 1
@@ -297,12 +297,15 @@ class _Pass:
             if assignment is None:
                 break
             comparison = assignment.comparison
-            if comparison.is_ranking:
+            refused = "the model gave no answer"
+            if comparison.is_rating:
+                # A judge compares (engine.judges): it has no verdict on one response alone.
+                answer, refused = None, "a model judge compares two responses; it rates none"
+            elif comparison.is_ranking:
                 answer = self._ranks(comparison, list(assignment.shown))
             else:
                 asked = self._ask(comparison)
                 answer = None if asked is None else {"choice": asked[0], "rationale": asked[1]}
-            refused = "the model gave no answer"
             if answer is not None:
                 try:
                     judgment_submit(comparison_id=comparison.pk, annotator=judge.user, **answer)

@@ -47,7 +47,17 @@ class ComparisonOut(serializers.Serializer[Any]):
     ranking_id = serializers.IntegerField(
         allow_null=True, help_text="A pair a ranking implies: that ranking's id."
     )
+    kind = serializers.SerializerMethodField(help_text="pair, ranking or rating.")
     created_at = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.ChoiceField(choices=["pair", "ranking", "rating"]))
+    def get_kind(self, comparison: Comparison) -> str:
+        return comparison_kind(comparison)
+
+
+def comparison_kind(comparison: Comparison) -> str:
+    """What an annotator does with it: judge a pair, rank, or rate one response."""
+    return "ranking" if comparison.is_ranking else "rating" if comparison.is_rating else "pair"
 
 
 COMPARISON_PAGE = paged_serializer("ComparisonPage", ComparisonOut)
@@ -97,6 +107,9 @@ class JudgmentOut(serializers.Serializer[Any]):
     criteria = serializers.DictField(child=serializers.CharField())
     rationale = serializers.CharField(allow_blank=True)
     reason_tags = serializers.ListField(child=serializers.CharField())
+    score = serializers.IntegerField(
+        allow_null=True, help_text="A rating's score on the project's 1-5 scale."
+    )
     time_spent_ms = serializers.IntegerField(allow_null=True)
     guideline_version = serializers.IntegerField(source="guideline.version", allow_null=True)
     shown = serializers.ListField(
@@ -115,7 +128,7 @@ class JudgmentOut(serializers.Serializer[Any]):
     created_at = serializers.DateTimeField()
 
     def get_side(self, judgment: Judgment) -> str:
-        if judgment.choice in (Choice.TIE, Choice.BOTH_BAD, Choice.RANKED):
+        if judgment.choice not in (Choice.A, Choice.B):
             return str(judgment.choice)
         return "left" if (judgment.choice == Choice.A) == judgment.left_was_a else "right"
 
@@ -142,7 +155,7 @@ class ComparisonDetailOut(ComparisonOut):
     # Of the comparison, with context["review"]: its selectors.comparison_review.
     prompt = MessageOut(many=True, source="prompt.messages")
     response_a = ResponseOut()
-    response_b = ResponseOut()
+    response_b = ResponseOut(allow_null=True, help_text="None for a rating.")
     judgments = serializers.SerializerMethodField()
     pair = serializers.SerializerMethodField()
 

@@ -13,9 +13,9 @@ from rest_framework.response import Response
 
 from annotate import selectors
 from annotate.access import access_comparison, project_role
-from annotate.api.comparisons import JudgmentOut
+from annotate.api.comparisons import JudgmentOut, comparison_kind
 from annotate.api.projects import MessageOut, ProjectApi
-from annotate.models import Judgment, JudgmentKind, Project, Role
+from annotate.models import SCORE_MAX, SCORE_MIN, Judgment, JudgmentKind, Project, Role
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
 from annotate.ranking import K_MAX, K_MIN
 from annotate.rendering import rendered_html
@@ -53,8 +53,9 @@ class AssignmentOut(serializers.Serializer[Any]):
     # Of an annotate.queue.Assignment. (Comments, not docstrings: the schema shows those.)
     comparison_id = serializers.IntegerField(source="comparison.pk")
     kind = serializers.ChoiceField(
-        choices=["pair", "ranking"],
-        help_text="A pair: choose a side. A ranking: give ranks to `responses`.",
+        choices=["pair", "ranking", "rating"],
+        help_text="A pair: choose a side. A ranking: give ranks to `responses`. A rating: "
+        "rate `response` good or bad (or give a score, on a 1-5 scale).",
     )
     prompt = MessageOut(many=True, source="comparison.prompt.messages")
     left = SideOut(allow_null=True, help_text="A pair's left response (null for a ranking).")
@@ -65,16 +66,19 @@ class AssignmentOut(serializers.Serializer[Any]):
         help_text="A ranking's responses in the order you are shown them (empty for a pair): "
         "submit `ranks` in this order.",
     )
+    response = SideOut(allow_null=True, help_text="A rating's one response (null otherwise).")
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
-        ranking = instance.comparison.is_ranking
+        kind = comparison_kind(instance.comparison)
+        pair = kind == "pair"
         return {
             "comparison_id": instance.comparison.pk,
-            "kind": "ranking" if ranking else "pair",
+            "kind": kind,
             "prompt": MessageOut(instance.comparison.prompt.messages, many=True).data,
-            "left": None if ranking else SideOut(instance.left).data,
-            "right": None if ranking else SideOut(instance.right).data,
+            "left": SideOut(instance.left).data if pair else None,
+            "right": SideOut(instance.right).data if pair else None,
             "responses": ShownOut(instance.shown, many=True).data,
+            "response": SideOut(instance.rated).data if kind == "rating" else None,
         }
 
 
@@ -96,7 +100,15 @@ class AssignmentPageOut(serializers.Serializer[Any]):
         source="progress.guideline_seen_version",
         help_text="Below guideline_version: read and acknowledge them.",
     )
-    choices = serializers.ListField(child=serializers.CharField())
+    choices = serializers.ListField(
+        child=serializers.CharField(), help_text="A pair's (a rating's: good, bad)."
+    )
+    rating_scale = serializers.CharField(
+        source="project.rating_scale", help_text="good_bad, or five: a score from 1 to 5."
+    )
+    rating_threshold = serializers.IntegerField(
+        source="project.rating_threshold", help_text="On the 1-5 scale, good from this up."
+    )
     strengths = serializers.DictField(child=serializers.CharField())
     skip_reasons = serializers.ListField(child=serializers.CharField())
 
@@ -138,6 +150,7 @@ class AssignmentApi(ProjectApi):
         page = {
             "assignment": assignment,
             "progress": progress,
+            "project": project,
             "choices": _choices(project),
             "strengths": {str(k): v for k, v in STRENGTHS.items()},
             "skip_reasons": list(SKIP_REASONS),
@@ -147,9 +160,10 @@ class AssignmentApi(ProjectApi):
 
 class JudgmentIn(serializers.Serializer[Any]):
     choice = serializers.ChoiceField(
-        choices=["left", "right", "tie", "both_bad"],
+        choices=["left", "right", "tie", "both_bad", "good", "bad"],
         required=False,
-        help_text="A pair: the side, as you were shown it. A ranking: both_bad for all bad.",
+        help_text="A pair: the side, as you were shown it. A ranking: both_bad for all bad. "
+        "A rating on the good / bad scale: good or bad.",
     )
     ranks = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=K_MAX),
@@ -159,14 +173,21 @@ class JudgmentIn(serializers.Serializer[Any]):
         help_text="A ranking: one rank per response, in the order shown (1 the best; equal "
         "ranks are a tie). Give either this or choice.",
     )
+    score = serializers.IntegerField(
+        required=False,
+        min_value=SCORE_MIN,
+        max_value=SCORE_MAX,
+        help_text="A rating on the 1-5 scale: the score (good from the project's threshold up). "
+        "Give either this or choice.",
+    )
     strength = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=3)
     criteria = serializers.DictField(
         child=serializers.ChoiceField(
-            choices=["left", "right", "tie", *(str(k) for k in range(1, K_MAX + 1))]
+            choices=["left", "right", "tie", "good", "bad", *(str(k) for k in range(1, K_MAX + 1))]
         ),
         required=False,
         help_text="criterion name → side, for the project's criteria (a ranking: the shown "
-        "position, 1 to K, of the best response on it, or tie).",
+        "position, 1 to K, of the best response on it, or tie; a rating: good or bad).",
     )
     rationale = serializers.CharField(required=False, allow_blank=True, max_length=4000)
     reason_tags = serializers.ListField(
@@ -183,11 +204,15 @@ class JudgmentIn(serializers.Serializer[Any]):
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("choice" in attrs) == ("ranks" in attrs):
+        given = [name for name in ("choice", "ranks", "score") if name in attrs]
+        if len(given) != 1:
             raise serializers.ValidationError(
-                {"choice": "Give a choice (a pair, or both_bad for a ranking) or ranks, not both."}
-                if "choice" in attrs
-                else {"choice": "This field is required (or ranks, for a ranking)."}
+                {
+                    "choice": "Give one of a choice (a pair; a ranking: both_bad; a rating: good "
+                    f"or bad), ranks (a ranking) or a score (a rating), not {' and '.join(given)}."
+                }
+                if given
+                else {"choice": "This field is required (or ranks, or a score)."}
             )
         return attrs
 
@@ -214,6 +239,7 @@ class JudgmentCreateApi(ProjectApi):
                 project=project,
                 side=data.get("choice", ""),
                 ranks=data.get("ranks"),
+                score=data.get("score"),
                 idempotency_key=data.get("idempotency_key"),
                 strength=data.get("strength"),
                 criteria=data.get("criteria") or {},

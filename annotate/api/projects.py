@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotate.access import access_project, project_role, projects_for_user
-from annotate.models import Project, Role
+from annotate.models import Project, RatingScale, Role
 from core.api import ERRORS
 
 
@@ -42,6 +42,12 @@ class ProjectOut(serializers.Serializer[Any]):
     criteria = serializers.ListField(child=serializers.CharField())
     reason_tags = serializers.ListField(child=serializers.CharField())
     rationale = serializers.CharField()
+    rating_scale = serializers.ChoiceField(
+        choices=RatingScale.choices, help_text="How a rating is given: good / bad, or 1-5."
+    )
+    rating_threshold = serializers.IntegerField(
+        help_text="On the 1-5 scale, a score from this up is good."
+    )
     undo_seconds = serializers.IntegerField()
     lease_seconds = serializers.IntegerField()
     created_at = serializers.DateTimeField()

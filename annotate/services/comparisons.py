@@ -13,6 +13,7 @@ from django.utils import timezone
 from annotate import sql
 from annotate.models import (
     PAIR_CHOICES,
+    RATING_CHOICES,
     Choice,
     Comparison,
     ComparisonStatus,
@@ -78,7 +79,7 @@ def comparison_adjudicate(
             raise JudgmentRejected(
                 "A ranking is decided pair by pair: adjudicate the pairs it implies."
             )
-        choice_value = choice_validate(project=comparison.project, choice=choice)
+        choice_value = answer_validate(comparison=comparison, choice=choice)
         if len(rationale) > MAX_RATIONALE_CHARS:
             raise JudgmentRejected(f"A note is at most {MAX_RATIONALE_CHARS} characters.")
         now = timezone.now()
@@ -95,6 +96,15 @@ def comparison_adjudicate(
         )
         votes_changed(comparison=comparison, delta=0)
     return judgment
+
+
+def answer_validate(*, comparison: Comparison, choice: str) -> Choice:
+    """A reviewer's answer to a comparison: good or bad for a rating, else a pair's choice."""
+    if comparison.is_rating:
+        if choice not in (Choice.GOOD, Choice.BAD):
+            raise JudgmentRejected(f"A rating is decided good or bad, not {choice!r}.")
+        return Choice(choice)
+    return choice_validate(project=comparison.project, choice=choice)
 
 
 def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Comparison:
@@ -130,14 +140,19 @@ def comparison_send_back(*, comparison: Comparison, reviewer: User) -> Compariso
 
 
 def comparison_gold_set(*, comparison: Comparison, gold_choice: str) -> Comparison:
-    """Make a comparison a gold item with a known answer ("" turns it back into a normal one)."""
-    allowed = [value for value, _ in PAIR_CHOICES]
-    if gold_choice and gold_choice not in allowed:
-        raise ValidationFailed(f"Unknown gold answer {gold_choice!r}; expected one of {allowed}.")
+    """Make a comparison a gold item with a known answer ("" turns it back into a normal one):
+    a pair's a choice, a rating's good or bad."""
     with sql.atomic():
         comparison = (
             Comparison.objects.select_for_update().select_related("project").get(pk=comparison.pk)
         )
+        allowed = [value for value, _ in RATING_CHOICES if comparison.is_rating] or [
+            value for value, _ in PAIR_CHOICES
+        ]
+        if gold_choice and gold_choice not in allowed:
+            raise ValidationFailed(
+                f"Unknown gold answer {gold_choice!r}; expected one of {allowed}."
+            )
         comparison.gold_choice = gold_choice
         comparison.save(update_fields=["gold_choice"])
         if not gold_choice:
@@ -172,9 +187,7 @@ def ranking_gold_set(*, comparison: Comparison, ranks: list[int] | None) -> Comp
         comparison.save(update_fields=["gold_choice"])
         for pair in comparison.implied.all():
             pair.gold_choice = (
-                implied_choice(
-                    ranks=known, all_bad=False, a=pair.response_a_id, b=pair.response_b_id
-                )
+                implied_choice(ranks=known, all_bad=False, a=pair.response_a_id, b=pair.pair_b_id)
                 if known
                 else ""
             )

@@ -30,6 +30,7 @@ from annotate.queue import lease_take
 from annotate.ranking import RankingInvalid
 from annotate.services.pairs import pair_aggregate
 from annotate.services.rankings import implied_judgments, ranking_shown, ranks_validate
+from annotate.services.ratings import RatingInvalid, rating_read
 from annotate.signals import pair_decided
 from annotate.sql import judgments as sql_judgments
 from core.errors import ValidationFailed
@@ -85,6 +86,7 @@ class EarlierChoice:
     rationale: str
     reason_tags: list[str]
     ranks: list[int]  # a ranking's, in the order shown (the same order comes back)
+    score: int | None  # a rating's on the 1-5 scale
 
     @classmethod
     def of(cls, judgment: Judgment) -> EarlierChoice:
@@ -104,6 +106,7 @@ class EarlierChoice:
             rationale=judgment.rationale,
             reason_tags=list(judgment.reason_tags),
             ranks=list(judgment.ranks),
+            score=judgment.score,
         )
 
 
@@ -115,6 +118,7 @@ def judgment_submit(
     choice: str = "",
     side: str = "",
     ranks: Sequence[int] | None = None,
+    score: int | None = None,
     idempotency_key: str | None = None,
     strength: int | None = None,
     criteria: Mapping[str, str] | None = None,
@@ -129,7 +133,9 @@ def judgment_submit(
     the layout this annotator's lease shows; criteria values are sides too). A ranking takes
     `ranks` instead: one per response in the order this annotator is shown them (1 the best,
     equal ranks a tie; criteria values are the shown position, 1 to K, of the best on it), or
-    both_bad ("all bad"); a vote also writes the implied judgment of each pair. With `project`,
+    both_bad ("all bad"); a vote also writes the implied judgment of each pair. A rating takes
+    good or bad as its choice (or side; criteria values good / bad too), or on a project's
+    1-5 scale a `score`, good from the project's threshold up. With `project`,
     a comparison of another project is refused as missing (ComparisonMissing). A retried
     submit with the same idempotency key returns the first judgment unchanged; a key is the
     annotator's own (another annotator's same key is another judgment). Votes never
@@ -141,9 +147,10 @@ def judgment_submit(
     The judging hot path: plain SQL (annotate/sql), five statements for a vote in three
     round trips (the writes batched).
     """
-    if sum((bool(choice), bool(side), ranks is not None)) != 1:
+    if sum((bool(choice), bool(side), ranks is not None, score is not None)) != 1:
         raise JudgmentRejected(
-            "Give exactly one of a choice (a/b/tie/both_bad), a side, or ranks (a ranking)."
+            "Give exactly one of a choice (a/b/tie/both_bad; a rating: good/bad), a side, "
+            "ranks (a ranking) or a score (a rating on a 1-5 scale)."
         )
     now = now or timezone.now()
     try:
@@ -168,6 +175,7 @@ def judgment_submit(
                 side=side,
                 choice=choice,
                 ranks=ranks,
+                score=score,
                 criteria=criteria or {},
                 details={
                     "strength": strength,
@@ -224,6 +232,7 @@ def _judgment_build(
     side: str,
     choice: str,
     ranks: Sequence[int] | None,
+    score: int | None,
     criteria: Mapping[str, str],
     details: dict[str, Any],
     idempotency_key: str | None,
@@ -238,15 +247,28 @@ def _judgment_build(
     left_is_a = bool(state.lease_left_is_a) if held else comparison.left_is_a
     shown: list[int] = []
     dense: list[int] = []
-    if comparison.is_ranking:
+    if ranks is not None and not comparison.is_ranking:
+        raise JudgmentRejected(
+            "This comparison is a rating: rate it, not ranks."
+            if comparison.is_rating
+            else "This comparison is a pair: choose a side, not ranks."
+        )
+    if score is not None and not comparison.is_rating:
+        raise JudgmentRejected("This comparison is no rating: give no score.")
+    if comparison.is_rating:
+        left_is_a = True  # one response, no sides (a re-check shows it again as it was)
+        try:
+            choice_value, score = rating_read(project=project, choice=choice or side, score=score)
+        except RatingInvalid as error:
+            raise JudgmentRejected(str(error)) from None
+        allowed: set[str] = {Choice.GOOD, Choice.BAD}
+    elif comparison.is_ranking:
         shown = ranking_shown(comparison=comparison, annotator_id=annotator.pk, left_is_a=left_is_a)
         choice_value, dense, criteria = _ranking_read(
             project=project, shown=shown, ranks=ranks, choice=choice or side, criteria=criteria
         )
         allowed = {str(r) for r in shown} | {Choice.TIE}
     else:
-        if ranks is not None:
-            raise JudgmentRejected("This comparison is a pair: choose a side, not ranks.")
         if side:
             choice = choice_from_side(left_is_a=left_is_a, side=side)
             criteria = {
@@ -267,6 +289,7 @@ def _judgment_build(
         left_was_a=left_is_a,
         shown=shown,
         ranks=dense,
+        score=score,
         strength=details["strength"] if choice_value in (Choice.A, Choice.B) else None,
         criteria=dict(criteria),
         rationale=details["rationale"].strip(),

@@ -44,8 +44,8 @@ def _model_member_check(*, comparison: Comparison, judge: User) -> None:
 def _model_judgment(
     *, comparison: Comparison, judge: User, kind: JudgmentKind, choice: str, note: str
 ) -> Judgment:
-    if comparison.is_ranking or comparison.ranking_id is not None:
-        raise JudgmentRejected("A model judge answers pairs, not rankings.")
+    if comparison.is_ranking or comparison.ranking_id is not None or comparison.is_rating:
+        raise JudgmentRejected("A model judge answers pairs, not rankings or ratings.")
     choice_value = choice_validate(project=comparison.project, choice=choice)
     now = timezone.now()
     return Judgment(

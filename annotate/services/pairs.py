@@ -3,7 +3,8 @@
 A pair exists only for a decided comparison. Votes that split evenly (one left, one right)
 decide nothing: the comparison is *undecided*, has no pair (so nothing exports, snapshots or
 trains on it) and waits in the review queue until an adjudication or another vote decides it.
-A tie is only what annotators chose.
+A tie is only what annotators chose. A rating's votes decide its response desirable (good) or
+undesirable (bad) the same way: a level split is undecided.
 """
 
 from __future__ import annotations
@@ -38,21 +39,24 @@ def pair_aggregate(*, comparison: Comparison) -> PreferencePair | None:
         return None
     voters = [j for j in judgments if j[0] == JudgmentKind.VOTE] or judgments
     agreement = Counter(choice for _, choice in voters)[top] / len(voters)
-    if top == Choice.A:
+    if top in (Choice.GOOD, Choice.BAD):  # a rating: its one response, desirable or not
+        kind = PairKind.GOOD if top == Choice.GOOD else PairKind.BAD
+        chosen = rejected = comparison.response_a_id
+    elif top == Choice.A:
         kind, chosen, rejected = (
             PairKind.PREFERENCE,
             comparison.response_a_id,
-            comparison.response_b_id,
+            comparison.pair_b_id,
         )
     elif top == Choice.B:
         kind, chosen, rejected = (
             PairKind.PREFERENCE,
-            comparison.response_b_id,
+            comparison.pair_b_id,
             comparison.response_a_id,
         )
     else:
         kind = PairKind.TIE if top == Choice.TIE else PairKind.BOTH_BAD
-        chosen, rejected = comparison.response_a_id, comparison.response_b_id
+        chosen, rejected = comparison.response_a_id, comparison.pair_b_id
     pair = PreferencePair(
         comparison=comparison,
         project_id=comparison.project_id,

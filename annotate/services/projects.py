@@ -7,7 +7,15 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from annotate.models import Guideline, Membership, Project, Role
+from annotate.models import (
+    SCORE_MAX,
+    SCORE_MIN,
+    Guideline,
+    Membership,
+    Project,
+    RatingScale,
+    Role,
+)
 from annotate.rendering import newlines_normalised
 from core.errors import ValidationFailed
 
@@ -27,6 +35,8 @@ PROJECT_SETTINGS = (
     "recheck_gap_minutes",
     "lease_seconds",
     "undo_seconds",
+    "rating_scale",
+    "rating_threshold",
     "judge_kappa_min",
 )
 
@@ -62,6 +72,12 @@ def project_settings_update(*, project: Project, **changes: Any) -> Project:
     for name in ("gold_rate", "swap_recheck_rate"):
         if name in changes and not 0 <= changes[name] <= 1:
             raise ValidationFailed(f"{name} must be between 0 and 1.")
+    if "rating_scale" in changes and changes["rating_scale"] not in RatingScale.values:
+        raise ValidationFailed(f"rating_scale must be one of {', '.join(RatingScale.values)}.")
+    if "rating_threshold" in changes and not SCORE_MIN <= changes["rating_threshold"] <= SCORE_MAX:
+        raise ValidationFailed(
+            f"rating_threshold is a score from {SCORE_MIN} to {SCORE_MAX}: good from it up."
+        )
     if "judge_kappa_min" in changes and not -1 <= changes["judge_kappa_min"] <= 1:
         raise ValidationFailed("judge_kappa_min must be between -1 and 1 (a kappa).")
     for name, value in changes.items():

@@ -106,9 +106,9 @@ def implied_judgments(*, judgment: Judgment, implied: Sequence[Comparison]) -> l
             annotator_id=judgment.annotator_id,
             kind=JudgmentKind.IMPLIED,
             choice=implied_choice(
-                ranks=ranks, all_bad=all_bad, a=pair.response_a_id, b=pair.response_b_id
+                ranks=ranks, all_bad=all_bad, a=pair.response_a_id, b=pair.pair_b_id
             ),
-            left_was_a=position[pair.response_a_id] < position[pair.response_b_id],
+            left_was_a=position[pair.response_a_id] < position[pair.pair_b_id],
             guideline_id=judgment.guideline_id,
             source=judgment,
             created_at=judgment.created_at,

@@ -103,8 +103,21 @@ def snapshot_create(
 ) -> DatasetSnapshot:
     pairs = snapshot_pairs(project=project, filters=filters)
     if not pairs:
+        rated = (
+            PairKind.GOOD not in filters.kinds
+            and (
+                PreferencePair.objects.filter(
+                    project=project, kind__in=[PairKind.GOOD, PairKind.BAD]
+                )
+            ).exists()
+        )
         raise ValidationFailed(
-            "No preference pairs match these filters yet: judge some comparisons first."
+            "No preference pairs match these filters yet: "
+            + (
+                "this project's ratings train with KTO only (choose the kto method)."
+                if rated
+                else "judge some comparisons first."
+            )
         )
     training, validation = snapshot_validation_split(pairs, filters.validation_share)
     return DatasetSnapshot.objects.create(

@@ -128,9 +128,10 @@ def judgment_insert(judgment: Judgment) -> Statement:
     """The INSERT of a judgment built in memory (every field set), returning its id."""
     return (
         f"INSERT INTO {sql.JUDGMENT} (comparison_id, project_id, annotator_id, kind, choice,"
-        " left_was_a, strength, criteria, rationale, reason_tags, time_spent_ms, guideline_id,"
-        " idempotency_key, shown, ranks, superseded_at, created_at, updated_at) VALUES (%s, %s,"
-        " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s) RETURNING id",
+        " left_was_a, strength, score, criteria, rationale, reason_tags, time_spent_ms,"
+        " guideline_id, idempotency_key, shown, ranks, superseded_at, created_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s)"
+        " RETURNING id",
         [
             judgment.comparison_id,
             judgment.project_id,
@@ -139,6 +140,7 @@ def judgment_insert(judgment: Judgment) -> Statement:
             judgment.choice,
             judgment.left_was_a,
             judgment.strength,
+            judgment.score,
             json.dumps(judgment.criteria),
             judgment.rationale,
             json.dumps(judgment.reason_tags),

@@ -37,7 +37,8 @@ _UNTOUCHED = (
     f" FROM {sql.LEASE} s WHERE s.annotator_id = %s AND s.state = 'skipped')"
 )
 
-# The columns an assignment is drawn from: the comparison, its prompt and both responses.
+# The columns an assignment is drawn from: the comparison, its prompt and both responses (a
+# rating's one).
 _PAIR_COLUMNS = (
     "c.id, c.project_id, c.prompt_id, c.response_a_id, c.response_b_id, c.left_is_a,"
     " c.round_number, c.purpose, c.gold_choice, c.status, c.judgment_count, c.responses,"
@@ -46,7 +47,7 @@ _PAIR_COLUMNS = (
 )
 _PAIR_JOINS = (
     f" JOIN {sql.PROMPT} p ON p.id = c.prompt_id JOIN {sql.RESPONSE} ra ON ra.id = c.response_a_id"
-    f" JOIN {sql.RESPONSE} rb ON rb.id = c.response_b_id"
+    f" LEFT JOIN {sql.RESPONSE} rb ON rb.id = c.response_b_id"  # a rating has none
 )
 _COMPARISON_FIELDS = (
     "id",
@@ -81,10 +82,14 @@ def _comparison_from_row(row: Sequence[Any]) -> Comparison:
         {"id": comparison.response_a_id, "prompt_id": prompt_id, "text": text_a}
         | {"html": html_a, "html_version": version_a},
     )
-    comparison.response_b = sql.instance(
-        Response,
-        {"id": comparison.response_b_id, "prompt_id": prompt_id, "text": text_b}
-        | {"html": html_b, "html_version": version_b},
+    comparison.response_b = (
+        None
+        if comparison.response_b_id is None
+        else sql.instance(
+            Response,
+            {"id": comparison.response_b_id, "prompt_id": prompt_id, "text": text_b}
+            | {"html": html_b, "html_version": version_b},
+        )
     )
     return comparison
 

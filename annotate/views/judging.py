@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotate import selectors
 from annotate.access import access_comparison, access_project
 from annotate.forms import GuidelineForm
-from annotate.models import Judgment, Lease, Project, Response, Role
+from annotate.models import SCORE_MAX, SCORE_MIN, Judgment, Lease, Project, Response, Role
 from annotate.queue import (
     SKIP_REASONS,
     Assignment,
@@ -44,6 +44,7 @@ from core.http import AuthedRequest
 _ID_SENTINEL = 987654321
 _PAIR_URLS = ("judge", "skip")  # the URLs of the pair on screen
 _CRITERION_SIDES = (("left", "Left"), ("right", "Right"), ("tie", "Same"))
+_CRITERION_RATINGS = (("good", "Good"), ("bad", "Bad"))
 
 
 @functools.lru_cache(maxsize=512)
@@ -128,8 +129,11 @@ def _pair_context(
         criterion_sides=(
             [(str(i), str(i)) for i in range(1, len(assignment.shown) + 1)] + [("tie", "Same")]
             if assignment is not None and assignment.shown
+            else _CRITERION_RATINGS
+            if assignment is not None and assignment.rated
             else _CRITERION_SIDES
         ),
+        scores=range(SCORE_MIN, SCORE_MAX + 1),
         strengths=STRENGTHS,
         skip_reasons=SKIP_REASONS,
         idempotency_key=uuid.uuid4().hex,
@@ -177,15 +181,18 @@ def judge(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse
         if request.POST.get(f"criterion-{name}")
     }
     side = request.POST.get("choice", "")
-    # A ranking's form sends one rank per response shown (all bad: the choice both_bad).
+    # A ranking's form sends one rank per response shown (all bad: the choice both_bad); a
+    # rating on the 1-5 scale sends its score.
     ranks = None if side else [int_or_none(r) or 0 for r in request.POST.getlist("rank")] or None
+    score = None if side or ranks else int_or_none(request.POST.get("score"))
     try:
         judgment = judgment_submit(
             comparison_id=comparison_id,
             annotator=request.user,
             project=project,
-            side=side or ("" if ranks is not None else "missing"),
+            side=side or ("" if ranks is not None or score is not None else "missing"),
             ranks=ranks,
+            score=score,
             idempotency_key=(request.POST.get("idempotency_key") or None),
             strength=int_or_none(request.POST.get("strength")),
             criteria=criteria,

@@ -87,9 +87,10 @@ def _review_page(
         project,
         review=review,
         next_disputed=selectors.next_disputed(project=project, after=comparison),
-        adjudicate_form=forms_.get("adjudicate_form") or AdjudicateForm(),
+        adjudicate_form=forms_.get("adjudicate_form")
+        or AdjudicateForm(rating=comparison.is_rating),
         gold_form=forms_.get("gold_form")
-        or GoldForm(initial={"gold_choice": comparison.gold_choice}),
+        or GoldForm(initial={"gold_choice": comparison.gold_choice}, rating=comparison.is_rating),
     )
     invalid = any(form.errors for form in forms_.values() if hasattr(form, "errors"))
     return render(request, "annotate/review_detail.html", context, status=422 if invalid else 200)
@@ -107,7 +108,7 @@ def review_detail(request: AuthedRequest, slug: str, comparison_id: int) -> Http
 def review_adjudicate(request: AuthedRequest, slug: str, comparison_id: int) -> HttpResponse:
     project = access_project(user=request.user, slug=slug, min_role=Role.REVIEWER)
     comparison = access_comparison(user=request.user, project=project, comparison_id=comparison_id)
-    form = AdjudicateForm(request.POST)
+    form = AdjudicateForm(request.POST, rating=comparison.is_rating)
     if form.is_valid():
         try:
             comparison_adjudicate(
@@ -155,7 +156,7 @@ def review_gold(request: AuthedRequest, slug: str, comparison_id: int) -> HttpRe
             return _review_page(request, project, comparison.pk, gold_error=str(error))
         messages.success(request, "Now a gold item." if any(given) else "No longer a gold item.")
         return redirect("review_detail", slug=project.slug, comparison_id=comparison.pk)
-    form = GoldForm(request.POST)
+    form = GoldForm(request.POST, rating=comparison.is_rating)
     if form.is_valid():
         comparison_gold_set(comparison=comparison, gold_choice=form.cleaned_data["gold_choice"])
         messages.success(

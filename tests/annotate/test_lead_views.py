@@ -146,11 +146,15 @@ def test_it_saves_settings_and_refuses_bad_ones_without_change(
         "lease_seconds": "600",
         "undo_seconds": "120",
         "judge_kappa_min": "0.6",
+        "rating_scale": "five",
+        "rating_threshold": "3",
     }
     bad = client.post(f"/p/{project.slug}/settings/", {**form, "gold_rate": "1.5"})
     assert bad.status_code == 422 and "less than or equal to 1" in bad.content.decode()
     bad = client.post(f"/p/{project.slug}/settings/", {**form, "judge_kappa_min": "-2"})
     assert bad.status_code == 422 and "greater than or equal to -1" in bad.content.decode()
+    bad = client.post(f"/p/{project.slug}/settings/", {**form, "rating_threshold": "6"})
+    assert bad.status_code == 422 and "less than or equal to 5" in bad.content.decode()
     project.refresh_from_db()
     assert project.name == "Test project" and project.gold_rate == 0.0
     assert project.judge_kappa_min == 0.4
@@ -159,6 +163,7 @@ def test_it_saves_settings_and_refuses_bad_ones_without_change(
     assert (project.name, project.overlap, project.allow_both_bad) == ("Renamed", 3, False)
     assert project.criteria == ["helpfulness", "honesty"] and project.undo_seconds == 120
     assert project.judge_kappa_min == 0.6
+    assert (project.rating_scale, project.rating_threshold) == ("five", 3)
 
 
 def test_it_adds_members_and_names_an_unknown_user(

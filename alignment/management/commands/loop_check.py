@@ -201,6 +201,10 @@ class Command(BaseCommand):
         if options["ranking"] is not None:
             options["samples_per_prompt"] = options["ranking"]
             options["pair_selection"] = PairSelection.RANKING
+        if options["pair_selection"] == PairSelection.RATING and training.method != "kto":
+            raise CommandError(
+                "Ratings train with KTO only: add --train-method kto to --pair-selection rating."
+            )
         settings = LoopCheckSettings(
             model=options["model"],
             sampling=sampling,
