@@ -198,7 +198,7 @@ def examples_validate(examples: Sequence[PreferenceExample], method: str = "dpo"
         if example.kind != "preference" and method != "kto":
             raise ValueError(
                 f"example {index}: a {example.kind} pair has no preferred response; only kto "
-                "trains on ties and both-bad pairs"
+                "trains on ties, both-bad pairs and ratings (good, bad)"
             )
         if len(example.prompt) == 0:
             raise ValueError(f"example {index}: prompt has no messages")

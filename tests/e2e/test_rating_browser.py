@@ -89,7 +89,9 @@ def test_it_rates_by_keyboard_and_stores_the_label_of_the_key_pressed(
     expect(session.page.locator("button[value='bad'].earlier")).to_have_count(1)
     _rate(session, "ArrowUp")
     assert _vote(rated[-1], annotator).choice == "good"
-    assert Judgment.objects.filter(comparison_id=rated[-1], superseded_at__isnull=False).count() == 1
+    assert (
+        Judgment.objects.filter(comparison_id=rated[-1], superseded_at__isnull=False).count() == 1
+    )
     assert PreferencePair.objects.get(comparison_id=rated[-1]).kind == PairKind.GOOD
     assert session.errors == []
 

@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from annotate.exports import export_write
 from annotate.models import Project
 from annotate.services.judgments import judgment_submit
-from tests.factories import comparison_make
+from tests.factories import comparison_make, ratings_make
 
 pytestmark = pytest.mark.django_db
 
@@ -23,6 +23,11 @@ def _pairs(project: Project, annotator: User) -> None:
             prompt, (f"Answer {i}.", f"A longer answer number {i}."), seed=i
         )
         judgment_submit(comparison_id=comparison.pk, annotator=annotator, choice=choice)
+    # Two ratings: one unpaired row each in KTO's export, none in DPO's.
+    for rating, label in zip(
+        ratings_make(prompts[0], ["Rated well.", "Rated badly."]), ["good", "bad"], strict=True
+    ):
+        judgment_submit(comparison_id=rating.pk, annotator=annotator, choice=label)
 
 
 @pytest.mark.parametrize("format", ["dpo", "kto"])
@@ -39,7 +44,7 @@ def test_it_trains_one_step_with_trl_on_the_export(
     dataset = datasets.load_dataset(
         str(tmp_path / "export"), split="train", cache_dir=str(tmp_path / "hf-cache")
     )
-    assert len(dataset) == (4 if format == "dpo" else 12)
+    assert len(dataset) == (4 if format == "dpo" else 14)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     common = {
