@@ -300,6 +300,14 @@ PAIR_CHOICES = [
 RATING_CHOICES = [(Choice.GOOD.value, Choice.GOOD.label), (Choice.BAD.value, Choice.BAD.label)]
 
 
+class ComparisonKind(models.TextChoices):
+    """What an annotator does with a comparison (not stored: its responses say it)."""
+
+    PAIR = "pair", "Judge a pair"
+    RANKING = "ranking", "Rank K responses"
+    RATING = "rating", "Rate one response"
+
+
 class ComparisonStatus(models.TextChoices):
     OPEN = "open", "Open"
     COMPLETE = "complete", "Complete"
@@ -392,6 +400,12 @@ class Comparison(models.Model):
     @property
     def is_rating(self) -> bool:
         return self.response_b_id is None
+
+    @property
+    def kind(self) -> ComparisonKind:
+        if self.is_ranking:
+            return ComparisonKind.RANKING
+        return ComparisonKind.RATING if self.is_rating else ComparisonKind.PAIR
 
     @property
     def pair_b(self) -> Response:

@@ -231,6 +231,7 @@ SPECTACULAR_SETTINGS = {
     },
     "ENUM_NAME_OVERRIDES": {
         "ComparisonStatusEnum": "annotate.models.ComparisonStatus",
+        "ComparisonKindEnum": "annotate.models.ComparisonKind",
         "JobStatusEnum": "core.models.JobStatus",
         "ReferenceEnum": "alignment.models.Reference",
         "ReferenceChoiceEnum": [("parent", "The parent's policy"), ("base", "The base model")],

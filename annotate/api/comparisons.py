@@ -15,6 +15,7 @@ from annotate.api.projects import MessageOut, ProjectApi
 from annotate.models import (
     Choice,
     Comparison,
+    ComparisonKind,
     ComparisonStatus,
     Judgment,
     JudgmentKind,
@@ -47,17 +48,10 @@ class ComparisonOut(serializers.Serializer[Any]):
     ranking_id = serializers.IntegerField(
         allow_null=True, help_text="A pair a ranking implies: that ranking's id."
     )
-    kind = serializers.SerializerMethodField(help_text="pair, ranking or rating.")
+    kind = serializers.ChoiceField(
+        choices=ComparisonKind.choices, help_text="A pair, a ranking or a rating."
+    )
     created_at = serializers.DateTimeField()
-
-    @extend_schema_field(serializers.ChoiceField(choices=["pair", "ranking", "rating"]))
-    def get_kind(self, comparison: Comparison) -> str:
-        return comparison_kind(comparison)
-
-
-def comparison_kind(comparison: Comparison) -> str:
-    """What an annotator does with it: judge a pair, rank, or rate one response."""
-    return "ranking" if comparison.is_ranking else "rating" if comparison.is_rating else "pair"
 
 
 COMPARISON_PAGE = paged_serializer("ComparisonPage", ComparisonOut)

@@ -13,9 +13,17 @@ from rest_framework.response import Response
 
 from annotate import selectors
 from annotate.access import access_comparison, project_role
-from annotate.api.comparisons import JudgmentOut, comparison_kind
+from annotate.api.comparisons import JudgmentOut
 from annotate.api.projects import MessageOut, ProjectApi
-from annotate.models import SCORE_MAX, SCORE_MIN, Judgment, JudgmentKind, Project, Role
+from annotate.models import (
+    SCORE_MAX,
+    SCORE_MIN,
+    ComparisonKind,
+    Judgment,
+    JudgmentKind,
+    Project,
+    Role,
+)
 from annotate.queue import SKIP_REASONS, assignment_next, comparison_skip
 from annotate.ranking import K_MAX, K_MIN
 from annotate.rendering import rendered_html
@@ -53,7 +61,7 @@ class AssignmentOut(serializers.Serializer[Any]):
     # Of an annotate.queue.Assignment. (Comments, not docstrings: the schema shows those.)
     comparison_id = serializers.IntegerField(source="comparison.pk")
     kind = serializers.ChoiceField(
-        choices=["pair", "ranking", "rating"],
+        choices=ComparisonKind.choices,
         help_text="A pair: choose a side. A ranking: give ranks to `responses`. A rating: "
         "rate `response` good or bad (or give a score, on a 1-5 scale).",
     )
@@ -69,16 +77,16 @@ class AssignmentOut(serializers.Serializer[Any]):
     response = SideOut(allow_null=True, help_text="A rating's one response (null otherwise).")
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
-        kind = comparison_kind(instance.comparison)
-        pair = kind == "pair"
+        kind = instance.comparison.kind
+        pair = kind == ComparisonKind.PAIR
         return {
             "comparison_id": instance.comparison.pk,
-            "kind": kind,
+            "kind": str(kind),
             "prompt": MessageOut(instance.comparison.prompt.messages, many=True).data,
             "left": SideOut(instance.left).data if pair else None,
             "right": SideOut(instance.right).data if pair else None,
             "responses": ShownOut(instance.shown, many=True).data,
-            "response": SideOut(instance.rated).data if kind == "rating" else None,
+            "response": SideOut(instance.rated).data if kind == ComparisonKind.RATING else None,
         }
 
 

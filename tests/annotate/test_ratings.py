@@ -340,3 +340,22 @@ def test_the_api_hands_out_a_rating_and_takes_a_label_or_a_score(
     scored = client.post(url, {"score": 5}, content_type="application/json")
     assert scored.status_code == 201 and scored.json()["score"] == 5
     assert scored.json()["choice"] == "good"
+
+
+def test_the_export_page_and_my_judgment_show_ratings(
+    ratings: list[Comparison], project: Project, annotator: User, lead: User
+) -> None:
+    judgment = judgment_submit(comparison_id=ratings[0].pk, annotator=annotator, side="good")
+    judgment_submit(comparison_id=ratings[1].pk, annotator=annotator, side="bad")
+    lead_client = Client()
+    lead_client.force_login(lead)
+    page = lead_client.get(f"/p/{project.slug}/export/").content.decode()
+    assert "<strong data-count-good>1</strong> desirable" in page
+    assert "<strong data-count-bad>1</strong> undesirable" in page
+    client = Client()
+    client.force_login(annotator)
+    mine = client.get(f"/p/{project.slug}/mine/{judgment.pk}/")
+    assert mine.status_code == 200
+    body = mine.content.decode()
+    assert f'data-rated="{ratings[0].response_a_id}"' in body and "A fine answer." in body
+    assert "Good" in body
