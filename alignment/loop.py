@@ -143,6 +143,9 @@ class LoopCheckReport:
     peak_rss_mb_by_phase: dict[str, float]
     # With a model judge: its pass's summary, and how often its votes matched the rule's.
     judge: dict[str, Any] | None = None
+    # With --pair-selection rating: the round's decided ratings, good and bad.
+    train_rated_good: int = 0
+    train_rated_bad: int = 0
 
 
 def simulated_annotators_ensure(*, project: Project, count: int) -> list[User]:
@@ -200,15 +203,19 @@ def judge_by_rule(
         shown = list(assignment.shown) or [
             r for r in (assignment.left, assignment.right) if r is not None
         ]
-        if skip_both_truncated and all(r.finish_reason == CUT_OFF for r in shown):
+        # Responses that all stop mid-sentence have nothing to tell apart; one unfinished
+        # response rated on its own is rated (it is trained without its end of turn).
+        if (
+            skip_both_truncated
+            and len(shown) > 1
+            and all(r.finish_reason == CUT_OFF for r in shown)
+        ):
             comparison_skip(
                 comparison=comparison,
                 annotator=annotator,
                 reason=(
                     "every response cut off at the token limit"
                     if assignment.shown
-                    else "the response cut off at the token limit"
-                    if assignment.rated is not None
                     else "both responses cut off at the token limit"
                 ),
             )
@@ -464,7 +471,7 @@ def _loop_check(
         rule=rule,
         rounds=(round1, round2),
         run=run,
-        counts=(work.judgments, train_pairs, train_ties),
+        counts=(work.judgments, train_pairs, train_ties, rated["good"], rated["bad"]),
         reading_minutes=work.reading_minutes,
         phases=phases,
         generation_tokens_per_s=float(round1_jobs[0].summary["tokens_per_s"]),
@@ -507,7 +514,7 @@ def _report(
     rule: JudgeRule,
     rounds: tuple[Round, Round],
     run: TrainingRun,
-    counts: tuple[int, int, int],
+    counts: tuple[int, int, int, int, int],  # judgments, pairs, ties, rated good, rated bad
     reading_minutes: float,
     phases: _Phases,
     generation_tokens_per_s: float,
@@ -518,7 +525,7 @@ def _report(
     round1, round2 = rounds
     new, base = run.output_version, run.base_version
     assert new is not None
-    train_judgments, train_pairs, train_ties = counts
+    train_judgments, train_pairs, train_ties, rated_good, rated_bad = counts
     h2h = round_head_to_head(project=project, number=round2.number)
     eval_responses = Response.objects.filter(generation__job__round=round2)
     return LoopCheckReport(
@@ -548,4 +555,6 @@ def _report(
         peak_rss_mb=max(phases.peak_mb.values()),
         peak_rss_mb_by_phase=phases.peak_mb,
         judge=judge,
+        train_rated_good=rated_good,
+        train_rated_bad=rated_bad,
     )

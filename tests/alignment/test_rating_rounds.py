@@ -32,6 +32,7 @@ from annotate.models import (
 )
 from core.errors import ValidationFailed
 from core.models import JobStatus
+from core.text import CUT_OFF
 from tests.factories import (
     client_make,
     generation_job_make,
@@ -152,3 +153,19 @@ def test_the_review_page_decides_a_rating_good_or_bad(project: Project, lead: Us
     assert PreferencePair.objects.get(comparison=rating).kind == PairKind.BAD
     page = client.get(f"/p/{project.slug}/review/{rating.pk}/").content.decode()
     assert 'data-label="bad"' in page
+
+
+def test_simulated_annotators_rate_an_unfinished_response_rather_than_skip_it(
+    project: Project, annotator: User
+) -> None:
+    ratings = ratings_make(project.prompts.filter(split="train")[0], ["Short.", "Long " * 20])
+    Response.objects.filter(pk=ratings[1].response_a_id).update(finish_reason=CUT_OFF)
+    work = judge_by_rule(
+        project=project,
+        annotators=[annotator],
+        rule=BUILTIN_RULES["shorter"],
+        skip_both_truncated=True,
+    )
+    assert work.judgments == 2
+    labels = dict(PreferencePair.objects.values_list("comparison_id", "kind"))
+    assert labels == {ratings[0].pk: PairKind.GOOD, ratings[1].pk: PairKind.BAD}

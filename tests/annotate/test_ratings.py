@@ -359,3 +359,19 @@ def test_the_export_page_and_my_judgment_show_ratings(
     body = mine.content.decode()
     assert f'data-rated="{ratings[0].response_a_id}"' in body and "A fine answer." in body
     assert "Good" in body
+
+
+def test_the_api_shows_a_rating_to_reviewers_with_no_second_response(
+    ratings: list[Comparison], project: Project, annotator: User, lead: User
+) -> None:
+    judgment_submit(comparison_id=ratings[0].pk, annotator=annotator, side="good")
+    client = Client()
+    client.force_login(lead)
+    base = f"/api/v1/projects/{project.slug}"
+    listed = client.get(f"{base}/comparisons/").json()["results"]
+    assert [c["kind"] for c in listed] == ["rating", "rating"]
+    detail = client.get(f"{base}/comparisons/{ratings[0].pk}/").json()
+    assert detail["response_b"] is None
+    assert detail["response_a"]["text"] == "A fine answer."
+    assert detail["pair"]["kind"] == "good"
+    assert [j["choice"] for j in detail["judgments"]] == ["good"]

@@ -34,7 +34,13 @@ from annotate.models import (
 )
 from annotate.queue import available_ids, comparison_next_for_annotator, comparison_skip
 from annotate.services.judgments import JudgmentRejected, judgment_submit
-from tests.factories import comparisons_make, member_make, project_make, ranking_make
+from tests.factories import (
+    comparisons_make,
+    member_make,
+    project_make,
+    ranking_make,
+    ratings_make,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -50,9 +56,16 @@ TWIN_SLOTS = threading.BoundedSemaphore(8)
 
 
 def _project_with_queue(mode: str) -> tuple[Project, list[Comparison], list[User]]:
-    """COMPARISONS pairs, or as many rankings of 4 responses (mode "ranking")."""
+    """COMPARISONS pairs, or as many rankings of 4 responses (mode "ranking"), or ratings."""
     project = project_make("concurrency", prompts=[f"Question {i}?" for i in range(4)], overlap=2)
-    if mode == "ranking":
+    if mode == "rating":
+        prompts = list(project.prompts.all())
+        comparisons = [
+            rating
+            for i in range(COMPARISONS // 2)
+            for rating in ratings_make(prompts[i % 4], [f"Answer {j} to {i}." for j in range(2)])
+        ]
+    elif mode == "ranking":
         prompts = list(project.prompts.all())
         comparisons = [
             ranking_make(prompts[i % 4], [f"Answer {j} to {i}." for j in range(4)])
@@ -194,6 +207,8 @@ def _annotator(
                     "choice": (
                         [rng.randint(1, 4) for _ in comparison.responses]
                         if comparison.is_ranking
+                        else rng.choice(["good", "bad"])
+                        if comparison.is_rating
                         else rng.choice(["a", "b", "tie"])
                     ),
                 }
@@ -223,7 +238,7 @@ def _annotator(
     return work
 
 
-@pytest.mark.parametrize("mode", ["pair", "ranking"])
+@pytest.mark.parametrize("mode", ["pair", "ranking", "rating"])
 def test_it_keeps_every_vote_exactly_once_under_concurrent_annotators(
     real_services: None, mode: str
 ) -> None:

@@ -282,13 +282,21 @@ class Command(BaseCommand):
             f"  round 1: {report.train_comparisons} comparisons, {report.train_judgments} judgments, "
             f"{report.train_pairs} preference pairs, {report.train_ties} ties, "
             f"{report.train_skipped} skipped (every response shown cut off)"
+            + (
+                f", {report.train_rated_good} rated good, {report.train_rated_bad} rated bad"
+                if report.train_rated_good or report.train_rated_bad
+                else ""
+            )
         )
+        rated = report.train_rated_good + report.train_rated_bad
+        labels = report.train_pairs + rated
         if report.judge is None:
             self.stdout.write(
                 f"  annotator time (reading model, {READING_CHARS_PER_S:.0f} characters/s): "
                 f"{report.train_reading_minutes:.1f} min, "
-                f"{report.train_pairs / max(report.train_reading_minutes, 1e-9):.1f} preference "
-                "pairs a minute"
+                f"{labels / max(report.train_reading_minutes, 1e-9):.1f} "
+                + ("preference pairs and rated labels" if rated else "preference pairs")
+                + " a minute"
             )
         else:
             j = report.judge
