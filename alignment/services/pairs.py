@@ -77,13 +77,19 @@ def _on_policy_pair_create(
     counts["comparisons"] += 1
 
 
+def _distinct_samples(group: list[Response]) -> list[Response]:
+    """A prompt's samples with each text (spacing at the ends aside) once: its first sample
+    of that text, in the order sampled."""
+    return list({r.text.strip(): r for r in reversed(group)}.values())[::-1]
+
+
 def _rankings_create(
     by_prompt: dict[int, list[Response]], round_: Round, counts: dict[str, int]
 ) -> None:
     """One ranking per prompt of its distinct samples (K_MIN to K_MAX of them); a prompt whose
     samples say only two different things gets a pair, one with fewer nothing."""
     for group in by_prompt.values():
-        distinct = list({r.text.strip(): r for r in reversed(group)}.values())[::-1][:K_MAX]
+        distinct = _distinct_samples(group)[:K_MAX]
         counts["identical_skipped"] += len(group) - len(distinct)
         if len(distinct) >= K_MIN:
             ranking_create(
@@ -104,7 +110,7 @@ def _ratings_create(
 ) -> None:
     """One rating per distinct sample of each prompt (a repeated text is rated once)."""
     for group in by_prompt.values():
-        distinct = list({r.text.strip(): r for r in reversed(group)}.values())[::-1]
+        distinct = _distinct_samples(group)
         counts["identical_skipped"] += len(group) - len(distinct)
         for response in distinct:
             rating_create(
